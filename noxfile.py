@@ -1,0 +1,43 @@
+"""Developer sessions: ``nox -s lint typecheck tests examples bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the sources, tests, examples and benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (real squid/tinyproxy tests run when they are installed)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Run every example offline against the embedded proxy and TLS origin."""
+    session.install("-e", ".[dev]")
+    session.run("python", "examples/run_all.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks beside the peers; prints figures and ratios, asserts nothing."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,69 @@
+"""janusnet: reach a TLS server through an HTTP proxy from async code.
+
+Connect, speak plain text (an HTTP ``CONNECT``, or a STARTTLS-style line protocol), then
+upgrade the live connection to TLS with ``ssl_on()`` — the Janus Sockets ``SSLOn`` model,
+on anyio, so it runs under asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    AccessDeniedError,
+    BusyError,
+    ConnectError,
+    HandshakeError,
+    IncompleteReadError,
+    JanusnetError,
+    NotSSLPortError,
+    PendingDataError,
+    PortLimitError,
+    ProxyAuthenticationRequired,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    ReturnCode,
+    SocketClosedError,
+    SocketResetError,
+    SSLOnError,
+    SSLOnOtherError,
+    UsageError,
+)
+from ._ports import AccessRule, ClientPort, TLSMode, allow, deny
+from ._scan import Parsed, TokenSet
+from ._socket import Socket, SocketState
+from ._tls import CertInfo, TLSInfo, default_ssl_context
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AccessDeniedError",
+    "AccessRule",
+    "BusyError",
+    "CertInfo",
+    "ClientPort",
+    "ConnectError",
+    "HandshakeError",
+    "IncompleteReadError",
+    "JanusnetError",
+    "NotSSLPortError",
+    "Parsed",
+    "PendingDataError",
+    "PortLimitError",
+    "ProxyAuthenticationRequired",
+    "ProxyProtocolError",
+    "ProxyRefusedError",
+    "ReturnCode",
+    "SSLOnError",
+    "SSLOnOtherError",
+    "Socket",
+    "SocketClosedError",
+    "SocketResetError",
+    "SocketState",
+    "TLSInfo",
+    "TLSMode",
+    "TokenSet",
+    "UsageError",
+    "__version__",
+    "allow",
+    "default_ssl_context",
+    "deny",
+]

@@ -1,0 +1,274 @@
+"""The whole janusnet error tree, and the legacy Janus return codes.
+
+Every error janusnet raises derives from :class:`JanusnetError`. Errors translated from a
+lower layer (``OSError``, ``ssl.SSLError``, h11, anyio) keep the original as ``__cause__``.
+Timeouts are the built-in :class:`TimeoutError`, never a janusnet class, so code written
+for asyncio, trio and anyio catches them the way it already does.
+
+The tree is at most three levels below the root::
+
+    JanusnetError
+    ├── UsageError (also ValueError)          bad arguments, refused before any I/O
+    │   └── BusyError                         a second task tried to receive concurrently
+    ├── ConnectError (also OSError)           TCP connect failed (names the host: proxy or target)
+    ├── AccessDeniedError                     an access rule forbids the target
+    ├── PortLimitError                        SOCKPMAX reached (Janus -109)
+    ├── SocketClosedError                     the socket was closed by this side
+    ├── SocketResetError (also ConnectionResetError)  the connection broke (Janus RESET)
+    ├── IncompleteReadError                   EOF before ``recv_exactly`` had its bytes
+    ├── SSLOnError                            ``ssl_on()`` failed; ``.code`` is a ReturnCode
+    │   ├── NotSSLPortError       -110
+    │   ├── HandshakeError        -111
+    │   ├── PendingDataError      -112
+    │   └── SSLOnOtherError       -149
+    ├── ProxyRefusedError                     the proxy answered CONNECT with a non-2xx
+    │   └── ProxyAuthenticationRequired       ... with 407 that janusnet could not answer
+    └── ProxyProtocolError                    the proxy's reply was malformed / too big / cut
+
+None of these carry credentials: tunnels build their messages from the proxy's host and
+port only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+__all__ = [
+    "AccessDeniedError",
+    "BusyError",
+    "ConnectError",
+    "HandshakeError",
+    "IncompleteReadError",
+    "JanusnetError",
+    "NotSSLPortError",
+    "PendingDataError",
+    "PortLimitError",
+    "ProxyAuthenticationRequired",
+    "ProxyProtocolError",
+    "ProxyRefusedError",
+    "ReturnCode",
+    "SSLOnError",
+    "SSLOnOtherError",
+    "SocketClosedError",
+    "SocketResetError",
+    "UsageError",
+]
+
+
+class ReturnCode(enum.IntEnum):
+    """The numeric codes Janus Sockets functions return, as an ``IntEnum``.
+
+    ``ReturnCode.OK == 0``; the ``SSLOn`` codes are -110, -111, -112 and -149 exactly as
+    ``$Sock_SSL_On`` documents them. The others are used by :mod:`janusnet.compat`.
+    """
+
+    OK = 0
+    #: ``$Sock_Send``/``$Sock_Recv``: the socket is not open (ONRESET CONTINUE).
+    NOT_OPEN = -1
+    #: ``$Sock_Conn``: no free socket numbers.
+    NO_FREE_SOCKET = -100
+    #: ``$Sock_Conn``: SOCKPMAX sockets are already open on this port.
+    PORT_LIMIT = -109
+    #: ``$Sock_SSL_On``: the port is not SSL-capable (needs SSL and SSLOPT).
+    NOT_SSL_PORT = -110
+    #: ``$Sock_SSL_On``: the TLS handshake failed.
+    HANDSHAKE_FAILED = -111
+    #: ``$Sock_SSL_On``: unread (plaintext) input is pending.
+    PENDING_DATA = -112
+    #: ``$Sock_SSL_On``: any other error.
+    OTHER = -149
+
+
+class JanusnetError(Exception):
+    """Root of every error janusnet raises."""
+
+
+class UsageError(JanusnetError, ValueError):
+    """The call itself is wrong (bad argument, bad token set, CR/LF in a host...).
+
+    Raised before anything is sent, so nothing is lost.
+    """
+
+
+class BusyError(UsageError):
+    """Another task is already receiving on this socket.
+
+    Two concurrent receivers would interleave each other's records, so the second one is
+    refused instead.
+    """
+
+
+class ConnectError(JanusnetError, OSError):
+    """The TCP connection could not be established.
+
+    Attributes:
+        host: the host janusnet tried to reach (the proxy, for a tunnel).
+        port: its port.
+        role: ``"target"`` for a direct connect, ``"proxy"`` for a tunnel's proxy.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int, role: str = "target") -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.role = role
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class AccessDeniedError(JanusnetError):
+    """An access rule of the client port forbids this host and port (JANUS CLSOCK DISALLOW).
+
+    Raised before any packet is sent.
+
+    Attributes:
+        host: the refused host (as given, or the address it resolved to).
+        port: the refused port.
+        port_name: the name of the :class:`~janusnet.ClientPort`.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int, port_name: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.port_name = port_name
+
+
+class PortLimitError(JanusnetError):
+    """The client port already has ``max_sockets`` open sockets (Janus SOCKPMAX, -109).
+
+    Attributes:
+        code: ``ReturnCode.PORT_LIMIT``.
+        port_name: the name of the client port.
+        limit: the port's ``max_sockets``.
+    """
+
+    code = ReturnCode.PORT_LIMIT
+
+    def __init__(self, message: str, *, port_name: str, limit: int) -> None:
+        super().__init__(message)
+        self.port_name = port_name
+        self.limit = limit
+
+
+class SocketClosedError(JanusnetError):
+    """The operation needs an open socket and this one was closed (by this side or by a
+    failed handshake)."""
+
+
+class SocketResetError(JanusnetError, ConnectionResetError):
+    """The connection broke: reset by the peer, or an I/O error (the Janus RESET state).
+
+    The original error is the ``__cause__``.
+    """
+
+
+class IncompleteReadError(JanusnetError):
+    """The peer closed the connection before ``recv_exactly`` got all its bytes.
+
+    Attributes:
+        partial: the bytes that did arrive (they are not lost).
+        expected: how many bytes were asked for.
+    """
+
+    def __init__(self, partial: bytes, expected: int) -> None:
+        super().__init__(f"connection closed after {len(partial)} of {expected} bytes")
+        self.partial = partial
+        self.expected = expected
+
+
+class SSLOnError(JanusnetError):
+    """``ssl_on()`` failed. ``code`` is the :class:`ReturnCode` ``$Sock_SSL_On`` returns."""
+
+    code: ReturnCode = ReturnCode.OTHER
+
+
+class NotSSLPortError(SSLOnError):
+    """-110: the socket's client port has ``TLSMode.NEVER``; the socket is unchanged."""
+
+    code = ReturnCode.NOT_SSL_PORT
+
+
+class HandshakeError(SSLOnError):
+    """-111: the peer did not complete a TLS handshake, or its certificate or host name
+    failed verification. The socket is closed."""
+
+    code = ReturnCode.HANDSHAKE_FAILED
+
+
+class PendingDataError(SSLOnError):
+    """-112: unread bytes are buffered. They came over the plaintext hop and must never be
+    read as if they came over TLS. The socket is unchanged and still usable, so the caller
+    can drain it (``recv``) and call ``ssl_on()`` again.
+
+    Attributes:
+        pending: how many bytes are buffered.
+    """
+
+    code = ReturnCode.PENDING_DATA
+
+    def __init__(self, message: str, *, pending: int) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class SSLOnOtherError(SSLOnError):
+    """-149: anything else (already TLS, already closed, reset during the handshake)."""
+
+    code = ReturnCode.OTHER
+
+
+class ProxyRefusedError(JanusnetError):
+    """The proxy answered ``CONNECT`` with a status outside 2xx.
+
+    This is the proxy speaking, never the origin: the reply is kept in this exception and
+    never presented as origin data (the Pretty-Bad-Proxy lesson).
+
+    Attributes:
+        status: the HTTP status code.
+        reason: the reason phrase (may be empty).
+        headers: the reply's headers as ``(name, value)`` string pairs, in order.
+        proxy: ``host:port`` of the proxy (never with credentials).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Sequence[tuple[str, str]] = (),
+        *,
+        proxy: str = "",
+    ) -> None:
+        where = f" {proxy}" if proxy else ""
+        super().__init__(f"proxy{where} refused CONNECT: {status} {reason}".rstrip())
+        self.status = status
+        self.reason = reason
+        self.headers: tuple[tuple[str, str], ...] = tuple(headers)
+        self.proxy = proxy
+
+
+class ProxyAuthenticationRequired(ProxyRefusedError):
+    """The proxy answered 407 and janusnet had no (or no accepted) answer to its challenge.
+
+    Attributes:
+        challenges: each ``Proxy-Authenticate`` header value, in order.
+    """
+
+    @property
+    def challenges(self) -> tuple[str, ...]:
+        """Each ``Proxy-Authenticate`` challenge the proxy sent."""
+        return tuple(v for k, v in self.headers if k.lower() == "proxy-authenticate")
+
+
+class ProxyProtocolError(JanusnetError):
+    """The proxy's reply to CONNECT was malformed, too large, or cut short.
+
+    Attributes:
+        proxy: ``host:port`` of the proxy.
+    """
+
+    def __init__(self, message: str, *, proxy: str = "") -> None:
+        super().__init__(message)
+        self.proxy = proxy

@@ -1,0 +1,254 @@
+"""Client port definitions (the ``JANUS DEFINE ... CLSOCK`` successor) and access rules.
+
+A :class:`ClientPort` is an immutable bundle of per-connection defaults: TLS policy, line
+end, parse tokens, encoding, the receive limit, access rules and a socket cap. Sockets
+copy the mutable settings (line end, tokens, encoding) when they are created, so changing
+them on one socket (``$Sock_Set``) never affects another.
+
+Access rules (``JANUS CLSOCK ALLOW/DISALLOW``): the first matching rule wins; with rules
+given and none matching, the target is denied; with no rules, everything is allowed. A
+denied target raises :class:`~janusnet.AccessDeniedError` before any packet is sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from ._exceptions import AccessDeniedError, PortLimitError, UsageError
+from ._scan import TokenSet, as_token_set
+
+__all__ = ["AccessRule", "ClientPort", "TLSMode", "allow", "deny"]
+
+#: Default ``recv_parsed`` limit: 64 KiB covers any sane protocol line (HTTP servers cap
+#: request lines at 8 KiB and whole heads at 64 KiB) while bounding memory per call.
+DEFAULT_MAX_PARSE_BYTES: Final = 65536
+
+
+class TLSMode(enum.Enum):
+    """When a port uses TLS (Janus ``SSL`` / ``SSLOPT``)."""
+
+    #: No TLS at all; ``ssl_on()`` raises ``NotSSLPortError`` (-110).
+    NEVER = "never"
+    #: Plain at connect unless ``tls=True`` is asked for; ``ssl_on()`` allowed (SSL+SSLOPT).
+    OPTIONAL = "optional"
+    #: TLS from the start (the handshake is part of ``connect``).
+    ALWAYS = "always"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One access rule: allow or deny a host pattern and a port range.
+
+    Host patterns: ``"*"`` (any), an exact name (case-insensitive, trailing dot ignored),
+    ``"*.example.com"`` (any subdomain, not ``example.com`` itself), an IP address, or a
+    CIDR range (``"10.0.0.0/8"``, ``"::1/128"``). IP and CIDR patterns match IP-literal
+    targets, and for direct connects the addresses a name resolves to.
+
+    Attributes:
+        allow: True to allow, False to deny.
+        host: the host pattern.
+        ports: inclusive ``(first, last)`` port range; ``None`` for any port.
+    """
+
+    allow: bool
+    host: str = "*"
+    ports: tuple[int, int] | None = None
+    _network: IPNetwork | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = self.host.strip().lower().rstrip(".")
+        if not host:
+            raise UsageError("an access rule needs a host pattern ('*' for any)")
+        object.__setattr__(self, "host", host)
+        if host != "*" and not host.startswith("*."):
+            try:
+                network = ipaddress.ip_network(host.strip("[]"), strict=False)
+            except ValueError:
+                network = None
+            object.__setattr__(self, "_network", network)
+        if self.ports is not None:
+            first, last = self.ports
+            if not (1 <= first <= last <= 65535):
+                raise UsageError(f"access rule port range {self.ports!r} is not within 1-65535")
+
+    @property
+    def is_ip_rule(self) -> bool:
+        """True when the host pattern is an IP address or CIDR range."""
+        return self._network is not None
+
+    def matches_port(self, port: int) -> bool:
+        """True when ``port`` is in this rule's range."""
+        return self.ports is None or self.ports[0] <= port <= self.ports[1]
+
+    def matches_host(self, host: str) -> bool:
+        """True when ``host`` (a name or an IP literal) matches the pattern."""
+        name = host.strip().lower().rstrip(".").strip("[]")
+        if self.host == "*":
+            return True
+        if self._network is not None:
+            try:
+                return ipaddress.ip_address(name.split("%", 1)[0]) in self._network
+            except ValueError:
+                return False
+        if self.host.startswith("*."):
+            return name.endswith(self.host[1:])
+        return name == self.host
+
+
+def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if ports is None:
+        return None
+    if isinstance(ports, int):
+        return (ports, ports)
+    return (int(ports[0]), int(ports[1]))
+
+
+def allow(host: str = "*", ports: int | tuple[int, int] | None = None) -> AccessRule:
+    """An allowing :class:`AccessRule` (``allow("*.example.com", 443)``).
+
+    Raises:
+        UsageError: an empty pattern or a port range outside 1-65535.
+    """
+    return AccessRule(True, host, _ports_arg(ports))
+
+
+def deny(host: str = "*", ports: int | tuple[int, int] | None = None) -> AccessRule:
+    """A denying :class:`AccessRule` (``deny("10.0.0.0/8")``).
+
+    Raises:
+        UsageError: an empty pattern or a port range outside 1-65535.
+    """
+    return AccessRule(False, host, _ports_arg(ports))
+
+
+@dataclass(frozen=True, eq=False)
+class ClientPort:
+    """Defaults for client sockets (the ``JANUS DEFINE ... CLSOCK`` successor).
+
+    Args:
+        name: the port's name, for logs and errors.
+        tls: ``TLSMode.NEVER``, ``OPTIONAL`` (plain at connect, ``ssl_on()`` allowed) or
+            ``ALWAYS`` (TLS at connect).
+        ssl_context: the context for ``ssl_on()``; ``None`` for the verified default on
+            certifi's bundle (TLS >= 1.2). Never modified.
+        line_end: bytes appended by ``send_line`` (LINEND).
+        parse_tokens: default tokens for ``recv_parsed`` (PRSTOK): a list of bytes, a
+            :class:`TokenSet` or a PRSTOK string.
+        encoding: codec for ``str`` payloads (``"cp037"``/``"cp1047"`` for EBCDIC peers).
+        max_parse_bytes: default ``recv_parsed`` limit on data bytes.
+        rules: access rules; first match wins; none matching denies; no rules allows all.
+        max_sockets: how many sockets may be open on this port at once (SOCKPMAX);
+            ``None`` for no cap.
+
+    Raises:
+        UsageError: an invalid setting (empty line end, bad tokens, unknown codec...).
+    """
+
+    name: str = "DEFAULT"
+    tls: TLSMode = TLSMode.OPTIONAL
+    ssl_context: ssl.SSLContext | None = None
+    line_end: bytes = b"\r\n"
+    parse_tokens: TokenSet | Sequence[bytes] | str = (b"\r\n",)
+    encoding: str = "utf-8"
+    max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES
+    rules: Sequence[AccessRule] = ()
+    max_sockets: int | None = None
+    _open: list[int] = field(default_factory=lambda: [0], init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tls, TLSMode):
+            raise UsageError(f"tls must be a TLSMode, not {self.tls!r}")
+        if not isinstance(self.line_end, bytes) or not self.line_end:
+            raise UsageError("line_end must be non-empty bytes such as b'\\r\\n'")
+        object.__setattr__(self, "parse_tokens", as_token_set(self.parse_tokens))
+        check_encoding(self.encoding)
+        if self.max_parse_bytes < 0:
+            raise UsageError("max_parse_bytes must be >= 0")
+        if self.max_sockets is not None and self.max_sockets < 1:
+            raise UsageError("max_sockets must be >= 1 (or None for no cap)")
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for rule in self.rules:
+            if not isinstance(rule, AccessRule):
+                raise UsageError(f"rules must be AccessRule objects (allow/deny), not {rule!r}")
+
+    @property
+    def tokens(self) -> TokenSet:
+        """The default parse tokens as a :class:`TokenSet`."""
+        assert isinstance(self.parse_tokens, TokenSet)
+        return self.parse_tokens
+
+    @property
+    def open_sockets(self) -> int:
+        """How many sockets on this port are currently open."""
+        return self._open[0]
+
+    def is_allowed(self, host: str, port: int) -> bool:
+        """Decide the access rules for ``host:port`` (first matching rule wins)."""
+        if not self.rules:
+            return True
+        for rule in self.rules:
+            if rule.matches_port(port) and rule.matches_host(host):
+                return rule.allow
+        return False
+
+    def is_address_allowed(self, address: str, port: int) -> bool:
+        """Decide the IP rules for a resolved address (the DNS-rebinding guard).
+
+        Name rules do not apply to addresses; the first matching IP rule wins, and an
+        address no IP rule mentions is allowed (the name itself was already checked).
+        """
+        for rule in self.rules:
+            if rule.is_ip_rule and rule.matches_port(port) and rule.matches_host(address):
+                return rule.allow
+        return True
+
+    def check_access(self, host: str, port: int) -> None:
+        """Raise unless the rules allow ``host:port``.
+
+        Raises:
+            AccessDeniedError: the rules deny it.
+        """
+        if not self.is_allowed(host, port):
+            raise AccessDeniedError(
+                f"client port {self.name!r} does not allow {host}:{port}",
+                host=host,
+                port=port,
+                port_name=self.name,
+            )
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if self.max_sockets is not None and self._open[0] >= self.max_sockets:
+                raise PortLimitError(
+                    f"client port {self.name!r} already has {self.max_sockets} open sockets",
+                    port_name=self.name,
+                    limit=self.max_sockets,
+                )
+            self._open[0] += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._open[0] -= 1
+
+
+def check_encoding(encoding: str) -> None:
+    """Raise ``UsageError`` unless ``encoding`` names a Python codec."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError) as exc:
+        raise UsageError(f"unknown encoding {encoding!r}") from exc
+
+
+DEFAULT_PORT: Final = ClientPort()

@@ -1,0 +1,720 @@
+"""The :class:`Socket`: the only module that touches anyio streams and ``ssl`` errors.
+
+Theory of operation
+-------------------
+A socket wraps one anyio byte stream (TCP, or TLS over TCP once ``ssl_on()`` ran, or TLS
+over TLS through an ``https://`` proxy). Received bytes flow one way: from the stream into
+the socket's :class:`~janusnet._scan.Scanner` buffer, from which ``recv``,
+``recv_exactly`` and ``recv_parsed`` take them. A receive only awaits the stream when the
+buffer cannot answer it, so reading many small records costs no event-loop round trips.
+
+``ssl_on()`` refuses to start while any byte is buffered (-112): bytes that came over the
+plaintext hop must never be read as if they had come over TLS (CVE-2011-0411,
+CVE-2021-22947). It also looks, without reading, at what the transport has received but
+not handed over yet, so injected bytes that arrived in a later segment are refused the
+same way instead of being fed to the TLS engine.
+
+The receive window (Janus ``RECVLIM``) is enforced at the buffer's door: bytes beyond the
+window are held back, so the scanner sees "end of stream" exactly at the window's edge and
+every receive (parse tokens included) counts against it.
+
+Cancellation: every coroutine here may be cancelled. A cancelled receive loses nothing
+(bytes already read stay buffered); a cancelled ``connect`` or ``ssl_on`` closes the
+socket, because a half-done handshake cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket as _stdsocket
+import ssl
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+import anyio
+from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from ._exceptions import (
+    BusyError,
+    ConnectError,
+    HandshakeError,
+    IncompleteReadError,
+    NotSSLPortError,
+    PendingDataError,
+    SocketClosedError,
+    SocketResetError,
+    SSLOnOtherError,
+    UsageError,
+)
+from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
+from ._scan import Parsed, Scanner, TokenSet, as_token_set
+from ._tls import TLSInfo, default_ssl_context
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anyio.abc import ByteStream
+
+    from ._connect import ProxyReply
+
+__all__ = ["Socket", "SocketState"]
+
+logger = logging.getLogger("janusnet")
+
+#: How much one read asks of the transport: 64 KiB is what asyncio and trio read per
+#: system call, large enough that bulk transfers are not syscall-bound.
+RECEIVE_SIZE: Final = 65536
+#: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
+#: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
+DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+
+
+class SocketState(enum.Enum):
+    """Where a connection stands (Janus ``Info('STAT')``)."""
+
+    CONNECTED = "CONN"
+    FIN_RECEIVED = "FINR"
+    FIN_SENT = "FINS"
+    FIN_BOTH = "FINBOTH"
+    RESET = "RESET"
+
+
+def _validate_target(host: str, port: int) -> None:
+    if not isinstance(host, str) or not host:
+        raise UsageError("host must be a non-empty str")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
+        raise UsageError(f"host {host!r} contains a control character or a space")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UsageError(f"port must be an int in 1-65535, not {port!r}")
+
+
+class Socket:
+    """An async client socket with Janus semantics: send, parse, upgrade in place.
+
+    Create one with :meth:`connect`, or wrap an existing anyio byte stream with
+    ``Socket(stream, client_port=...)``. Use it as an async context manager, or call
+    :meth:`aclose`.
+
+    Args:
+        stream: a connected anyio byte stream (the socket takes ownership).
+        client_port: the port definition; defaults to ``ClientPort()``.
+        server_hostname: the name ``ssl_on()`` verifies by default.
+
+    Raises:
+        PortLimitError: the client port already has ``max_sockets`` open sockets.
+    """
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        *,
+        client_port: ClientPort | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        port = client_port if client_port is not None else DEFAULT_PORT
+        port._acquire()
+        self._port = port
+        self._stream: ByteStream | None = stream
+        self._scanner = Scanner()
+        self._held = bytearray()
+        self._allot: int | None = None
+        self._eof = False
+        self._fin_sent = False
+        self._reset = False
+        self._receiving = False
+        self._tls: TLSInfo | None = None
+        self._server_hostname = server_hostname
+        self.line_end: bytes = port.line_end
+        self._tokens: TokenSet = port.tokens
+        self._encoding: str = port.encoding
+        #: The proxy's reply to CONNECT when a :class:`~janusnet.ProxyTunnel` made this
+        #: socket, else ``None``.
+        self.proxy_reply: ProxyReply | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        client_port: ClientPort | None = None,
+        tls: bool | None = None,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        server_hostname: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Socket:
+        """Open a TCP connection (happy eyeballs over IPv4 and IPv6).
+
+        Args:
+            host: a host name, an IPv4 address or an IPv6 address.
+            port: the TCP port.
+            client_port: the port definition (TLS mode, line end, tokens, rules...).
+            tls: ``True`` to handshake at once on an ``OPTIONAL`` port; ``None`` follows
+                the port (``ALWAYS`` handshakes, the others do not).
+            timeout: one deadline over TCP connect and the TLS handshake, in seconds;
+                ``None`` for none.
+            server_hostname: the name to verify; defaults to ``host``.
+            ssl_context: the context for an immediate handshake (default: the port's).
+
+        Returns:
+            The connected socket.
+
+        Raises:
+            UsageError: bad host or port, or ``tls=False`` on an ``ALWAYS`` port.
+            NotSSLPortError: ``tls=True`` on a ``NEVER`` port.
+            AccessDeniedError: the port's rules forbid the target (nothing was sent).
+            PortLimitError: the port's ``max_sockets`` is reached.
+            ConnectError: the TCP connection failed (``__cause__`` says why).
+            HandshakeError: the immediate TLS handshake failed.
+            TimeoutError: ``timeout`` expired; nothing is left open.
+
+        Cancellation closes whatever was opened and propagates.
+        """
+        client_port = client_port if client_port is not None else DEFAULT_PORT
+        _validate_target(host, port)
+        if tls and client_port.tls is TLSMode.NEVER:
+            raise NotSSLPortError(f"client port {client_port.name!r} does not allow TLS")
+        if tls is False and client_port.tls is TLSMode.ALWAYS:
+            raise UsageError(f"client port {client_port.name!r} always uses TLS")
+        want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
+        client_port.check_access(host, port)
+        with anyio.fail_after(timeout):
+            targets = await _allowed_addresses(client_port, host, port)
+            stream = await _connect_tcp(targets, host, port)
+            try:
+                sock = cls(
+                    stream, client_port=client_port, server_hostname=server_hostname or host
+                )
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+            logger.debug("connected to %s:%s on port %s", host, port, client_port.name)
+            if want_tls:
+                try:
+                    await sock.ssl_on(ssl_context=ssl_context)
+                except BaseException:
+                    await sock.aclose()
+                    raise
+        return sock
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def client_port(self) -> ClientPort:
+        """The port definition this socket was made with."""
+        return self._port
+
+    @property
+    def parse_tokens(self) -> TokenSet:
+        """The default tokens for ``recv_parsed`` (settable: list of bytes, TokenSet or a
+        PRSTOK string)."""
+        return self._tokens
+
+    @parse_tokens.setter
+    def parse_tokens(self, tokens: TokenSet | Iterable[bytes] | str) -> None:
+        self._tokens = as_token_set(tokens)
+
+    @property
+    def encoding(self) -> str:
+        """The codec for ``str`` payloads (settable)."""
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, encoding: str) -> None:
+        check_encoding(encoding)
+        self._encoding = encoding
+
+    @property
+    def pending(self) -> int:
+        """How many received bytes are buffered and unread."""
+        return self._scanner.pending + len(self._held)
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """The TLS session (version, cipher, ALPN, peer certificate), or ``None``."""
+        return self._tls
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` ran (or a failed handshake closed the socket)."""
+        return self._stream is None
+
+    @property
+    def state(self) -> SocketState:
+        """The connection state (CONNECTED, FIN_RECEIVED, FIN_SENT, FIN_BOTH, RESET)."""
+        if self._stream is None or self._reset:
+            return SocketState.RESET
+        if self._eof and self._fin_sent:
+            return SocketState.FIN_BOTH
+        if self._eof:
+            return SocketState.FIN_RECEIVED
+        if self._fin_sent:
+            return SocketState.FIN_SENT
+        return SocketState.CONNECTED
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)`` at the TCP level (the proxy, for a tunnel)."""
+        if self._stream is None:
+            return None
+        try:
+            address = self._stream.extra(SocketAttribute.remote_address)
+        except anyio.TypedAttributeLookupError:
+            return None
+        return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+    @property
+    def receive_window(self) -> int | None:
+        """Bytes that receives may still return (Janus ``RECVLIM``); ``None`` = unlimited.
+
+        Every receive counts against it, parse tokens included; at 0, receives behave as at
+        end of stream. Set it to a number of bytes, or ``None`` to lift it.
+        """
+        if self._allot is None:
+            return None
+        return self._allot + self._scanner.pending
+
+    @receive_window.setter
+    def receive_window(self, limit: int | None) -> None:
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise UsageError("receive_window must be >= 0 or None")
+        data = self._scanner.take(self._scanner.pending) + bytes(self._held)
+        self._held.clear()
+        self._allot = limit
+        self._feed(data)
+
+    # ------------------------------------------------------------------ sending
+
+    def _encode(self, data: str | bytes | bytearray | memoryview, encoding: str | None) -> bytes:
+        if isinstance(data, str):
+            return data.encode(encoding or self._encoding)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return bytes(data)
+        raise UsageError(f"send takes str or bytes, not {type(data).__name__}")
+
+    async def send(
+        self, data: str | bytes | bytearray | memoryview, *, encoding: str | None = None
+    ) -> None:
+        """Send bytes as they are, or a ``str`` encoded with the socket's encoding.
+
+        Args:
+            data: the payload.
+            encoding: overrides the socket's encoding for this call.
+
+        Raises:
+            UsageError: ``data`` is neither str nor bytes.
+            SocketClosedError: the socket is closed, or ``send_eof()`` was called.
+            SocketResetError: the connection broke.
+
+        Cancellation may leave part of ``data`` sent.
+        """
+        await self._send(self._encode(data, encoding))
+
+    async def send_line(
+        self,
+        data: str | bytes | bytearray | memoryview = b"",
+        *,
+        line_end: bytes | None = None,
+        encoding: str | None = None,
+    ) -> None:
+        """Send ``data`` followed by the line end, in one write.
+
+        Args:
+            data: the payload (``str`` is encoded; the line end is always raw bytes).
+            line_end: overrides the socket's ``line_end`` for this call.
+            encoding: overrides the socket's encoding for this call.
+
+        Raises:
+            UsageError: bad payload or an empty line end.
+            SocketClosedError: the socket is closed, or ``send_eof()`` was called.
+            SocketResetError: the connection broke.
+        """
+        end = self.line_end if line_end is None else line_end
+        if not isinstance(end, bytes) or not end:
+            raise UsageError("line_end must be non-empty bytes")
+        await self._send(self._encode(data, encoding) + end)
+
+    async def _send(self, payload: bytes) -> None:
+        stream = self._stream
+        if stream is None:
+            raise SocketClosedError("the socket is closed")
+        if self._fin_sent:
+            raise SocketClosedError("cannot send after send_eof() (FIN sent)")
+        try:
+            await stream.send(payload)
+        except (anyio.BrokenResourceError, OSError) as exc:
+            self._reset = True
+            raise SocketResetError(f"connection broke while sending: {exc!r}") from exc
+        except anyio.ClosedResourceError as exc:
+            raise SocketClosedError("the socket was closed during send") from exc
+
+    async def send_eof(self) -> None:
+        """Send FIN: this side will send nothing more; receiving goes on.
+
+        Raises:
+            SocketClosedError: the socket is closed.
+            UsageError: the stream cannot half-close (TLS has no half-close).
+            SocketResetError: the connection broke.
+        """
+        stream = self._stream
+        if stream is None:
+            raise SocketClosedError("the socket is closed")
+        if self._fin_sent:
+            return
+        try:
+            await stream.send_eof()
+        except NotImplementedError as exc:
+            raise UsageError("a TLS stream cannot send FIN; close it instead") from exc
+        except (anyio.BrokenResourceError, OSError) as exc:
+            self._reset = True
+            raise SocketResetError(f"connection broke while sending FIN: {exc!r}") from exc
+        self._fin_sent = True
+
+    # ------------------------------------------------------------------ receiving
+
+    def _feed(self, data: bytes) -> None:
+        allot = self._allot
+        if allot is None:
+            self._scanner.feed(data)
+        elif len(data) <= allot:
+            self._scanner.feed(data)
+            self._allot = allot - len(data)
+        else:
+            self._scanner.feed(data[:allot])
+            self._held += data[allot:]
+            self._allot = 0
+
+    @property
+    def _at_end(self) -> bool:
+        return self._eof or self._allot == 0
+
+    async def _fill(self) -> None:
+        """Read once from the stream into the buffer (or note EOF)."""
+        stream = self._stream
+        if stream is None:
+            raise SocketClosedError("the socket is closed")
+        self._receiving = True
+        try:
+            data = await stream.receive(RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            self._eof = True
+            return
+        except (anyio.BrokenResourceError, OSError) as exc:
+            self._reset = True
+            raise SocketResetError(f"connection broke while receiving: {exc!r}") from exc
+        except anyio.ClosedResourceError as exc:
+            raise SocketClosedError("the socket was closed while receiving") from exc
+        finally:
+            self._receiving = False
+        self._feed(data)
+
+    def _check_receive(self) -> None:
+        if self._receiving:
+            raise BusyError("another task is already receiving on this socket")
+        if self._stream is None:
+            raise SocketClosedError("the socket is closed")
+
+    async def recv(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        """Return up to ``max_bytes`` bytes: what is buffered, or one read's worth.
+
+        Args:
+            max_bytes: the most bytes to return (>= 1).
+
+        Returns:
+            The bytes; ``b""`` at end of stream or when the receive window is spent.
+
+        Raises:
+            UsageError: ``max_bytes`` < 1.
+            BusyError: another task is receiving on this socket.
+            SocketClosedError: the socket is closed.
+            SocketResetError: the connection broke.
+
+        Cancellation loses no bytes.
+        """
+        if max_bytes < 1:
+            raise UsageError("max_bytes must be >= 1")
+        self._check_receive()
+        scanner = self._scanner
+        while not scanner.pending:
+            if self._at_end:
+                return b""
+            await self._fill()
+        return scanner.take(max_bytes)
+
+    async def recv_exactly(self, count: int) -> bytes:
+        """Return exactly ``count`` bytes.
+
+        Args:
+            count: how many bytes (>= 0).
+
+        Returns:
+            The bytes.
+
+        Raises:
+            UsageError: ``count`` < 0.
+            BusyError: another task is receiving on this socket.
+            IncompleteReadError: the stream ended (or the window was spent) first; the
+                bytes that did arrive are on the exception as ``partial``.
+            SocketClosedError: the socket is closed.
+            SocketResetError: the connection broke.
+
+        Cancellation loses no bytes: they stay buffered.
+        """
+        if count < 0:
+            raise UsageError("count must be >= 0")
+        self._check_receive()
+        scanner = self._scanner
+        while scanner.pending < count:
+            if self._at_end:
+                raise IncompleteReadError(scanner.take(scanner.pending), count)
+            await self._fill()
+        return scanner.take(count)
+
+    async def recv_parsed(
+        self,
+        tokens: TokenSet | Iterable[bytes] | str | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> Parsed:
+        """Receive up to the next parse token (Janus ``ReceiveAndParse``).
+
+        The token whose match starts earliest wins; at the same start, the longest. When a
+        longer token could still complete at the end of what has arrived, it waits for
+        more bytes (or EOF). The result never depends on how bytes were split into
+        segments.
+
+        Args:
+            tokens: tokens for this call (list of bytes, TokenSet or PRSTOK string);
+                default: the socket's ``parse_tokens``.
+            max_bytes: limit on data bytes (the token excluded); a token starting at or
+                before this offset counts as found. Default: the port's
+                ``max_parse_bytes``.
+
+        Returns:
+            ``Parsed(data, token, index)``: ``data`` without the token, the token, and its
+            1-based index (0 and ``None`` when the limit was hit or the stream ended; at
+            EOF ``data`` is what was buffered, ``b""`` when nothing was).
+
+        Raises:
+            UsageError: bad tokens or a negative ``max_bytes``.
+            BusyError: another task is receiving on this socket.
+            SocketClosedError: the socket is closed.
+            SocketResetError: the connection broke.
+
+        Cancellation loses no bytes: they stay buffered for the next receive.
+        """
+        if self._receiving or self._stream is None:
+            self._check_receive()
+        token_set = self._tokens if tokens is None else as_token_set(tokens)
+        limit = self._port.max_parse_bytes if max_bytes is None else max_bytes
+        if limit < 0:
+            raise UsageError("max_bytes must be >= 0")
+        scanner = self._scanner
+        result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
+        while result is None:
+            await self._fill()
+            result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
+        return result
+
+    def decode(self, data: bytes, *, encoding: str | None = None, errors: str = "strict") -> str:
+        """Decode received bytes with the socket's encoding (Janus ``TranIn``).
+
+        Raises:
+            UnicodeDecodeError: the bytes are not valid in that encoding (with
+                ``errors="strict"``).
+        """
+        return data.decode(encoding or self._encoding, errors)
+
+    # ------------------------------------------------------------------ TLS
+
+    def _transport_pending(self) -> int:
+        """Bytes received by the transport but not yet read by us (looked at, not read)."""
+        stream = self._stream
+        if isinstance(stream, TLSStream):
+            try:
+                return int(stream.extra(TLSAttribute.ssl_object).pending())
+            except (anyio.TypedAttributeLookupError, ssl.SSLError):
+                return 0
+        queue = getattr(getattr(stream, "_protocol", None), "read_queue", None)
+        queued = sum(len(chunk) for chunk in queue) if queue else 0
+        if queued:
+            return queued
+        if stream is None:
+            return 0
+        try:
+            fileno = stream.extra(SocketAttribute.raw_socket).fileno()
+        except (anyio.TypedAttributeLookupError, OSError):
+            return 0
+        # asyncio hands out a TransportSocket without recv(); peek through a temporary
+        # socket object on the same descriptor, detached (not closed) afterwards.
+        probe = _stdsocket.socket(fileno=fileno)
+        try:
+            peeked = probe.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing there
+            return 0
+        finally:
+            probe.detach()
+        return len(peeked)
+
+    async def ssl_on(
+        self,
+        *,
+        server_hostname: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Upgrade this live connection to TLS, in place (Janus ``SSLOn``).
+
+        Args:
+            server_hostname: the name (or IP address) to verify and send as SNI; default:
+                the host given to ``connect`` or the tunnel's target. IP addresses are
+                checked against IP SANs and sent without SNI.
+            ssl_context: the context to use; default: the port's, else the verified
+                default (certifi, TLS >= 1.2). Never modified.
+
+        Raises:
+            NotSSLPortError: (-110) the port's ``TLSMode`` is ``NEVER``; socket unchanged.
+            PendingDataError: (-112) unread plaintext bytes are buffered (or already
+                received by the transport); socket unchanged, drain it and retry.
+            HandshakeError: (-111) the peer did not complete a handshake, or its
+                certificate or host name failed verification; the socket is closed.
+            SSLOnOtherError: (-149) already TLS, closed, no host name to verify (socket
+                unchanged), or an I/O error during the handshake (socket closed).
+
+        Cancellation during the handshake closes the socket and propagates.
+        """
+        stream = self._stream
+        if stream is None:
+            raise SSLOnOtherError("ssl_on: the socket is closed")
+        if self._tls is not None:
+            raise SSLOnOtherError("ssl_on: the socket is already TLS")
+        if self._port.tls is TLSMode.NEVER:
+            raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
+        if self._receiving:
+            raise SSLOnOtherError("ssl_on: another task is receiving on this socket")
+        pending = self.pending or self._transport_pending()
+        if pending:
+            raise PendingDataError(
+                f"ssl_on: {pending} unread byte(s) arrived before TLS; read them first",
+                pending=pending,
+            )
+        if self._eof or self._reset:
+            raise SSLOnOtherError("ssl_on: the peer has closed the connection")
+        hostname = server_hostname or self._server_hostname
+        context = ssl_context or self._port.ssl_context or default_ssl_context()
+        if hostname is None and context.check_hostname:
+            raise SSLOnOtherError("ssl_on: no server_hostname to verify")
+        self._receiving = True
+        try:
+            tls_stream = await TLSStream.wrap(
+                stream,
+                server_side=False,
+                hostname=hostname.strip("[]") if hostname else None,
+                ssl_context=context,
+                standard_compatible=False,
+            )
+        except BaseException as exc:
+            self._receiving = False
+            await self._close_stream()
+            _raise_handshake_error(exc, hostname)
+        self._receiving = False
+        self._stream = tls_stream
+        self._tls = TLSInfo.from_ssl_object(tls_stream.extra(TLSAttribute.ssl_object), hostname)
+        logger.debug("TLS on with %s: %s %s", hostname, self._tls.version, self._tls.cipher)
+
+    # ------------------------------------------------------------------ closing
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        self._port._release()
+        with anyio.CancelScope(shield=True):
+            try:
+                await stream.aclose()
+            except (anyio.BrokenResourceError, OSError):  # closing a broken stream
+                pass
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent; never raises for a broken connection.
+
+        Cancellation cannot stop it: the close is shielded (it does not wait on the peer).
+        """
+        await self._close_stream()
+
+    async def __aenter__(self) -> Socket:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        tls = f" tls={self._tls.version}" if self._tls else ""
+        return (
+            f"<janusnet.Socket port={self._port.name!r} remote={self.remote_address!r} "
+            f"state={self.state.name}{tls} pending={self.pending}>"
+        )
+
+
+def _raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
+    """Translate a failed handshake into -111 / -149 (cancellation propagates as is)."""
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
+        logger.warning("TLS handshake with %s failed: %s", hostname, exc)
+        raise HandshakeError(f"TLS handshake with {hostname} failed: {exc}") from exc
+    if isinstance(exc, anyio.BrokenResourceError):
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, ssl.SSLError):
+            logger.warning("TLS handshake with %s failed: peer closed", hostname)
+            raise HandshakeError(
+                f"TLS handshake with {hostname} failed: the peer closed the connection"
+            ) from exc
+        logger.warning("TLS handshake with %s failed: %r", hostname, cause)
+        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from exc
+    if isinstance(exc, OSError):
+        logger.warning("TLS handshake with %s failed: %r", hostname, exc)
+        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
+    raise exc
+
+
+async def _allowed_addresses(port: ClientPort, host: str, number: int) -> list[str]:
+    """Resolve ``host`` when IP rules apply, refusing names that resolve to denied IPs.
+
+    Returns the addresses to connect to (``[host]`` when no IP rule could apply).
+    """
+    if not any(rule.is_ip_rule for rule in port.rules):
+        return [host]
+    from ._exceptions import AccessDeniedError
+
+    try:
+        infos = await anyio.getaddrinfo(host.strip("[]"), number, type=_stdsocket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"cannot resolve {host}: {exc}", host=host, port=number) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if not port.is_address_allowed(address, number):
+            raise AccessDeniedError(
+                f"client port {port.name!r} does not allow {host} ({address}) port {number}",
+                host=address,
+                port=number,
+                port_name=port.name,
+            )
+    return addresses
+
+
+async def _connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
+    last: OSError | None = None
+    for target in targets:
+        try:
+            return await anyio.connect_tcp(target.strip("[]"), port)
+        except OSError as exc:
+            last = exc
+    logger.warning("cannot connect to %s:%s: %s", host, port, last)
+    raise ConnectError(f"cannot connect to {host}:{port}: {last}", host=host, port=port) from last

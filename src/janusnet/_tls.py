@@ -1,0 +1,152 @@
+"""TLS defaults and the description of a negotiated TLS session.
+
+The default context trusts certifi's CA bundle (updated independently of the OS, the way
+httpx does), refuses anything older than TLS 1.2 and checks host names. It is built once
+and shared: an ``SSLContext`` is safe to share between connections, loading the bundle
+costs milliseconds, and janusnet never mutates a context, its own or a caller's.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ssl
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import certifi
+
+__all__ = ["CertInfo", "TLSInfo", "default_ssl_context"]
+
+
+@lru_cache(maxsize=1)
+def default_ssl_context() -> ssl.SSLContext:
+    """The shared client context: certifi's CA bundle, TLS >= 1.2, host names checked.
+
+    Returns:
+        A verified client ``SSLContext``. Treat it as read-only: it is shared.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=certifi.where())
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _name_fields(rdns: object) -> dict[str, str]:
+    """Flatten ``getpeercert()``'s subject/issuer tuples into ``{"commonName": ...}``."""
+    fields: dict[str, str] = {}
+    if isinstance(rdns, tuple):
+        for rdn in rdns:
+            for key, value in rdn:
+                fields.setdefault(str(key), str(value))
+    return fields
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What janusnet reports about a certificate (the Janus ``CertInfo`` spirit).
+
+    Attributes:
+        subject: subject fields by OpenSSL long name (``commonName``, ``organizationName``,
+            ``organizationalUnitName``, ``localityName``, ...).
+        issuer: issuer fields, same keys.
+        subject_alt_names: ``(type, value)`` pairs, e.g. ``("DNS", "localhost")``.
+        not_before: start of validity (UTC), when known.
+        not_after: end of validity (UTC), when known.
+        serial_number: hex serial, when known.
+    """
+
+    subject: dict[str, str] = field(default_factory=dict)
+    issuer: dict[str, str] = field(default_factory=dict)
+    subject_alt_names: tuple[tuple[str, str], ...] = ()
+    not_before: _dt.datetime | None = None
+    not_after: _dt.datetime | None = None
+    serial_number: str | None = None
+
+    @classmethod
+    def from_peercert(cls, cert: dict[str, object]) -> CertInfo:
+        """Build from ``SSLObject.getpeercert()``'s dictionary."""
+
+        def when(key: str) -> _dt.datetime | None:
+            value = cert.get(key)
+            if not isinstance(value, str):
+                return None
+            return _dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(value), _dt.timezone.utc)
+
+        sans = cert.get("subjectAltName", ())
+        serial = cert.get("serialNumber")
+        return cls(
+            subject=_name_fields(cert.get("subject")),
+            issuer=_name_fields(cert.get("issuer")),
+            subject_alt_names=tuple((str(k), str(v)) for k, v in sans)
+            if isinstance(sans, tuple)
+            else (),
+            not_before=when("notBefore"),
+            not_after=when("notAfter"),
+            serial_number=serial if isinstance(serial, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """The negotiated TLS session of a socket (``sock.tls``).
+
+    Attributes:
+        version: e.g. ``"TLSv1.3"``.
+        cipher: the cipher suite name.
+        alpn_protocol: the ALPN protocol agreed, or ``None``.
+        server_hostname: the name (or IP) the certificate was checked against.
+        peer_certificate: the leaf certificate's details, or ``None`` when the context did
+            not verify it (``CERT_NONE`` hides it).
+        chain: the verified chain, leaf first, on Python versions that expose it (3.13+);
+            otherwise just the leaf, when known.
+    """
+
+    version: str | None
+    cipher: str | None
+    alpn_protocol: str | None
+    server_hostname: str | None
+    peer_certificate: CertInfo | None
+    chain: tuple[CertInfo, ...] = ()
+
+    @classmethod
+    def from_ssl_object(cls, ssl_object: ssl.SSLObject, server_hostname: str | None) -> TLSInfo:
+        """Describe a completed handshake."""
+        cipher = ssl_object.cipher()
+        raw = ssl_object.getpeercert()
+        leaf = CertInfo.from_peercert(dict(raw)) if raw else None
+        chain: tuple[CertInfo, ...] = (leaf,) if leaf else ()
+        get_chain = getattr(ssl_object, "get_verified_chain", None)
+        if get_chain is not None:  # Python 3.13+
+            try:
+                chain = (
+                    tuple(
+                        _cert_from_der(c.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+                        for c in get_chain()
+                    )
+                    or chain
+                )
+            except (ValueError, OSError, ssl.SSLError):  # informational only; keep the leaf
+                chain = (leaf,) if leaf else ()
+        return cls(
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            alpn_protocol=ssl_object.selected_alpn_protocol(),
+            server_hostname=server_hostname,
+            peer_certificate=leaf,
+            chain=chain,
+        )
+
+
+def _cert_from_der(der: bytes) -> CertInfo:
+    """Decode a DER certificate with the stdlib's private test decoder (best effort)."""
+    import os
+    import tempfile
+
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    fd, path = tempfile.mkstemp(suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+        decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    finally:
+        os.unlink(path)
+    return CertInfo.from_peercert(dict(decoded))

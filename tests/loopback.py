@@ -1,0 +1,55 @@
+"""Loopback servers for the socket tests, run on the test's own event loop (anyio)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.tls import TLSStream
+
+Handler = Callable[[SocketStream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def serve(handler: Handler, *, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Serve ``handler`` on a free loopback port; yields the port. Each connection is
+    closed after its handler returns; everything is cancelled on exit."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
+
+    async def wrapper(stream: SocketStream) -> None:
+        async with stream:
+            try:
+                await handler(stream)
+            except (anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, OSError):
+                pass
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, wrapper)
+        yield int(listener.extra(SocketAttribute.local_port))
+        tg.cancel_scope.cancel()
+
+
+async def read_line(stream: anyio.abc.ByteReceiveStream, buf: bytearray) -> bytes:
+    """Read one CRLF line from ``stream`` using ``buf`` as carry-over."""
+    while b"\r\n" not in buf:
+        buf += await stream.receive()
+    line, _, rest = bytes(buf).partition(b"\r\n")
+    buf[:] = rest
+    return line
+
+
+async def tls_server_side(stream: SocketStream, context: ssl.SSLContext) -> TLSStream:
+    return await TLSStream.wrap(
+        stream, server_side=True, ssl_context=context, standard_compatible=False
+    )
+
+
+async def echo(stream: anyio.abc.ByteStream) -> None:
+    try:
+        while True:
+            await stream.send(await stream.receive())
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        pass

@@ -1,0 +1,272 @@
+"""Sans-IO tests for TokenSet and the delimiter scanner (no sockets)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from janusnet import Parsed, TokenSet, UsageError
+from janusnet._scan import Scanner
+
+CRLF = TokenSet([b"\r\n"])
+AMBIG = TokenSet([b"\r\n", b"\r"])
+
+
+def drive(chunks: list[bytes], tokens: TokenSet, max_bytes: int | None) -> list[Parsed]:
+    """Feed chunks one at a time, collecting every record, then settle at EOF."""
+    scanner = Scanner()
+    results: list[Parsed] = []
+    for chunk in chunks:
+        scanner.feed(chunk)
+        while (result := scanner.scan(tokens, max_bytes, eof=False)) is not None:
+            results.append(result)
+    while True:
+        result = scanner.scan(tokens, max_bytes, eof=True)
+        assert result is not None, "at EOF the scanner must always answer"
+        results.append(result)
+        if result == (b"", None, 0) and not scanner.pending:
+            return results
+
+
+def oracle(data: bytes, tokens: TokenSet, max_bytes: int | None) -> list[Parsed]:
+    """The pinned rules, applied naively to the whole input at once."""
+    out: list[Parsed] = []
+    while data:
+        found = None
+        for start in range(len(data)):
+            if max_bytes is not None and start > max_bytes:
+                break
+            matches = [(len(t), k) for k, t in enumerate(tokens) if data.startswith(t, start)]
+            if matches:
+                found = (start, max(matches)[1])
+                break
+        if found is not None:
+            start, k = found
+            out.append(Parsed(data[:start], tokens[k], k + 1))
+            data = data[start + len(tokens[k]) :]
+        else:
+            n = len(data) if max_bytes is None else min(max_bytes, len(data))
+            out.append(Parsed(data[:n], None, 0))
+            data = data[n:]
+    out.append(Parsed(b"", None, 0))
+    return out
+
+
+def scan_once(data: bytes, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
+    scanner = Scanner()
+    scanner.feed(data)
+    return scanner.scan(tokens, max_bytes, eof)
+
+
+@pytest.mark.parametrize(
+    ("data", "tokens", "max_bytes", "eof", "expected"),
+    [
+        pytest.param(b"abc\r\ndef", CRLF, None, False, (b"abc", b"\r\n", 1), id="single-token"),
+        pytest.param(b"abc", CRLF, None, False, None, id="no-token-waits"),
+        pytest.param(b"abc\r", CRLF, None, False, None, id="partial-token-waits"),
+        pytest.param(b"abc\r", AMBIG, None, False, None, id="ambig-short-at-end-waits"),
+        pytest.param(b"abc\rx", AMBIG, None, False, (b"abc", b"\r", 2), id="ambig-short-settled"),
+        pytest.param(b"abc\r\n", AMBIG, None, False, (b"abc", b"\r\n", 1), id="ambig-longest"),
+        pytest.param(b"abc\r", AMBIG, None, True, (b"abc", b"\r", 2), id="ambig-short-at-eof"),
+        pytest.param(
+            b"a|b\r\n", TokenSet([b"\r\n", b"|"]), None, False, (b"a", b"|", 2), id="earliest-wins"
+        ),
+        pytest.param(
+            b"xabcd",
+            TokenSet([b"abcdef", b"cd"]),
+            None,
+            False,
+            None,
+            id="earlier-partial-longer-token-waits",
+        ),
+        pytest.param(
+            b"xabcdz",
+            TokenSet([b"abcdef", b"cd"]),
+            None,
+            False,
+            (b"xab", b"cd", 2),
+            id="earlier-partial-settled",
+        ),
+        pytest.param(b"", CRLF, None, True, (b"", None, 0), id="eof-empty"),
+        pytest.param(b"tail", CRLF, None, True, (b"tail", None, 0), id="eof-with-data"),
+        pytest.param(b"tail\r", CRLF, None, True, (b"tail\r", None, 0), id="eof-partial-token"),
+        pytest.param(b"abcd\r\n", CRLF, 4, False, (b"abcd", b"\r\n", 1), id="max-at-limit"),
+        pytest.param(b"abc\r\n", CRLF, 4, False, (b"abc", b"\r\n", 1), id="max-below-limit"),
+        pytest.param(b"abcde\r\n", CRLF, 4, False, (b"abcd", None, 0), id="max-above-limit"),
+        pytest.param(b"abcd", CRLF, 4, False, None, id="max-exactly-filled-waits"),
+        pytest.param(b"abcd\r", CRLF, 4, False, None, id="max-partial-at-limit-waits"),
+        pytest.param(b"abcdxy", CRLF, 4, False, (b"abcd", None, 0), id="max-settled-no-token"),
+        pytest.param(b"abcdefgh", CRLF, 4, True, (b"abcd", None, 0), id="max-at-eof"),
+        pytest.param(b"\r\nabc", CRLF, 0, False, (b"", b"\r\n", 1), id="max-zero-token-first"),
+        pytest.param(b"x\r\n", CRLF, 0, False, (b"", None, 0), id="max-zero-no-token"),
+    ],
+)
+def test_scanner_rules(
+    data: bytes, tokens: TokenSet, max_bytes: int | None, eof: bool, expected: object
+) -> None:
+    assert scan_once(data, tokens, max_bytes, eof) == expected
+
+
+def test_scanner_keeps_rest_after_limit() -> None:
+    scanner = Scanner()
+    scanner.feed(b"abcdefgh\r\n")
+    assert scanner.scan(CRLF, 3, eof=False) == (b"abc", None, 0)
+    assert scanner.pending == 7
+    assert scanner.scan(CRLF, None, eof=False) == (b"defgh", b"\r\n", 1)
+
+
+def test_scanner_token_set_change_between_calls() -> None:
+    scanner = Scanner()
+    scanner.feed(b"a|b\r\nc|")
+    assert scanner.scan(CRLF, None, eof=False) == (b"a|b", b"\r\n", 1)
+    assert scanner.scan(TokenSet([b"|"]), None, eof=False) == (b"c", b"|", 1)
+
+
+def test_scanner_take_interleaves_with_scan() -> None:
+    scanner = Scanner()
+    scanner.feed(b"ab|cd|ef|")
+    pipe = TokenSet([b"|", b"\r\n"])
+    assert scanner.scan(pipe, None, eof=False) == (b"ab", b"|", 1)
+    assert scanner.take(2) == b"cd"
+    assert scanner.scan(pipe, None, eof=False) == (b"", b"|", 1)
+    assert scanner.scan(pipe, None, eof=False) == (b"ef", b"|", 1)
+
+
+def test_scanner_linear_work_on_growing_buffer() -> None:
+    """A long record arriving one byte at a time must not be rescanned from the start."""
+    scanner = Scanner()
+    tokens = TokenSet([b"\r\n", b"|", b"END!"])
+    calls = 0
+    original = bytearray.find
+    for _ in range(20000):
+        scanner.feed(b"x")
+        assert scanner.scan(tokens, None, eof=False) is None
+        calls += 1
+    # Every token's search position has advanced to the end of the buffer.
+    assert scanner._scan_from == scanner.pending == 20000
+    assert all(s >= 20000 - len(t) for s, t in zip(scanner._searched, tokens))
+    assert original is bytearray.find and calls == 20000
+    scanner.feed(b"|")
+    assert scanner.scan(tokens, None, eof=False) == (b"x" * 20000, b"|", 2)
+
+
+token_lists = st.lists(
+    st.binary(min_size=1, max_size=4).map(lambda b: bytes(x % 4 + 0x61 for x in b)),
+    min_size=1,
+    max_size=4,
+    unique=True,
+)
+
+
+@st.composite
+def split_case(draw: st.DrawFn) -> tuple[bytes, list[bytes], TokenSet, int | None]:
+    tokens = TokenSet(draw(token_lists))
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(tokens.tokens),
+                st.binary(max_size=6).map(lambda b: bytes(x % 5 + 0x61 for x in b)),
+            ),
+            max_size=20,
+        )
+    )
+    data = b"".join(pieces)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=10)))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    max_bytes = draw(st.one_of(st.none(), st.integers(1, 12)))
+    return data, chunks, tokens, max_bytes
+
+
+@settings(max_examples=400, deadline=None)
+@given(split_case())
+def test_scanner_split_anywhere_same_result(
+    case: tuple[bytes, list[bytes], TokenSet, int | None],
+) -> None:
+    data, chunks, tokens, max_bytes = case
+    whole = drive([data], tokens, max_bytes)
+    assert drive(chunks, tokens, max_bytes) == whole
+    assert drive([bytes([b]) for b in data], tokens, max_bytes) == whole
+    assert whole == oracle(data, tokens, max_bytes)
+
+
+@pytest.mark.parametrize(
+    ("spec", "tokens"),
+    [
+        pytest.param("0D0A", [b"\r\n"], id="crlf"),
+        pytest.param("0d0a|7C", [b"\r\n", b"|"], id="two-lowercase-hex"),
+        pytest.param("AMBIG|0D0A|0D", [b"\r\n", b"\r"], id="ambig"),
+        pytest.param("ambig|0D|0D0A", [b"\r", b"\r\n"], id="ambig-lowercase-order-kept"),
+        pytest.param(" 0D0A | 0A ", [b"\r\n", b"\n"], id="spaces"),
+    ],
+)
+def test_token_set_from_prstok_accepts(spec: str, tokens: list[bytes]) -> None:
+    parsed = TokenSet.from_prstok(spec)
+    assert list(parsed) == tokens
+    assert TokenSet.from_prstok(parsed.to_prstok()) == parsed
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        pytest.param("0D0A|0D|0A", "prefix of another", id="prefix-needs-ambig"),
+        pytest.param("AMBIG|0D0A|0D09", "only allowed", id="needless-ambig"),
+        pytest.param("0G", "not hex", id="bad-hex"),
+        pytest.param("0D0", "odd number", id="odd-digits"),
+        pytest.param("0D0A||0A", "empty token", id="empty-token"),
+        pytest.param("", "empty token", id="empty-string"),
+        pytest.param("AMBIG|", "empty token", id="ambig-only"),
+        pytest.param("0D0A|0d0a", "twice", id="duplicate"),
+        pytest.param("NONE", "NONE", id="none"),
+    ],
+)
+def test_token_set_from_prstok_rejects(spec: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        TokenSet.from_prstok(spec)
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pytest.param([], id="empty-list"),
+        pytest.param([b""], id="empty-token"),
+        pytest.param([b"a", b"a"], id="duplicate"),
+        pytest.param(["\r\n"], id="str-token"),
+        pytest.param(b"\r\n", id="bare-bytes"),
+    ],
+)
+def test_token_set_list_rejects(tokens: object) -> None:
+    with pytest.raises(UsageError):
+        TokenSet(tokens)  # type: ignore[arg-type]
+
+
+def test_token_set_list_allows_prefixes() -> None:
+    assert TokenSet([b"\r", b"\r\n"]).has_prefixes
+
+
+@pytest.mark.parametrize("module", ["_scan.py", "_connect.py"])
+def test_sans_io_modules_import_no_io(module: str) -> None:
+    path = pathlib.Path(__file__).parent.parent / "src" / "janusnet" / module
+    if not path.exists():
+        pytest.fail(f"{module} is missing")
+    tree = ast.parse(path.read_text())
+    allowed_third_party = {"h11"}
+    import sys
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                assert node.module == "_exceptions", f"{module} imports .{node.module}"
+                continue
+            names = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        for name in names:
+            assert name in sys.stdlib_module_names or name in allowed_third_party, (
+                f"{module} imports {name}"
+            )

@@ -1,0 +1,390 @@
+"""Loopback tests of Socket on asyncio and trio, with trustme certificates."""
+
+from __future__ import annotations
+
+import ssl
+
+import anyio
+import pytest
+import trustme
+from anyio.abc import SocketStream
+
+import janusnet
+from janusnet import (
+    BusyError,
+    ClientPort,
+    ConnectError,
+    HandshakeError,
+    IncompleteReadError,
+    NotSSLPortError,
+    PendingDataError,
+    ReturnCode,
+    Socket,
+    SocketState,
+    SSLOnOtherError,
+    TLSMode,
+)
+from loopback import echo, read_line, serve, tls_server_side
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def port(ca: trustme.CA) -> ClientPort:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return ClientPort("TEST", tls=TLSMode.OPTIONAL, ssl_context=context)
+
+
+def starttls_handler(server_context: ssl.SSLContext, *, inject: bytes = b"", late: bytes = b""):
+    """A STARTTLS-style peer: greet, wait for STARTTLS, (inject), upgrade, then echo."""
+
+    async def handler(stream: SocketStream) -> None:
+        buf = bytearray()
+        await stream.send(b"220 ready\r\n")
+        assert await read_line(stream, buf) == b"STARTTLS"
+        await stream.send(b"220 go ahead\r\n" + inject)
+        if late:
+            await anyio.sleep(0.05)
+            await stream.send(late)
+        tls = await tls_server_side(stream, server_context)
+        await echo(tls)
+
+    return handler
+
+
+async def test_socket_ssl_on_after_plain_exchange(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            assert (await sock.recv_parsed()).data == b"220 ready"
+            await sock.send_line("STARTTLS")
+            assert await sock.recv_parsed() == (b"220 go ahead", b"\r\n", 1)
+            assert sock.tls is None
+            await sock.ssl_on()
+            assert sock.tls is not None
+            assert sock.tls.version in ("TLSv1.2", "TLSv1.3")
+            assert sock.tls.server_hostname == "localhost"
+            assert sock.tls.peer_certificate is not None
+            assert ("DNS", "localhost") in sock.tls.peer_certificate.subject_alt_names
+            assert sock.tls.peer_certificate.not_after is not None
+            await sock.send_line(b"over tls")
+            assert await sock.recv_parsed() == (b"over tls", b"\r\n", 1)
+            assert sock.state is SocketState.CONNECTED
+        assert sock.closed
+        assert sock.state is SocketState.RESET
+
+
+async def test_socket_ssl_on_refused_on_never_port(
+    anyio_backend: str, server_context: ssl.SSLContext
+) -> None:
+    never = ClientPort("PLAIN", tls=TLSMode.NEVER)
+    async with serve(echo) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=never) as sock:
+            with pytest.raises(NotSSLPortError) as info:
+                await sock.ssl_on(server_hostname="localhost")
+            assert info.value.code == ReturnCode.NOT_SSL_PORT == -110
+            assert not sock.closed
+            await sock.send_line("still plain")
+            assert (await sock.recv_parsed()).data == b"still plain"
+
+
+async def test_socket_ssl_on_plaintext_peer_is_handshake_error(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    async def plaintext(stream: SocketStream) -> None:
+        await stream.receive()
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\n\r\nnot tls at all\r\n")
+
+    async with serve(plaintext) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        with pytest.raises(HandshakeError) as info:
+            await sock.ssl_on()
+        assert info.value.code == -111
+        assert isinstance(info.value.__cause__, (ssl.SSLError, anyio.BrokenResourceError))
+        assert sock.closed
+
+
+async def test_socket_ssl_on_peer_closes_is_handshake_error(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    async def closer(stream: SocketStream) -> None:
+        await stream.receive()
+
+    async with serve(closer) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        with pytest.raises(HandshakeError):
+            await sock.ssl_on()
+        assert sock.closed
+
+
+async def test_socket_ssl_on_wrong_hostname_is_handshake_error(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("other.example").configure_cert(other)
+
+    async def handler(stream: SocketStream) -> None:
+        await tls_server_side(stream, other)
+
+    async with serve(handler) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        with pytest.raises(HandshakeError) as info:
+            await sock.ssl_on()
+        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+        assert "localhost" in str(info.value)
+        assert sock.closed
+
+
+async def test_socket_ssl_on_untrusted_ca_is_handshake_error(
+    anyio_backend: str, server_context: ssl.SSLContext
+) -> None:
+    async def handler(stream: SocketStream) -> None:
+        await tls_server_side(stream, server_context)
+
+    async with serve(handler) as number:
+        # The default context trusts certifi's bundle only: trustme's CA is unknown there.
+        sock = await Socket.connect("localhost", number)
+        with pytest.raises(HandshakeError) as info:
+            await sock.ssl_on()
+        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+        assert sock.closed
+
+
+async def test_socket_ssl_on_pending_bytes_refused_then_drained(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context, inject=b"INJECTED")) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            assert (await sock.recv_parsed()).data == b"220 go ahead"
+            with pytest.raises(PendingDataError) as info:
+                await sock.ssl_on()
+            assert info.value.code == -112
+            assert info.value.pending == len(b"INJECTED")
+            assert not sock.closed and sock.tls is None
+            assert await sock.recv_exactly(8) == b"INJECTED"
+            await sock.ssl_on()
+            await sock.send_line("after drain")
+            assert (await sock.recv_parsed()).data == b"after drain"
+
+
+async def test_socket_ssl_on_refuses_bytes_from_a_later_segment(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context, late=b"LATE")) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            assert (await sock.recv_parsed()).data == b"220 go ahead"
+            await anyio.sleep(0.3)  # the injected segment is now in the kernel buffer
+            with pytest.raises(PendingDataError):
+                await sock.ssl_on()
+            assert await sock.recv(100) == b"LATE"
+            await sock.ssl_on()
+
+
+async def test_socket_ssl_on_twice_is_other_error(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            await sock.recv_parsed()
+            await sock.ssl_on()
+            with pytest.raises(SSLOnOtherError) as info:
+                await sock.ssl_on()
+            assert info.value.code == -149
+            await sock.send_line("usable")
+            assert (await sock.recv_parsed()).data == b"usable"
+
+
+async def test_socket_ssl_on_closed_is_other_error(anyio_backend: str, port: ClientPort) -> None:
+    async with serve(echo) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        await sock.aclose()
+        with pytest.raises(SSLOnOtherError):
+            await sock.ssl_on()
+        await sock.aclose()  # idempotent
+
+
+async def test_socket_ipv6_loopback_verifies_ip_san(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context), host="::1") as number:
+        async with await Socket.connect("::1", number, client_port=port) as sock:
+            assert sock.remote_address is not None and sock.remote_address[0] == "::1"
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            await sock.recv_parsed()
+            await sock.ssl_on()
+            assert sock.tls is not None and sock.tls.server_hostname == "::1"
+
+
+async def test_socket_ip_literal_sends_no_sni(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    seen: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.sni_callback = lambda obj, name, ctx: seen.append(name)  # type: ignore[assignment]
+
+    async def handler(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, context)
+        await echo(tls)
+
+    async with serve(handler) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=port, tls=True) as sock:
+            assert sock.tls is not None
+    assert seen == [None]
+
+
+async def test_socket_always_port_handshakes_at_connect(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    always = ClientPort("TLS", tls=TLSMode.ALWAYS, ssl_context=context)
+
+    async def handler(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server_context))
+
+    async with serve(handler) as number:
+        async with await Socket.connect("localhost", number, client_port=always) as sock:
+            assert sock.tls is not None
+            await sock.send(b"x\r\n")
+            assert await sock.recv_parsed() == (b"x", b"\r\n", 1)
+
+
+async def test_socket_connect_refused_is_connect_error(anyio_backend: str) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    number = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    with pytest.raises(ConnectError) as info:
+        await Socket.connect("127.0.0.1", number)
+    assert info.value.port == number
+    assert isinstance(info.value.__cause__, OSError)
+
+
+async def test_socket_connect_deadline_covers_handshake(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    async def stall(stream: SocketStream) -> None:
+        await anyio.sleep(30)
+
+    async with serve(stall) as number:
+        with anyio.fail_after(5):
+            with pytest.raises(TimeoutError):
+                await Socket.connect("localhost", number, client_port=port, tls=True, timeout=0.3)
+
+
+async def test_socket_concurrent_receive_is_refused(anyio_backend: str) -> None:
+    async def slow(stream: SocketStream) -> None:
+        await anyio.sleep(0.3)
+        await stream.send(b"late\r\n")
+
+    async with serve(slow) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sock.recv_parsed)
+                await anyio.sleep(0.05)
+                with pytest.raises(BusyError):
+                    await sock.recv_parsed()
+                with pytest.raises(BusyError):
+                    await sock.recv()
+
+
+async def test_socket_recv_parsed_across_segments_and_eof(anyio_backend: str) -> None:
+    async def trickle(stream: SocketStream) -> None:
+        for piece in (b"one\r", b"\ntwo", b"\r", b"\nthr", b"ee"):
+            await stream.send(piece)
+            await anyio.sleep(0.01)
+
+    async with serve(trickle) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            assert await sock.recv_parsed() == (b"one", b"\r\n", 1)
+            assert await sock.recv_parsed() == (b"two", b"\r\n", 1)
+            assert await sock.recv_parsed() == (b"three", None, 0)
+            assert await sock.recv_parsed() == (b"", None, 0)
+            assert await sock.recv() == b""
+            assert sock.state is SocketState.FIN_RECEIVED
+
+
+async def test_socket_recv_exactly_and_incomplete(anyio_backend: str) -> None:
+    async def short(stream: SocketStream) -> None:
+        await stream.send(b"0123456789")
+
+    async with serve(short) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            assert await sock.recv_exactly(4) == b"0123"
+            with pytest.raises(IncompleteReadError) as info:
+                await sock.recv_exactly(10)
+            assert info.value.partial == b"456789"
+            assert info.value.expected == 10
+
+
+async def test_socket_send_encodes_str_and_keeps_bytes(anyio_backend: str) -> None:
+    ebcdic = ClientPort("EBCDIC", encoding="cp037")
+
+    async def handler(stream: SocketStream) -> None:
+        data = b""
+        while len(data) < 11:
+            data += await stream.receive()
+        await stream.send(data)
+
+    async with serve(handler) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=ebcdic) as sock:
+            await sock.send("CONNECT ")
+            await sock.send(b"raw")
+            got = await sock.recv_exactly(11)
+            assert got == "CONNECT ".encode("cp037") + b"raw"
+            assert sock.decode(got[:8]) == "CONNECT "
+
+
+async def test_socket_send_line_uses_line_end(anyio_backend: str) -> None:
+    async with serve(echo) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            sock.line_end = b"\n"
+            await sock.send_line("a")
+            await sock.send_line("b", line_end=b"|")
+            await sock.send_line()
+            assert await sock.recv_exactly(5) == b"a\nb|\n"
+
+
+async def test_socket_send_after_close_is_refused(anyio_backend: str) -> None:
+    async with serve(echo) as number:
+        sock = await Socket.connect("127.0.0.1", number)
+        await sock.aclose()
+        with pytest.raises(janusnet.SocketClosedError):
+            await sock.send(b"x")
+        with pytest.raises(janusnet.SocketClosedError):
+            await sock.recv()
+
+
+async def test_socket_repr_names_port_and_state(anyio_backend: str) -> None:
+    async with serve(echo) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=ClientPort("REPR"))
+        text = repr(sock)
+        assert "'REPR'" in text and "CONNECTED" in text and str(number) in text
+        await sock.aclose()
+        assert "RESET" in repr(sock)
