@@ -1,0 +1,287 @@
+"""Sans-IO proxy authentication: ``Proxy-Authenticate`` challenges and their answers.
+
+Basic (RFC 7617) and Digest (RFC 7616: MD5, MD5-sess, SHA-256, SHA-256-sess, ``qop=auth``
+and the RFC 2069 form without ``qop``). The functions return the ``Proxy-Authorization``
+header *value*; :func:`janusnet._connect.build_connect_request` sends it. Credentials are
+never part of an error message.
+
+Imports are limited to the standard library and ``_exceptions`` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote
+
+from ._exceptions import UsageError
+
+__all__ = [
+    "Challenge",
+    "basic_proxy_authorization",
+    "choose_challenge",
+    "digest_proxy_authorization",
+    "digest_supported",
+    "parse_challenges",
+]
+
+# RFC 7616 algorithm name -> hashlib name. SHA-512-256 is left out: hashlib only has it
+# when OpenSSL does, and proxies offer SHA-256 or MD5 in practice (squid: MD5 only).
+_DIGEST_HASHES: Final = {"md5": "md5", "sha-256": "sha256"}
+#: nc is sent as 8 hex digits (RFC 7616 §3.4), so it cannot exceed 0xFFFFFFFF.
+MAX_NONCE_COUNT: Final = 0xFFFFFFFF
+# Preference when a proxy offers several challenges: strongest first.
+_PREFERENCE: Final = ("sha-256", "sha-256-sess", "md5", "md5-sess")
+
+_TCHARS: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED_STRING: Final = r'"(?:[^"\\]|\\.)*"'
+_SCHEME_RE: Final = re.compile(_TCHARS)
+_PARAM_RE: Final = re.compile(rf"({_TCHARS})[ \t]*=[ \t]*({_TCHARS}|{_QUOTED_STRING})")
+_TOKEN68_RE: Final = re.compile(r"([A-Za-z0-9._~+/-]+=*)[ \t]*(?=,|\Z)")
+_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One challenge from a ``Proxy-Authenticate`` header (RFC 9110 §11.6.1).
+
+    Attributes:
+        scheme: the auth scheme, lower-cased (``"basic"``, ``"digest"``...).
+        params: auth-params, names lower-cased, quoted-string values unescaped.
+        token68: the token68 form some schemes use instead of params (``Negotiate``).
+    """
+
+    scheme: str
+    params: dict[str, str] = field(default_factory=dict)
+    token68: str | None = None
+
+
+def _skip(text: str, pos: int, chars: str) -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
+def parse_challenges(values: Sequence[str]) -> list[Challenge]:
+    """Parse every challenge in the given ``Proxy-Authenticate`` header values.
+
+    One value may hold several challenges (``Basic realm="a", Digest realm="b", ...``).
+    Parsing is lenient: text that fits no rule is skipped up to the next comma, so this
+    never raises on what a proxy sends.
+
+    Args:
+        values: the header values, in order.
+
+    Returns:
+        The challenges, in order.
+    """
+    challenges: list[Challenge] = []
+    for text in values:
+        current: Challenge | None = None
+        pos = 0
+        while True:
+            pos = _skip(text, pos, " \t,")
+            if pos >= len(text):
+                break
+            param = _PARAM_RE.match(text, pos)
+            if current is not None and param is not None:
+                name, value = param.group(1).lower(), param.group(2)
+                if value.startswith('"'):
+                    value = _ESCAPE_RE.sub(r"\1", value[1:-1])
+                current.params.setdefault(name, value)
+                pos = param.end()
+                continue
+            scheme = _SCHEME_RE.match(text, pos)
+            if scheme is None:  # stray character: skip to the next list element
+                comma = text.find(",", pos)
+                if comma < 0:
+                    break
+                pos = comma + 1
+                continue
+            pos = scheme.end()
+            token68 = None
+            if pos < len(text) and text[pos] in " \t":
+                pos = _skip(text, pos, " \t")
+                found = _TOKEN68_RE.match(text, pos)
+                if found is not None and _PARAM_RE.match(text, pos) is None:
+                    token68 = found.group(1)
+                    pos = found.end()
+            current = Challenge(scheme.group().lower(), {}, token68)
+            challenges.append(current)
+    return challenges
+
+
+def basic_proxy_authorization(username: str, password: str) -> bytes:
+    """Build a ``Proxy-Authorization: Basic`` value (RFC 7617, UTF-8).
+
+    Args:
+        username: the user name; it cannot contain ``:``.
+        password: the password.
+
+    Returns:
+        ``b"Basic " + base64(username:password)``.
+
+    Raises:
+        UsageError: the user name contains ``:`` (Basic cannot represent it) or either
+            part cannot be encoded as UTF-8.
+    """
+    if ":" in username:
+        raise UsageError("a Basic user name cannot contain ':'")
+    try:
+        raw = f"{username}:{password}".encode()
+    except UnicodeEncodeError:
+        raise UsageError("the user name or password is not valid Unicode text") from None
+    return b"Basic " + base64.b64encode(raw)
+
+
+def _algorithm(challenge: Challenge) -> str:
+    return challenge.params.get("algorithm", "MD5").lower()
+
+
+def digest_supported(challenge: Challenge) -> bool:
+    """Whether :func:`digest_proxy_authorization` can answer ``challenge``.
+
+    Args:
+        challenge: a parsed challenge.
+
+    Returns:
+        True for a Digest challenge with a realm, a nonce, a supported algorithm and
+        either no ``qop`` or one that includes ``auth``.
+    """
+    qops = _qop_options(challenge)
+    return (
+        challenge.scheme == "digest"
+        and "realm" in challenge.params
+        and "nonce" in challenge.params
+        and _algorithm(challenge).removesuffix("-sess") in _DIGEST_HASHES
+        and (not qops or "auth" in qops)
+    )
+
+
+def choose_challenge(challenges: Sequence[Challenge]) -> Challenge | None:
+    """Pick the strongest challenge janusnet can answer: Digest (SHA-256, then MD5), then Basic.
+
+    Args:
+        challenges: as returned by :func:`parse_challenges`.
+
+    Returns:
+        The chosen challenge, or None when none can be answered.
+    """
+    digests = [c for c in challenges if digest_supported(c)]
+    if digests:
+        return min(digests, key=lambda c: _PREFERENCE.index(_algorithm(c)))
+    return next((c for c in challenges if c.scheme == "basic"), None)
+
+
+def _qop_options(challenge: Challenge) -> list[str]:
+    return [q.strip().lower() for q in challenge.params.get("qop", "").split(",") if q.strip()]
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_text(value: str, what: str) -> None:
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
+        raise UsageError(f"the Digest {what} contains a control character")
+
+
+def digest_proxy_authorization(
+    challenge: Challenge,
+    username: str,
+    password: str,
+    *,
+    method: str,
+    uri: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> bytes:
+    """Answer a Digest challenge (RFC 7616; RFC 2069 form when the proxy sends no ``qop``).
+
+    Strings are hashed as UTF-8. A non-ASCII user name is sent as ``username*``
+    (RFC 7616 §3.4.4). ``opaque`` is echoed. ``userhash`` is not used (it is optional).
+    Challenges this cannot answer raise :class:`UsageError`; check them first with
+    :func:`digest_supported` (or pick one with :func:`choose_challenge`).
+
+    Args:
+        challenge: a Digest challenge from :func:`parse_challenges`.
+        username: the user name.
+        password: the password.
+        method: the request method (``"CONNECT"``).
+        uri: the request-target (the authority for ``CONNECT``).
+        cnonce: the client nonce; default ``secrets.token_hex(16)``.
+        nc: the nonce count, 1 for the first request with this nonce.
+
+    Returns:
+        The ``Proxy-Authorization`` value.
+
+    Raises:
+        UsageError: the challenge is not Digest, lacks realm or nonce, uses an unsupported
+            algorithm or only ``qop=auth-int``; ``nc`` is out of range; or a user name,
+            method, uri or cnonce contains a control character.
+    """
+    if challenge.scheme != "digest":
+        raise UsageError(f"not a Digest challenge: {challenge.scheme!r}")
+    params = challenge.params
+    realm, nonce = params.get("realm"), params.get("nonce")
+    if realm is None or nonce is None:
+        raise UsageError("the Digest challenge has no realm or no nonce")
+    algorithm = _algorithm(challenge)
+    hash_name = _DIGEST_HASHES.get(algorithm.removesuffix("-sess"))
+    if hash_name is None:
+        raise UsageError(f"unsupported Digest algorithm {params['algorithm']!r}")
+    qops = _qop_options(challenge)
+    if qops and "auth" not in qops:
+        raise UsageError(f"unsupported Digest qop {params['qop']!r}: only 'auth' is supported")
+    if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_NONCE_COUNT:
+        raise UsageError("nc must be an int in 1-0xFFFFFFFF")
+    if cnonce is None:
+        cnonce = secrets.token_hex(16)
+    for value, what in (
+        (username, "user name"),
+        (method, "method"),
+        (uri, "uri"),
+        (cnonce, "cnonce"),
+    ):
+        _check_text(value, what)
+
+    def digest(text: str) -> str:
+        try:
+            return hashlib.new(hash_name, text.encode()).hexdigest()
+        except UnicodeEncodeError:
+            raise UsageError("the user name or password is not valid Unicode text") from None
+
+    ha1 = digest(f"{username}:{realm}:{password}")
+    if algorithm.endswith("-sess"):
+        ha1 = digest(f"{ha1}:{nonce}:{cnonce}")
+    ha2 = digest(f"{method}:{uri}")
+    nc_text = f"{nc:08x}"
+    if qops:
+        response = digest(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+    else:
+        response = digest(f"{ha1}:{nonce}:{ha2}")
+
+    if username.isascii():
+        parts = [f"username={_quoted(username)}"]
+    else:
+        parts = [f"username*=UTF-8''{quote(username, safe='')}"]
+    parts += [f"realm={_quoted(realm)}", f"uri={_quoted(uri)}"]
+    if "algorithm" in params:
+        parts.append(f"algorithm={params['algorithm']}")
+    parts.append(f"nonce={_quoted(nonce)}")
+    if qops:
+        parts += [f"nc={nc_text}", f"cnonce={_quoted(cnonce)}", "qop=auth"]
+    elif algorithm.endswith("-sess"):
+        parts.append(f"cnonce={_quoted(cnonce)}")
+    parts.append(f"response={_quoted(response)}")
+    if "opaque" in params:
+        parts.append(f"opaque={_quoted(params['opaque'])}")
+    try:
+        return ("Digest " + ", ".join(parts)).encode("latin-1")
+    except UnicodeEncodeError:
+        raise UsageError("the Digest challenge holds characters outside latin-1") from None

@@ -1,0 +1,533 @@
+"""Sans-IO CONNECT exchange: the request janusnet sends to an HTTP proxy and its reply.
+
+Theory of operation
+-------------------
+This module never touches a socket. The tunnel code does the I/O and hands bytes over:
+
+1. :func:`format_authority` turns ``(host, port)`` into the ``CONNECT`` request-target
+   (authority form, RFC 9110 §9.3.6), refusing anything a proxy could split differently:
+   unbracketed IPv6, zone IDs, control characters, ambiguous numeric hosts.
+2. :func:`build_connect_request` serialises the request with h11 after validating every
+   header (CR/LF injection is refused with :class:`UsageError`, never stripped).
+3. :class:`ConnectReplyReader` feeds the proxy's bytes to an h11 client connection that
+   believes it sent a ``CONNECT``. That belief matters: a 2xx reply to ``CONNECT`` makes
+   h11 switch protocols, so ``Content-Length``/``Transfer-Encoding`` on a 2xx are ignored
+   as RFC 9110 §9.3.6 requires, and every byte after the head is tunnel data, returned
+   untouched in :attr:`ConnectReplyReader.leftover`. ``feed()`` returns ``None`` while
+   the head is incomplete ("need more data" is a value, not an exception).
+4. For a non-2xx reply, :meth:`ConnectReplyReader.drain_body` consumes the body (bounded by
+   :data:`MAX_DRAIN_BYTES`) so the connection can carry a retry with credentials, and
+   :func:`check_reply` turns the status into the proxy-specific exception.
+
+Imports are limited to the standard library, h11 and ``_exceptions`` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import h11
+
+from ._exceptions import (
+    ProxyAuthenticationRequired,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    UsageError,
+)
+
+__all__ = [
+    "MAX_DRAIN_BYTES",
+    "MAX_HEAD_BYTES",
+    "ConnectReplyReader",
+    "ProxyReply",
+    "build_connect_request",
+    "check_reply",
+    "format_authority",
+    "validate_header",
+]
+
+#: Default cap on the reply head (status line + headers, interim 1xx heads included).
+#: 64 KiB is 4x curl's per-line limit and far above any real proxy reply, while a hostile
+#: proxy streaming headers forever is stopped after one small buffer (peers.md §3.2).
+MAX_HEAD_BYTES: Final = 65536
+#: Cap on a non-2xx body drained for a retry, counted on the wire (chunk framing
+#: included). Proxy error pages are a few KiB; anything larger is not worth reading
+#: just to keep the connection, so the caller should close it instead.
+MAX_DRAIN_BYTES: Final = 64 * 1024
+#: DNS limits (RFC 1035 §2.3.4): 63 octets per label, 253 for the name without the root dot.
+MAX_LABEL_LENGTH: Final = 63
+MAX_HOST_LENGTH: Final = 253
+
+# Letters, digits, '-', '_' and '.': the subset of RFC 3986 reg-name that DNS resolves.
+# Sub-delims and '%' are legal in a reg-name but mean nothing to DNS and are parsed
+# differently by different proxies, so they are refused.
+_HOST_NAME_RE: Final = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+_NUMERIC_LABEL_RE: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_AUTHORITY_RE: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}")
+# A request h11 must believe it sent; only its method matters for the reply's framing.
+_PLACEHOLDER_TARGET: Final = b"janusnet.invalid:443"
+_BODYLESS_STATUSES: Final = frozenset({204, 304})
+
+
+def _check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise UsageError(f"port must be an int, not {type(port).__name__}")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port} is outside 1-65535")
+
+
+def _ipv6(text: str, original: str) -> str:
+    if "%" in text:
+        raise UsageError(
+            f"host {original!r} has an IPv6 zone ID; zone IDs are local to this machine "
+            "and cannot be sent to a proxy"
+        )
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError as exc:
+        raise UsageError(f"host {original!r} is not a valid IPv6 address") from exc
+    return text.lower()  # validated: only hex digits, ':' and '.' remain
+
+
+def _host_name(host: str) -> str:
+    ascii_host = host
+    if not host.isascii():
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise UsageError(
+                f"host {host!r} is not a valid internationalised name: {exc}"
+            ) from exc
+    name = ascii_host.lower()
+    if _HOST_NAME_RE.fullmatch(name) is None:
+        bad = next(
+            (ch for ch in name if not (ch.isascii() and ch.isalnum()) and ch not in "-_."), None
+        )
+        if bad is not None:
+            raise UsageError(f"host {host!r} contains {bad!r}, which cannot appear in a host name")
+        raise UsageError(f"host {host!r} has an empty label (two dots, or a leading dot)")
+    labels = name.rstrip(".").split(".")
+    if len(name.rstrip(".")) > MAX_HOST_LENGTH or max(map(len, labels)) > MAX_LABEL_LENGTH:
+        raise UsageError(f"host {host!r} is too long for DNS (63 per label, 253 in all)")
+    if _NUMERIC_LABEL_RE.fullmatch(labels[-1]):
+        # "010.1.1.1" or "0x7f.1": inet_aton() reads these as octal/hex addresses, other
+        # parsers as names, so the proxy may connect somewhere unintended.
+        raise UsageError(f"host {host!r} looks numeric but is not a dotted-quad IPv4 address")
+    return name
+
+
+def format_authority(host: str, port: int) -> str:
+    """Build the ``CONNECT`` request-target (authority form) for ``host`` and ``port``.
+
+    IPv6 literals are bracketed (``[::1]:443``, input with or without brackets), IPv4
+    literals are kept, other names are IDNA-encoded (IDNA 2003, the stdlib codec) and
+    lower-cased.
+
+    Args:
+        host: a host name, IPv4 literal or IPv6 literal.
+        port: the TCP port, 1-65535.
+
+    Returns:
+        ``host:port`` ready for the request line and the ``Host`` header.
+
+    Raises:
+        UsageError: the host is empty, holds a space, a control character or a character
+            that cannot appear in a host name, has an IPv6 zone ID, is an invalid or
+            ambiguous address, or the port is not an int in 1-65535.
+    """
+    if not isinstance(host, str):
+        raise UsageError(f"host must be a str, not {type(host).__name__}")
+    _check_port(port)
+    if not host:
+        raise UsageError("host is empty")
+    for index, char in enumerate(host):
+        if char <= " " or char == "\x7f":
+            raise UsageError(
+                f"host {host!r} contains the space or control character {char!r} at index {index}"
+            )
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise UsageError(f"host {host!r} has unbalanced brackets")
+        return f"[{_ipv6(host[1:-1], host)}]:{port}"
+    if ":" in host:
+        return f"[{_ipv6(host, host)}]:{port}"
+    try:
+        return f"{ipaddress.IPv4Address(host)}:{port}"
+    except ValueError:
+        pass
+    return f"{_host_name(host)}:{port}"
+
+
+def validate_header(name: str, value: str) -> tuple[bytes, bytes]:
+    """Check one request header and encode it for the wire.
+
+    The value's surrounding spaces and tabs are removed (they are not part of a field
+    value, RFC 9110 §5.5); it is encoded as latin-1, the encoding replies are decoded with.
+    Error messages name the header but never echo the value (it may be a credential).
+
+    Args:
+        name: the header name, an RFC 9110 token.
+        value: the header value; TAB is allowed, other control characters are not.
+
+    Returns:
+        ``(name, value)`` as bytes.
+
+    Raises:
+        UsageError: the name is not a token, or the value holds CR, LF, NUL, another
+            control character, or a character outside latin-1.
+    """
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise UsageError("header names and values must be str")
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise UsageError(
+            f"header name {name!r} is not a token (letters, digits and !#$%&'*+-.^_`|~ only)"
+        )
+    for index, char in enumerate(value):
+        if (char < " " and char != "\t") or "\x7f" <= char <= "\x9f":
+            raise UsageError(
+                f"header {name!r} value contains the control character {char!r} at index {index}"
+            )
+    try:
+        encoded = value.strip(" \t").encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"header {name!r} value has a character outside latin-1 at index {exc.start}"
+        ) from None  # the exception object would carry the whole (possibly secret) value
+    return name.encode("ascii"), encoded
+
+
+def build_connect_request(
+    authority: str,
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    proxy_authorization: bytes | None = None,
+    user_agent: str | None = "janusnet",
+) -> bytes:
+    """Serialise ``CONNECT authority HTTP/1.1`` with h11.
+
+    Headers go out as ``Host``, ``User-Agent`` (unless ``user_agent`` is None),
+    ``Proxy-Authorization`` (when given), then ``headers`` in order. A user header named
+    ``Host``, ``User-Agent`` or ``Proxy-Authorization`` replaces the default one in place.
+
+    Args:
+        authority: ``host:port`` as returned by :func:`format_authority`.
+        headers: extra ``(name, value)`` pairs for the proxy.
+        proxy_authorization: the ``Proxy-Authorization`` value, e.g. from
+            :func:`janusnet._auth.basic_proxy_authorization`.
+        user_agent: the ``User-Agent`` value, or None to send none.
+
+    Returns:
+        The request bytes, ending with the blank line.
+
+    Raises:
+        UsageError: the authority is not a valid ``host:port``, a header is invalid, or a
+            header would give the request a body (``Content-Length``, ``Transfer-Encoding``).
+            Everything is checked before any byte is produced.
+    """
+    if not isinstance(authority, str) or _AUTHORITY_RE.fullmatch(authority) is None:
+        raise UsageError(f"CONNECT target {authority!r} is not host:port; use format_authority()")
+    _check_port(int(authority.rpartition(":")[2]))
+    items: list[tuple[bytes, bytes]] = [(b"Host", authority.encode("ascii"))]
+    if user_agent is not None:
+        items.append(validate_header("User-Agent", user_agent))
+    if proxy_authorization is not None:
+        if not isinstance(proxy_authorization, bytes):
+            raise UsageError("proxy_authorization must be bytes")
+        items.append(validate_header("Proxy-Authorization", proxy_authorization.decode("latin-1")))
+    replaced: set[bytes] = set()
+    for name, value in headers:
+        raw_name, raw_value = validate_header(name, value)
+        lower = raw_name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
+            raise UsageError(f"header {name!r} would give CONNECT a body; it cannot be sent")
+        if lower in (b"host", b"user-agent", b"proxy-authorization") and lower not in replaced:
+            replaced.add(lower)
+            positions = [i for i, (key, _) in enumerate(items) if key.lower() == lower]
+            if positions:
+                items[positions[0]] = (raw_name, raw_value)
+                continue
+        items.append((raw_name, raw_value))
+    conn = h11.Connection(h11.CLIENT)
+    try:
+        request = h11.Request(method=b"CONNECT", target=authority.encode("ascii"), headers=items)
+        data = conn.send(request)
+    except h11.LocalProtocolError as exc:
+        raise UsageError(f"cannot build the CONNECT request: {exc}") from exc
+    assert data is not None  # only ConnectionClosed serialises to None
+    return data
+
+
+@dataclass(frozen=True)
+class ProxyReply:
+    """The proxy's final reply head to ``CONNECT``.
+
+    Attributes:
+        status: the status code.
+        reason: the reason phrase, possibly empty.
+        http_version: ``"1.0"`` or ``"1.1"``.
+        headers: ``(name, value)`` pairs in received order, names in received case,
+            decoded as latin-1; obs-fold continuation lines are already unfolded.
+    """
+
+    status: int
+    reason: str
+    http_version: str
+    headers: tuple[tuple[str, str], ...]
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        """Every value of the header ``name`` (case-insensitive), in order."""
+        wanted = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == wanted)
+
+
+def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
+    """Raise the proxy-specific error for a non-2xx reply.
+
+    Args:
+        reply: the reply head.
+        proxy: ``host:port`` of the proxy for the message (never with credentials).
+
+    Raises:
+        ProxyAuthenticationRequired: the status is 407.
+        ProxyRefusedError: any other status outside 2xx.
+    """
+    if 200 <= reply.status < 300:
+        return
+    error = ProxyAuthenticationRequired if reply.status == 407 else ProxyRefusedError
+    raise error(reply.status, reply.reason, reply.headers, proxy=proxy)
+
+
+class ConnectReplyReader:
+    """Parse the proxy's reply to one ``CONNECT``, fed bytes as they arrive.
+
+    Use one reader per request sent. Interim 1xx replies are skipped (their bytes count
+    towards ``max_head_bytes``). The result never depends on how the bytes were split.
+
+    Args:
+        max_head_bytes: the cap on the whole reply head.
+        proxy: ``host:port`` of the proxy, for error messages.
+
+    Raises:
+        UsageError: ``max_head_bytes`` is not a positive int.
+    """
+
+    def __init__(self, *, max_head_bytes: int = MAX_HEAD_BYTES, proxy: str = "") -> None:
+        if isinstance(max_head_bytes, bool) or not isinstance(max_head_bytes, int):
+            raise UsageError("max_head_bytes must be an int")
+        if max_head_bytes < 1:
+            raise UsageError(f"max_head_bytes must be positive, not {max_head_bytes}")
+        self._max_head_bytes = max_head_bytes
+        self._proxy = proxy
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_bytes)
+        self._conn.send(
+            h11.Request(
+                method=b"CONNECT",
+                target=_PLACEHOLDER_TARGET,
+                headers=[(b"Host", _PLACEHOLDER_TARGET)],
+            )
+        )
+        self._conn.send(h11.EndOfMessage())
+        self._received = 0  # every byte fed so far
+        self._head_bytes = 0  # size of the head once complete
+        self._reply: ProxyReply | None = None
+        self._eof = False
+        self._body_done = False
+        self._body_length: int | None = None  # None: delimited by close (not drainable)
+        self._keep_alive = False
+
+    @property
+    def reply(self) -> ProxyReply | None:
+        """The final reply head once complete, else None."""
+        return self._reply
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes received after the reply head (after the body, once drained).
+
+        For a 2xx these are the first tunnel bytes, exactly as received.
+        """
+        if self._reply is None:
+            return b""
+        return self._conn.trailing_data[0]
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection can carry another ``CONNECT`` after :meth:`drain_body`.
+
+        False for 2xx, ``Connection: close``, HTTP/1.0 without keep-alive, a body delimited
+        by closing the connection or larger than :data:`MAX_DRAIN_BYTES`, or bytes that
+        followed the drained body.
+        """
+        reply = self._reply
+        if reply is None or 200 <= reply.status < 300 or not self._keep_alive:
+            return False
+        if self._body_length is None or self._body_length > MAX_DRAIN_BYTES:
+            return False
+        return not (self._body_done and self.leftover)
+
+    def _where(self) -> str:
+        return f"proxy {self._proxy}" if self._proxy else "the proxy"
+
+    def _too_big(self) -> ProxyProtocolError:
+        return ProxyProtocolError(
+            f"{self._where()} sent a reply head larger than max_head_bytes "
+            f"({self._max_head_bytes} bytes)",
+            proxy=self._proxy,
+        )
+
+    def feed(self, data: bytes) -> ProxyReply | None:
+        """Add received bytes.
+
+        Bytes fed after the head is complete go to :attr:`leftover` (or to the body).
+
+        Args:
+            data: the next bytes from the proxy, possibly empty.
+
+        Returns:
+            The reply once its head is complete, None while more bytes are needed.
+
+        Raises:
+            ProxyProtocolError: the reply is malformed (``__cause__`` is h11's error),
+                not HTTP/1.x, or its head exceeds ``max_head_bytes``.
+            UsageError: called after :meth:`feed_eof`.
+        """
+        if self._eof:
+            raise UsageError("feed() called after feed_eof()")
+        if data:  # h11 reads b"" as end-of-file
+            self._received += len(data)
+            self._conn.receive_data(bytes(data))
+        if self._reply is None:
+            return self._advance()
+        return self._reply
+
+    def feed_eof(self) -> ProxyReply:
+        """Record that the proxy closed the connection.
+
+        Returns:
+            The reply, if its head was complete.
+
+        Raises:
+            ProxyProtocolError: the connection closed inside the reply head, or the bytes
+                before it were malformed.
+        """
+        if not self._eof:
+            self._eof = True
+            self._conn.receive_data(b"")
+        reply = self._reply or self._advance()
+        if reply is None:  # pragma: no cover - h11 raises at EOF instead of NEED_DATA
+            raise ProxyProtocolError("connection closed inside the reply head", proxy=self._proxy)
+        return reply
+
+    def _advance(self) -> ProxyReply | None:
+        try:
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    if self._received > self._max_head_bytes:
+                        raise self._too_big()
+                    return None
+                if isinstance(event, h11.Response):
+                    return self._complete(event)
+                # Otherwise an InformationalResponse: skipped, its bytes still count.
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise self._too_big() from exc
+            if self._eof:
+                raise ProxyProtocolError(
+                    f"connection closed inside the reply head from {self._where()} "
+                    f"after {self._received} bytes",
+                    proxy=self._proxy,
+                ) from exc
+            raise ProxyProtocolError(
+                f"{self._where()} sent a malformed reply to CONNECT: {exc}", proxy=self._proxy
+            ) from exc
+
+    def _complete(self, event: h11.Response) -> ProxyReply:
+        self._head_bytes = self._received - len(self._conn.trailing_data[0])
+        if self._head_bytes > self._max_head_bytes:
+            raise self._too_big()
+        version = event.http_version.decode("ascii")
+        if not version.startswith("1."):
+            raise ProxyProtocolError(
+                f"{self._where()} replied with HTTP/{version}; only HTTP/1.x is supported",
+                proxy=self._proxy,
+            )
+        headers = tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in event.headers.raw_items()
+        )
+        reply = ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
+        tokens = {
+            token.strip().lower()
+            for value in (*reply.get_all("connection"), *reply.get_all("proxy-connection"))
+            for token in value.split(",")
+        }
+        self._keep_alive = "close" not in tokens and (version != "1.0" or "keep-alive" in tokens)
+        if reply.status in _BODYLESS_STATUSES:
+            self._body_length = 0
+        elif reply.get_all("transfer-encoding"):
+            self._body_length = -1  # chunked (h11 refuses any other coding)
+        elif lengths := reply.get_all("content-length"):
+            self._body_length = int(lengths[0])  # h11 checked that copies agree
+        self._reply = reply
+        return reply
+
+    def drain_body(self, data: bytes = b"") -> bool:
+        """Consume the body of a non-2xx reply so the connection can be reused.
+
+        Call it first with ``b""`` (the body may already be buffered), then with each
+        received chunk until it returns True. ``b""`` is not end-of-file. Bytes after the
+        body stay in :attr:`leftover`.
+
+        Args:
+            data: the next bytes from the proxy.
+
+        Returns:
+            True once the whole body (``Content-Length`` or chunked) has been read.
+
+        Raises:
+            UsageError: no complete non-2xx reply yet, its body is delimited by closing
+                the connection (check :attr:`reusable` first), or bytes come after
+                :meth:`feed_eof`.
+            ProxyProtocolError: the body is malformed (strict chunk framing), cut short by
+                :meth:`feed_eof`, or exceeds :data:`MAX_DRAIN_BYTES`.
+        """
+        reply = self._reply
+        if reply is None or 200 <= reply.status < 300:
+            raise UsageError("drain_body() needs a complete non-2xx reply")
+        if self._body_length is None:
+            raise UsageError("the reply body ends when the proxy closes; close the connection")
+        if self._body_length > MAX_DRAIN_BYTES:
+            raise ProxyProtocolError(
+                f"{self._where()} sent a {self._body_length}-byte body, more than "
+                f"MAX_DRAIN_BYTES ({MAX_DRAIN_BYTES})",
+                proxy=self._proxy,
+            )
+        if data and self._eof:
+            raise UsageError("drain_body() got bytes after feed_eof()")
+        if data:  # h11 reads b"" as end-of-file
+            self._received += len(data)
+            self._conn.receive_data(bytes(data))
+        while not self._body_done:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ProxyProtocolError(
+                    f"{self._where()} sent a malformed reply body: {exc}", proxy=self._proxy
+                ) from exc
+            drained = self._received - self._head_bytes - len(self._conn.trailing_data[0])
+            if drained > MAX_DRAIN_BYTES:
+                raise ProxyProtocolError(
+                    f"{self._where()} sent a reply body larger than MAX_DRAIN_BYTES "
+                    f"({MAX_DRAIN_BYTES})",
+                    proxy=self._proxy,
+                )
+            if event is h11.NEED_DATA:
+                return False
+            self._body_done = isinstance(event, h11.EndOfMessage)
+        return True

@@ -1,0 +1,1654 @@
+"""Sans-IO tests for the CONNECT exchange, proxy auth and proxy configuration (no sockets).
+
+Covers ``janusnet._connect`` (authority, request, reply reader), ``janusnet._auth``
+(Basic, Digest, challenges) and ``janusnet._proxyenv`` (proxy URLs, ``*_PROXY``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import pathlib
+import sys
+from urllib.parse import quote
+
+import h11
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from janusnet._auth import (
+    Challenge,
+    basic_proxy_authorization,
+    choose_challenge,
+    digest_proxy_authorization,
+    digest_supported,
+    parse_challenges,
+)
+from janusnet._connect import (
+    MAX_DRAIN_BYTES,
+    ConnectReplyReader,
+    ProxyReply,
+    build_connect_request,
+    check_reply,
+    format_authority,
+    validate_header,
+)
+from janusnet._exceptions import (
+    ProxyAuthenticationRequired,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    UsageError,
+)
+from janusnet._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url, proxy_from_env
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "src" / "janusnet"
+# No database: property tests must not write files into the working tree.
+PROPERTY = settings(database=None, max_examples=300, deadline=None)
+
+
+# --------------------------------------------------------------------------- layering
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed_siblings"),
+    [
+        ("_connect", {"janusnet._exceptions"}),
+        ("_auth", {"janusnet._exceptions"}),
+        ("_proxyenv", {"janusnet._exceptions", "janusnet._connect"}),
+    ],
+)
+def test_sans_io_modules_import_only_stdlib_h11_and_siblings(
+    module: str, allowed_siblings: set[str]
+) -> None:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                imported.add(f"janusnet.{node.module}")
+            else:
+                assert node.module is not None
+                imported.add(node.module)
+    bad = {
+        name
+        for name in imported
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name != "h11"
+        and name not in allowed_siblings
+    }
+    assert not bad, f"{module}.py imports {bad}"
+
+
+# --------------------------------------------------------------------------- authority
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("example.com", 443, "example.com:443"),
+        ("Example.COM", 443, "example.com:443"),
+        ("example.com.", 443, "example.com.:443"),
+        ("under_score.internal", 8443, "under_score.internal:8443"),
+        ("localhost", 1, "localhost:1"),
+        ("192.0.2.1", 65535, "192.0.2.1:65535"),
+        ("::1", 443, "[::1]:443"),
+        ("[::1]", 443, "[::1]:443"),
+        ("2001:DB8::1", 443, "[2001:db8::1]:443"),
+        ("::ffff:192.0.2.1", 443, "[::ffff:192.0.2.1]:443"),
+        ("Bücher.example", 443, "xn--bcher-kva.example:443"),
+        ("пример.рф", 443, "xn--e1afmkfd.xn--p1ai:443"),
+    ],
+    ids=[
+        "name",
+        "name-lowered",
+        "trailing-dot",
+        "underscore",
+        "min-port",
+        "ipv4-max-port",
+        "ipv6",
+        "ipv6-bracketed",
+        "ipv6-lowered",
+        "ipv4-mapped",
+        "idna-latin",
+        "idna-cyrillic",
+    ],
+)
+def test_format_authority_valid(host: str, port: int, expected: str) -> None:
+    assert format_authority(host, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        ("", 443, "empty"),
+        ("example.com\r\nX-Injected: 1", 443, r"'example.com\r\nX-Injected: 1'"),
+        ("exa mple.com", 443, "space or control"),
+        ("example.com\x00", 443, r"\x00"),
+        ("example.com\x7f", 443, r"\x7f"),
+        ("fe80::1%eth0", 443, "zone ID"),
+        ("[fe80::1%25eth0]", 443, "zone ID"),
+        ("[::1", 443, "unbalanced"),
+        ("::1]", 443, "unbalanced"),
+        ("[192.0.2.1]", 443, "not a valid IPv6"),
+        ("1:2:3", 443, "not a valid IPv6"),
+        ("user@example.com", 443, "'@'"),
+        ("example.com/path", 443, "'/'"),
+        ("example.com?q", 443, "'?'"),
+        ("example.com#f", 443, "'#'"),
+        ("exa\\mple.com", 443, "'\\\\'"),
+        ("exa%41mple.com", 443, "'%'"),
+        ("a..b", 443, "empty label"),
+        (".example.com", 443, "empty label"),
+        ("a" * 64 + ".com", 443, "too long"),
+        ("010.1.1.1", 443, "looks numeric"),
+        ("0x7f.1", 443, "looks numeric"),
+        ("1.2.3.4.", 443, "looks numeric"),
+        ("a\u3000b.example", 443, "contains ' '"),
+        ("a\ufffdb.example", 443, "internationalised"),
+        ("example.com", 0, "outside 1-65535"),
+        ("example.com", 65536, "outside 1-65535"),
+        ("example.com", -1, "outside 1-65535"),
+    ],
+    ids=[
+        "empty",
+        "crlf",
+        "space",
+        "nul",
+        "del",
+        "zone-id",
+        "zone-id-bracketed",
+        "open-bracket",
+        "close-bracket",
+        "ipv4-in-brackets",
+        "bad-ipv6",
+        "at-sign",
+        "slash",
+        "question-mark",
+        "hash",
+        "backslash",
+        "percent",
+        "empty-label",
+        "leading-dot",
+        "long-label",
+        "octal-ipv4",
+        "hex-ipv4",
+        "ipv4-trailing-dot",
+        "ideographic-space",
+        "replacement-char",
+        "port-zero",
+        "port-too-big",
+        "port-negative",
+    ],
+)
+def test_format_authority_invalid(host: str, port: int, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        format_authority(host, port)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("port", [True, 443.0, "443", None], ids=["bool", "float", "str", "none"])
+def test_format_authority_rejects_non_int_port(port: object) -> None:
+    with pytest.raises(UsageError, match="port must be an int"):
+        format_authority("example.com", port)  # type: ignore[arg-type]
+
+
+def test_format_authority_rejects_non_str_host() -> None:
+    with pytest.raises(UsageError, match="host must be a str"):
+        format_authority(b"example.com", 443)  # type: ignore[arg-type]
+
+
+@PROPERTY
+@given(
+    host=st.one_of(
+        st.text(),
+        st.text(alphabet="abc.:[]%-_0123456789\r\n\x00 \x7f\u00fc"),
+        st.sampled_from(["example.com", "::1", "[::1]", "10.0.0.1", "Bücher.de"]),
+    ),
+    port=st.integers(min_value=-2, max_value=70000),
+)
+def test_format_authority_never_returns_control_characters(host: str, port: int) -> None:
+    try:
+        authority = format_authority(host, port)
+    except UsageError:
+        return
+    assert authority.isascii()
+    assert all(" " < char < "\x7f" for char in authority)
+    assert build_connect_request(authority).startswith(f"CONNECT {authority} ".encode())
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("X-Trace", "abc", (b"X-Trace", b"abc")),
+        ("X-Tab", "a\tb", (b"X-Tab", b"a\tb")),
+        ("X-Trim", "  padded \t", (b"X-Trim", b"padded")),
+        ("X-Empty", "", (b"X-Empty", b"")),
+        ("X-Latin", "caf\u00e9", (b"X-Latin", b"caf\xe9")),
+        ("!#$%&'*+-.^_`|~", "v", (b"!#$%&'*+-.^_`|~", b"v")),
+    ],
+    ids=["plain", "tab", "trimmed", "empty", "latin-1", "all-token-chars"],
+)
+def test_validate_header_valid(name: str, value: str, expected: tuple[bytes, bytes]) -> None:
+    assert validate_header(name, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("X-A", "a\r\nX-Injected: 1", r"'\r'"),
+        ("X-A", "a\nb", r"'\n'"),
+        ("X-A", "a\x00b", r"'\x00'"),
+        ("X-A", "a\x1bb", r"'\x1b'"),
+        ("X-A", "a\x7fb", r"'\x7f'"),
+        ("X-A", "a\x85b", r"'\x85'"),
+        ("X-A", "snow\u2603", "outside latin-1"),
+        ("", "v", "not a token"),
+        ("X A", "v", "not a token"),
+        ("X:A", "v", "not a token"),
+        ("X-A\r\n", "v", "not a token"),
+        ("X\u00e9", "v", "not a token"),
+    ],
+    ids=[
+        "crlf",
+        "lf",
+        "nul",
+        "esc",
+        "del",
+        "c1-nel",
+        "non-latin-1",
+        "empty-name",
+        "space-in-name",
+        "colon-in-name",
+        "crlf-in-name",
+        "non-ascii-name",
+    ],
+)
+def test_validate_header_invalid(name: str, value: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        validate_header(name, value)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(b"X-A", "v"), ("X-A", b"v"), ("X-A", None)],
+    ids=["bytes-name", "bytes-value", "none"],
+)
+def test_validate_header_rejects_non_str(name: object, value: object) -> None:
+    with pytest.raises(UsageError, match="must be str"):
+        validate_header(name, value)  # type: ignore[arg-type]
+
+
+def test_validate_header_never_echoes_the_value() -> None:
+    with pytest.raises(UsageError) as caught:
+        validate_header("Proxy-Authorization", "Basic c2VjcmV0\r\n")
+    assert "c2VjcmV0" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- request
+
+
+def parse_request(data: bytes) -> h11.Request:
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(data)
+    event = server.next_event()
+    assert isinstance(event, h11.Request)
+    assert server.next_event() == h11.EndOfMessage()
+    return event
+
+
+def test_build_connect_request_default_headers() -> None:
+    data = build_connect_request("example.com:443")
+    assert data == (
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+        b"User-Agent: janusnet\r\n\r\n"
+    )
+    request = parse_request(data)
+    assert (request.method, request.target) == (b"CONNECT", b"example.com:443")
+
+
+def test_build_connect_request_header_order() -> None:
+    data = build_connect_request(
+        "[::1]:8443",
+        [("X-One", "1"), ("X-Two", "2")],
+        proxy_authorization=b"Basic dTpw",
+        user_agent="agent/1",
+    )
+    assert parse_request(data).headers.raw_items() == [
+        (b"Host", b"[::1]:8443"),
+        (b"User-Agent", b"agent/1"),
+        (b"Proxy-Authorization", b"Basic dTpw"),
+        (b"X-One", b"1"),
+        (b"X-Two", b"2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "user_agent", "proxy_authorization", "expected"),
+    [
+        (
+            [("user-agent", "mine")],
+            "janusnet",
+            None,
+            [(b"Host", b"h:1"), (b"user-agent", b"mine")],
+        ),
+        ([("HOST", "other:2")], None, None, [(b"HOST", b"other:2")]),
+        ([], None, None, [(b"Host", b"h:1")]),
+        (
+            [("Proxy-Authorization", "Bearer t")],
+            None,
+            None,
+            [(b"Host", b"h:1"), (b"Proxy-Authorization", b"Bearer t")],
+        ),
+        (
+            [("proxy-authorization", "Bearer t")],
+            None,
+            b"Basic x",
+            [(b"Host", b"h:1"), (b"proxy-authorization", b"Bearer t")],
+        ),
+    ],
+    ids=[
+        "user-agent-replaced",
+        "host-replaced",
+        "no-user-agent",
+        "user-proxy-authorization",
+        "user-proxy-authorization-wins",
+    ],
+)
+def test_build_connect_request_user_headers_replace_defaults(
+    headers: list[tuple[str, str]],
+    user_agent: str | None,
+    proxy_authorization: bytes | None,
+    expected: list[tuple[bytes, bytes]],
+) -> None:
+    data = build_connect_request(
+        "h:1", headers, user_agent=user_agent, proxy_authorization=proxy_authorization
+    )
+    assert parse_request(data).headers.raw_items() == expected
+
+
+@pytest.mark.parametrize(
+    ("authority", "headers", "kwargs", "message"),
+    [
+        ("example.com", [], {}, "not host:port"),
+        ("::1:443", [], {}, "not host:port"),
+        ("example.com:443\r\nX: y", [], {}, "not host:port"),
+        ("example.com:0", [], {}, "outside 1-65535"),
+        ("example.com:99999", [], {}, "outside 1-65535"),
+        ("h:1", [("X-A", "a\r\nX-B: b")], {}, "control character"),
+        ("h:1", [("Bad Name", "v")], {}, "not a token"),
+        ("h:1", [], {"user_agent": "ua\n"}, "control character"),
+        ("h:1", [], {"proxy_authorization": b"Basic x\r\n"}, "control character"),
+        ("h:1", [], {"proxy_authorization": "Basic x"}, "must be bytes"),
+        ("h:1", [("Content-Length", "0")], {}, "body"),
+        ("h:1", [("Transfer-Encoding", "chunked")], {}, "body"),
+        ("h:1", [("Host", "a:1"), ("Host", "b:1")], {}, "cannot build"),
+    ],
+    ids=[
+        "no-port",
+        "unbracketed-ipv6",
+        "crlf-in-authority",
+        "port-zero",
+        "port-too-big",
+        "crlf-in-header",
+        "bad-header-name",
+        "lf-in-user-agent",
+        "crlf-in-proxy-authorization",
+        "str-proxy-authorization",
+        "content-length",
+        "transfer-encoding",
+        "two-hosts",
+    ],
+)
+def test_build_connect_request_invalid(
+    authority: str, headers: list[tuple[str, str]], kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_connect_request(authority, headers, **kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- reply reader
+
+
+def read_reply(
+    data: bytes, *, step: int | None = None, max_head_bytes: int = 65536
+) -> tuple[ProxyReply | None, ConnectReplyReader]:
+    """Feed ``data`` whole (step None) or ``step`` bytes at a time; keep the first reply."""
+    reader = ConnectReplyReader(max_head_bytes=max_head_bytes, proxy="proxy.test:3128")
+    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    reply = None
+    for chunk in chunks:
+        result = reader.feed(chunk)
+        reply = reply or result
+    return reply, reader
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason", "version", "headers", "leftover"),
+    [
+        (
+            b"HTTP/1.1 200 Connection established\r\n\r\n",
+            200,
+            "Connection established",
+            "1.1",
+            (),
+            b"",
+        ),
+        (b"HTTP/1.0 200\r\n\r\n", 200, "", "1.0", (), b""),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, "No Content", "1.1", (), b""),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\x16\x03\x01",
+            200,
+            "OK",
+            "1.1",
+            (("Content-Length", "5"),),
+            b"\x16\x03\x01",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\x16\x03\x03\x00",
+            200,
+            "OK",
+            "1.1",
+            (("Transfer-Encoding", "chunked"),),
+            b"\x16\x03\x03\x00",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Fold: first\r\n  second\r\n\r\n",
+            200,
+            "OK",
+            "1.1",
+            (("X-Fold", "first second"),),
+            b"",
+        ),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n\r\nTUNNEL",
+            200,
+            "OK",
+            "1.1",
+            (),
+            b"TUNNEL",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nProxy-Agent: Squid/6\r\nVia: 1.1 p\r\n\r\nHTTP/1.1 ...",
+            200,
+            "OK",
+            "1.1",
+            (("Proxy-Agent", "Squid/6"), ("Via", "1.1 p")),
+            b"HTTP/1.1 ...",
+        ),
+        (b"HTTP/1.1 200 OK\nX-Bare: lf\n\nrest", 200, "OK", "1.1", (("X-Bare", "lf"),), b"rest"),
+        (
+            b"HTTP/1.1 200 Caf\xe9\r\nX-L: \xff\r\n\r\n",
+            200,
+            "Caf\xe9",
+            "1.1",
+            (("X-L", "\xff"),),
+            b"",
+        ),
+        (b"HTTP/1.1 403 Forbidden\r\n\r\n", 403, "Forbidden", "1.1", (), b""),
+        (b"HTTP/1.1 502 Bad Gateway\r\n\r\n", 502, "Bad Gateway", "1.1", (), b""),
+    ],
+    ids=[
+        "200",
+        "http10-no-reason",
+        "204",
+        "200-content-length-ignored",
+        "200-chunked-ignored",
+        "obs-fold",
+        "interim-1xx-skipped",
+        "headers-in-received-case",
+        "bare-lf",
+        "latin-1",
+        "403",
+        "502",
+    ],
+)
+@pytest.mark.parametrize("step", [None, 1, 7], ids=["whole", "1-byte", "7-byte"])
+def test_reply_reader_parses(
+    data: bytes,
+    status: int,
+    reason: str,
+    version: str,
+    headers: tuple[tuple[str, str], ...],
+    leftover: bytes,
+    step: int | None,
+) -> None:
+    reply, reader = read_reply(data, step=step)
+    assert reply == ProxyReply(status, reason, version, headers)
+    assert reader.reply == reply
+    assert reader.leftover == leftover
+
+
+def test_reply_reader_returns_none_until_head_complete() -> None:
+    reader = ConnectReplyReader()
+    assert reader.feed(b"HTTP/1.1 200 OK\r\n") is None
+    assert reader.reply is None
+    assert reader.leftover == b""
+    assert reader.feed(b"\r") is None
+    reply = reader.feed(b"\n")
+    assert reply is not None
+    assert reply.status == 200
+
+
+def test_reply_reader_empty_feed_is_not_eof() -> None:
+    reader = ConnectReplyReader()
+    assert reader.feed(b"") is None
+    assert reader.feed(b"HTTP/1.1 200 OK\r\n") is None
+    assert reader.feed(b"") is None
+    assert reader.feed(b"\r\n") is not None
+
+
+def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
+    reader = ConnectReplyReader()
+    reply = reader.feed(b"HTTP/1.1 200 OK\r\n\r\n\x16\x03")
+    assert reader.feed(b"\x01\x02") is reply
+    assert reader.leftover == b"\x16\x03\x01\x02"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "illegal status line"),
+        (b"ICY 200 OK\r\n\r\n", "illegal status line"),
+        (b"\x00\x01garbage\r\n\r\n", "malformed reply to CONNECT"),
+        (b"HTTP/1.1 OK\r\n\r\n", "illegal status line"),
+        (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\nNo colon\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\nX\r: y\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 407 P\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "malformed"),
+        (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0"),
+    ],
+    ids=[
+        "four-digit-status",
+        "icy",
+        "garbage",
+        "no-status",
+        "nul-in-header",
+        "no-colon",
+        "cr-in-name",
+        "gzip-coding",
+        "conflicting-lengths",
+        "101",
+        "http2",
+    ],
+)
+@pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])
+def test_reply_reader_rejects_malformed(data: bytes, message: str, step: int | None) -> None:
+    with pytest.raises(ProxyProtocolError, match=message) as caught:
+        read_reply(data, step=step)
+    assert caught.value.proxy == "proxy.test:3128"
+    if message != "HTTP/2.0":
+        assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-Endless: " + b"a" * 100,
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: a\r\n" * 20,
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: a\r\n" * 20 + b"\r\n",
+        b"HTTP/1.1 100 Continue\r\nX: y\r\n\r\n" * 2 + b"HTTP/1.1 200 OK\r\n\r\n",
+    ],
+    ids=["endless-line", "endless-headers", "complete-but-too-big", "interim-counted"],
+)
+@pytest.mark.parametrize("step", [None, 1, 13], ids=["whole", "1-byte", "13-byte"])
+def test_reply_reader_caps_the_head(data: bytes, step: int | None) -> None:
+    with pytest.raises(ProxyProtocolError, match="larger than max_head_bytes"):
+        read_reply(data, step=step, max_head_bytes=64)
+
+
+def test_reply_reader_head_exactly_at_cap_is_accepted() -> None:
+    head = b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20 + b"\r\n\r\n"
+    reply, reader = read_reply(head + b"tunnel" * 100, max_head_bytes=len(head))
+    assert reply is not None
+    assert reader.leftover == b"tunnel" * 100
+    with pytest.raises(ProxyProtocolError, match="larger than max_head_bytes"):
+        read_reply(head, max_head_bytes=len(head) - 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"HTTP/1.1 200 O", b"HTTP/1.1 200 OK\r\nX: y\r\n", b"HTTP/1.1 100 Continue\r\n\r\n"],
+    ids=["nothing", "mid-status-line", "mid-headers", "after-interim"],
+)
+def test_reply_reader_eof_inside_head(data: bytes) -> None:
+    reader = ConnectReplyReader(proxy="p:1")
+    assert reader.feed(data) is None
+    with pytest.raises(ProxyProtocolError, match="connection closed inside the reply head"):
+        reader.feed_eof()
+    with pytest.raises(UsageError, match="after feed_eof"):
+        reader.feed(b"x")
+
+
+def test_reply_reader_eof_after_complete_head_returns_reply() -> None:
+    reader = ConnectReplyReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\n\r\nab")
+    reply = reader.feed_eof()
+    assert reply.status == 200
+    assert reader.feed_eof() is reply
+    assert reader.leftover == b"ab"
+
+
+def test_reply_reader_eof_completes_nothing_when_malformed() -> None:
+    reader = ConnectReplyReader()
+    assert reader.feed(b"garbage without end") is None
+    with pytest.raises(ProxyProtocolError, match="connection closed"):
+        reader.feed_eof()
+
+
+@pytest.mark.parametrize(
+    "max_head_bytes", [0, -1, True, 1.5], ids=["zero", "negative", "bool", "float"]
+)
+def test_reply_reader_rejects_bad_max_head_bytes(max_head_bytes: object) -> None:
+    with pytest.raises(UsageError, match="max_head_bytes"):
+        ConnectReplyReader(max_head_bytes=max_head_bytes)  # type: ignore[arg-type]
+
+
+def test_reply_reader_407_with_challenges() -> None:
+    data = (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+        b'Proxy-Authenticate: Basic realm="squid"\r\n'
+        b'proxy-authenticate: Digest realm="squid", nonce="abc", qop="auth"\r\n'
+        b"Content-Length: 0\r\n\r\n"
+    )
+    reply, reader = read_reply(data, step=3)
+    assert reply is not None
+    assert reply.get_all("Proxy-Authenticate") == (
+        'Basic realm="squid"',
+        'Digest realm="squid", nonce="abc", qop="auth"',
+    )
+    with pytest.raises(ProxyAuthenticationRequired) as caught:
+        check_reply(reply, proxy="proxy.test:3128")
+    error = caught.value
+    assert error.status == 407
+    assert error.proxy == "proxy.test:3128"
+    assert error.challenges == reply.get_all("proxy-authenticate")
+    assert [c.scheme for c in parse_challenges(error.challenges)] == ["basic", "digest"]
+    assert reader.drain_body() is True
+    assert reader.reusable
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (200, None),
+        (204, None),
+        (299, None),
+        (407, ProxyAuthenticationRequired),
+        (403, ProxyRefusedError),
+        (502, ProxyRefusedError),
+        (300, ProxyRefusedError),
+        (199, ProxyRefusedError),
+    ],
+    ids=["200", "204", "299", "407", "403", "502", "300", "199"],
+)
+def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
+    reply = ProxyReply(status, "Reason", "1.1", (("X", "y"),))
+    if error_type is None:
+        check_reply(reply)
+        return
+    with pytest.raises(error_type) as caught:
+        check_reply(reply, proxy="p:3128")
+    assert type(caught.value) is error_type
+    assert str(caught.value) == f"proxy p:3128 refused CONNECT: {status} Reason"
+    assert caught.value.headers == (("X", "y"),)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- body drain
+
+
+DRAINABLE = {
+    "content-length": b"HTTP/1.1 407 P\r\nContent-Length: 11\r\n\r\nhello world",
+    "chunked": b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+    "chunked-trailers": b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n",
+    "empty": b"HTTP/1.1 407 P\r\nContent-Length: 0\r\n\r\n",
+    "http10-keep-alive": b"HTTP/1.0 407 P\r\nConnection: keep-alive\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("data", DRAINABLE.values(), ids=DRAINABLE.keys())
+@pytest.mark.parametrize("step", [None, 1, 5], ids=["whole", "1-byte", "5-byte"])
+def test_reply_reader_drain_body(data: bytes, step: int | None) -> None:
+    head_end = data.index(b"\r\n\r\n") + 4
+    reader = ConnectReplyReader()
+    assert reader.feed(data[:head_end]) is not None
+    assert reader.reusable
+    body = data[head_end:]
+    chunks = [body] if step is None else [body[i : i + step] for i in range(0, len(body), step)]
+    # results[i] is the answer after chunks[:i]: False until the last body byte, then True.
+    results = [reader.drain_body()] + [reader.drain_body(chunk) for chunk in chunks]
+    first_done = results.index(True)
+    assert all(results[first_done:])
+    assert sum(map(len, chunks[:first_done])) == len(body)
+    assert reader.leftover == b""
+    assert reader.reusable
+    assert reader.drain_body() is True
+
+
+def test_reply_reader_drain_body_already_buffered() -> None:
+    reply, reader = read_reply(DRAINABLE["chunked"])
+    assert reply is not None
+    assert reader.leftover.startswith(b"5\r\nhello")
+    assert reader.drain_body() is True
+    assert reader.leftover == b""
+
+
+def test_reply_reader_bytes_after_drained_body_make_it_unreusable() -> None:
+    _, reader = read_reply(DRAINABLE["content-length"] + b"HTTP/1.1 200 OK\r\n\r\n")
+    assert reader.drain_body() is True
+    assert reader.leftover == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert not reader.reusable
+
+
+@pytest.mark.parametrize(
+    ("data", "reusable"),
+    [
+        (b"HTTP/1.1 407 P\r\nContent-Length: 0\r\n\r\n", True),
+        (b"HTTP/1.1 407 P\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 407 P\r\nConnection: Keep-Alive, Close\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 407 P\r\nProxy-Connection: close\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.0 407 P\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.0 407 P\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", True),
+        (b"HTTP/1.1 407 P\r\n\r\n", False),
+        (b"HTTP/1.1 407 P\r\nContent-Length: 65537\r\n\r\n", False),
+        (b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+        (b"HTTP/1.1 304 P\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    ],
+    ids=[
+        "keep-alive",
+        "connection-close",
+        "close-token-in-list",
+        "proxy-connection-close",
+        "http10",
+        "http10-keep-alive",
+        "read-until-close",
+        "body-over-cap",
+        "chunked",
+        "bodyless-status",
+        "2xx-is-a-tunnel",
+    ],
+)
+def test_reply_reader_reusable(data: bytes, reusable: bool) -> None:
+    reply, reader = read_reply(data)
+    assert reply is not None
+    assert reader.reusable is reusable
+
+
+def test_reply_reader_not_reusable_before_reply() -> None:
+    assert not ConnectReplyReader().reusable
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", UsageError, "complete non-2xx"),
+        (b"HTTP/1.1 200 OK\r\n\r\n", UsageError, "complete non-2xx"),
+        (b"HTTP/1.1 407 P\r\n\r\nbody", UsageError, "close"),
+        (b"HTTP/1.1 407 P\r\nContent-Length: 65537\r\n\r\n", ProxyProtocolError, "MAX_DRAIN"),
+        (
+            b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+            ProxyProtocolError,
+            "malformed reply body",
+        ),
+        (
+            b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            ProxyProtocolError,
+            "malformed reply body",
+        ),
+    ],
+    ids=[
+        "no-reply",
+        "2xx",
+        "read-until-close",
+        "content-length-over-cap",
+        "bad-chunk-footer",
+        "bad-chunk-size",
+    ],
+)
+def test_reply_reader_drain_body_errors(data: bytes, error: type[Exception], message: str) -> None:
+    _, reader = read_reply(data)
+    with pytest.raises(error, match=message):
+        reader.drain_body()
+
+
+def test_reply_reader_drain_body_after_eof() -> None:
+    _, reader = read_reply(b"HTTP/1.1 407 P\r\nContent-Length: 5\r\n\r\nab")
+    assert reader.feed_eof().status == 407
+    with pytest.raises(ProxyProtocolError, match="malformed reply body") as caught:
+        reader.drain_body()
+    assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
+    with pytest.raises(UsageError, match="after feed_eof"):
+        reader.drain_body(b"cde")
+
+
+def test_reply_reader_drain_body_caps_chunked_stream() -> None:
+    _, reader = read_reply(b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunks = (b"400\r\n" + b"x" * 0x400 + b"\r\n" for _ in range(MAX_DRAIN_BYTES // 0x400 + 2))
+    with pytest.raises(ProxyProtocolError, match="larger than MAX_DRAIN_BYTES"):
+        any(reader.drain_body(chunk) for chunk in chunks)
+
+
+def test_reply_reader_drain_body_content_length_at_cap() -> None:
+    head = f"HTTP/1.1 407 P\r\nContent-Length: {MAX_DRAIN_BYTES}\r\n\r\n".encode()
+    _, reader = read_reply(head)
+    assert reader.reusable
+    assert reader.drain_body(b"x" * MAX_DRAIN_BYTES) is True
+
+
+# --------------------------------------------------------------------------- reply properties
+
+
+TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+header_names = st.text(TOKEN_CHARS, min_size=1, max_size=12).filter(
+    lambda name: name.lower() not in {"content-length", "transfer-encoding"}
+)
+header_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
+
+
+@st.composite
+def valid_replies(draw: st.DrawFn) -> bytes:
+    """A complete reply head (1xx heads first, optionally), then arbitrary tunnel bytes."""
+    heads = []
+    for status in draw(st.lists(st.integers(100, 199).filter(lambda s: s != 101), max_size=2)):
+        heads.append(f"HTTP/1.1 {status} Interim\r\n\r\n")
+    version = draw(st.sampled_from(["1.0", "1.1"]))
+    status = draw(st.integers(200, 599))
+    reason = draw(st.text(TOKEN_CHARS + " ", max_size=20)).strip()
+    status_line = f"HTTP/{version} {status} {reason}" if reason else f"HTTP/{version} {status}"
+    fields = draw(st.lists(st.tuples(header_names, header_values), max_size=5))
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    heads.append(f"{status_line}\r\n{lines}\r\n")
+    return "".join(heads).encode("ascii") + draw(st.binary(max_size=50))
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@PROPERTY
+@given(data=valid_replies(), cuts=st.lists(st.integers(0, 10_000), max_size=10))
+def test_reply_reader_split_never_changes_the_result(data: bytes, cuts: list[int]) -> None:
+    whole = ConnectReplyReader()
+    expected = whole.feed(data)
+    assert expected is not None
+    pieces = ConnectReplyReader()
+    replies = [pieces.feed(chunk) for chunk in split_at(data, cuts)]
+    assert next(r for r in replies if r is not None) == expected
+    assert pieces.reply == expected
+    assert pieces.leftover == whole.leftover
+
+
+prefixes = st.sampled_from(
+    [
+        b"",
+        b"HTTP/1.1 ",
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 407 P\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 407 P\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+    ]
+)
+
+
+@PROPERTY
+@given(
+    data=st.tuples(prefixes, st.binary(max_size=200)).map(b"".join),
+    cuts=st.lists(st.integers(0, 10_000), max_size=10),
+    eof=st.booleans(),
+)
+def test_reply_reader_arbitrary_bytes_raise_only_protocol_errors(
+    data: bytes, cuts: list[int], eof: bool
+) -> None:
+    reader = ConnectReplyReader(max_head_bytes=128)
+    try:
+        for chunk in split_at(data, cuts):
+            result = reader.feed(chunk)
+            assert result is None or isinstance(result, ProxyReply)
+        if eof:
+            assert isinstance(reader.feed_eof(), ProxyReply)
+        elif reader.reusable:
+            assert isinstance(reader.drain_body(), bool)
+    except ProxyProtocolError:
+        pass
+
+
+# --------------------------------------------------------------------------- proxy URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://proxy.example", ("http", "proxy.example", 80, None, None)),
+        ("https://proxy.example", ("https", "proxy.example", 443, None, None)),
+        ("HTTP://Proxy.Example:3128/", ("http", "proxy.example", 3128, None, None)),
+        ("http://user:pa%3Ass@h:3128", ("http", "h", 3128, "user", "pa:ss")),
+        ("http://us%40er:p%40ss@h:3128", ("http", "h", 3128, "us@er", "p@ss")),
+        ("http://user@h", ("http", "h", 80, "user", None)),
+        ("http://user:@h", ("http", "h", 80, "user", "")),
+        ("http://:pw@h", ("http", "h", 80, "", "pw")),
+        ("http://u:p@ss@h", ("http", "h", 80, "u", "p@ss")),
+        ("http://%C3%BC:%E2%82%AC@h", ("http", "h", 80, "\u00fc", "\u20ac")),
+        ("http://[::1]:3128", ("http", "::1", 3128, None, None)),
+        ("http://[::1]", ("http", "::1", 80, None, None)),
+        ("http://h:", ("http", "h", 80, None, None)),
+        ("http://10.0.0.1:8080", ("http", "10.0.0.1", 8080, None, None)),
+        ("http://b\u00fccher.example", ("http", "xn--bcher-kva.example", 80, None, None)),
+    ],
+    ids=[
+        "http-default-port",
+        "https-default-port",
+        "case-and-slash",
+        "percent-colon",
+        "percent-at",
+        "user-only",
+        "empty-password",
+        "empty-user",
+        "raw-at-in-password",
+        "utf-8-userinfo",
+        "ipv6",
+        "ipv6-default-port",
+        "empty-port",
+        "ipv4",
+        "idn",
+    ],
+)
+def test_parse_proxy_url_valid(
+    url: str, expected: tuple[str, str, int, str | None, str | None]
+) -> None:
+    proxy = parse_proxy_url(url)
+    assert (proxy.scheme, proxy.host, proxy.port, proxy.username, proxy.password) == expected
+
+
+SECRET = "s3cr3t-PW"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("socks5://h:1080", "'socks5' is not supported"),
+        ("ftp://u:s3cr3t-PW@h", "'ftp' is not supported"),
+        ("proxy.example:3128", "must start with http://"),
+        ("u:s3cr3t-PW@h:3128", "must start with http://"),
+        ("http:/h", "must start with http://"),
+        ("http://u:s3cr3t-PW@h/path", "path"),
+        ("http://u:s3cr3t-PW@h/?q=1", "query"),
+        ("http://u:s3cr3t-PW@h#frag", "fragment"),
+        ("http://u:s3cr3t/PW@h", "path"),
+        ("http://u:s3cr3t-PW@", "no host"),
+        ("http://u:s3cr3t-PW@:3128", "no host"),
+        ("http://u:s3cr3t-PW", "port is not a number"),
+        ("http://u:s3cr3t-PW@h:99999", "1-65535"),
+        ("http://u:s3cr3t-PW@h:0", "1-65535"),
+        ("http://u:s3cr3t-PW@h:12a", "port is not a number"),
+        ("http://u:s3cr3t-PW@::1:3128", "in brackets"),
+        ("http://u:s3cr3t-PW@[::1", "without ']'"),
+        ("http://u:s3cr3t-PW@[::1]x", "between ']'"),
+        ("http://u:s3cr3t-PW@[fe80::1%25eth0]:1", "zone ID"),
+        ("http://u:s3cr3t-PW@[10.0.0.1]:1", "not a valid IPv6"),
+        ("http://u:s3cr3t-PW@bad_host!:1", "'!'"),
+        ("http://u:s3cr3t-PW@h\r\n:1", "control character at index"),
+        ("http://u:s3cr3t PW@h", "space or control character"),
+        ("http://u:s3cr3t%FF-PW@h", "password is not percent-encoded UTF-8"),
+        ("http://u%FF:s3cr3t-PW@h", "user name is not percent-encoded UTF-8"),
+        ("", "must start with"),
+    ],
+    ids=[
+        "socks5",
+        "ftp",
+        "no-scheme",
+        "no-scheme-userinfo",
+        "one-slash",
+        "path",
+        "query",
+        "fragment",
+        "unencoded-slash-in-password",
+        "no-host",
+        "no-host-port",
+        "no-at-sign",
+        "port-too-big",
+        "port-zero",
+        "port-not-number",
+        "unbracketed-ipv6",
+        "unclosed-bracket",
+        "junk-after-bracket",
+        "zone-id",
+        "ipv4-in-brackets",
+        "bad-host-char",
+        "crlf",
+        "space",
+        "bad-utf-8-password",
+        "bad-utf-8-user",
+        "empty",
+    ],
+)
+def test_parse_proxy_url_invalid_never_echoes_the_password(url: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_proxy_url(url)
+    error = caught.value
+    assert message in str(error)
+    for text in (str(error), repr(error), str(error.__cause__), str(error.__context__)):
+        assert "s3cr3t" not in text
+        assert "PW" not in text
+
+
+def test_parse_proxy_url_rejects_non_str() -> None:
+    with pytest.raises(UsageError, match="must be a str"):
+        parse_proxy_url(b"http://h")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "address"),
+    [
+        ("http://user:s3cr3t-PW@h:3128", "http://user:***@h:3128", "h:3128"),
+        ("https://user@h", "https://user@h:443", "h:443"),
+        ("http://h", "http://h:80", "h:80"),
+        ("http://a%40b:s3cr3t-PW@[::1]:1", "http://a%40b:***@[::1]:1", "[::1]:1"),
+    ],
+    ids=["user-password", "user-only", "no-userinfo", "ipv6-encoded-user"],
+)
+def test_proxy_url_repr_and_str_hide_the_password(url: str, shown: str, address: str) -> None:
+    proxy = parse_proxy_url(url)
+    assert str(proxy) == shown
+    assert repr(proxy) == f"ProxyURL({shown!r})"
+    assert proxy.address == address
+    assert SECRET not in f"{proxy!r} {proxy!s} {proxy.address}"
+
+
+def test_proxy_url_validates_when_built_directly() -> None:
+    assert ProxyURL("http", "[::1]", 8080).host == "::1"
+    with pytest.raises(UsageError, match="'socks5' is not supported"):
+        ProxyURL("socks5", "h", 1080)
+    with pytest.raises(UsageError, match="control character"):
+        ProxyURL("http", "h\r\n", 80)
+
+
+@PROPERTY
+@given(url=st.one_of(st.text(), st.text().map(lambda t: "http://" + t)))
+def test_parse_proxy_url_arbitrary_text_raises_only_usage_error(url: str) -> None:
+    try:
+        proxy = parse_proxy_url(url)
+    except UsageError:
+        return
+    assert isinstance(proxy, ProxyURL)
+    assert parse_proxy_url(str(proxy).replace(":***@", "@")).address == proxy.address
+
+
+@PROPERTY
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    username=st.text(min_size=0, max_size=10),
+    password=st.text(min_size=1, max_size=20),
+    host=st.sampled_from(["proxy.example", "10.1.2.3", "[2001:db8::7]", "localhost"]),
+    port=st.integers(1, 65535),
+)
+def test_parse_proxy_url_password_never_shown(
+    scheme: str, username: str, password: str, host: str, port: int
+) -> None:
+    url = f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}"
+    proxy = parse_proxy_url(url)
+    assert (proxy.username, proxy.password) == (username, password)
+    shown = f"{scheme}://{quote(username, safe='')}:***@{host}:{port}"
+    assert str(proxy) == shown
+    assert repr(proxy) == f"ProxyURL({shown!r})"
+    if len(password) >= 4:
+        assume(password not in shown)
+        assert password not in repr(proxy)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize(
+    ("environ", "host", "expected"),
+    [
+        ({}, "example.com", None),
+        ({"HTTPS_PROXY": "http://p:1"}, "example.com", "http://p:1"),
+        (
+            {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"},
+            "e.com",
+            "http://lower:1",
+        ),
+        ({"https_proxy": " ", "HTTPS_PROXY": "http://upper:1"}, "e.com", "http://upper:1"),
+        ({"ALL_PROXY": "http://all:1"}, "e.com", "http://all:1"),
+        ({"all_proxy": "http://a:1", "ALL_PROXY": "http://A:1"}, "e.com", "http://a:1"),
+        ({"HTTPS_PROXY": "http://p:1", "ALL_PROXY": "http://all:1"}, "e.com", "http://p:1"),
+        ({"HTTPS_PROXY": "proxy:3128"}, "e.com", "http://proxy:3128"),
+        ({"http_proxy": "http://p:1", "HTTP_PROXY": "http://p:1"}, "e.com", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "example.com", None),
+        ({"HTTPS_PROXY": "http://p:1", "no_proxy": "*"}, "example.com", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "no_proxy": "other.com", "NO_PROXY": "example.com"},
+            "example.com",
+            "http://p:1",
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.com"}, "example.com", "http://p:1"),
+    ],
+    ids=[
+        "nothing",
+        "https-proxy",
+        "lower-case-wins",
+        "blank-counts-as-unset",
+        "all-proxy",
+        "all-proxy-lower-wins",
+        "https-before-all",
+        "scheme-added",
+        "http-proxy-ignored-for-https",
+        "no-proxy-match",
+        "no-proxy-star",
+        "lower-no-proxy-wins",
+        "no-proxy-other",
+    ],
+)
+def test_proxy_from_env(environ: dict[str, str], host: str, expected: str | None) -> None:
+    assert proxy_from_env(host, 443, environ) == expected
+
+
+def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_from_env("example.com", 443) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://env-proxy:3128")
+    assert proxy_from_env("example.com", 443) == "http://env-proxy:3128"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "expected"),
+    [
+        ("example.com", 443, "example.com", True),
+        ("a.example.com", 443, "example.com", True),
+        ("a.example.com", 443, ".example.com", True),
+        ("example.com", 443, ".example.com", True),
+        ("a.b.example.com", 443, "*.example.com", True),
+        ("badexample.com", 443, "example.com", False),
+        ("badexample.com", 443, ".example.com", False),
+        ("example.com.evil", 443, "example.com", False),
+        ("EXAMPLE.com.", 443, "Example.COM", True),
+        ("example.com", 443, "example.com.", True),
+        ("anything", 443, "*", True),
+        ("anything", 443, "a.com, *", True),
+        ("b.com", 443, "a.com,b.com", True),
+        ("b.com", 443, " a.com  b.com ", True),
+        ("b.com", 443, "a.com,\tb.com", True),
+        ("example.com", 443, "", False),
+        ("example.com", 443, " , ", False),
+        ("example.com", 443, "example.com:443", True),
+        ("example.com", 8443, "example.com:443", False),
+        ("10.1.2.3", 443, "10.1.2.3", True),
+        ("10.1.2.3", 443, "10.1.2.3:443", True),
+        ("10.1.2.3", 80, "10.1.2.3:443", False),
+        ("10.1.2.3", 443, "10.0.0.0/8", True),
+        ("11.1.2.3", 443, "10.0.0.0/8", False),
+        ("10.1.2.3", 443, "10.1.2.0/255", False),
+        ("::1", 443, "::1", True),
+        ("[::1]", 443, "::1", True),
+        ("::1", 443, "[::1]", True),
+        ("::1", 443, "[::1]:443", True),
+        ("::1", 80, "[::1]:443", False),
+        ("::1", 443, "::1/128", True),
+        ("::1", 443, "[::1]/128", True),
+        ("2001:db8::5", 443, "2001:db8::/32", True),
+        ("::1", 443, "0.0.0.0/0", False),
+        ("10.0.0.1", 443, "::/0", False),
+        ("example.com", 443, "10.0.0.0/8", False),
+        ("127.0.0.1", 443, "localhost", False),
+        ("localhost", 443, "127.0.0.1", False),
+        ("1.2.3.4", 443, "3.4", False),
+        ("xn--bcher-kva.example", 443, "b\u00fccher.example", True),
+        ("b\u00fccher.example", 443, "xn--bcher-kva.example", True),
+        ("a\ufffdb.example", 443, "a\ufffdb.example", True),
+        ("a\ufffdb.example", 443, "ab.example", False),
+        ("example.com", 443, "[::1", False),
+        ("example.com", 443, "example.com:http", False),
+        ("example.com", 443, ".", False),
+    ],
+    ids=[
+        "exact",
+        "suffix",
+        "dot-suffix",
+        "dot-suffix-apex",
+        "star-dot-suffix",
+        "not-a-label-boundary",
+        "dot-not-a-label-boundary",
+        "prefix-only",
+        "case-and-trailing-dot",
+        "entry-trailing-dot",
+        "star",
+        "star-in-list",
+        "comma-list",
+        "space-list",
+        "tab-list",
+        "empty",
+        "separators-only",
+        "port-match",
+        "port-mismatch",
+        "ipv4",
+        "ipv4-port",
+        "ipv4-port-mismatch",
+        "ipv4-cidr",
+        "ipv4-cidr-outside",
+        "bad-cidr-ignored",
+        "ipv6",
+        "ipv6-bracketed-host",
+        "ipv6-bracketed-entry",
+        "ipv6-port",
+        "ipv6-port-mismatch",
+        "ipv6-cidr",
+        "ipv6-bracketed-cidr",
+        "ipv6-cidr-range",
+        "ipv6-vs-ipv4-cidr",
+        "ipv4-vs-ipv6-cidr",
+        "name-vs-cidr",
+        "ip-vs-name",
+        "name-vs-ip",
+        "ip-not-suffix-matched",
+        "idn-entry",
+        "idn-host",
+        "invalid-idn-matches-itself",
+        "invalid-idn-no-other",
+        "malformed-bracket-ignored",
+        "malformed-port-ignored",
+        "lone-dot-ignored",
+    ],
+)
+def test_no_proxy_matches(host: str, port: int, no_proxy: str, expected: bool) -> None:
+    assert no_proxy_matches(host, port, no_proxy) is expected
+
+
+labels = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
+hosts = st.one_of(
+    st.lists(labels, min_size=1, max_size=4).map(".".join),
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+)
+
+
+@PROPERTY
+@given(host=hosts, port=st.integers(1, 65535), other=st.lists(hosts, max_size=3))
+def test_no_proxy_matches_host_matches_itself(host: str, port: int, other: list[str]) -> None:
+    assert no_proxy_matches(host, port, host)
+    assert no_proxy_matches(host, port, ",".join([*other, host]))
+    bare = host.strip("[]")
+    with_port = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    assert no_proxy_matches(host, port, with_port)
+    assert no_proxy_matches(host.upper(), port, host)
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "expected"),
+    [
+        ("Aladdin", "open sesame", b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
+        ("test", "123\u00a3", b"Basic dGVzdDoxMjPCow=="),
+        ("u", "", b"Basic dTo="),
+        ("u", "pa:ss", b"Basic dTpwYTpzcw=="),
+    ],
+    ids=["rfc7617-example", "rfc7617-utf-8", "empty-password", "colon-in-password"],
+)
+def test_basic_proxy_authorization(username: str, password: str, expected: bytes) -> None:
+    assert basic_proxy_authorization(username, password) == expected
+
+
+def test_basic_proxy_authorization_rejects_colon_in_username() -> None:
+    with pytest.raises(UsageError, match="cannot contain ':'") as caught:
+        basic_proxy_authorization("a:b", SECRET)
+    assert SECRET not in str(caught.value)
+
+
+def test_basic_proxy_authorization_rejects_lone_surrogate() -> None:
+    with pytest.raises(UsageError, match="not valid Unicode") as caught:
+        basic_proxy_authorization("u", "s3cr3t\udc80")
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (['Basic realm="x"'], [Challenge("basic", {"realm": "x"})]),
+        (
+            ['Digest realm="x", nonce="y", qop="auth", algorithm=MD5'],
+            [Challenge("digest", {"realm": "x", "nonce": "y", "qop": "auth", "algorithm": "MD5"})],
+        ),
+        (
+            ['Basic realm="a", Digest realm="b", nonce="n"'],
+            [
+                Challenge("basic", {"realm": "a"}),
+                Challenge("digest", {"realm": "b", "nonce": "n"}),
+            ],
+        ),
+        (
+            ['Basic realm="a"', 'DIGEST Realm = "b" , NONCE=n'],
+            [
+                Challenge("basic", {"realm": "a"}),
+                Challenge("digest", {"realm": "b", "nonce": "n"}),
+            ],
+        ),
+        (
+            [r'Digest realm="a \"quoted\" \\ realm, with comma", nonce="n"'],
+            [Challenge("digest", {"realm": 'a "quoted" \\ realm, with comma', "nonce": "n"})],
+        ),
+        (
+            ["Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXag==, NTLM"],
+            [Challenge("negotiate", {}, "YIIBhgYGKwYBBQUCoIIBejCCAXag=="), Challenge("ntlm")],
+        ),
+        (["Bearer"], [Challenge("bearer")]),
+        (['Basic realm=""'], [Challenge("basic", {"realm": ""})]),
+        (['Basic realm="a", realm="b"'], [Challenge("basic", {"realm": "a"})]),
+        ([", ,Basic realm=x,,"], [Challenge("basic", {"realm": "x"})]),
+        (['="junk", Basic realm=x'], [Challenge("basic", {"realm": "x"})]),
+        (["\u00e9t\u00e9"], []),
+        ([""], []),
+        ([], []),
+    ],
+    ids=[
+        "basic",
+        "digest",
+        "two-in-one-value",
+        "two-values-case-and-spaces",
+        "quoted-escapes",
+        "token68-then-bare-scheme",
+        "bare-scheme",
+        "empty-quoted",
+        "duplicate-param-first-wins",
+        "stray-commas",
+        "leading-junk-skipped",
+        "non-token-junk",
+        "empty-value",
+        "no-values",
+    ],
+)
+def test_parse_challenges(values: list[str], expected: list[Challenge]) -> None:
+    assert parse_challenges(values) == expected
+
+
+@PROPERTY
+@given(values=st.lists(st.text(max_size=60), max_size=3))
+def test_parse_challenges_never_raises(values: list[str]) -> None:
+    for challenge in parse_challenges(values):
+        assert challenge.scheme == challenge.scheme.lower()
+        assert challenge.scheme
+
+
+# RFC 7616 §3.9.1: the server's two challenges, written as one header value here.
+RFC7616_CHALLENGES = (
+    'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, '
+    'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+    'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS", '
+    'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=MD5, '
+    'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+    'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+)
+RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+
+
+@pytest.mark.parametrize(
+    ("index", "algorithm", "response"),
+    [
+        (0, "SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+        (1, "MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+    ],
+    ids=["sha-256", "md5"],
+)
+def test_digest_proxy_authorization_rfc7616_vectors(
+    index: int, algorithm: str, response: str
+) -> None:
+    challenge = parse_challenges([RFC7616_CHALLENGES])[index]
+    value = digest_proxy_authorization(
+        challenge,
+        "Mufasa",
+        "Circle of Life",
+        method="GET",
+        uri="/dir/index.html",
+        cnonce=RFC7616_CNONCE,
+        nc=1,
+    )
+    # The Authorization field of RFC 7616 §3.9.1, in the RFC's parameter order.
+    assert (
+        value
+        == (
+            'Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", '
+            f'algorithm={algorithm}, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+            f'nc=00000001, cnonce="{RFC7616_CNONCE}", qop=auth, response="{response}", '
+            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+        ).encode()
+    )
+
+
+def test_digest_proxy_authorization_rfc2617_vector() -> None:
+    # RFC 2617 §3.5 (algorithm omitted, so MD5; no opaque echoed when none is sent).
+    challenge = Challenge(
+        "digest",
+        {
+            "realm": "testrealm@host.com",
+            "qop": "auth,auth-int",
+            "nonce": "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        },
+    )
+    value = digest_proxy_authorization(
+        challenge,
+        "Mufasa",
+        "Circle Of Life",
+        method="GET",
+        uri="/dir/index.html",
+        cnonce="0a4f113b",
+    )
+    params = parse_challenges([value.decode()])[0].params
+    assert params["response"] == "6629fae49393a05397450978507c4ef1"
+    assert "algorithm" not in params
+    assert "opaque" not in params
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def test_digest_proxy_authorization_rfc2069_form_without_qop() -> None:
+    # No published vector is trustworthy for this form (RFC 2069's example has an
+    # erratum), so the RFC 2069 §2.1.2 formula is checked: H(H(A1):nonce:H(A2)).
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "opaque": "o"})
+    value = digest_proxy_authorization(challenge, "u", "p", method="CONNECT", uri="h:443")
+    params = parse_challenges([value.decode()])[0].params
+    expected = md5_hex(f"{md5_hex('u:r:p')}:n:{md5_hex('CONNECT:h:443')}")
+    assert params == {
+        "username": "u",
+        "realm": "r",
+        "uri": "h:443",
+        "nonce": "n",
+        "response": expected,
+        "opaque": "o",
+    }
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hash_name"),
+    [("MD5-sess", "md5"), ("SHA-256-sess", "sha256"), ("sha-256-SESS", "sha256")],
+    ids=["md5-sess", "sha-256-sess", "case-insensitive"],
+)
+def test_digest_proxy_authorization_sess(algorithm: str, hash_name: str) -> None:
+    # RFC 7616 §3.4.2: for -sess, A1 = H(user:realm:pass):nonce:cnonce.
+    def h(text: str) -> str:
+        return hashlib.new(hash_name, text.encode()).hexdigest()
+
+    challenge = Challenge(
+        "digest", {"realm": "r", "nonce": "n", "qop": "auth", "algorithm": algorithm}
+    )
+    value = digest_proxy_authorization(
+        challenge, "u", "p", method="CONNECT", uri="h:443", cnonce="c", nc=2
+    )
+    params = parse_challenges([value.decode()])[0].params
+    ha1 = h(f"{h('u:r:p')}:n:c")
+    assert params["response"] == h(f"{ha1}:n:00000002:c:auth:{h('CONNECT:h:443')}")
+    assert (params["algorithm"], params["nc"], params["cnonce"]) == (algorithm, "00000002", "c")
+
+
+def test_digest_proxy_authorization_sess_without_qop_sends_cnonce() -> None:
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "algorithm": "MD5-sess"})
+    value = digest_proxy_authorization(
+        challenge, "u", "p", method="CONNECT", uri="h:1", cnonce="c"
+    )
+    params = parse_challenges([value.decode()])[0].params
+    ha1 = md5_hex(f"{md5_hex('u:r:p')}:n:c")
+    assert params["response"] == md5_hex(f"{ha1}:n:{md5_hex('CONNECT:h:1')}")
+    assert params["cnonce"] == "c"
+    assert "qop" not in params
+    assert "nc" not in params
+
+
+def test_digest_proxy_authorization_default_cnonce_is_random() -> None:
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth"})
+    first, second = (
+        parse_challenges(
+            [digest_proxy_authorization(challenge, "u", "p", method="CONNECT", uri="h:1").decode()]
+        )[0].params["cnonce"]
+        for _ in range(2)
+    )
+    assert len(first) == 32
+    assert first != second
+
+
+def test_digest_proxy_authorization_non_ascii_username() -> None:
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth"})
+    value = digest_proxy_authorization(
+        challenge, "J\u00e4s\u00f8n", "p", method="CONNECT", uri="h:1"
+    )
+    assert value.startswith(b"Digest username*=UTF-8''J%C3%A4s%C3%B8n, ")
+
+
+def test_digest_proxy_authorization_quotes_username() -> None:
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n"})
+    value = digest_proxy_authorization(challenge, 'a"b\\c', "p", method="CONNECT", uri="h:1")
+    assert parse_challenges([value.decode()])[0].params["username"] == 'a"b\\c'
+
+
+@pytest.mark.parametrize(
+    ("challenge", "kwargs", "message"),
+    [
+        (Challenge("basic", {"realm": "r"}), {}, "not a Digest"),
+        (Challenge("digest", {"nonce": "n"}), {}, "no realm"),
+        (Challenge("digest", {"realm": "r"}), {}, "no nonce"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n", "algorithm": "SHA-512-256"}),
+            {},
+            "unsupported Digest algorithm",
+        ),
+        (Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth-int"}), {}, "only 'auth'"),
+        (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": 0}, "nc must be"),
+        (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": 2**32}, "nc must be"),
+        (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": True}, "nc must be"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n"}),
+            {"username": "u\r\n"},
+            "user name contains",
+        ),
+        (Challenge("digest", {"realm": "r", "nonce": "n"}), {"uri": "h:1\n"}, "uri contains"),
+        (Challenge("digest", {"realm": "r", "nonce": "n"}), {"cnonce": "\x00"}, "cnonce contains"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n"}),
+            {"password": "\udc80"},
+            "not valid Unicode",
+        ),
+        (Challenge("digest", {"realm": "\u2603", "nonce": "n"}), {}, "outside latin-1"),
+    ],
+    ids=[
+        "basic",
+        "no-realm",
+        "no-nonce",
+        "sha-512-256",
+        "auth-int-only",
+        "nc-zero",
+        "nc-too-big",
+        "nc-bool",
+        "crlf-username",
+        "lf-uri",
+        "nul-cnonce",
+        "surrogate-password",
+        "non-latin-1-realm",
+    ],
+)
+def test_digest_proxy_authorization_refuses(
+    challenge: Challenge, kwargs: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {
+        "username": "u",
+        "password": SECRET,
+        "method": "CONNECT",
+        "uri": "h:1",
+        **kwargs,
+    }
+    with pytest.raises(UsageError, match=message) as caught:
+        digest_proxy_authorization(challenge, **arguments)  # type: ignore[arg-type]
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "supported"),
+    [
+        ({"realm": "r", "nonce": "n"}, True),
+        ({"realm": "r", "nonce": "n", "algorithm": "md5-sess", "qop": "auth-int, auth"}, True),
+        ({"realm": "r", "nonce": "n", "algorithm": "SHA-256"}, True),
+        ({"realm": "r", "nonce": "n", "algorithm": "SHA-512-256"}, False),
+        ({"realm": "r", "nonce": "n", "qop": "auth-int"}, False),
+        ({"realm": "r"}, False),
+        ({"nonce": "n"}, False),
+    ],
+    ids=[
+        "md5-default",
+        "md5-sess-auth",
+        "sha-256",
+        "sha-512-256",
+        "auth-int",
+        "no-nonce",
+        "no-realm",
+    ],
+)
+def test_digest_supported(params: dict[str, str], supported: bool) -> None:
+    assert digest_supported(Challenge("digest", params)) is supported
+    assert not digest_supported(Challenge("basic", params))
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('Basic realm="a"', ("basic", None)),
+        ('Basic realm="a", Digest realm="b", nonce="n"', ("digest", None)),
+        (
+            'Digest realm="b", nonce="n", algorithm=MD5, '
+            'Digest realm="b", nonce="n", algorithm=SHA-256',
+            ("digest", "SHA-256"),
+        ),
+        ('Digest realm="b", nonce="n", algorithm=SHA-512-256, Basic realm="a"', ("basic", None)),
+        ('Digest realm="b", nonce="n", qop="auth-int"', None),
+        ("Negotiate abc, NTLM", None),
+    ],
+    ids=[
+        "basic",
+        "digest-over-basic",
+        "sha-256-over-md5",
+        "unsupported-digest-skipped",
+        "auth-int-only",
+        "none",
+    ],
+)
+def test_choose_challenge(header: str, expected: tuple[str, str | None] | None) -> None:
+    chosen = choose_challenge(parse_challenges([header]))
+    if expected is None:
+        assert chosen is None
+        return
+    assert chosen is not None
+    assert (chosen.scheme, chosen.params.get("algorithm")) == expected
