@@ -1,0 +1,43 @@
+"""Shared fixtures for the janusnet test-suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import realproxies
+from realproxies import RealProxy
+
+# -- real proxies (squid, tinyproxy) ----------------------------------------------------------
+# Started once per session, on first use, on free loopback ports; stopped at the end. When a
+# binary is missing they skip, unless JANUSNET_REQUIRE_REAL_PROXIES is set (CI): then they fail.
+# Mark the tests that use them with @pytest.mark.realproxy.
+
+
+@pytest.fixture(scope="session")
+def squid() -> Iterator[RealProxy]:
+    """squid without authentication; CONNECT to loopback only, port 9 gets a 403."""
+    with realproxies.launch_squid() as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def squid_basic() -> Iterator[RealProxy]:
+    """squid requiring Basic auth: ``alice`` / ``s3:cr3t@x`` (``.username``, ``.password``)."""
+    with realproxies.launch_squid("basic") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def squid_digest() -> Iterator[RealProxy]:
+    """squid requiring Digest auth (realm ``janusnet``): ``alice`` / ``s3:cr3t@x``."""
+    with realproxies.launch_squid("digest") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def tinyproxy() -> Iterator[RealProxy]:
+    """tinyproxy without authentication, CONNECT allowed to every port."""
+    with realproxies.launch_tinyproxy() as proxy:
+        yield proxy
