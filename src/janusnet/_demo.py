@@ -1,0 +1,107 @@
+"""``janusnet demo``: the ``$Sock_SSL_On`` seed flow, step by step, against local servers.
+
+The embedded CONNECT proxy and TLS origin (:mod:`janusnet.testing`) run on loopback in a
+background thread; the client below is written the way the Janus seed page writes it:
+connect to the proxy on a port that allows TLS later, set the line end and the parse
+tokens, send ``CONNECT``, parse the status line, read headers up to the empty line,
+``ssl_on()``, send a ``GET`` and print the reply.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import anyio
+
+from ._exceptions import JanusnetError
+from ._ports import ClientPort, TLSMode
+from ._socket import Socket
+
+__all__ = ["run_demo"]
+
+
+async def _seed_flow(
+    proxy_host: str, proxy_port: int, origin_port: int, port: ClientPort, say: TextIO
+) -> None:
+    def step(text: str) -> None:
+        say.write(f"{text}\n")
+        say.flush()
+
+    step(
+        f"1. connect to the proxy {proxy_host}:{proxy_port} on client port "
+        f"{port.name!r} (TLS {port.tls.name}: plain now, ssl_on() allowed later)"
+    )
+    sock = await Socket.connect(proxy_host, proxy_port, client_port=port)
+    async with sock:
+        sock.line_end = b"\r\n"
+        sock.parse_tokens = "0D0A"
+        step("2. set LINEND 0D0A and PRSTOK 0D0A")
+        target = f"localhost:{origin_port}"
+        await sock.send("CONNECT ")
+        await sock.send(target)
+        await sock.send_line(" HTTP/1.0")
+        await sock.send_line()
+        step(f"3. sent: CONNECT {target} HTTP/1.0 + empty line")
+        status = await sock.recv_parsed()
+        words = status.data.split()
+        step(f"4. status line: {status.data.decode('latin-1')!r} (prsindx={status.index})")
+        if len(words) < 2 or words[1] != b"200":
+            raise SystemExit(f"   the proxy refused the tunnel: {status.data!r}")
+        while True:
+            header = await sock.recv_parsed()
+            if not header.data:
+                break
+            step(f"   header: {header.data.decode('latin-1')}")
+        step("5. read headers up to the empty line")
+        await sock.ssl_on(server_hostname="localhost")
+        tls = sock.tls
+        assert tls is not None
+        subject = tls.peer_certificate.subject if tls.peer_certificate else {}
+        step(
+            f"6. ssl_on(): {tls.version}, {tls.cipher}, server certificate "
+            f"{subject.get('organizationalUnitName') or subject.get('commonName') or '?'} "
+            f"for {tls.server_hostname}"
+        )
+        await sock.send_line("GET /demo HTTP/1.1")
+        await sock.send_line("Host: localhost")
+        await sock.send_line("Connection: close")
+        await sock.send_line()
+        step("7. sent: GET /demo HTTP/1.1 over TLS")
+        step("8. reply:")
+        while True:
+            line = await sock.recv_parsed()
+            if line.index == 0 and not line.data:
+                break
+            step(f"   | {line.data.decode('utf-8', 'replace')}")
+
+
+def run_demo(out: TextIO, *, backend: str = "asyncio") -> int:
+    """Start the embedded proxy and origin, run the seed flow, print every step.
+
+    Args:
+        out: where to print.
+        backend: ``"asyncio"`` or ``"trio"``.
+
+    Returns:
+        0 on success, 1 when a step failed, 2 when the testing extra is missing.
+    """
+    try:
+        from .testing import ConnectProxy, TLSOrigin
+    except ImportError as exc:  # trustme comes with the testing extra
+        out.write(
+            f"janusnet demo needs the testing extra: pip install 'janusnet[testing]' ({exc})\n"
+        )
+        return 2
+    out.write(
+        "janusnet demo: CONNECT through a local proxy, then ssl_on() to a local TLS origin\n"
+    )
+    with TLSOrigin() as origin, ConnectProxy() as proxy:
+        port = ClientPort("DEMO", tls=TLSMode.OPTIONAL, ssl_context=origin.client_context())
+        out.write(f"   origin: https://localhost:{origin.port}  proxy: {proxy.url}\n")
+        try:
+            anyio.run(_seed_flow, proxy.host, proxy.port, origin.port, port, out, backend=backend)
+        except JanusnetError as exc:
+            out.write(f"FAILED: {type(exc).__name__}: {exc}\n")
+            return 1
+    out.write("done: tunnel opened, upgraded in place with ssl_on(), reply read over TLS\n")
+    return 0

@@ -1,0 +1,357 @@
+"""ProxyTunnel: the HTTP ``CONNECT`` exchange (``_connect``) driven over a ``Socket``.
+
+Theory of operation
+-------------------
+``open(host, port)`` validates everything first (authority, headers, access rules), so a
+bad target never costs a packet. Then, under one deadline (``timeout``) that a proxy
+trickling one byte a second cannot extend:
+
+1. TCP to the proxy (its own cap, ``connect_timeout``), plus TLS to the proxy for an
+   ``https://`` proxy URL, with ``proxy_ssl_context`` — never the origin's context;
+2. ``CONNECT host:port HTTP/1.1`` with ``Host``, ``Proxy-Authorization: Basic`` when
+   credentials are known, and the extra headers;
+3. the reply head is parsed by h11 (``ConnectReplyReader``) from the socket's own buffer,
+   capped at ``max_head_bytes``;
+4. a 407 carrying a Digest challenge is answered once, on the same connection when the
+   proxy keeps it open (the 407 body drained within a cap), else on a new one;
+5. on a 2xx, every byte after the head is put back in the socket's buffer, so ``ssl_on()``
+   refuses it (-112) instead of feeding it to TLS: the STARTTLS-injection defence.
+
+Every failure closes the socket, cancellation included. Credentials live only in this
+object's private attributes: never in a ``repr``, an exception or a log record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import anyio
+
+from ._auth import (
+    basic_proxy_authorization,
+    choose_challenge,
+    digest_proxy_authorization,
+    parse_challenges,
+)
+from ._connect import (
+    MAX_HEAD_BYTES,
+    ConnectReplyReader,
+    ProxyReply,
+    build_connect_request,
+    check_reply,
+    format_authority,
+    validate_header,
+)
+from ._exceptions import (
+    ConnectError,
+    ProxyProtocolError,
+    SocketResetError,
+    UsageError,
+)
+from ._ports import DEFAULT_PORT, ClientPort
+from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
+from ._socket import RECEIVE_SIZE, Socket
+from ._tls import default_ssl_context
+
+__all__ = ["ProxyTunnel"]
+
+logger = logging.getLogger("janusnet")
+
+#: Default TCP connect cap to the proxy: a proxy that takes longer to accept is down.
+DEFAULT_PROXY_CONNECT_TIMEOUT: Final = 10.0
+#: Default deadline over connect + CONNECT exchange (+ the handshake in ``open_tls``).
+DEFAULT_TUNNEL_TIMEOUT: Final = 30.0
+
+
+class ProxyTunnel:
+    """Open sockets to targets through an HTTP(S) proxy with ``CONNECT``.
+
+    Args:
+        proxy: the proxy URL, ``http://[user:password@]host[:port]`` (port 80 by default)
+            or ``https://...`` (TLS to the proxy, port 443 by default). Percent-encoded
+            credentials are decoded (``pa%3Ass`` is ``pa:ss``).
+        auth: ``(user, password)``; overrides credentials in the URL.
+        headers: extra headers sent with every ``CONNECT``.
+        client_port: the port definition for the sockets (TLS mode, line end, tokens,
+            access rules on the *target*).
+        proxy_ssl_context: the context for TLS to an ``https://`` proxy (default: the
+            verified default). Kept apart from the origin's context.
+        connect_timeout: cap on the TCP connect to the proxy, in seconds.
+        timeout: one deadline over connect + exchange, in seconds (``None`` for none).
+        max_head_bytes: cap on the proxy's reply head.
+
+    Raises:
+        UsageError: a bad proxy URL, a header with a control character, bad credentials.
+    """
+
+    def __init__(
+        self,
+        proxy: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        client_port: ClientPort | None = None,
+        proxy_ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float | None = DEFAULT_PROXY_CONNECT_TIMEOUT,
+        timeout: float | None = DEFAULT_TUNNEL_TIMEOUT,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+    ) -> None:
+        url: ProxyURL = parse_proxy_url(proxy)
+        self._url = url
+        if auth is not None:
+            if not (isinstance(auth, tuple) and len(auth) == 2):
+                raise UsageError("auth must be a (user, password) tuple")
+            user, password = auth
+            if not isinstance(user, str) or not isinstance(password, str):
+                raise UsageError("auth must be a (user, password) tuple of str")
+            self._credentials: tuple[str, str] | None = (user, password)
+        elif url.username is not None:
+            self._credentials = (url.username, url.password or "")
+        else:
+            self._credentials = None
+        if self._credentials is not None:
+            basic_proxy_authorization(*self._credentials)  # refuse ':' in the user now
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+        for name, value in items:
+            validate_header(name, value)
+        self._headers: tuple[tuple[str, str], ...] = tuple(items)
+        self._client_port = client_port if client_port is not None else DEFAULT_PORT
+        self._proxy_ssl_context = proxy_ssl_context
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        if isinstance(max_head_bytes, bool) or max_head_bytes < 1:
+            raise UsageError("max_head_bytes must be a positive int")
+        self._max_head_bytes = max_head_bytes
+
+    @classmethod
+    def from_env(
+        cls,
+        host: str,
+        port: int,
+        *,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: object,
+    ) -> ProxyTunnel | None:
+        """The tunnel the environment asks for to reach ``host:port``, or ``None``.
+
+        Reads ``https_proxy``/``HTTPS_PROXY``, then ``all_proxy``/``ALL_PROXY``, and
+        honours ``no_proxy``/``NO_PROXY`` (``*``, domain suffixes, IPs, CIDR ranges), the
+        way curl and httpx do.
+
+        Args:
+            host: the target host.
+            port: the target port.
+            environ: the environment to read (default ``os.environ``).
+            **kwargs: passed to :class:`ProxyTunnel`.
+
+        Returns:
+            A tunnel, or ``None`` when no proxy applies.
+
+        Raises:
+            UsageError: the proxy variable holds a bad URL.
+        """
+        url = proxy_from_env(host, port, os.environ if environ is None else environ)
+        if url is None:
+            return None
+        return cls(url, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def proxy(self) -> str:
+        """``host:port`` of the proxy (no credentials)."""
+        return self._url.address
+
+    def __repr__(self) -> str:
+        auth = ", auth=<hidden>" if self._credentials else ""
+        return f"ProxyTunnel('{self._url.scheme}://{self._url.address}'{auth})"
+
+    async def open(self, host: str, port: int) -> Socket:
+        """Connect to the proxy and ``CONNECT`` to ``host:port``.
+
+        Args:
+            host: the target host name or IP address (IPv6 with or without brackets).
+            port: the target port.
+
+        Returns:
+            A plain socket inside the tunnel, ready for ``ssl_on()`` (whose
+            ``server_hostname`` defaults to ``host``), with ``proxy_reply`` set. Bytes the
+            proxy sent after its reply head are buffered (``ssl_on()`` refuses them).
+
+        Raises:
+            UsageError: bad host, port or header (nothing was sent).
+            AccessDeniedError: the client port's rules forbid the target (nothing sent).
+            ConnectError: the proxy could not be reached (``role == "proxy"``).
+            HandshakeError: TLS to an ``https://`` proxy failed.
+            ProxyAuthenticationRequired: 407 that could not be answered.
+            ProxyRefusedError: any other non-2xx reply.
+            ProxyProtocolError: a malformed, oversized or cut-short reply.
+            TimeoutError: the deadline expired; nothing is left open.
+
+        Cancellation closes the socket and propagates.
+        """
+        authority = format_authority(host, port)
+        self._client_port.check_access(host.strip("[]"), port)
+        with anyio.fail_after(self._timeout):
+            return await self._open(authority, host.strip("[]"))
+
+    async def open_tls(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    ) -> Socket:
+        """:meth:`open`, then ``ssl_on()`` to the target, under the same deadline.
+
+        Args:
+            host: the target host (also the name verified).
+            port: the target port.
+            ssl_context: the origin's context (default: the port's, else the verified
+                default).
+
+        Returns:
+            A TLS socket to the target.
+
+        Raises:
+            UsageError: as :meth:`open`.
+            AccessDeniedError: as :meth:`open`.
+            ConnectError: as :meth:`open`.
+            ProxyAuthenticationRequired: as :meth:`open`.
+            ProxyRefusedError: as :meth:`open`.
+            ProxyProtocolError: as :meth:`open`.
+            PendingDataError: the proxy sent bytes after its reply (-112).
+            HandshakeError: the origin's handshake or certificate failed (-111).
+            TimeoutError: the deadline expired; nothing is left open.
+        """
+        authority = format_authority(host, port)
+        self._client_port.check_access(host.strip("[]"), port)
+        with anyio.fail_after(self._timeout):
+            sock = await self._open(authority, host.strip("[]"))
+            try:
+                await sock.ssl_on(ssl_context=ssl_context)
+            except BaseException:
+                await sock.aclose()
+                raise
+            return sock
+
+    # ------------------------------------------------------------------ internals
+
+    async def _connect_proxy(self, target: str) -> Socket:
+        url = self._url
+        try:
+            with anyio.fail_after(self._connect_timeout):
+                stream = await anyio.connect_tcp(url.host, url.port)
+        except OSError as exc:
+            logger.warning("cannot connect to proxy %s: %s", url.address, exc)
+            raise ConnectError(
+                f"cannot connect to proxy {url.address}: {exc}",
+                host=url.host,
+                port=url.port,
+                role="proxy",
+            ) from exc
+        if url.scheme == "https":
+            from anyio.streams.tls import TLSStream
+
+            from ._socket import _raise_handshake_error
+
+            context = self._proxy_ssl_context or default_ssl_context()
+            try:
+                stream = await TLSStream.wrap(  # type: ignore[assignment]
+                    stream,
+                    server_side=False,
+                    hostname=url.host,
+                    ssl_context=context,
+                    standard_compatible=False,
+                )
+            except BaseException as exc:
+                await anyio.aclose_forcefully(stream)
+                _raise_handshake_error(exc, f"proxy {url.address}")
+        try:
+            return Socket(stream, client_port=self._client_port, server_hostname=target)
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+
+    async def _open(self, authority: str, target: str) -> Socket:
+        return await self._exchange(await self._connect_proxy(target), authority, target)
+
+    async def _exchange(self, sock: Socket, authority: str, target: str) -> Socket:
+        """Run CONNECT on ``sock`` (a fresh connection to the proxy); close it on failure.
+
+        Returns the tunnel socket: ``sock``, or a new connection when the proxy closed the
+        first one after a Digest challenge.
+        """
+        credentials = self._credentials
+        authorization = basic_proxy_authorization(*credentials) if credentials else None
+        digest_tried = False
+        try:
+            while True:
+                request = build_connect_request(
+                    authority, self._headers, proxy_authorization=authorization
+                )
+                await sock.send(request)
+                reader = ConnectReplyReader(
+                    max_head_bytes=self._max_head_bytes, proxy=self._url.address
+                )
+                reply = await self._read_reply(sock, reader)
+                logger.info(
+                    "CONNECT %s via proxy %s: %s %s",
+                    authority,
+                    self._url.address,
+                    reply.status,
+                    reply.reason,
+                )
+                if 200 <= reply.status < 300:
+                    sock._unread(reader.leftover)
+                    sock.proxy_reply = reply
+                    return sock
+                if reply.status == 407 and credentials and not digest_tried:
+                    challenge = choose_challenge(
+                        parse_challenges(reply.get_all("proxy-authenticate"))
+                    )
+                    if challenge is not None and challenge.scheme == "digest":
+                        digest_tried = True
+                        authorization = digest_proxy_authorization(
+                            challenge, *credentials, method="CONNECT", uri=authority
+                        )
+                        if not await self._drain(sock, reader):
+                            await sock.aclose()
+                            sock = await self._connect_proxy(target)
+                        continue
+                logger.warning(
+                    "proxy %s refused CONNECT %s: %s", self._url.address, authority, reply.status
+                )
+                check_reply(reply, proxy=self._url.address)
+                raise ProxyProtocolError(  # pragma: no cover - check_reply raised
+                    f"unexpected reply {reply.status}", proxy=self._url.address
+                )
+        except BaseException:
+            await sock.aclose()
+            raise
+
+    async def _read_reply(self, sock: Socket, reader: ConnectReplyReader) -> ProxyReply:
+        reply = None
+        while reply is None:
+            try:
+                data = await sock.recv(RECEIVE_SIZE)
+            except SocketResetError as exc:
+                raise ProxyProtocolError(
+                    f"proxy {self._url.address} reset the connection during CONNECT",
+                    proxy=self._url.address,
+                ) from exc
+            reply = reader.feed(data) if data else reader.feed_eof()
+        return reply
+
+    async def _drain(self, sock: Socket, reader: ConnectReplyReader) -> bool:
+        """Drain a 407 body so the connection can carry the retry; False = reconnect."""
+        if not reader.reusable:
+            return False
+        try:
+            done = reader.drain_body(b"")
+            while not done:
+                data = await sock.recv(RECEIVE_SIZE)
+                if not data:
+                    return False
+                done = reader.drain_body(data)
+        except (ProxyProtocolError, SocketResetError, UsageError):
+            return False
+        return not reader.leftover

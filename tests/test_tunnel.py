@@ -1,0 +1,382 @@
+"""ProxyTunnel against the in-process CONNECT proxy and TLS origin, on asyncio and trio."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+import janusnet
+from janusnet import (
+    ClientPort,
+    ConnectError,
+    PendingDataError,
+    ProxyAuthenticationRequired,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    ProxyTunnel,
+    UsageError,
+)
+from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin, byte_pattern
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "pa:ss@w%rd"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[TLSOrigin]:
+    with TLSOrigin() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def origin6(origin: TLSOrigin) -> Iterator[TLSOrigin]:
+    with TLSOrigin(host="::1", ca=origin.ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_proxy() -> Iterator[ConnectProxy]:
+    with ConnectProxy() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(shared_proxy: ConnectProxy) -> Iterator[ConnectProxy]:
+    shared_proxy.behaviour = ProxyBehaviour.NORMAL
+    shared_proxy.log.clear()
+    yield shared_proxy
+    shared_proxy.behaviour = ProxyBehaviour.NORMAL
+
+
+@pytest.fixture(scope="module")
+def port(origin: TLSOrigin) -> ClientPort:
+    return ClientPort("TUNNEL", ssl_context=origin.client_context())
+
+
+async def get(sock: janusnet.Socket, path: str = "/") -> list[bytes]:
+    await sock.send(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    lines = []
+    while (line := await sock.recv_parsed()).index:
+        lines.append(line.data)
+    lines.append(line.data)
+    return lines
+
+
+async def test_tunnel_open_then_ssl_on_reaches_origin(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    tunnel = ProxyTunnel(proxy.url, client_port=port)
+    async with await tunnel.open("localhost", origin.port) as sock:
+        reply = sock.proxy_reply
+        assert reply is not None
+        assert (reply.status, reply.reason, reply.http_version) == (
+            200,
+            "Connection established",
+            "1.1",
+        )
+        assert sock.tls is None
+        await sock.ssl_on()
+        assert sock.tls is not None and sock.tls.server_hostname == "localhost"
+        lines = await get(sock, "/x")
+        assert lines[0] == b"HTTP/1.1 200 OK"
+        assert lines[-1] == b"hello from janusnet origin: GET /x\n"
+    [record] = proxy.log
+    assert record.method == "CONNECT"
+    assert record.target == f"localhost:{origin.port}"
+    assert record.http_version == "1.1"
+    assert record.header("Host") == f"localhost:{origin.port}"
+    assert not record.proxy_authorization
+
+
+async def test_tunnel_open_tls_and_extra_headers(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    tunnel = ProxyTunnel(proxy.url, client_port=port, headers={"X-Trace": "abc"})
+    async with await tunnel.open_tls("localhost", origin.port) as sock:
+        assert sock.tls is not None
+        assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+    assert proxy.log[0].header("X-Trace") == "abc"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason", "headers"),
+    [
+        pytest.param(ProxyBehaviour.HTTP10_NO_REASON, "", (), id="http10-no-reason"),
+        pytest.param(ProxyBehaviour.SPLIT_HEAD, "Connection established", (), id="split-head"),
+        pytest.param(
+            ProxyBehaviour.OBS_FOLD,
+            "Connection established",
+            (("X-Folded", "a b"),),
+            id="obs-fold",
+        ),
+        pytest.param(
+            ProxyBehaviour.CHUNKED_2XX,
+            "Connection established",
+            (("Transfer-Encoding", "chunked"), ("Content-Length", "5")),
+            id="2xx-with-te-and-cl",
+        ),
+    ],
+)
+async def test_tunnel_accepts_odd_but_valid_2xx(
+    anyio_backend: str,
+    proxy: ConnectProxy,
+    origin: TLSOrigin,
+    port: ClientPort,
+    behaviour: ProxyBehaviour,
+    reason: str,
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    proxy.behaviour = behaviour
+    sock = await ProxyTunnel(proxy.url, client_port=port).open("localhost", origin.port)
+    async with sock:
+        assert sock.proxy_reply is not None
+        assert sock.proxy_reply.status == 200
+        assert sock.proxy_reply.reason == reason
+        assert sock.proxy_reply.headers == headers
+        assert sock.pending == 0
+        await sock.ssl_on()
+        assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        pytest.param(ProxyBehaviour.STATUS_403, 403, id="403"),
+        pytest.param(ProxyBehaviour.STATUS_502, 502, id="502"),
+    ],
+)
+async def test_tunnel_non_2xx_is_proxy_refused(
+    anyio_backend: str,
+    proxy: ConnectProxy,
+    origin: TLSOrigin,
+    behaviour: ProxyBehaviour,
+    status: int,
+) -> None:
+    proxy.behaviour = behaviour
+    with pytest.raises(ProxyRefusedError) as info:
+        await ProxyTunnel(proxy.url).open("localhost", origin.port)
+    assert info.value.status == status
+    assert not isinstance(info.value, ProxyAuthenticationRequired)
+    assert proxy.address[1] and f"{proxy.port}" in str(info.value)
+
+
+@pytest.mark.parametrize("behaviour", [ProxyBehaviour.NORMAL, ProxyBehaviour.AUTH_WITH_BODY])
+async def test_tunnel_407_carries_challenges(
+    anyio_backend: str, origin: TLSOrigin, behaviour: ProxyBehaviour
+) -> None:
+    with ConnectProxy(auth=("alice", PASSWORD), behaviour=behaviour) as proxy:
+        with pytest.raises(ProxyAuthenticationRequired) as info:
+            await ProxyTunnel(proxy.url).open("localhost", origin.port)
+    assert info.value.status == 407
+    assert info.value.challenges
+    assert info.value.challenges[0].lower().startswith("basic")
+
+
+async def test_tunnel_basic_auth_from_url_with_colon_in_password(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    with ConnectProxy(auth=("alice", PASSWORD)) as proxy:
+        tunnel = ProxyTunnel(proxy.url_with_auth("alice", PASSWORD), client_port=port)
+        assert PASSWORD not in repr(tunnel)
+        async with await tunnel.open_tls("localhost", origin.port) as sock:
+            assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+        assert proxy.log[-1].proxy_authorization
+
+
+async def test_tunnel_wrong_password_is_407_without_secret(
+    anyio_backend: str, origin: TLSOrigin
+) -> None:
+    with ConnectProxy(auth=("alice", PASSWORD)) as proxy:
+        tunnel = ProxyTunnel(proxy.url, auth=("alice", "wrong-secret"))
+        with pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("localhost", origin.port)
+    assert "wrong-secret" not in repr(info.value) + str(info.value) + repr(tunnel)
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        pytest.param(ProxyBehaviour.MALFORMED, id="malformed-status"),
+        pytest.param(ProxyBehaviour.ENDLESS_HEAD, id="endless-head"),
+        pytest.param(ProxyBehaviour.CLOSE_MID_HEAD, id="close-mid-head"),
+        pytest.param(ProxyBehaviour.RESET, id="reset"),
+    ],
+)
+async def test_tunnel_bad_reply_is_protocol_error(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, behaviour: ProxyBehaviour
+) -> None:
+    proxy.behaviour = behaviour
+    with anyio.fail_after(10):
+        with pytest.raises(ProxyProtocolError) as info:
+            await ProxyTunnel(proxy.url, max_head_bytes=16384).open("localhost", origin.port)
+    assert info.value.proxy == proxy.authority
+
+
+async def test_tunnel_silent_proxy_hits_deadline(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    proxy.behaviour = ProxyBehaviour.NEVER_ANSWER
+    start = anyio.current_time()
+    with pytest.raises(TimeoutError):
+        await ProxyTunnel(proxy.url, timeout=0.5).open("localhost", origin.port)
+    assert anyio.current_time() - start < 5
+
+
+async def test_tunnel_extra_bytes_after_200_refused_by_ssl_on(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    proxy.behaviour = ProxyBehaviour.EXTRA_BYTES
+    async with await ProxyTunnel(proxy.url, client_port=port).open("localhost", origin.port) as s:
+        assert s.pending == len(b"INJECTED")
+        with pytest.raises(PendingDataError) as info:
+            await s.ssl_on()
+        assert info.value.code == -112
+        assert await s.recv() == b"INJECTED"
+
+
+async def test_tunnel_open_tls_refuses_injected_bytes(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    proxy.behaviour = ProxyBehaviour.EXTRA_BYTES
+    with pytest.raises(PendingDataError):
+        await ProxyTunnel(proxy.url, client_port=port).open_tls("localhost", origin.port)
+
+
+async def test_tunnel_ipv6_proxy_and_target(
+    anyio_backend: str, origin6: TLSOrigin, port: ClientPort
+) -> None:
+    with ConnectProxy(host="::1") as proxy6:
+        assert proxy6.url.startswith("http://[::1]:")
+        tunnel = ProxyTunnel(proxy6.url, client_port=port)
+        async with await tunnel.open("::1", origin6.port) as sock:
+            await sock.ssl_on()
+            assert sock.tls is not None and sock.tls.server_hostname == "::1"
+            assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+        assert proxy6.log[0].target == f"[::1]:{origin6.port}"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example\r\nX-Injected: 1", "evil.example\n", "a\x00b", "ex ample.com", ""],
+    ids=["crlf-header", "lf", "nul", "space", "empty"],
+)
+async def test_tunnel_control_bytes_in_host_refused_before_sending(
+    anyio_backend: str, proxy: ConnectProxy, host: str
+) -> None:
+    before = proxy.connections
+    with pytest.raises(UsageError):
+        await ProxyTunnel(proxy.url).open(host, 443)
+    assert proxy.connections == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Bad": "a\r\nInjected: 1"}, {"Bad\r\nName": "x"}, {"X-Nul": "a\x00"}],
+    ids=["crlf-value", "crlf-name", "nul-value"],
+)
+def test_tunnel_bad_headers_refused_at_construction(headers: dict[str, str]) -> None:
+    with pytest.raises(UsageError):
+        ProxyTunnel("http://127.0.0.1:3128", headers=headers)
+
+
+async def test_tunnel_unreachable_proxy_names_the_proxy(anyio_backend: str) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    free = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    with pytest.raises(ConnectError) as info:
+        await ProxyTunnel(f"http://bob:{PASSWORD}@127.0.0.1:{free}".replace("%", "%25")).open(
+            "example.com", 443
+        )
+    assert info.value.role == "proxy"
+    assert info.value.port == free
+    assert f"127.0.0.1:{free}" in str(info.value)
+    assert "example.com" not in str(info.value)
+    assert "pa:ss" not in str(info.value)
+
+
+async def test_tunnel_16_mib_through_tunnel(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    size = 16 * 1024 * 1024
+    async with await ProxyTunnel(proxy.url, client_port=port).open_tls(
+        "localhost", origin.port
+    ) as sock:
+        await sock.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        while (await sock.recv_parsed()).data:
+            pass
+        digest = hashlib.sha256()
+        received = 0
+        while chunk := await sock.recv():
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == size
+    assert digest.hexdigest() == hashlib.sha256(byte_pattern(size)).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({}, None, id="nothing"),
+        pytest.param({"HTTPS_PROXY": "http://p:3128"}, "p:3128", id="https-proxy"),
+        pytest.param(
+            {"https_proxy": "http://p:1", "HTTPS_PROXY": "http://q:2"}, "p:1", id="lower-case-wins"
+        ),
+        pytest.param({"ALL_PROXY": "http://a:8080"}, "a:8080", id="all-proxy"),
+        pytest.param({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "*"}, None, id="no-proxy-star"),
+        pytest.param(
+            {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "example.com"}, None, id="no-proxy-domain"
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://p:3128", "no_proxy": ".example.com"},
+            None,
+            id="no-proxy-dot-suffix",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "other.com,10.0.0.0/8"},
+            "p:3128",
+            id="no-proxy-other",
+        ),
+    ],
+)
+def test_tunnel_from_env(environ: dict[str, str], expected: str | None) -> None:
+    tunnel = ProxyTunnel.from_env("www.example.com", 443, environ=environ)
+    assert (tunnel.proxy if tunnel else None) == expected
+
+
+def test_tunnel_from_env_cidr_no_proxy() -> None:
+    environ = {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "10.0.0.0/8, ::1"}
+    assert ProxyTunnel.from_env("10.1.2.3", 443, environ=environ) is None
+    assert ProxyTunnel.from_env("::1", 443, environ=environ) is None
+    assert ProxyTunnel.from_env("11.1.2.3", 443, environ=environ) is not None
+
+
+async def test_tunnel_https_proxy_tls_in_tls(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
+        tunnel = ProxyTunnel(
+            f"https://localhost:{tls_proxy.port}",
+            client_port=port,
+            proxy_ssl_context=origin.client_context(),
+        )
+        async with await tunnel.open_tls("localhost", origin.port) as sock:
+            assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+        assert tls_proxy.log[0].target == f"localhost:{origin.port}"
+
+
+def test_tunnel_context_not_mutated(origin: TLSOrigin) -> None:
+    context = origin.client_context()
+    before = (context.options, context.verify_mode, context.check_hostname)
+    ProxyTunnel("http://127.0.0.1:1", proxy_ssl_context=context)
+    assert (context.options, context.verify_mode, context.check_hostname) == before
+    assert isinstance(context, ssl.SSLContext)
