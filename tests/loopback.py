@@ -53,3 +53,22 @@ async def echo(stream: anyio.abc.ByteStream) -> None:
             await stream.send(await stream.receive())
     except (anyio.EndOfStream, anyio.BrokenResourceError):
         pass
+
+
+def abort_on_close(stream: SocketStream) -> None:
+    """Make closing ``stream`` send RST instead of FIN (SO_LINGER on, timeout 0)."""
+    import socket
+    import struct
+
+    raw = stream.extra(SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def read_until_eof(stream: anyio.abc.ByteReceiveStream) -> bytes:
+    """Everything ``stream`` sends until its FIN."""
+    data = bytearray()
+    try:
+        while True:
+            data += await stream.receive()
+    except anyio.EndOfStream:
+        return bytes(data)

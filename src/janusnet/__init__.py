@@ -7,6 +7,10 @@ on anyio, so it runs under asyncio and trio.
 
 from __future__ import annotations
 
+import logging as _logging
+
+from ._codecs import register as _register_codecs
+from ._connect import ProxyReply
 from ._exceptions import (
     AccessDeniedError,
     BusyError,
@@ -27,14 +31,22 @@ from ._exceptions import (
     SSLOnOtherError,
     UsageError,
 )
+from ._group import OPEN_STATES, SocketGroup
 from ._ports import AccessRule, ClientPort, TLSMode, allow, deny
 from ._scan import Parsed, TokenSet
 from ._socket import Socket, SocketState
 from ._tls import CertInfo, TLSInfo, default_ssl_context
+from ._tunnel import ProxyTunnel
 
 __version__ = "0.1.0.dev0"
 
+_register_codecs()
+
+# A library logs, the application decides where records go (no "lastResort" output).
+_logging.getLogger("janusnet").addHandler(_logging.NullHandler())
+
 __all__ = [
+    "OPEN_STATES",
     "AccessDeniedError",
     "AccessRule",
     "BusyError",
@@ -51,11 +63,14 @@ __all__ = [
     "ProxyAuthenticationRequired",
     "ProxyProtocolError",
     "ProxyRefusedError",
+    "ProxyReply",
+    "ProxyTunnel",
     "ReturnCode",
     "SSLOnError",
     "SSLOnOtherError",
     "Socket",
     "SocketClosedError",
+    "SocketGroup",
     "SocketResetError",
     "SocketState",
     "TLSInfo",

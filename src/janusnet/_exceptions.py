@@ -68,6 +68,13 @@ class ReturnCode(enum.IntEnum):
     NOT_OPEN = -1
     #: ``$Sock_Conn``: no free socket numbers.
     NO_FREE_SOCKET = -100
+    #: ``$Sock_Conn`` (janusnet's choice; Janus's number is undocumented): an access rule
+    #: forbids the target.
+    ACCESS_DENIED = -101
+    #: ``$Sock_Conn`` (janusnet's choice): name resolution or TCP connect failed/timed out.
+    CONNECT_FAILED = -102
+    #: ``$Sock_Conn`` (janusnet's choice): the ``SSL`` handshake at connect failed.
+    CONNECT_TLS_FAILED = -103
     #: ``$Sock_Conn``: SOCKPMAX sockets are already open on this port.
     PORT_LIMIT = -109
     #: ``$Sock_SSL_On``: the port is not SSL-capable (needs SSL and SSLOPT).

@@ -193,12 +193,21 @@ class ClientPort:
         return self._open[0]
 
     def is_allowed(self, host: str, port: int) -> bool:
-        """Decide the access rules for ``host:port`` (first matching rule wins)."""
+        """Decide the access rules for ``host:port``.
+
+        The first rule matching the host as given wins (none matching denies, no rules
+        allow). An IP-literal host must *also* pass :meth:`is_address_allowed`, exactly as
+        every address a name resolves to must: so ``[allow("*"), deny("10.0.0.0/8")]``
+        refuses ``10.1.2.3`` whether it is given as a literal or reached through a name,
+        and through a tunnel as well as directly.
+        """
         if not self.rules:
             return True
         for rule in self.rules:
             if rule.matches_port(port) and rule.matches_host(host):
-                return rule.allow
+                if not rule.allow:
+                    return False
+                return not _is_ip_literal(host) or self.is_address_allowed(host, port)
         return False
 
     def is_address_allowed(self, address: str, port: int) -> bool:
@@ -226,19 +235,32 @@ class ClientPort:
                 port_name=self.name,
             )
 
+    def _check_capacity(self) -> None:
+        """Raise ``PortLimitError`` if the port is full (a pre-check before connecting, so
+        a refused socket costs no packet; ``_acquire`` stays the authority)."""
+        if self.max_sockets is not None and self._open[0] >= self.max_sockets:
+            raise PortLimitError(
+                f"client port {self.name!r} already has {self.max_sockets} open sockets",
+                port_name=self.name,
+                limit=self.max_sockets,
+            )
+
     def _acquire(self) -> None:
         with self._lock:
-            if self.max_sockets is not None and self._open[0] >= self.max_sockets:
-                raise PortLimitError(
-                    f"client port {self.name!r} already has {self.max_sockets} open sockets",
-                    port_name=self.name,
-                    limit=self.max_sockets,
-                )
+            self._check_capacity()
             self._open[0] += 1
 
     def _release(self) -> None:
         with self._lock:
             self._open[0] -= 1
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def check_encoding(encoding: str) -> None:

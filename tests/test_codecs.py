@@ -1,0 +1,67 @@
+"""The cp1047 codec janusnet registers, and an EBCDIC exchange over a real socket."""
+
+from __future__ import annotations
+
+import pytest
+from anyio.abc import SocketStream
+
+import janusnet
+from janusnet import ClientPort, Socket
+from loopback import serve
+
+
+@pytest.mark.parametrize(
+    ("char", "byte"),
+    [
+        ("[", 0xAD),
+        ("]", 0xBD),
+        ("^", 0x5F),
+        ("\xac", 0xB0),
+        ("\xdd", 0xBA),
+        ("\xa8", 0xBB),
+        ("\n", 0x15),
+        ("\x85", 0x25),
+        ("A", 0xC1),
+        ("0", 0xF0),
+        (" ", 0x40),
+        (":", 0x7A),
+    ],
+    ids=repr,
+)
+def test_cp1047_code_points(char: str, byte: int) -> None:
+    assert char.encode("cp1047") == bytes([byte])
+    assert bytes([byte]).decode("cp1047") == char
+
+
+def test_cp1047_is_a_bijection_over_all_bytes() -> None:
+    every = bytes(range(256))
+    assert every.decode("cp1047").encode("cp1047") == every
+    assert len(set(every.decode("cp1047"))) == 256
+    assert janusnet.ClientPort(encoding="ibm-1047").encoding == "ibm-1047"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_cp1047_connect_line_round_trip(anyio_backend: str) -> None:
+    line = "CONNECT [::1]:443 HTTP/1.0"
+    seen: list[bytes] = []
+
+    async def peer(stream: SocketStream) -> None:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += await stream.receive()
+        seen.append(data)
+        await stream.send("HTTP/1.0 200 OK".encode("cp1047") + b"\r\n")
+
+    async with serve(peer) as number:
+        port = ClientPort("EBCDIC", encoding="cp1047")
+        async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
+            await sock.send_line(line)
+            reply = await sock.recv_parsed()
+    assert seen == [line.encode("cp1047") + b"\r\n"]
+    assert seen[0][8] == 0xAD and seen[0][12] == 0xBD  # '[' and ']' as IBM-1047 has them
+    assert sock.decode(reply.data) == "HTTP/1.0 200 OK"

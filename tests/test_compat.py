@@ -1,0 +1,318 @@
+"""janusnet.compat: $Sock_* calls returning legacy numbers, over real loopback sockets."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import pytest
+import trustme
+from anyio.abc import SocketStream
+
+from janusnet import ClientPort, ReturnCode, TLSMode, UsageError, compat, deny
+from janusnet.compat import (
+    sock_close,
+    sock_conn,
+    sock_info,
+    sock_num,
+    sock_recv,
+    sock_recvprs,
+    sock_send,
+    sock_sendln,
+    sock_set,
+    sock_ssl_on,
+)
+from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin
+from loopback import abort_on_close, echo, read_line, read_until_eof, serve, tls_server_side
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+async def clean_registry(anyio_backend: str) -> AsyncIterator[None]:
+    """Every test must close its numbered sockets; close leftovers and fail if any."""
+    assert sock_num() == ""
+    yield
+    left = sock_num()
+    await sock_close(-1)
+    assert left == "", f"the test left socket(s) {left} open"
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[TLSOrigin]:
+    with TLSOrigin() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy() -> Iterator[ConnectProxy]:
+    with ConnectProxy() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def webdrops(origin: TLSOrigin) -> ClientPort:
+    """``JANUS DEFINE WEBDROPS ... CLSOCK ... SSL ... SSLOPT``: plain at connect, SSLOn ok."""
+    return ClientPort("WEBDROPS", tls=TLSMode.OPTIONAL, ssl_context=origin.client_context())
+
+
+async def seed_example(
+    port: ClientPort, proxy: ConnectProxy, origin: TLSOrigin, *, injected: bool = False
+) -> str:
+    """The $Sock_SSL_On page's example, statement by statement."""
+    num = await sock_conn(port, proxy.host, proxy.port)  # no SSL option: plain
+    assert num == 2
+    sock_set(num, "LINEND", "0D0A")
+    sock_set(num, "PRSTOK", "0D0A")
+    assert await sock_sendln(num, f"CONNECT {origin.authority} HTTP/1.0") == 0
+    assert await sock_sendln(num) == 0
+    _, status, index = await sock_recvprs(num)
+    assert isinstance(status, str) and index == 1
+    assert status.split()[1] == "200"  # word 2 of the status line
+    while True:
+        _, line, _ = await sock_recvprs(num)
+        if len(line) == 0:  # $lstr_len(%line) = 0: the empty line ends the head
+            break
+    if injected:
+        assert await sock_ssl_on(num, server_hostname="localhost") == -112
+        assert await sock_recv(num, 8) == (8, "INJECTED")  # drain, then try again
+    # Janus checks no host name; janusnet does, against the target's name.
+    assert await sock_ssl_on(num, server_hostname="localhost") == 0
+    assert await sock_sendln(num, "GET /seed HTTP/1.0") == 0
+    assert await sock_sendln(num) == 0
+    count, reply = await sock_recv(num)  # maxbytes = minbytes = 0: until FIN
+    assert isinstance(reply, str) and count == len(reply.encode())
+    assert sock_info(num, "STAT") == "FINR"
+    assert await sock_close(num) == 1
+    assert proxy.log[0].request_line == f"CONNECT {origin.authority} HTTP/1.0"
+    return reply
+
+
+async def test_compat_seed_example_connect_then_ssl_on(
+    anyio_backend: str, webdrops: ClientPort, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    reply = await seed_example(webdrops, proxy, origin)
+    assert reply.startswith("HTTP/1.1 200 OK\r\n")
+    assert reply.endswith("hello from janusnet origin: GET /seed\n")
+
+
+async def test_compat_seed_example_refuses_injected_bytes(
+    anyio_backend: str, webdrops: ClientPort, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    proxy.behaviour = ProxyBehaviour.EXTRA_BYTES
+    reply = await seed_example(webdrops, proxy, origin, injected=True)
+    assert "GET /seed" in reply
+
+
+async def test_compat_conn_codes(anyio_backend: str) -> None:
+    async def tls_refuser(stream: SocketStream) -> None:
+        await stream.receive()
+
+    async with serve(echo) as number, serve(tls_refuser) as no_tls:
+        denied = ClientPort("DENY", rules=[deny("127.0.0.1")])
+        assert await sock_conn(denied, "127.0.0.1", number) == ReturnCode.ACCESS_DENIED == -101
+        capped = ClientPort("CAPPED", max_sockets=1)
+        compat.define_port(capped)
+        first = await sock_conn("capped", "127.0.0.1", number)
+        assert first == 2
+        assert await sock_conn("CAPPED", "127.0.0.1", number) == ReturnCode.PORT_LIMIT == -109
+        compat.registry.max_sockets = 1
+        try:
+            assert await sock_conn(None, "127.0.0.1", number) == ReturnCode.NO_FREE_SOCKET
+        finally:
+            compat.registry.max_sockets = None
+        await sock_close(first)
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        closed_port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()
+        assert await sock_conn(None, "127.0.0.1", closed_port) == ReturnCode.CONNECT_FAILED
+        assert await sock_conn(None, "localhost", no_tls, "SSL") == -103
+        assert sock_num() == ""  # failures never take a number
+        with pytest.raises(UsageError):
+            await sock_conn("NO-SUCH-PORT", "127.0.0.1", number)
+        with pytest.raises(UsageError):
+            await sock_conn(ClientPort(tls=TLSMode.NEVER), "127.0.0.1", number, "SSL")
+        with pytest.raises(UsageError):
+            await sock_conn(None, "127.0.0.1", number, "FINCLOSE")
+
+
+async def test_compat_numbers_and_selections(anyio_backend: str) -> None:
+    async def hold(stream: SocketStream) -> None:
+        await read_until_eof(stream)
+        await anyio.sleep(5)
+
+    async with serve(hold) as number:
+        a, b, c = [await sock_conn(None, "127.0.0.1", number) for _ in range(3)]
+        assert (a, b, c) == (2, 3, 4)
+        assert await sock_close(b) == 1
+        assert await sock_conn(None, "127.0.0.1", number) == 3  # lowest free number
+        assert await sock_send(c, "", "FIN") == 0
+        assert sock_info(c, "STAT") == "FINS"
+        assert sock_num() == sock_num("ANY") == "2 3 4"
+        assert sock_num("FINS") == "4"
+        assert sock_num("NOT FINS") == "2 3"
+        assert sock_num("CONN OR FINS") == "2 3 4"
+        assert sock_num("open") == "2 3 4"
+        assert sock_num("RESET") == ""
+        for bad in ("CAPTURE", "CONN OR", "CONN FINS", "NOT"):
+            with pytest.raises(UsageError):
+                sock_num(bad)
+        assert await sock_close(-1) == 1
+        assert sock_num() == ""
+        with pytest.raises(UsageError):
+            await sock_close(2)
+
+
+async def test_compat_set_and_info(anyio_backend: str) -> None:
+    async with serve(echo) as number:
+        num = await sock_conn(None, "127.0.0.1", number)
+        other = await sock_conn(None, "127.0.0.1", number)
+        assert sock_info(num, "REMOTE") == f"127.0.0.1 {number}"
+        assert sock_set(num, "LINEND", "0A") == "0D0A"
+        assert sock_info(num, "LINEND") == "0A"
+        assert await sock_sendln(num, "one") == 0
+        assert await sock_sendln(num, "two", "LINEND 0D0A") == 0
+        assert await sock_recv(num, 9) == (9, "one\ntwo\r\n")
+        assert sock_set(num, "PRSTOK", "0D0A|0A") == "0D0A"
+        assert sock_info(num, "PRSTOK") == "0D0A|0A"
+        await sock_send(num, b"a\nbc\r\n")
+        assert await sock_recvprs(num) == (2, "a", 2)
+        assert await sock_recvprs(num) == (4, "bc", 1)  # the count includes the token
+        assert sock_set(num, "BINARY") == "CHAR"
+        await sock_sendln(num, b"raw")
+        assert await sock_recvprs(num) == (4, b"raw", 2)
+        assert sock_info(num, "CHAR") == "BINARY"
+        await sock_sendln(num, "ünï", "CHAR")  # per call: translate this one
+        assert await sock_recv(num, 6, 6, "CHAR") == (6, "ünï\n")  # 5 bytes + LF
+        assert sock_set(num, "CHAR") == "BINARY"
+        assert sock_set(num, "XTAB", "cp037") == "utf-8"
+        await sock_send(num, "CONNECT", "PUSH")
+        assert await sock_recv(num, 7, 7, "BINARY") == (7, "CONNECT".encode("cp037"))
+        assert sock_set(num, "XTAB", "STANDARD") == "cp037"
+        assert sock_set(num, "RECVLIM", "5") == "0"
+        await sock_send(num, "0123456789")
+        assert await sock_recv(num, 100, 100) == (5, "01234")
+        assert sock_info(num, "RECVLIM") == "0"
+        assert await sock_recv(num, 100) == (0, "")  # the spent window reads as FIN
+        assert sock_set(num, "RECVLIM", 0) == "0"
+        assert await sock_recv(num, 5) == (5, "56789")
+        # -1: every open socket, answering how many changed.
+        assert sock_set(-1, "LINEND", "0D0A") == "1"  # `other` already had 0D0A
+        assert sock_set(-1, "LINEND", "0D0A") == "0"
+        assert sock_set(-1, "XTAB", "cp500") == "2"
+        assert sock_info(other, "XTAB") == "cp500"
+        assert sock_set(num, "PRSTOK", "NONE") == "0D0A|0A"
+        with pytest.raises(UsageError):
+            await sock_recvprs(num)
+        assert sock_set(num, "LINEND", "NONE") == "0D0A"
+        with pytest.raises(UsageError):
+            await sock_sendln(num, "no line end")
+        for keyword, value in [
+            ("LINEND", "0G"),
+            ("LINEND", None),
+            ("PRSTOK", "0D0A|0D"),  # a prefix needs AMBIG|
+            ("RECVLIM", "-1"),
+            ("XTAB", "no-such-codec"),
+            ("BINARY", "yes"),
+            ("TIMEOUT", "5"),
+        ]:
+            with pytest.raises(UsageError):
+                sock_set(num, keyword, value)
+        with pytest.raises(UsageError):
+            sock_info(num, "NOPE")
+        with pytest.raises(UsageError):
+            sock_set(99, "CHAR")
+        await sock_close(-1)
+
+
+async def test_compat_reset_socket_answers_minus_one_and_reset(anyio_backend: str) -> None:
+    async def resetter(stream: SocketStream) -> None:
+        await read_line(stream, bytearray())
+        abort_on_close(stream)
+
+    async with serve(resetter) as number:
+        num = await sock_conn(None, "127.0.0.1", number)
+        assert await sock_sendln(num, "bye") == 0
+        with anyio.fail_after(5):
+            assert await sock_recv(num, 10) == (-1, "")
+        assert sock_info(num, "STAT") == "RESET"
+        assert sock_num("RESET") == str(num)  # dead but numbered until closed
+        assert await sock_send(num, "x") == -1
+        assert await sock_recv(num) == (-1, "")
+        assert await sock_recvprs(num) == (-1, "", 0)
+        assert sock_set(num, "LINEND", "0A") == "RESET"
+        assert sock_info(num, "LINEND") == "RESET"
+        assert sock_info(num, "REMOTE") == "RESET"
+        assert sock_set(-1, "LINEND", "0A") == "0"  # RESET sockets are not relevant
+        with pytest.raises(UsageError):
+            sock_set(num, "LINEND", "zz")  # a bad value is refused even then
+        assert await sock_ssl_on(num) == -149
+        assert await sock_close(num) == 1
+        assert sock_num() == ""
+
+
+async def test_compat_recv_min_and_max(anyio_backend: str) -> None:
+    async def talker(stream: SocketStream) -> None:
+        await stream.send(b"0123456789")
+        await read_line(stream, bytearray())
+        await stream.send(b"tail")
+
+    async with serve(talker) as number:
+        num = await sock_conn(None, "127.0.0.1", number, "NOSSL")
+        assert await sock_recv(num, 4) == (4, "0123")  # minbytes 0 = maxbytes
+        assert await sock_recv(num, 100, 1) == (6, "456789")  # 1, plus what is buffered
+        await sock_sendln(num, "more")
+        assert await sock_recv(num) == (4, "tail")  # until FIN
+        assert await sock_recv(num) == (0, "")
+        assert sock_info(num, "STAT") == "FINR"
+        with pytest.raises(UsageError):
+            await sock_recv(num, 5, 6)
+        with pytest.raises(UsageError):
+            await sock_recv(num, -5)
+        await sock_close(num)
+
+
+@pytest.fixture(scope="module")
+def tls_pieces() -> tuple[ssl.SSLContext, ClientPort]:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, ClientPort("SSLOPT", tls=TLSMode.OPTIONAL, ssl_context=client)
+
+
+async def test_compat_ssl_on_codes_and_all(
+    anyio_backend: str, tls_pieces: tuple[ssl.SSLContext, ClientPort]
+) -> None:
+    server_context, port = tls_pieces
+
+    async def tls_echo(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server_context))
+
+    async def plaintext(stream: SocketStream) -> None:
+        await stream.receive()
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    async with serve(tls_echo) as good, serve(plaintext) as bad, serve(echo) as plain:
+        never = ClientPort("NEVER", tls=TLSMode.NEVER)
+        a = await sock_conn(port, "localhost", good)
+        b = await sock_conn(port, "localhost", bad)
+        c = await sock_conn(never, "127.0.0.1", plain)
+        d = await sock_conn(port, "localhost", good)
+        assert await sock_ssl_on(c) == ReturnCode.NOT_SSL_PORT == -110
+        assert await sock_ssl_on(-1) == -111  # b (3) fails -111, c (4) -110: lowest wins
+        assert sock_info(b, "STAT") == "RESET"  # the failed handshake closed it
+        assert sock_info(c, "STAT") == "CONN"
+        assert await sock_ssl_on(a) == -149  # already TLS
+        await sock_sendln(d, "over tls")
+        assert await sock_recvprs(d) == (10, "over tls", 1)
+        await sock_close(c)
+        assert await sock_ssl_on(-1) == 0  # nothing relevant left
+        await sock_close(-1)

@@ -1,0 +1,202 @@
+"""SocketGroup (Janus sockNum = -1) over real loopback sockets, on asyncio and trio."""
+
+from __future__ import annotations
+
+import ssl
+
+import anyio
+import pytest
+import trustme
+from anyio.abc import SocketStream
+
+from janusnet import (
+    OPEN_STATES,
+    ClientPort,
+    ReturnCode,
+    Socket,
+    SocketGroup,
+    SocketState,
+    TLSMode,
+    TokenSet,
+    UsageError,
+)
+from loopback import Handler, echo, read_until_eof, serve, tls_server_side
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def port(ca: trustme.CA) -> ClientPort:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return ClientPort("GROUP", tls=TLSMode.OPTIONAL, ssl_context=context)
+
+
+def tls_echo(server_context: ssl.SSLContext) -> Handler:
+    """A peer that starts TLS right after accept, then echoes."""
+
+    async def handler(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server_context))
+
+    return handler
+
+
+async def greeter(stream: SocketStream) -> None:
+    """A plain peer that speaks first (two lines in one write), then echoes."""
+    await stream.send(b"220 hello\r\n220 more\r\n")
+    await echo(stream)
+
+
+async def roundtrip(sock: Socket, text: str) -> bytes:
+    await sock.send_line(text)
+    return (await sock.recv_parsed()).data
+
+
+async def test_group_ssl_on_all_mixed_sockets(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    never = ClientPort("NEVER", tls=TLSMode.NEVER)
+    async with (
+        serve(tls_echo(server_context)) as tls_number,
+        serve(greeter) as greet_number,
+        serve(echo) as echo_number,
+        SocketGroup() as group,
+    ):
+        plain_a = await group.connect("localhost", tls_number, client_port=port)
+        plain_b = await group.connect("localhost", tls_number, client_port=port)
+        not_ssl = await group.connect("127.0.0.1", echo_number, client_port=never)
+        pending = await group.connect("localhost", greet_number, client_port=port)
+        assert (await pending.recv_parsed()).data == b"220 hello"
+        assert pending.pending == len(b"220 more\r\n")  # buffered, unread
+        already = await group.connect("localhost", tls_number, client_port=port, tls=True)
+        assert len(group) == 5
+
+        results = await group.ssl_on_all()
+
+        assert results == {
+            plain_a: ReturnCode.OK,
+            plain_b: ReturnCode.OK,
+            not_ssl: ReturnCode.NOT_SSL_PORT,
+            pending: ReturnCode.PENDING_DATA,
+        }
+        assert list(results) == [plain_a, plain_b, not_ssl, pending]  # membership order
+        assert already not in results
+        for sock in (plain_a, plain_b, already):
+            assert sock.tls is not None and sock.state is SocketState.CONNECTED
+            assert await roundtrip(sock, "over tls") == b"over tls"
+        for sock in (not_ssl, pending):
+            assert sock.tls is None and sock.state is SocketState.CONNECTED
+        assert await roundtrip(not_ssl, "still plain") == b"still plain"
+        assert (await pending.recv_parsed()).data == b"220 more"  # nothing was lost
+        assert await roundtrip(pending, "still plain") == b"still plain"
+    assert all(s.closed for s in (plain_a, plain_b, not_ssl, pending, already))
+    assert len(group) == 0
+
+
+async def test_group_ssl_on_all_failed_handshake_spares_the_others(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async def plaintext(stream: SocketStream) -> None:
+        await stream.receive()
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    async with serve(tls_echo(server_context)) as good, serve(plaintext) as bad:
+        async with SocketGroup() as group:
+            socks = [await group.connect("localhost", good, client_port=port) for _ in range(3)]
+            broken = await group.connect("localhost", bad, client_port=port)
+            closed = await group.connect("localhost", good, client_port=port)
+            await closed.aclose()  # RESET: skipped, like a closed Janus socket
+
+            results = await group.ssl_on_all(max_concurrency=1)
+
+            assert results == {**dict.fromkeys(socks, ReturnCode.OK), broken: -111}
+            assert broken.closed and broken.state is SocketState.RESET
+            for sock in socks:
+                assert await roundtrip(sock, "fine") == b"fine"
+            assert await group.ssl_on_all() == {}  # nothing relevant is left
+
+
+async def test_group_ssl_on_all_refuses_bad_concurrency(anyio_backend: str) -> None:
+    with pytest.raises(UsageError):
+        await SocketGroup().ssl_on_all(max_concurrency=0)
+
+
+async def test_group_membership_is_by_identity(anyio_backend: str) -> None:
+    async with serve(echo) as number:
+        a = await Socket.connect("127.0.0.1", number)
+        b = await Socket.connect("127.0.0.1", number)
+        group = SocketGroup([a])
+        group.add(b)
+        group.add(a)  # again: no change
+        assert len(group) == 2 and list(group) == [a, b]
+        assert a in group and b in group and object() not in group
+        assert a != b and len({a, b}) == 2
+        group.remove(a)
+        assert list(group) == [b]
+        with pytest.raises(KeyError):
+            group.remove(a)
+        group.discard(a)  # absent: fine
+        with pytest.raises(UsageError):
+            group.add("not a socket")  # type: ignore[arg-type]
+        assert not a.closed  # removing does not close
+        await a.aclose()
+        await group.aclose()
+        assert b.closed and len(group) == 0
+
+
+async def test_group_select_by_state(anyio_backend: str) -> None:
+    async def hold(stream: SocketStream) -> None:
+        await read_until_eof(stream)
+        await anyio.sleep(5)
+
+    async with serve(hold) as number, SocketGroup() as group:
+        connected = await group.connect("127.0.0.1", number)
+        fin_sent = await group.connect("127.0.0.1", number)
+        reset = await group.connect("127.0.0.1", number)
+        await fin_sent.send_eof()
+        await reset.aclose()
+        assert group.select() == [connected, fin_sent, reset]
+        assert group.select(SocketState.CONNECTED) == [connected]
+        assert group.select(SocketState.FIN_SENT, SocketState.RESET) == [fin_sent, reset]
+        assert group.select(SocketState.FIN_BOTH) == []
+        assert group.select_open() == [connected, fin_sent]
+        assert group.select(*OPEN_STATES) == [connected, fin_sent]
+        assert "FINS" in repr(group)
+
+
+async def test_group_apply_settings_counts_changed_open_sockets(anyio_backend: str) -> None:
+    async with serve(echo) as number, SocketGroup() as group:
+        a = await group.connect("127.0.0.1", number)
+        b = await group.connect("127.0.0.1", number)
+        c = await group.connect("127.0.0.1", number)
+        b.line_end = b"\n"
+        await c.aclose()
+        assert group.apply_settings(line_end=b"\n") == 1  # b had it, c is RESET
+        assert a.line_end == b.line_end == b"\n"
+        assert group.apply_settings(line_end=b"\n") == 0
+        assert group.apply_settings(parse_tokens="AMBIG|0D0A|0D", encoding="cp037") == 2
+        assert a.parse_tokens == TokenSet([b"\r\n", b"\r"]) and b.encoding == "cp037"
+        with pytest.raises(UsageError):
+            group.apply_settings(line_end=b"\r", encoding="no-such-codec")
+        assert a.line_end == b"\n"  # a bad value changes nothing
+        with pytest.raises(UsageError):
+            group.apply_settings(line_end=b"")
+        await a.send_line("x")
+        assert await a.recv_exactly(2) == "x".encode("cp037") + b"\n"

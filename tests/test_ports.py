@@ -1,0 +1,248 @@
+"""Access rules (JANUS CLSOCK ALLOW/DISALLOW) and max_sockets (SOCKPMAX, -109).
+
+The decisions are checked as a table; the "refused before any packet" promise is checked
+with listeners that record every connection they accept.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from janusnet import (
+    AccessDeniedError,
+    AccessRule,
+    ClientPort,
+    HandshakeError,
+    PortLimitError,
+    ProxyTunnel,
+    ReturnCode,
+    Socket,
+    TLSMode,
+    UsageError,
+    allow,
+    deny,
+)
+from loopback import read_line, read_until_eof, serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# ---------------------------------------------------------------------- the decision table
+
+A = allow
+D = deny
+RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
+    ("no rules allow everything", [], "anything.example", 1, True),
+    ("exact host", [A("api.example.com")], "api.example.com", 443, True),
+    ("exact host is case-insensitive", [A("API.example.com.")], "api.EXAMPLE.com", 443, True),
+    ("exact host, other host", [A("api.example.com")], "www.example.com", 443, False),
+    ("suffix matches a subdomain", [A("*.example.com")], "a.b.example.com", 443, True),
+    ("suffix excludes the bare domain", [A("*.example.com")], "example.com", 443, False),
+    ("suffix is not a substring", [A("*.example.com")], "badexample.com", 443, False),
+    ("ipv4 address", [A("192.0.2.7")], "192.0.2.7", 80, True),
+    ("ipv4 address, other", [A("192.0.2.7")], "192.0.2.8", 80, False),
+    ("cidr v4 inside", [A("10.0.0.0/8")], "10.200.3.4", 80, True),
+    ("cidr v4 outside", [A("10.0.0.0/8")], "11.0.0.1", 80, False),
+    ("cidr v6 inside", [A("2001:db8::/32")], "2001:db8::1", 443, True),
+    ("cidr v6 in brackets", [A("2001:db8::/32")], "[2001:db8:ffff::2]", 443, True),
+    ("cidr v6 outside", [A("2001:db8::/32")], "2001:db9::1", 443, False),
+    ("ip rule never matches a name", [A("127.0.0.0/8")], "localhost", 80, False),
+    ("single port", [A("*", 443)], "h.example", 443, True),
+    ("single port, other port", [A("*", 443)], "h.example", 80, False),
+    ("port range low edge", [A("*", (8000, 8099))], "h.example", 8000, True),
+    ("port range high edge", [A("*", (8000, 8099))], "h.example", 8099, True),
+    ("port range outside", [A("*", (8000, 8099))], "h.example", 8100, False),
+    ("first match wins: deny first", [D("evil.example"), A("*")], "evil.example", 443, False),
+    ("first match wins: allow first", [A("evil.example"), D("*")], "evil.example", 443, True),
+    ("first match wins: falls through", [D("evil.example"), A("*")], "ok.example", 443, True),
+    ("rules given, none match: deny", [A("*.corp"), A("10.0.0.0/8")], "x.example", 443, False),
+    ("deny by port only", [D("*", 25), A("*")], "mail.example", 25, False),
+    # An IP literal must also pass the IP rules, wherever they are: the same answer as the
+    # DNS-rebinding guard gives for a name resolving to that address.
+    ("ip literal, later ip deny", [A("*"), D("127.0.0.0/8")], "127.0.0.1", 80, False),
+    ("ip literal, later ip deny v6", [A("*"), D("::1/128")], "::1", 80, False),
+    ("ip literal, ip allow first", [A("127.0.0.1"), D("127.0.0.0/8")], "127.0.0.1", 80, True),
+    ("ip literal, ip deny other port", [A("*"), D("127.0.0.0/8", 25)], "127.0.0.1", 80, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("rules", "host", "port", "allowed"),
+    [pytest.param(*row[1:], id=row[0]) for row in RULE_TABLE],
+)
+def test_rules_decide(rules: list[AccessRule], host: str, port: int, allowed: bool) -> None:
+    client_port = ClientPort("RULES", rules=rules)
+    assert client_port.is_allowed(host, port) is allowed
+    if allowed:
+        client_port.check_access(host, port)
+    else:
+        with pytest.raises(AccessDeniedError) as info:
+            client_port.check_access(host, port)
+        assert info.value.port == port and info.value.port_name == "RULES"
+
+
+def test_rules_address_guard_applies_only_ip_rules() -> None:
+    port = ClientPort(rules=[A("localhost"), D("127.0.0.0/8"), A("10.1.0.0/16"), D("10.0.0.0/8")])
+    assert port.is_address_allowed("127.0.0.1", 80) is False
+    assert port.is_address_allowed("10.1.2.3", 80) is True  # first IP rule wins
+    assert port.is_address_allowed("10.2.0.1", 80) is False
+    assert port.is_address_allowed("192.0.2.1", 80) is True  # no IP rule mentions it
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: allow(""),
+        lambda: allow("*", 0),
+        lambda: deny("*", (10, 5)),
+        lambda: allow("*", 70000),
+    ],
+    ids=["empty-host", "port-0", "reversed-range", "port-too-big"],
+)
+def test_rules_refuse_bad_patterns(bad: object) -> None:
+    with pytest.raises(UsageError):
+        bad()  # type: ignore[operator]
+
+
+def test_rules_must_be_access_rules() -> None:
+    with pytest.raises(UsageError):
+        ClientPort(rules=["*"])  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------------- no packet when denied
+
+
+class Recorder:
+    """A loopback listener that records each accepted connection's first line."""
+
+    def __init__(self, reply: bytes = b"") -> None:
+        self.accepted: list[bytes] = []
+        self.reply = reply
+        self._accept = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with anyio.fail_after(5):
+            while len(self.accepted) < count:
+                await self._accept.wait()
+
+    async def __call__(self, stream: SocketStream) -> None:
+        index = len(self.accepted)
+        self.accepted.append(b"")
+        self._accept.set()
+        self._accept = anyio.Event()
+        try:
+            self.accepted[index] = await read_line(stream, bytearray())
+        except anyio.EndOfStream:
+            return
+        await stream.send(self.reply)
+        await read_until_eof(stream)
+
+
+async def test_denied_direct_connect_sends_nothing(anyio_backend: str) -> None:
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        guarded = ClientPort("GUARD", rules=[D("127.0.0.1", number), A("*")])
+        with pytest.raises(AccessDeniedError) as info:
+            await Socket.connect("127.0.0.1", number, client_port=guarded)
+        assert info.value.host == "127.0.0.1" and info.value.port == number
+        # The same listener does see an allowed connection: accepts are recorded in order.
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            await sock.send_line("allowed")
+            await sock.send_eof()
+            with anyio.fail_after(5):
+                assert await sock.recv() == b""
+    assert recorder.accepted == [b"allowed"]
+
+
+@pytest.mark.parametrize(
+    ("target", "rules"),
+    [
+        ("denied.example", [D("denied.example"), A("*")]),
+        ("10.9.8.7", [A("*"), D("10.0.0.0/8")]),  # an IP target: IP rules apply, too
+    ],
+    ids=["name", "ip-literal"],
+)
+async def test_denied_tunnel_target_never_reaches_the_proxy(
+    anyio_backend: str, target: str, rules: list[AccessRule]
+) -> None:
+    proxy = Recorder(reply=b"HTTP/1.1 200 Connection established\r\n\r\n")
+    async with serve(proxy) as number:
+        guarded = ClientPort("TUNNEL", rules=rules)
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", client_port=guarded)
+        with pytest.raises(AccessDeniedError):
+            await tunnel.open(target, 443)
+        with pytest.raises(AccessDeniedError):
+            await tunnel.open_tls(target, 443)
+        async with await tunnel.open("allowed.example", 443) as sock:
+            assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+    assert proxy.accepted == [b"CONNECT allowed.example:443 HTTP/1.1"]
+
+
+async def test_dns_rebinding_guard_checks_resolved_addresses(anyio_backend: str) -> None:
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        # The name is allowed, but it resolves into a denied range: refused, no packet.
+        rebinding = ClientPort("DNS", rules=[A("localhost"), D("127.0.0.0/8")])
+        with pytest.raises(AccessDeniedError) as info:
+            await Socket.connect("localhost", number, client_port=rebinding)
+        assert info.value.host == "127.0.0.1"  # names the address that was refused
+        # Its twin: an IP rule that does not cover the resolved address lets it through.
+        fine = ClientPort("DNS2", rules=[A("localhost"), D("10.0.0.0/8")])
+        async with await Socket.connect("localhost", number, client_port=fine) as sock:
+            await sock.send_line("via localhost")
+            await sock.send_eof()
+            with anyio.fail_after(5):
+                assert await sock.recv() == b""
+    assert recorder.accepted == [b"via localhost"]
+
+
+# ---------------------------------------------------------------------- max_sockets (-109)
+
+
+async def test_max_sockets_is_port_limit_and_released_on_close(anyio_backend: str) -> None:
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        capped = ClientPort("CAPPED", max_sockets=2)
+        first = await Socket.connect("127.0.0.1", number, client_port=capped)
+        second = await Socket.connect("127.0.0.1", number, client_port=capped)
+        assert capped.open_sockets == 2
+        with pytest.raises(PortLimitError) as info:
+            await Socket.connect("127.0.0.1", number, client_port=capped)
+        assert info.value.code == ReturnCode.PORT_LIMIT == -109
+        assert info.value.limit == 2 and info.value.port_name == "CAPPED"
+        await first.aclose()
+        await first.aclose()  # idempotent: released once
+        assert capped.open_sockets == 1
+        third = await Socket.connect("127.0.0.1", number, client_port=capped)
+        assert capped.open_sockets == 2
+        other = ClientPort("OTHER", max_sockets=1)  # the cap is per port
+        async with await Socket.connect("127.0.0.1", number, client_port=other):
+            pass
+        for sock in (second, third):
+            await sock.aclose()
+        assert capped.open_sockets == 0 == other.open_sockets
+        await recorder.wait_for(4)
+        await anyio.sleep(0.05)  # time for a fifth accept, if there were one
+    assert len(recorder.accepted) == 4  # the refused third connect never reached it
+
+
+async def test_max_sockets_released_by_failed_handshake(anyio_backend: str) -> None:
+    async def closer(stream: SocketStream) -> None:
+        await stream.receive()
+
+    async with serve(closer) as number:
+        capped = ClientPort("CAPPED", tls=TLSMode.OPTIONAL, max_sockets=1)
+        sock = await Socket.connect("localhost", number, client_port=capped)
+        with pytest.raises(HandshakeError):
+            await sock.ssl_on()
+        assert sock.closed and capped.open_sockets == 0
+        with pytest.raises(HandshakeError):
+            await Socket.connect("localhost", number, client_port=capped, tls=True)
+        assert capped.open_sockets == 0
