@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import codecs
 import encodings.cp037
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["register"]
 
@@ -44,8 +47,8 @@ def _encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
     return codecs.charmap_encode(text, errors, ENCODING_TABLE)
 
 
-def _decode(data: bytes, errors: str = "strict") -> tuple[str, int]:
-    return codecs.charmap_decode(data, errors, DECODING_TABLE)
+def _decode(data: Buffer, errors: str = "strict") -> tuple[str, int]:
+    return codecs.charmap_decode(bytes(data), errors, DECODING_TABLE)
 
 
 class _IncrementalEncoder(codecs.IncrementalEncoder):
@@ -54,8 +57,8 @@ class _IncrementalEncoder(codecs.IncrementalEncoder):
 
 
 class _IncrementalDecoder(codecs.IncrementalDecoder):
-    def decode(self, input: bytes, final: bool = False) -> str:
-        return codecs.charmap_decode(input, self.errors, DECODING_TABLE)[0]
+    def decode(self, input: Buffer, final: bool = False) -> str:
+        return codecs.charmap_decode(bytes(input), self.errors, DECODING_TABLE)[0]
 
 
 def _search(name: str) -> codecs.CodecInfo | None:

@@ -27,7 +27,9 @@ is no quadratic rescanning of a growing buffer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from typing import Final, NamedTuple
 
 from ._exceptions import UsageError
@@ -52,6 +54,13 @@ class Parsed(NamedTuple):
     data: bytes
     token: bytes | None
     index: int  # type: ignore[assignment]  # Janus prsindx; shadows tuple.index by design
+
+
+#: Builds a :class:`Parsed` in C, skipping the Python-level ``__new__`` that ``NamedTuple``
+#: generates: it is a third of the cost of a record on the hot path.
+_new_parsed: Final[Callable[[type[Parsed], tuple[bytes, bytes | None, int]], Parsed]] = (
+    tuple.__new__
+)
 
 
 class TokenSet:
@@ -195,43 +204,70 @@ class Scanner:
 
     ``feed()`` bytes in, ``scan()`` for a record, ``take()`` for raw bytes. ``pending`` is
     the number of unread bytes.
+
+    The buffer is an immutable ``bytes`` plus a read offset, so a record is one slice (the
+    result itself) and consuming it is an integer update; cached positions are absolute
+    and survive consumption. While a long record is still arriving in small pieces the
+    buffer grows as a ``bytearray`` (linear, not quadratic) and turns back into ``bytes``
+    when a result is cut from it. With a single token, one ``bytes.split`` cuts every
+    complete record in the buffer at once (each byte scanned once, in C); ``scan`` then
+    hands them out one per call. They count as unread until handed out: every other
+    method first puts them back (:meth:`_settle`).
     """
 
-    __slots__ = ("_buf", "_found", "_scan_from", "_searched", "_tokens")
+    __slots__ = (
+        "_buf",
+        "_found",
+        "_index",
+        "_pattern",
+        "_pos",
+        "_scan_from",
+        "_searched",
+        "_tokens",
+        "ready",
+        "ready_max",
+        "ready_tokens",
+    )
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
+        # Bytes before _pos are consumed.
+        self._pos = 0
         self._tokens: TokenSet | None = None
-        # Everything before _scan_from is known not to start any token (partial or whole).
+        # Nothing between _pos and _scan_from starts a token (partial or whole).
         self._scan_from = 0
-        # Per token: position of its next known occurrence, or -1; and how far the buffer
-        # was searched without finding it. Both are relative to the buffer's start.
+        # Per token: its next known occurrence at or after _pos (else anything < _pos, such
+        # as -1); and up to where the buffer was searched without finding it. Absolute
+        # positions in _buf, so consuming bytes never has to update them.
         self._found: list[int] = []
         self._searched: list[int] = []
+        # Multi-token sets: a regex splitting on every token, longest first (so the
+        # leftmost match is the earliest start, the longest at a tie), and token -> prsindx.
+        self._pattern: re.Pattern[bytes] | None = None
+        self._index: dict[bytes, int] = {}
+        #: Records already cut for the current token set (single-token sets), handed out
+        #: by scan() (and by Socket.recv_parsed directly: ``next(ready, None)``) while
+        #: the caller asks for ``ready_tokens``; their bytes lie before _pos. ``ready_max``: the longest data among them, so a caller
+        #: with a smaller limit knows to call scan() instead. A Parsed is built only when
+        #: handed out, so it is short-lived (cheap for the garbage collector).
+        self.ready: Iterator[Parsed] | None = None
+        self.ready_max = 0
+        self.ready_tokens: TokenSet | None = None
 
     @property
     def pending(self) -> int:
         """How many received bytes are buffered and unread."""
-        return len(self._buf)
+        if self.ready is not None:
+            self._settle()
+        return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
-        """Append received bytes."""
-        self._buf += data
-
-    def peek(self) -> bytes:
-        """A copy of the unread bytes, leaving them buffered."""
-        return bytes(self._buf)
-
-    def take(self, max_bytes: int) -> bytes:
-        """Remove and return up to ``max_bytes`` unread bytes."""
-        if max_bytes >= len(self._buf):
-            data = bytes(self._buf)
-            self._buf.clear()
-            self._reset()
-            return data
-        data = bytes(self._buf[:max_bytes])
-        self._consume(max_bytes)
-        return data
+    def _settle(self) -> None:
+        """Put the records cut ahead back into the unread bytes."""
+        ready = self.ready
+        self.ready = self.ready_tokens = None
+        if ready is not None:
+            self._pos -= sum(len(data) + len(token or b"") for data, token, _ in ready)
+        self._reset()
 
     def _reset(self) -> None:
         self._scan_from = 0
@@ -239,16 +275,159 @@ class Scanner:
             self._found[k] = -1
             self._searched[k] = 0
 
-    def _consume(self, count: int) -> None:
-        del self._buf[:count]
-        self._scan_from = 0
+    def _compact(self) -> None:
+        """Drop the consumed bytes, moving the cached positions with them."""
+        pos = self._pos
+        if not pos:
+            return
+        buf = self._buf
+        if pos >= len(buf):
+            self._buf = b""
+        elif isinstance(buf, bytearray):
+            del buf[:pos]
+        else:
+            self._buf = buf[pos:]
+        self._pos = 0
+        from_ = self._scan_from - pos
+        self._scan_from = from_ if from_ > 0 else 0
         found = self._found
         searched = self._searched
         for k in range(len(found)):
-            pos = found[k] - count
-            found[k] = pos if pos >= 0 else -1
-            done = searched[k] - count
+            at = found[k] - pos
+            found[k] = at if at >= 0 else -1
+            done = searched[k] - pos
             searched[k] = done if done > 0 else 0
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if self.ready is not None:
+            self._settle()
+        self._compact()
+        buf = self._buf
+        if not buf:
+            self._buf = bytes(data)  # no copy when data is bytes
+        elif isinstance(buf, bytearray):
+            buf += data
+        elif len(buf) <= len(data):
+            self._buf = buf + data
+        else:
+            # A long unfinished record: grow in place rather than copy it on every feed.
+            grown = bytearray(buf)
+            grown += data
+            self._buf = grown
+
+    def peek(self) -> bytes:
+        """A copy of the unread bytes, leaving them buffered."""
+        if self.ready is not None:
+            self._settle()
+        return bytes(self._buf[self._pos :])
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the unread ones (a CONNECT reply's leftover)."""
+        if data:
+            if self.ready is not None:
+                self._settle()
+            self._buf = bytes(data) + bytes(self._buf[self._pos :])
+            self._pos = 0
+            self._reset()
+
+    def _as_bytes(self) -> bytes:
+        buf = self._buf
+        if isinstance(buf, bytearray):
+            # Cutting a result ends the growth phase: one copy, then slices are results.
+            buf = self._buf = bytes(buf)
+        return buf
+
+    def take(self, max_bytes: int) -> bytes:
+        """Remove and return up to ``max_bytes`` unread bytes."""
+        if self.ready is not None:
+            self._settle()
+        buf = self._as_bytes()
+        pos = self._pos
+        if pos == 0 and max_bytes >= len(buf):
+            self._buf = b""  # hand over the whole buffer, no copy
+            self._reset()
+            return buf
+        end = pos + max_bytes
+        if end > len(buf):
+            end = len(buf)
+        # _scan_from may lie past a token found beyond a limit: forget it.
+        self._pos = self._scan_from = end
+        return buf[pos:end]
+
+    def _cut_ahead(self, token: bytes, max_bytes: int | None) -> Parsed | None:
+        """Cut every complete record ended by ``token`` (the only token) at once."""
+        buf = self._as_bytes()
+        pos = self._pos
+        parts = (buf[pos:] if pos else buf).split(token)
+        parts.pop()  # the unfinished tail
+        if not parts:
+            return None
+        # The split found no token in the tail, so no token starts before `done`.
+        done = len(buf) - len(token) + 1
+        longest = max(map(len, parts))
+        if max_bytes is not None and longest > max_bytes:
+            # A record over the limit: cut up to it; scan() handles it on its own.
+            del parts[next(i for i, part in enumerate(parts) if len(part) > max_bytes) :]
+            if not parts:
+                return None
+            longest = max(map(len, parts))
+            done = 0
+        end = pos + sum(map(len, parts)) + len(token) * len(parts)
+        ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
+        first = next(ready)
+        self._pos = end
+        self._scan_from = end
+        self._found[0] = -1
+        self._searched[0] = done if done > end else end
+        self.ready = ready
+        self.ready_max = longest
+        self.ready_tokens = self._tokens
+        return first
+
+    def _cut_ahead_many(self, tokens: TokenSet, max_bytes: int | None) -> Parsed | None:
+        """Cut every record that is already settled, for a set of several tokens."""
+        pattern = self._pattern
+        if pattern is None:
+            by_length = sorted(tokens.tokens, key=len, reverse=True)
+            pattern = re.compile(b"(" + b"|".join(map(re.escape, by_length)) + b")")
+            self._pattern = pattern
+            self._index = {token: k + 1 for k, token in enumerate(tokens.tokens)}
+        buf = self._as_bytes()
+        pos = self._pos
+        size = len(buf)
+        pieces = pattern.split(buf[pos:] if pos else buf)
+        end = size - len(pieces.pop())  # after the last token
+        datas = pieces[0::2]
+        seps = pieces[1::2]
+        # A token that ends near the end of the buffer might be the start of a longer one
+        # still arriving: leave those records to scan(), which waits or decides.
+        max_len = tokens.max_len
+        while seps and end - len(seps[-1]) + max_len > size:
+            end -= len(seps.pop()) + len(datas.pop())
+        if not seps:
+            return None
+        longest = max(map(len, datas))
+        if max_bytes is not None and longest > max_bytes:
+            cut = next(i for i, data in enumerate(datas) if len(data) > max_bytes)
+            del datas[cut:], seps[cut:]
+            if not datas:
+                return None
+            longest = max(map(len, datas))
+            end = pos + sum(map(len, datas)) + sum(map(len, seps))
+        canonical = {token: token for token in tokens.tokens}
+        index = self._index
+        ready = map(
+            _new_parsed,
+            repeat(Parsed),
+            zip(datas, map(canonical.__getitem__, seps), map(index.__getitem__, seps)),
+        )
+        first = next(ready)
+        self._pos = self._scan_from = end
+        self.ready = ready
+        self.ready_max = longest
+        self.ready_tokens = tokens
+        return first
 
     def scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
         """Find the next record ended by one of ``tokens``.
@@ -261,37 +440,59 @@ class Scanner:
         Returns:
             The record (consumed from the buffer), or ``None`` when more bytes are needed.
         """
-        buf = self._buf
+        ready = self.ready
+        if (
+            ready is not None
+            and tokens is self.ready_tokens
+            and (max_bytes is None or max_bytes >= self.ready_max)
+        ):
+            result = next(ready, None)
+            if result is not None:
+                return result
+        return self._scan(tokens, max_bytes, eof)
+
+    def _scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
+        if self.ready is not None:
+            self._settle()
         if tokens is not self._tokens:
             self._tokens = tokens
             self._found = [-1] * len(tokens.tokens)
             self._searched = [0] * len(tokens.tokens)
             self._scan_from = 0
+            self._pattern = None
+        buf = self._buf
+        pos = self._pos
         size = len(buf)
         toks = tokens.tokens
         found = self._found
         searched = self._searched
-        start = self._scan_from
+        start = self._scan_from if self._scan_from > pos else pos
 
         # Earliest complete match; the longest at a tie.
         best = -1
         best_k = -1
         for k in range(len(toks)):
-            pos = found[k]
-            if pos < 0:
+            at = found[k]
+            if at < start:
                 tok = toks[k]
                 from_ = searched[k] if searched[k] > start else start
-                pos = buf.find(tok, from_)
-                if pos < 0:
+                at = buf.find(tok, from_)
+                if at < 0:
                     done = size - len(tok) + 1
                     searched[k] = done if done > from_ else from_
                     continue
-                found[k] = pos
-            if best < 0 or pos < best or (pos == best and len(toks[k]) > len(toks[best_k])):
-                best = pos
+                found[k] = at
+            if best < 0 or at < best or (at == best and len(toks[k]) > len(toks[best_k])):
+                best = at
                 best_k = k
-        if max_bytes is not None and best > max_bytes:
+        if max_bytes is not None and best - pos > max_bytes:
             best = -1
+        if best >= 0 and len(toks) == 1:
+            # One token: no partial match can start before a complete one.
+            return self._cut_ahead(toks[0], max_bytes)
+        if best >= 0 and best + tokens.max_len <= size:
+            # No partial match can start at or before `best`: cut ahead.
+            return self._cut_ahead_many(tokens, max_bytes)
 
         # Earliest partial match at the end of the buffer (it could still complete).
         partial = -1
@@ -308,24 +509,19 @@ class Scanner:
         if best >= 0:
             if partial < 0 or partial > best or eof:
                 tok = toks[best_k]
-                data = bytes(buf[:best])
-                self._consume(best + len(tok))
-                return Parsed(data, tok, best_k + 1)
+                data = self._as_bytes()[pos:best]
+                self._pos = best + len(tok)
+                return _new_parsed(Parsed, (data, tok, best_k + 1))
             self._scan_from = partial
             return None
         if eof:
-            if max_bytes is None or max_bytes >= size:
-                data = bytes(buf)
-                buf.clear()
-                self._reset()
-                return Parsed(data, None, 0)
-            return Parsed(self.take(max_bytes), None, 0)
+            return Parsed(self.take(size if max_bytes is None else max_bytes), None, 0)
         if partial >= 0:
             self._scan_from = partial
-            if max_bytes is None or partial <= max_bytes:
+            if max_bytes is None or partial - pos <= max_bytes:
                 return None
         else:
             self._scan_from = size
-        if max_bytes is not None and size > max_bytes:
+        if max_bytes is not None and size - pos > max_bytes:
             return Parsed(self.take(max_bytes), None, 0)
         return None

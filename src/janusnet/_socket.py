@@ -182,6 +182,7 @@ class Socket:
             raise UsageError(f"client port {client_port.name!r} always uses TLS")
         want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
         client_port.check_access(host, port)
+        client_port._check_capacity()  # -109 before any packet; __init__ still reserves
         with anyio.fail_after(timeout):
             targets = await _allowed_addresses(client_port, host, port)
             stream = await _connect_tcp(targets, host, port)
@@ -351,6 +352,8 @@ class Socket:
             raise SocketResetError(f"connection broke while sending: {exc!r}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
+        except anyio.BusyResourceError as exc:
+            raise BusyError("another task is already sending on this socket") from exc
 
     async def send_eof(self) -> None:
         """Send FIN: this side will send nothing more; receiving goes on.
@@ -387,6 +390,10 @@ class Socket:
             self._scanner.feed(data[:allot])
             self._held += data[allot:]
             self._allot = 0
+
+    def _unread(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer (they count as already received)."""
+        self._scanner.unread(data)
 
     @property
     def _at_end(self) -> bool:
@@ -507,6 +514,21 @@ class Socket:
 
         Cancellation loses no bytes: they stay buffered for the next receive.
         """
+        scanner = self._scanner
+        ready = scanner.ready
+        if (
+            ready is not None
+            and tokens is None
+            and max_bytes is None
+            and scanner.ready_tokens is self._tokens
+            and scanner.ready_max <= self._port.max_parse_bytes
+            and not self._receiving
+            and self._stream is not None
+        ):
+            # Fast path: the next record was already cut (see Scanner); nothing to await.
+            result = next(ready, None)
+            if result is not None:
+                return result
         if self._receiving or self._stream is None:
             self._check_receive()
         token_set = self._tokens if tokens is None else as_token_set(tokens)
@@ -548,6 +570,8 @@ class Socket:
         try:
             fileno = stream.extra(SocketAttribute.raw_socket).fileno()
         except (anyio.TypedAttributeLookupError, OSError):
+            return 0
+        if fileno < 0:  # the transport is gone (reset by the peer): nothing to peek at
             return 0
         # asyncio hands out a TransportSocket without recv(); peek through a temporary
         # socket object on the same descriptor, detached (not closed) afterwards.
