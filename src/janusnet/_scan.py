@@ -23,6 +23,11 @@ Cost: each token keeps a cached "next occurrence" (or "searched up to here") pos
 a received byte is searched once per token however many records or partial receives pass
 over it; the partial-match check only looks at the last ``longest token - 1`` bytes. There
 is no quadratic rescanning of a growing buffer.
+
+Speed: the buffer is ``bytes`` plus a read offset, so a record costs one slice (the result)
+and no buffer shuffling. Once the next record is known to be settled, every settled record
+in the buffer is cut at once in C (``bytes.split`` for one token, a regex split for several)
+and handed out one per call; the ``Parsed`` tuples are built lazily as they are handed out.
 """
 
 from __future__ import annotations
@@ -245,11 +250,11 @@ class Scanner:
         # leftmost match is the earliest start, the longest at a tie), and token -> prsindx.
         self._pattern: re.Pattern[bytes] | None = None
         self._index: dict[bytes, int] = {}
-        #: Records already cut for the current token set (single-token sets), handed out
-        #: by scan() (and by Socket.recv_parsed directly: ``next(ready, None)``) while
-        #: the caller asks for ``ready_tokens``; their bytes lie before _pos. ``ready_max``: the longest data among them, so a caller
-        #: with a smaller limit knows to call scan() instead. A Parsed is built only when
-        #: handed out, so it is short-lived (cheap for the garbage collector).
+        #: Records already cut ahead, handed out by scan() (and by Socket.recv_parsed
+        #: directly: ``next(ready, None)``) while the caller asks for ``ready_tokens``;
+        #: their bytes lie before _pos. ``ready_max``: the longest data among them, so a
+        #: caller with a smaller limit knows to call scan() instead. A Parsed is built
+        #: only when handed out, so it is short-lived (cheap for the garbage collector).
         self.ready: Iterator[Parsed] | None = None
         self.ready_max = 0
         self.ready_tokens: TokenSet | None = None
@@ -415,12 +420,12 @@ class Scanner:
                 return None
             longest = max(map(len, datas))
             end = pos + sum(map(len, datas)) + sum(map(len, seps))
-        canonical = {token: token for token in tokens.tokens}
-        index = self._index
+        canonical = {token: token for token in tokens.tokens}.__getitem__
+        index = self._index.__getitem__
         ready = map(
             _new_parsed,
             repeat(Parsed),
-            zip(datas, map(canonical.__getitem__, seps), map(index.__getitem__, seps)),
+            zip(datas, map(canonical, seps), map(index, seps), strict=True),
         )
         first = next(ready)
         self._pos = self._scan_from = end

@@ -128,6 +128,8 @@ class Socket:
         self._server_hostname = server_hostname
         self.line_end: bytes = port.line_end
         self._tokens: TokenSet = port.tokens
+        # Records cut ahead for the default tokens and limit (see recv_parsed).
+        self._ready: Iterable[Parsed] = ()
         self._encoding: str = port.encoding
         #: The proxy's reply to CONNECT when a :class:`~janusnet.ProxyTunnel` made this
         #: socket, else ``None``.
@@ -218,6 +220,7 @@ class Socket:
     @parse_tokens.setter
     def parse_tokens(self, tokens: TokenSet | Iterable[bytes] | str) -> None:
         self._tokens = as_token_set(tokens)
+        self._ready = ()
 
     @property
     def encoding(self) -> str:
@@ -514,21 +517,14 @@ class Socket:
 
         Cancellation loses no bytes: they stay buffered for the next receive.
         """
-        scanner = self._scanner
-        ready = scanner.ready
-        if (
-            ready is not None
-            and tokens is None
-            and max_bytes is None
-            and scanner.ready_tokens is self._tokens
-            and scanner.ready_max <= self._port.max_parse_bytes
-            and not self._receiving
-            and self._stream is not None
-        ):
-            # Fast path: the next record was already cut (see Scanner); nothing to await.
-            result = next(ready, None)
-            if result is not None:
+        if tokens is None and max_bytes is None:
+            # Fast path: records the scanner already cut for the default tokens and limit.
+            # The scanner exhausts this iterator whenever it takes the records back, and
+            # _ready is cleared when the tokens change or the socket closes, so a record
+            # handed out here is always the next one.
+            for result in self._ready:
                 return result
+        self._ready = ()
         if self._receiving or self._stream is None:
             self._check_receive()
         token_set = self._tokens if tokens is None else as_token_set(tokens)
@@ -540,6 +536,15 @@ class Socket:
         while result is None:
             await self._fill()
             result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
+        ready = scanner.ready
+        if (
+            ready is not None
+            and tokens is None
+            and max_bytes is None
+            and scanner.ready_tokens is token_set
+            and scanner.ready_max <= limit
+        ):
+            self._ready = ready
         return result
 
     def decode(self, data: bytes, *, encoding: str | None = None, errors: str = "strict") -> str:
@@ -652,6 +657,7 @@ class Socket:
     # ------------------------------------------------------------------ closing
 
     async def _close_stream(self) -> None:
+        self._ready = ()
         stream, self._stream = self._stream, None
         if stream is None:
             return

@@ -1,0 +1,1 @@
+"""janusnet's benchmarks (not tests): ``python -m benchmarks [parse|tls|all] [--quick]``."""

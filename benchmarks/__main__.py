@@ -1,0 +1,233 @@
+"""``python -m benchmarks [parse|tls|all] [--quick]``: janusnet beside its peers.
+
+Benchmarks are not tests: this prints figures and ratios and asserts nothing about time.
+A client that reads the wrong records or bytes is reported as WRONG in the table.
+
+Method: the server runs in its own process (``spawn``, pinned to one core when there are
+two); the clients run one after another in this process (pinned to the other core). Each
+round runs every client once, in the same order (A, B, C, ..., A, B, C, ...), after one
+untimed warm-up round; each run gets a fresh event loop and a fresh connection, and only
+the reading is timed. A client's figure is its median over the rounds; its ratio is the
+median of its per-round ratios to the asyncio client of the same round (paired, so slow
+drifts of the machine cancel out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import platform
+import ssl
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import _records, _tls
+from ._server import make_records, serve
+
+#: Targets from the issue (ratio to asyncio), printed beside the measured ratios.
+TARGETS = {"one": 1.7, "three": 1.3, "tls": 1.5}
+#: What the issue measured on this kind of machine before janusnet existed.
+REFERENCE = {
+    "one": "anyio 1.21x, hand-written trio 1.68x, blocking 2.49x",
+    "three": "best hand-written readers 0.95-1.06x, blocking 1.45x",
+    "tls": "anyio 1.38x, blocking 2.95x, OpenSSL AES-GCM 10.6x",
+}
+
+
+@dataclass
+class Column:
+    name: str
+    run: Callable[[], tuple[float, str | None]]  # (units per second, error or None)
+    rates: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _fmt_rate(rate: float, unit: str) -> str:
+    if unit == "records/s":
+        return f"{rate / 1e6:7.3f} M"
+    return f"{rate:7.0f}  "
+
+
+def run_rounds(title: str, unit: str, columns: list[Column], rounds: int, target: float) -> None:
+    """Warm up, run ``rounds`` interleaved rounds, print each round and the summary."""
+    order = ", ".join(chr(65 + k) for k in range(len(columns)))
+    print(f"\n== {title} ({unit}; {rounds} rounds after 1 warm-up, order {order})")
+    for k, column in enumerate(columns):
+        print(f"   {chr(65 + k)} = {column.name}")
+    for column in columns:  # warm-up: imports, caches, the server's payload
+        column.run()
+    base = columns[0]
+    ratios: dict[str, list[float]] = {c.name: [] for c in columns}
+    for r in range(1, rounds + 1):
+        line = []
+        for column in columns:
+            rate, error = column.run()
+            column.rates.append(rate)
+            if error:
+                column.errors.append(error)
+            line.append(_fmt_rate(rate, unit) + ("!" if error else ""))
+        for column in columns:
+            ratios[column.name].append(column.rates[-1] / base.rates[-1])
+        print(f"   round {r}: " + " | ".join(line), flush=True)
+    print()
+    head = f"   {'client':<34} {'median ' + unit:>18} {'min':>10} {'max':>10} {'vs asyncio':>11}"
+    print(head)
+    print("   " + "-" * (len(head) - 3))
+    for column in columns:
+        median = statistics.median(column.rates)
+        ratio = statistics.median(ratios[column.name])
+        status = f"  WRONG: {column.errors[0]}" if column.errors else ""
+        scale = 1e6 if unit == "records/s" else 1.0
+        suffix = " M" if unit == "records/s" else ""
+        print(
+            f"   {column.name:<34} {median / scale:>16.3f}{suffix:2} "
+            f"{min(column.rates) / scale:>10.3f} {max(column.rates) / scale:>10.3f} "
+            f"{ratio:>10.2f}x{status}"
+        )
+    janus = [c for c in columns if c.name.startswith("janusnet (asyncio")]
+    if janus:
+        got = statistics.median(ratios[janus[0].name])
+        verdict = "met" if got >= target else "NOT met"
+        print(f"   target: janusnet (asyncio) >= {target:.1f}x asyncio -> {got:.2f}x, {verdict}")
+
+
+def _records_columns(port: int, variant: str, count: int) -> list[Column]:
+    expected = make_records(variant, count)
+    three = variant == "three"
+    hand = " (hand-written)" if three else ""
+
+    def column(
+        name: str, client: Callable[[int, str, int], tuple[float, _records.Tally]]
+    ) -> Column:
+        def run() -> tuple[float, str | None]:
+            elapsed, tally = client(port, variant, count)
+            return tally.count / elapsed, _records.check(tally, expected, three)
+
+        return Column(name, run)
+
+    return [
+        column(
+            "asyncio readuntil" if not three else "asyncio (hand-written)",
+            _records.asyncio_streams,
+        ),
+        column("janusnet (asyncio) recv_parsed", _records.janusnet_asyncio),
+        column("janusnet (trio) recv_parsed", _records.janusnet_trio),
+        column(
+            "anyio receive_until" if not three else "anyio (hand-written)", _records.anyio_streams
+        ),
+        column("trio (hand-written)", _records.trio_handwritten),
+        column("blocking socket" + hand, _records.blocking_socket),
+    ]
+
+
+def _tls_columns(
+    port: int, nbytes: int, cert_chain_pem: bytes, context: ssl.SSLContext
+) -> list[Column]:
+    def column(
+        name: str, client: Callable[[int, int, ssl.SSLContext], tuple[float, int, bytes]]
+    ) -> Column:
+        def run() -> tuple[float, str | None]:
+            elapsed, got, tail = client(port, nbytes, context)
+            return got / elapsed / 1e6, _tls.check(got, tail, nbytes)
+
+        return Column(name, run)
+
+    ceiling = _tls.MemoryBIOCeiling(nbytes, context, cert_chain_pem)
+
+    def memory() -> tuple[float, str | None]:
+        elapsed, got, tail = ceiling.run()
+        return got / elapsed / 1e6, _tls.check(got, tail, nbytes)
+
+    return [
+        column("asyncio start_tls", _tls.asyncio_start_tls),
+        column("janusnet (asyncio) ssl_on+recv", _tls.janusnet_asyncio),
+        column("janusnet (trio) ssl_on+recv", _tls.janusnet_trio),
+        column("anyio TLSStream", _tls.anyio_tlsstream),
+        column("blocking ssl socket", _tls.blocking_ssl),
+        Column("ssl MemoryBIO, no I/O (ceiling)", memory),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "parse", "tls"])
+    parser.add_argument("--quick", action="store_true", help="a short run (< 30 s)")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default 9, quick 5)")
+    parser.add_argument("--records", type=int, help="records per run (default 300000)")
+    parser.add_argument("--mib", type=int, help="TLS bulk MiB per run (default 64)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (5 if args.quick else 9)
+    count = args.records or (50_000 if args.quick else 300_000)
+    mib = args.mib or (16 if args.quick else 64)
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_chain_pem = cert.private_key_and_cert_chain_pem.bytes()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu = cpus[-1] if len(cpus) >= 2 else None
+    if server_cpu is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, set(cpus[:-1]))
+    mp = multiprocessing.get_context("spawn")
+    parent_end, child_end = mp.Pipe()
+    server = mp.Process(target=serve, args=(child_end, cert_chain_pem, server_cpu), daemon=True)
+    server.start()
+    records_port, tls_port = parent_end.recv()
+    print(
+        f"janusnet benchmarks -- Python {platform.python_version()} on {platform.machine()}, "
+        f"{ssl.OPENSSL_VERSION}, {len(cpus) or '?'} CPUs"
+        f"{f', server pinned to CPU {server_cpu}' if server_cpu is not None else ''}"
+    )
+    started = time.perf_counter()
+    try:
+        if args.which in ("all", "parse"):
+            run_rounds(
+                f"recv_parsed, one token (\\r\\n), {count} records of ~64 bytes",
+                "records/s",
+                _records_columns(records_port, "one", count),
+                rounds,
+                TARGETS["one"],
+            )
+            print(f"   issue's pre-janusnet figures: {REFERENCE['one']}")
+            run_rounds(
+                f"recv_parsed, three tokens (\\r\\n | \\n | '|'), {count} records",
+                "records/s",
+                _records_columns(records_port, "three", count),
+                rounds,
+                TARGETS["three"],
+            )
+            print(f"   issue's pre-janusnet figures: {REFERENCE['three']}")
+        if args.which in ("all", "tls"):
+            run_rounds(
+                f"TLS bulk after STARTTLS, {mib} MiB",
+                "MB/s",
+                _tls_columns(tls_port, mib << 20, cert_chain_pem, context),
+                rounds,
+                TARGETS["tls"],
+            )
+            print(f"   issue's pre-janusnet figures: {REFERENCE['tls']}")
+    finally:
+        parent_end.send("stop")
+        server.join(5)
+        if server.is_alive():
+            server.kill()
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
