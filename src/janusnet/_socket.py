@@ -522,8 +522,8 @@ class Socket:
             # The scanner exhausts this iterator whenever it takes the records back, and
             # _ready is cleared when the tokens change or the socket closes, so a record
             # handed out here is always the next one.
-            for result in self._ready:
-                return result
+            for record in self._ready:
+                return record
         self._ready = ()
         if self._receiving or self._stream is None:
             self._check_receive()
