@@ -380,3 +380,32 @@ def test_tunnel_context_not_mutated(origin: TLSOrigin) -> None:
     ProxyTunnel("http://127.0.0.1:1", proxy_ssl_context=context)
     assert (context.options, context.verify_mode, context.check_hostname) == before
     assert isinstance(context, ssl.SSLContext)
+
+
+async def test_tunnel_waits_for_challenge_without_preemptive_basic(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    with ConnectProxy(auth=("alice", PASSWORD)) as proxy:
+        tunnel = ProxyTunnel(
+            proxy.url, auth=("alice", PASSWORD), client_port=port, preemptive_basic=False
+        )
+        async with await tunnel.open_tls("localhost", origin.port) as sock:
+            assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+        first, second = proxy.log
+    assert (first.proxy_authorization, first.status) == (False, 407)
+    assert (second.proxy_authorization, second.status) == (True, 200)
+
+
+async def test_tunnel_port_limit_checked_before_contacting_proxy(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    limited = ClientPort("ONE", ssl_context=port.ssl_context, max_sockets=1)
+    tunnel = ProxyTunnel(proxy.url, client_port=limited)
+    async with await tunnel.open("localhost", origin.port):
+        before = proxy.connections
+        with pytest.raises(janusnet.PortLimitError) as info:
+            await tunnel.open("localhost", origin.port)
+        assert info.value.code == -109
+        assert proxy.connections == before
+    async with await tunnel.open("localhost", origin.port):
+        pass

@@ -127,7 +127,7 @@ async def probe(
                     sock = await tunnel._exchange(sock, format_authority(host, port), host)
                 except JanusnetError as exc:
                     sock = None
-                    headers = list(getattr(exc, "headers", ()))
+                    headers = [f"{k}: {v}" for k, v in getattr(exc, "headers", ())]
                     record("connect", False, f"{type(exc).__name__}: {exc}", headers=headers)
                     return steps
                 reply = sock.proxy_reply

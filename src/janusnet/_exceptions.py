@@ -99,10 +99,10 @@ class UsageError(JanusnetError, ValueError):
 
 
 class BusyError(UsageError):
-    """Another task is already receiving on this socket.
+    """Another task is already receiving (or sending) on this socket.
 
-    Two concurrent receivers would interleave each other's records, so the second one is
-    refused instead.
+    Two concurrent receivers would interleave each other's records, and two senders each
+    other's bytes, so the second one is refused instead.
     """
 
 
@@ -211,7 +211,8 @@ class PendingDataError(SSLOnError):
     can drain it (``recv``) and call ``ssl_on()`` again.
 
     Attributes:
-        pending: how many bytes are buffered.
+        pending: how many unread bytes were found (buffered, or waiting in the transport;
+            for the latter, up to one read's worth is counted).
     """
 
     code = ReturnCode.PENDING_DATA

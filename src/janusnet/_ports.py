@@ -196,10 +196,11 @@ class ClientPort:
         """Decide the access rules for ``host:port``.
 
         The first rule matching the host as given wins (none matching denies, no rules
-        allow). An IP-literal host must *also* pass :meth:`is_address_allowed`, exactly as
-        every address a name resolves to must: so ``[allow("*"), deny("10.0.0.0/8")]``
-        refuses ``10.1.2.3`` whether it is given as a literal or reached through a name,
-        and through a tunnel as well as directly.
+        allow). An IP-literal host must *also* pass :meth:`is_address_allowed`, so
+        ``[allow("*"), deny("10.0.0.0/8")]`` refuses the literal ``10.1.2.3`` directly and
+        through a tunnel. A *name* is also checked against the IP rules for every address
+        it resolves to on direct connects (the DNS-rebinding guard); through a tunnel the
+        proxy resolves the name, so only the name rules can apply there.
         """
         if not self.rules:
             return True

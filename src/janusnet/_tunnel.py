@@ -83,6 +83,10 @@ class ProxyTunnel:
         connect_timeout: cap on the TCP connect to the proxy, in seconds.
         timeout: one deadline over connect + exchange, in seconds (``None`` for none).
         max_head_bytes: cap on the proxy's reply head.
+        preemptive_basic: send ``Proxy-Authorization: Basic`` with the first request when
+            credentials are known (what httpx and curl do). ``False`` waits for the 407
+            and answers the strongest scheme offered, so a Digest-only proxy never sees
+            the password in (base64-encoded) clear text.
 
     Raises:
         UsageError: a bad proxy URL, a header with a control character, bad credentials.
@@ -99,6 +103,7 @@ class ProxyTunnel:
         connect_timeout: float | None = DEFAULT_PROXY_CONNECT_TIMEOUT,
         timeout: float | None = DEFAULT_TUNNEL_TIMEOUT,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        preemptive_basic: bool = True,
     ) -> None:
         url: ProxyURL = parse_proxy_url(proxy)
         self._url = url
@@ -126,6 +131,7 @@ class ProxyTunnel:
         if isinstance(max_head_bytes, bool) or max_head_bytes < 1:
             raise UsageError("max_head_bytes must be a positive int")
         self._max_head_bytes = max_head_bytes
+        self._preemptive_basic = preemptive_basic
 
     @classmethod
     def from_env(
@@ -183,6 +189,7 @@ class ProxyTunnel:
         Raises:
             UsageError: bad host, port or header (nothing was sent).
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
+            PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
             ConnectError: the proxy could not be reached (``role == "proxy"``).
             HandshakeError: TLS to an ``https://`` proxy failed.
             ProxyAuthenticationRequired: 407 that could not be answered.
@@ -194,6 +201,7 @@ class ProxyTunnel:
         """
         authority = format_authority(host, port)
         self._client_port.check_access(host.strip("[]"), port)
+        self._client_port._check_capacity()
         with anyio.fail_after(self._timeout):
             return await self._open(authority, host.strip("[]"))
 
@@ -224,6 +232,7 @@ class ProxyTunnel:
         """
         authority = format_authority(host, port)
         self._client_port.check_access(host.strip("[]"), port)
+        self._client_port._check_capacity()
         with anyio.fail_after(self._timeout):
             sock = await self._open(authority, host.strip("[]"))
             try:
@@ -281,8 +290,12 @@ class ProxyTunnel:
         first one after a Digest challenge.
         """
         credentials = self._credentials
-        authorization = basic_proxy_authorization(*credentials) if credentials else None
-        digest_tried = False
+        authorization = (
+            basic_proxy_authorization(*credentials)
+            if credentials and self._preemptive_basic
+            else None
+        )
+        answered = False
         try:
             while True:
                 request = build_connect_request(
@@ -304,15 +317,11 @@ class ProxyTunnel:
                     sock._unread(reader.leftover)
                     sock.proxy_reply = reply
                     return sock
-                if reply.status == 407 and credentials and not digest_tried:
-                    challenge = choose_challenge(
-                        parse_challenges(reply.get_all("proxy-authenticate"))
-                    )
-                    if challenge is not None and challenge.scheme == "digest":
-                        digest_tried = True
-                        authorization = digest_proxy_authorization(
-                            challenge, *credentials, method="CONNECT", uri=authority
-                        )
+                if reply.status == 407 and credentials and not answered:
+                    answer = self._answer(reply, authority, sent_basic=authorization is not None)
+                    if answer is not None:
+                        answered = True
+                        authorization = answer
                         if not await self._drain(sock, reader):
                             await sock.aclose()
                             sock = await self._connect_proxy(target)
@@ -327,6 +336,24 @@ class ProxyTunnel:
         except BaseException:
             await sock.aclose()
             raise
+
+    def _answer(self, reply: ProxyReply, authority: str, *, sent_basic: bool) -> bytes | None:
+        """The ``Proxy-Authorization`` answering a 407, or None when there is none to try.
+
+        Digest (the strongest offered) is preferred; Basic is tried only if it was not
+        already sent with the request.
+        """
+        assert self._credentials is not None
+        challenge = choose_challenge(parse_challenges(reply.get_all("proxy-authenticate")))
+        if challenge is None:
+            return None
+        if challenge.scheme == "digest":
+            return digest_proxy_authorization(
+                challenge, *self._credentials, method="CONNECT", uri=authority
+            )
+        if not sent_basic:
+            return basic_proxy_authorization(*self._credentials)
+        return None
 
     async def _read_reply(self, sock: Socket, reader: ConnectReplyReader) -> ProxyReply:
         reply = None
