@@ -1,6 +1,267 @@
-"""pytest plugin for janusnet (registered through the ``pytest11`` entry point).
+"""pytest plugin for janusnet: offline fixtures for code that reaches TLS through a proxy.
 
-Fixtures are added in :mod:`janusnet.testing.fixtures`; this module imports nothing heavy.
+Registered through the ``pytest11`` entry point, so ``pip install 'janusnet[testing]'`` is
+all a project needs. The fixtures are plain synchronous fixtures around servers that run on
+their own thread and loop (:mod:`janusnet.testing`), so the same test works under
+pytest-asyncio and under anyio's plugin, on asyncio and on trio::
+
+    import pytest
+    import janusnet
+
+    @pytest.mark.anyio  # or @pytest.mark.asyncio with pytest-asyncio
+    async def test_my_client_reaches_the_origin(
+        janusnet_proxy, janusnet_tls_server, janusnet_client_port
+    ):
+        tunnel = janusnet.ProxyTunnel(janusnet_proxy.url, client_port=janusnet_client_port)
+        async with await tunnel.open("localhost", janusnet_tls_server.port) as sock:
+            await sock.ssl_on()
+            await sock.send("GET /hello HTTP/1.0\\r\\n\\r\\n")
+            assert (await sock.recv_parsed()).data == b"HTTP/1.1 200 OK"
+        assert janusnet_proxy.log[0].target == f"localhost:{janusnet_tls_server.port}"
+
+    @pytest.mark.janusnet_proxy(behaviour="extra_bytes")
+    @pytest.mark.anyio
+    async def test_my_client_refuses_injected_bytes(
+        janusnet_proxy, janusnet_tls_server, janusnet_client_port
+    ):
+        tunnel = janusnet.ProxyTunnel(janusnet_proxy.url, client_port=janusnet_client_port)
+        with pytest.raises(janusnet.PendingDataError):
+            await tunnel.open_tls("localhost", janusnet_tls_server.port)
+
+Fixtures
+--------
+``janusnet_ca`` (session)
+    A ``trustme.CA``; every certificate the fixtures serve is issued by it.
+``janusnet_tls_server`` (function view of a session server)
+    A running :class:`~janusnet.testing.TLSOrigin` with a certificate for ``localhost``,
+    ``127.0.0.1`` and ``::1``: ``.host``, ``.port``, ``.address``, ``.authority``,
+    ``.client_context()``. ``mode`` and ``inject`` are reset before and after every test, so
+    a test may change them freely.
+``janusnet_proxy`` (function view of a session server)
+    A running :class:`~janusnet.testing.ConnectProxy`: ``.url``, ``.url_with_auth(u, p)``,
+    ``.log`` (emptied for each test), ``.behaviour`` and ``.auth`` (assignable; reset before
+    and after every test, so a misbehaviour never leaks into the next test).
+``janusnet_proxy_factory`` (function)
+    ``janusnet_proxy_factory(**kwargs)`` starts a fresh ``ConnectProxy(**kwargs)`` (say, a
+    second proxy, or an HTTPS one with ``ssl_context=``) and stops it after the test.
+``janusnet_client_port`` (function)
+    A :class:`~janusnet.ClientPort` named ``"JANUSNET-TEST"``, ``TLSMode.OPTIONAL``, whose
+    ``ssl_context`` trusts ``janusnet_ca`` (and nothing else).
+
+Markers
+-------
+``@pytest.mark.janusnet_proxy(behaviour=..., auth=(user, password))``
+    Configures ``janusnet_proxy`` for one test: a :class:`~janusnet.testing.ProxyBehaviour`
+    (or its string value, e.g. ``"reset"``) and/or required Basic credentials.
+``@pytest.mark.janusnet_tls_server(mode=..., inject=b"...")``
+    Configures ``janusnet_tls_server`` for one test: an
+    :class:`~janusnet.testing.OriginMode` (``"starttls"``, ``"garbage"``...) and the bytes
+    ``starttls`` mode injects after ``220 go ahead``.
+
+This module imports only ``pytest`` and the standard library when pytest loads it: the
+servers, ``trustme`` and the certificates come when a fixture is first used.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    import trustme
+
+    from janusnet import ClientPort
+    from janusnet.testing import ConnectProxy, TLSOrigin
+
+__all__ = [
+    "janusnet_ca",
+    "janusnet_client_port",
+    "janusnet_proxy",
+    "janusnet_proxy_factory",
+    "janusnet_tls_server",
+]
+
+_PROXY_MARKER = "janusnet_proxy"
+_SERVER_MARKER = "janusnet_tls_server"
+_PROXY_OPTIONS = frozenset({"behaviour", "auth"})
+_SERVER_OPTIONS = frozenset({"mode", "inject"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers, so ``--strict-markers`` accepts them."""
+    config.addinivalue_line(
+        "markers",
+        f"{_PROXY_MARKER}(behaviour='normal', auth=None): configure the janusnet_proxy "
+        "fixture for this test (a ProxyBehaviour value; (user, password) for Basic auth)",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{_SERVER_MARKER}(mode='tls', inject=b''): configure the janusnet_tls_server "
+        "fixture for this test (an OriginMode value; bytes injected in starttls mode)",
+    )
+
+
+def _marker_options(
+    request: pytest.FixtureRequest, name: str, allowed: frozenset[str]
+) -> dict[str, object]:
+    """The keyword arguments of the closest ``name`` marker, checked against ``allowed``."""
+    marker = request.node.get_closest_marker(name)
+    if marker is None:
+        return {}
+    if marker.args:
+        _bad_marker(f"@pytest.mark.{name} takes keyword arguments only: {sorted(allowed)}")
+    unknown = set(marker.kwargs) - allowed
+    if unknown:
+        _bad_marker(
+            f"@pytest.mark.{name} got unknown option(s) {sorted(unknown)}; "
+            f"expected some of {sorted(allowed)}"
+        )
+    return dict(marker.kwargs)
+
+
+def _bad_marker(message: str) -> NoReturn:
+    """Fail the test's setup with ``message`` alone (no plugin traceback to wade through)."""
+    pytest.fail(message, pytrace=False)
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def janusnet_ca() -> trustme.CA:
+    """A throw-away certificate authority (``trustme.CA``) for the whole session."""
+    import trustme  # lazily: the plugin loads in every pytest run, trustme is for fixtures
+
+    return trustme.CA()
+
+
+# -- the TLS origin ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _janusnet_tls_server_session(janusnet_ca: trustme.CA) -> Iterator[TLSOrigin]:
+    from janusnet.testing import TLSOrigin
+
+    with TLSOrigin(ca=janusnet_ca) as server:
+        yield server
+
+
+def _reset_origin(server: TLSOrigin) -> None:
+    server.mode = "tls"
+    server.inject = b""
+
+
+@pytest.fixture
+def janusnet_tls_server(
+    request: pytest.FixtureRequest, _janusnet_tls_server_session: TLSOrigin
+) -> Iterator[TLSOrigin]:
+    """A running ``TLSOrigin`` (certificate from ``janusnet_ca``), in TLS mode.
+
+    ``@pytest.mark.janusnet_tls_server(mode=..., inject=...)`` sets it up for one test.
+    """
+    server = _janusnet_tls_server_session
+    _reset_origin(server)
+    options = _marker_options(request, _SERVER_MARKER, _SERVER_OPTIONS)
+    if "mode" in options:
+        try:
+            server.mode = options["mode"]  # type: ignore[assignment]
+        except ValueError as exc:
+            _bad_marker(f"@pytest.mark.{_SERVER_MARKER}: {exc}")
+    if "inject" in options:
+        inject = options["inject"]
+        if not isinstance(inject, bytes):
+            _bad_marker(f"@pytest.mark.{_SERVER_MARKER}: inject must be bytes")
+        server.inject = inject
+    try:
+        yield server
+    finally:
+        _reset_origin(server)
+
+
+# -- the CONNECT proxy ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _janusnet_proxy_session() -> Iterator[ConnectProxy]:
+    from janusnet.testing import ConnectProxy
+
+    with ConnectProxy() as server:
+        yield server
+
+
+def _reset_proxy(server: ConnectProxy) -> None:
+    server.behaviour = "normal"
+    server.auth = None
+    server.log.clear()
+
+
+@pytest.fixture
+def janusnet_proxy(
+    request: pytest.FixtureRequest, _janusnet_proxy_session: ConnectProxy
+) -> Iterator[ConnectProxy]:
+    """A running ``ConnectProxy``: normal behaviour, no auth and an empty log at the start.
+
+    ``@pytest.mark.janusnet_proxy(behaviour=..., auth=(user, password))`` sets it up for one
+    test; assigning ``.behaviour`` or ``.auth`` in the test works too. Both are reset after
+    the test.
+    """
+    server = _janusnet_proxy_session
+    _reset_proxy(server)
+    options = _marker_options(request, _PROXY_MARKER, _PROXY_OPTIONS)
+    if "behaviour" in options:
+        try:
+            server.behaviour = options["behaviour"]  # type: ignore[assignment]
+        except ValueError as exc:
+            _bad_marker(f"@pytest.mark.{_PROXY_MARKER}: {exc}")
+    if options.get("auth") is not None:
+        auth = options["auth"]
+        if not (
+            isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth)
+        ):
+            _bad_marker(f"@pytest.mark.{_PROXY_MARKER}: auth must be a (user, password) tuple")
+        server.auth = (auth[0], auth[1])
+    try:
+        yield server
+    finally:
+        _reset_proxy(server)
+
+
+@pytest.fixture
+def janusnet_proxy_factory() -> Iterator[Callable[..., ConnectProxy]]:
+    """``factory(**kwargs)`` starts a new ``ConnectProxy(**kwargs)``; stopped after the test.
+
+    For what the shared ``janusnet_proxy`` cannot be: a second proxy, another listening
+    address (``host="::1"``), or an HTTPS proxy (``ssl_context=server.server_context``).
+    """
+    from janusnet.testing import ConnectProxy
+
+    started: list[ConnectProxy] = []
+
+    def factory(**kwargs: object) -> ConnectProxy:
+        server = ConnectProxy(**kwargs)  # type: ignore[arg-type]
+        server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+# -- the client side --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def janusnet_client_port(janusnet_ca: trustme.CA) -> ClientPort:
+    """A ``ClientPort`` (``TLSMode.OPTIONAL``) whose ``ssl_context`` trusts ``janusnet_ca``."""
+    import ssl
+
+    from janusnet import ClientPort, TLSMode
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    janusnet_ca.configure_trust(context)
+    return ClientPort("JANUSNET-TEST", tls=TLSMode.OPTIONAL, ssl_context=context)

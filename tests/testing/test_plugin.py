@@ -1,0 +1,336 @@
+"""The pytest plugin, tested the way a user meets it: a test module in a fresh directory, run
+by a *subprocess* pytest that loads the plugin through its ``pytest11`` entry point.
+
+The subprocess does not read this project's ``pyproject.toml``, so each run gets its own
+``pytest.ini`` with ``filterwarnings = error`` (a leaked socket still fails there),
+``asyncio_mode = strict`` and ``--strict-markers`` (the plugin must register its markers).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+addopts = --strict-markers -p no:cacheprovider
+"""
+
+# Each subprocess run must finish well within this (seconds); it usually takes about two.
+RUN_TIMEOUT = 60.0
+
+HAPPY_PATH = r"""
+import ssl
+
+import pytest
+import trustme
+
+import janusnet
+
+
+async def fetch(proxy_url, server, client_port, path="/plugin"):
+    tunnel = janusnet.ProxyTunnel(proxy_url, client_port=client_port, timeout=10)
+    async with await tunnel.open("localhost", server.port) as sock:
+        assert sock.proxy_reply.status == 200
+        await sock.ssl_on()
+        assert sock.tls.server_hostname == "localhost"
+        await sock.send_line(f"GET {path} HTTP/1.1")
+        await sock.send_line("Host: localhost")
+        await sock.send_line("Connection: close")
+        await sock.send_line()
+        lines = []
+        while (line := await sock.recv_parsed()).index:
+            lines.append(line.data)
+        lines.append(line.data)
+    return lines
+
+
+def check(lines, path="/plugin"):
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert lines[-1] == f"hello from janusnet origin: GET {path}\n".encode()
+
+
+def check_fixtures(ca, server, proxy, client_port):
+    assert isinstance(ca, trustme.CA)
+    assert server.ca is ca
+    assert isinstance(client_port, janusnet.ClientPort)
+    assert client_port.tls is janusnet.TLSMode.OPTIONAL
+    assert isinstance(client_port.ssl_context, ssl.SSLContext)
+    assert proxy.log == []
+    assert proxy.behaviour.value == "normal"
+    assert server.host == "127.0.0.1" and server.address == (server.host, server.port)
+
+
+@pytest.mark.asyncio
+async def test_pytest_asyncio(janusnet_ca, janusnet_tls_server, janusnet_proxy,
+                              janusnet_client_port):
+    check_fixtures(janusnet_ca, janusnet_tls_server, janusnet_proxy, janusnet_client_port)
+    check(await fetch(janusnet_proxy.url, janusnet_tls_server, janusnet_client_port))
+    [record] = janusnet_proxy.log
+    assert record.target == f"localhost:{janusnet_tls_server.port}"
+    assert record.status == 200
+
+
+class TestAnyioTrio:
+    @pytest.fixture
+    def anyio_backend(self):
+        return "trio"
+
+    @pytest.mark.anyio
+    async def test_anyio_trio(self, anyio_backend, janusnet_ca, janusnet_tls_server,
+                              janusnet_proxy, janusnet_client_port):
+        import trio  # really on trio
+        trio.lowlevel.current_task()
+        check_fixtures(janusnet_ca, janusnet_tls_server, janusnet_proxy, janusnet_client_port)
+        check(await fetch(janusnet_proxy.url, janusnet_tls_server, janusnet_client_port, "/t"),
+              "/t")
+        assert len(janusnet_proxy.log) == 1
+
+
+@pytest.mark.janusnet_proxy(auth=("alice", "pa:ss@w%rd"))
+@pytest.mark.anyio
+async def test_marker_auth(anyio_backend, janusnet_tls_server, janusnet_proxy,
+                           janusnet_client_port):
+    url = janusnet_proxy.url_with_auth("alice", "pa:ss@w%rd")
+    check(await fetch(url, janusnet_tls_server, janusnet_client_port))
+    assert janusnet_proxy.log[0].proxy_authorization
+
+
+@pytest.mark.anyio
+async def test_after_marker_nothing_leaked(anyio_backend, janusnet_tls_server, janusnet_proxy,
+                                           janusnet_client_port):
+    assert janusnet_proxy.auth is None
+    janusnet_proxy.behaviour = "reset"  # changed in the test: reset after it
+    janusnet_tls_server.mode = "stall"
+
+
+@pytest.mark.anyio
+async def test_assignments_did_not_leak(anyio_backend, janusnet_tls_server, janusnet_proxy,
+                                        janusnet_client_port):
+    assert janusnet_proxy.behaviour.value == "normal"
+    assert janusnet_tls_server.mode.value == "tls"
+    check(await fetch(janusnet_proxy.url, janusnet_tls_server, janusnet_client_port))
+
+
+@pytest.mark.anyio
+async def test_proxy_factory(anyio_backend, janusnet_proxy_factory, janusnet_tls_server,
+                             janusnet_client_port):
+    https_proxy = janusnet_proxy_factory(ssl_context=janusnet_tls_server.server_context)
+    assert https_proxy.url.startswith("https://127.0.0.1:")
+    tunnel = janusnet.ProxyTunnel(
+        https_proxy.url,
+        client_port=janusnet_client_port,
+        proxy_ssl_context=janusnet_client_port.ssl_context,
+    )
+    async with await tunnel.open_tls("localhost", janusnet_tls_server.port) as sock:
+        assert sock.tls is not None
+    assert https_proxy.log[0].status == 200
+
+
+@pytest.mark.janusnet_tls_server(mode="starttls")
+@pytest.mark.anyio
+async def test_marker_starttls(anyio_backend, janusnet_tls_server, janusnet_client_port):
+    sock = await janusnet.Socket.connect(*janusnet_tls_server.address,
+                                         client_port=janusnet_client_port)
+    async with sock:
+        assert (await sock.recv_parsed()).data == b"220 ready"
+        await sock.send_line("STARTTLS")
+        assert (await sock.recv_parsed()).data == b"220 go ahead"
+        await sock.ssl_on(server_hostname="localhost")
+        await sock.send_line("ping")
+        assert (await sock.recv_parsed()).data == b"ping"
+
+
+def test_sync_client(janusnet_tls_server, janusnet_proxy):
+    import socket
+    with socket.create_connection(janusnet_proxy.address, timeout=5) as raw:
+        raw.sendall(f"CONNECT {janusnet_tls_server.authority} HTTP/1.1\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        context = janusnet_tls_server.client_context()
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"echo")
+            assert tls.recv(4) == b"echo"
+"""
+
+MISBEHAVIOURS = """
+import pytest
+
+import janusnet
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+def tunnel(proxy, client_port, **kwargs):
+    return janusnet.ProxyTunnel(proxy.url, client_port=client_port, **kwargs)
+
+
+@pytest.mark.janusnet_proxy(behaviour="extra_bytes")
+async def test_extra_bytes(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                           janusnet_client_port):
+    sock = await tunnel(janusnet_proxy, janusnet_client_port).open(
+        "localhost", janusnet_tls_server.port)
+    async with sock:
+        with pytest.raises(janusnet.PendingDataError) as info:
+            await sock.ssl_on()
+        assert info.value.code == janusnet.ReturnCode.PENDING_DATA
+        assert await sock.recv() == b"INJECTED"  # still usable: the caller can drain it
+
+
+@pytest.mark.parametrize("behaviour", ["endless_head", "malformed", "close_mid_head", "reset"])
+async def test_protocol_errors(anyio_backend, behaviour, janusnet_proxy, janusnet_tls_server,
+                               janusnet_client_port):
+    janusnet_proxy.behaviour = behaviour
+    with pytest.raises(janusnet.ProxyProtocolError):
+        await tunnel(janusnet_proxy, janusnet_client_port).open(
+            "localhost", janusnet_tls_server.port)
+
+
+@pytest.mark.janusnet_proxy(behaviour="endless_head")
+async def test_endless_head_by_marker(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                                      janusnet_client_port):
+    with pytest.raises(janusnet.ProxyProtocolError):
+        await tunnel(janusnet_proxy, janusnet_client_port, max_head_bytes=4096).open(
+            "localhost", janusnet_tls_server.port)
+
+
+@pytest.mark.janusnet_proxy(behaviour="never_answer")
+async def test_never_answer(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                            janusnet_client_port):
+    with pytest.raises(TimeoutError):
+        await tunnel(janusnet_proxy, janusnet_client_port, timeout=0.3).open(
+            "localhost", janusnet_tls_server.port)
+
+
+@pytest.mark.janusnet_proxy(auth=("alice", "s3:cr3t@x"))
+async def test_auth_required(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                             janusnet_client_port):
+    with pytest.raises(janusnet.ProxyAuthenticationRequired) as info:
+        await tunnel(janusnet_proxy, janusnet_client_port).open(
+            "localhost", janusnet_tls_server.port)
+    assert info.value.status == 407
+    assert info.value.challenges == ('Basic realm="janusnet"',)
+    with pytest.raises(janusnet.ProxyAuthenticationRequired):
+        await tunnel(janusnet_proxy, janusnet_client_port, auth=("alice", "wrong")).open(
+            "localhost", janusnet_tls_server.port)
+    sock = await tunnel(janusnet_proxy, janusnet_client_port, auth=("alice", "s3:cr3t@x")).open(
+        "localhost", janusnet_tls_server.port)
+    async with sock:
+        await sock.ssl_on()
+
+
+@pytest.mark.janusnet_proxy(behaviour="auth_with_body")
+async def test_auth_with_body(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                              janusnet_client_port):
+    with pytest.raises(janusnet.ProxyAuthenticationRequired):
+        await tunnel(janusnet_proxy, janusnet_client_port).open(
+            "localhost", janusnet_tls_server.port)
+
+
+@pytest.mark.parametrize(("behaviour", "status"), [("status_403", 403), ("status_502", 502)])
+async def test_refused(anyio_backend, behaviour, status, janusnet_proxy, janusnet_tls_server,
+                       janusnet_client_port):
+    janusnet_proxy.behaviour = behaviour
+    with pytest.raises(janusnet.ProxyRefusedError) as info:
+        await tunnel(janusnet_proxy, janusnet_client_port).open(
+            "localhost", janusnet_tls_server.port)
+    assert type(info.value) is janusnet.ProxyRefusedError
+    assert info.value.status == status
+
+
+async def test_wrong_hostname(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                              janusnet_client_port):
+    sock = await tunnel(janusnet_proxy, janusnet_client_port).open(
+        "localhost", janusnet_tls_server.port)
+    async with sock:
+        with pytest.raises(janusnet.HandshakeError):
+            await sock.ssl_on(server_hostname="example.com")
+        assert sock.closed
+
+
+async def test_wrong_ca(anyio_backend, janusnet_proxy, janusnet_tls_server):
+    port = janusnet.ClientPort("OTHER-CA", ssl_context=janusnet.default_ssl_context())
+    with pytest.raises(janusnet.HandshakeError):
+        await tunnel(janusnet_proxy, port).open_tls("localhost", janusnet_tls_server.port)
+"""
+
+
+@pytest.fixture
+def user_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A fresh directory with the strict ini; nothing of this project's config applies."""
+    pytester.makefile(".ini", pytest=INI)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-q", *args, timeout=RUN_TIMEOUT)
+
+
+def test_plugin_fixtures_under_pytest_asyncio_and_anyio_trio(
+    user_project: pytest.Pytester,
+) -> None:
+    user_project.makepyfile(test_user_client=HAPPY_PATH)
+    result = run(user_project)
+    # anyio's own anyio_backend runs the module-level anyio tests on asyncio and on trio (5 x 2);
+    # plus the pytest-asyncio test, the trio-only class and the sync test.
+    result.assert_outcomes(passed=13)
+
+
+def test_plugin_misbehaviour_switches_give_typed_errors(user_project: pytest.Pytester) -> None:
+    user_project.makepyfile(test_misbehaving_proxy=MISBEHAVIOURS)
+    result = run(user_project)
+    result.assert_outcomes(passed=2 * 13)
+
+
+def test_plugin_registers_markers_and_lists_fixtures(user_project: pytest.Pytester) -> None:
+    markers = run(user_project, "--markers")
+    markers.stdout.fnmatch_lines(
+        ["@pytest.mark.janusnet_proxy(*", "@pytest.mark.janusnet_tls_server(*"]
+    )
+    fixtures = run(user_project, "--fixtures")
+    fixtures.stdout.fnmatch_lines(
+        [
+            "*janusnet_ca*",
+            "*janusnet_tls_server*",
+            "*janusnet_proxy*",
+            "*janusnet_proxy_factory*",
+            "*janusnet_client_port*",
+        ],
+        consecutive=False,
+    )
+
+
+def test_plugin_rejects_unknown_marker_options(user_project: pytest.Pytester) -> None:
+    user_project.makepyfile(
+        test_typo=textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.janusnet_proxy(behavior="reset")
+            def test_typo(janusnet_proxy):
+                pass
+            """
+        )
+    )
+    result = run(user_project)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*janusnet_proxy got unknown option(s)*behavior*"])
+
+
+def test_plugin_import_is_light() -> None:
+    code = (
+        "import sys, janusnet.testing.plugin\n"
+        "heavy = sorted(m for m in ('trustme', 'cryptography') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=RUN_TIMEOUT)
