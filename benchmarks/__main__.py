@@ -1,4 +1,4 @@
-"""``python -m benchmarks [parse|tls|all] [--quick]``: janusnet beside its peers.
+"""``python -m benchmarks [parse|tls|tunnel|all] [--quick]``: janusnet beside its peers.
 
 Benchmarks are not tests: this prints figures and ratios and asserts nothing about time.
 A client that reads the wrong records or bytes is reported as WRONG in the table.
@@ -159,12 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "parse", "tls"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["all", "parse", "tls", "tunnel"]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (< 30 s)")
     parser.add_argument("--rounds", type=int, help="timed rounds (default 9, quick 5)")
     parser.add_argument("--records", type=int, help="records per run (default 300000)")
     parser.add_argument("--mib", type=int, help="TLS bulk MiB per run (default 64)")
     args = parser.parse_args(argv)
+    if args.which == "tunnel":  # its own servers and tables: benchmarks/tunnel.py
+        from . import tunnel
+
+        return tunnel.main(
+            (["--quick"] if args.quick else [])
+            + (["--rounds", str(args.rounds)] if args.rounds else [])
+        )
     rounds = args.rounds or (5 if args.quick else 9)
     count = args.records or (50_000 if args.quick else 300_000)
     mib = args.mib or (16 if args.quick else 64)

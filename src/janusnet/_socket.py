@@ -108,6 +108,30 @@ class Socket:
         PortLimitError: the client port already has ``max_sockets`` open sockets.
     """
 
+    # Slots: a service may hold thousands of idle tunnels; a __dict__ per socket is
+    # measurable there (benchmarks/tunnel.py, "resident memory per idle tunnel").
+    __slots__ = (
+        "__weakref__",
+        "_allot",
+        "_encoding",
+        "_eof",
+        "_fin_sent",
+        "_held",
+        "_port",
+        "_raw_socket",
+        "_ready",
+        "_receiving",
+        "_reset",
+        "_scanner",
+        "_server_hostname",
+        "_stream",
+        "_tls",
+        "_tls_source",
+        "_tokens",
+        "line_end",
+        "proxy_reply",
+    )
+
     def __init__(
         self,
         stream: ByteStream,
@@ -127,6 +151,10 @@ class Socket:
         self._reset = False
         self._receiving = False
         self._tls: TLSInfo | None = None
+        # The handshake's SSLObject and host name until ``tls`` is first read: decoding
+        # the peer certificate (getpeercert + date parsing) is ~8% of a proxied tunnel's
+        # client CPU, and most callers never look at it.
+        self._tls_source: tuple[ssl.SSLObject, str | None] | None = None
         self._raw_socket = stream.extra(SocketAttribute.raw_socket, None) if _QUICKACK else None
         self._server_hostname = server_hostname
         self.line_end: bytes = port.line_end
@@ -246,6 +274,10 @@ class Socket:
     @property
     def tls(self) -> TLSInfo | None:
         """The TLS session (version, cipher, ALPN, peer certificate), or ``None``."""
+        source = self._tls_source
+        if source is not None:  # described on first use (see __init__)
+            self._tls = TLSInfo.from_ssl_object(*source)
+            self._tls_source = None
         return self._tls
 
     @property
@@ -651,7 +683,7 @@ class Socket:
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")
-        if self._tls is not None:
+        if self._tls is not None or self._tls_source is not None:
             raise SSLOnOtherError("ssl_on: the socket is already TLS")
         if self._port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
@@ -685,8 +717,9 @@ class Socket:
         self._receiving = False
         self._stream = tls_stream
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
-        self._tls = TLSInfo.from_ssl_object(tls_stream.extra(TLSAttribute.ssl_object), hostname)
-        logger.debug("TLS on with %s: %s %s", hostname, self._tls.version, self._tls.cipher)
+        ssl_object = tls_stream.extra(TLSAttribute.ssl_object)
+        self._tls_source = (ssl_object, hostname)
+        logger.debug("TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher())
 
     # ------------------------------------------------------------------ closing
 
@@ -721,7 +754,8 @@ class Socket:
         await self.aclose()
 
     def __repr__(self) -> str:
-        tls = f" tls={self._tls.version}" if self._tls else ""
+        info = self.tls
+        tls = f" tls={info.version}" if info else ""
         return (
             f"<janusnet.Socket port={self._port.name!r} remote={self.remote_address!r} "
             f"state={self.state.name}{tls} pending={self.pending}>"

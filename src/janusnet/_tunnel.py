@@ -65,6 +65,9 @@ logger = logging.getLogger("janusnet")
 DEFAULT_PROXY_CONNECT_TIMEOUT: Final = 10.0
 #: Default deadline over connect + CONNECT exchange (+ the handshake in ``open_tls``).
 DEFAULT_TUNNEL_TIMEOUT: Final = 30.0
+#: CONNECT requests kept serialised per tunnel object: far more targets than a program
+#: talks to at once, small enough (~100 bytes each) never to matter for memory.
+REQUEST_CACHE_SIZE: Final = 256
 
 
 class ProxyTunnel:
@@ -132,6 +135,11 @@ class ProxyTunnel:
             raise UsageError("max_head_bytes must be a positive int")
         self._max_head_bytes = max_head_bytes
         self._preemptive_basic = preemptive_basic
+        self._address = url.address  # host:port for messages (format_authority is not free)
+        # Serialised CONNECT requests by (authority, Proxy-Authorization): building one
+        # with h11 costs more than the rest of the exchange's Python work, and most
+        # tunnels go to a handful of targets. Bounded by REQUEST_CACHE_SIZE.
+        self._requests: dict[tuple[str, bytes | None], bytes] = {}
 
     @classmethod
     def from_env(
@@ -298,18 +306,25 @@ class ProxyTunnel:
         answered = False
         try:
             while True:
-                request = build_connect_request(
-                    authority, self._headers, proxy_authorization=authorization
-                )
+                key = (authority, authorization)
+                request = self._requests.get(key)
+                if request is None:
+                    request = build_connect_request(
+                        authority, self._headers, proxy_authorization=authorization
+                    )
+                    if len(self._requests) >= REQUEST_CACHE_SIZE:
+                        self._requests.clear()
+                    if not answered:  # an answer to a challenge is single-use (nonce)
+                        self._requests[key] = request
                 await sock.send(request)
                 reader = ConnectReplyReader(
-                    max_head_bytes=self._max_head_bytes, proxy=self._url.address
+                    max_head_bytes=self._max_head_bytes, proxy=self._address
                 )
                 reply = await self._read_reply(sock, reader)
                 logger.info(
                     "CONNECT %s via proxy %s: %s %s",
                     authority,
-                    self._url.address,
+                    self._address,
                     reply.status,
                     reply.reason,
                 )
