@@ -409,3 +409,34 @@ async def test_tunnel_port_limit_checked_before_contacting_proxy(
         assert proxy.connections == before
     async with await tunnel.open("localhost", origin.port):
         pass
+
+
+async def test_tunnel_proxy_connect_timeout_is_timeout_error(anyio_backend: str) -> None:
+    # A listener whose accept queue is full drops further SYNs: the connect hangs.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    number = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", number))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        await anyio.sleep(0.1)
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", connect_timeout=0.4, timeout=10)
+        start = anyio.current_time()
+        with pytest.raises(TimeoutError) as info:
+            await tunnel.open("example.com", 443)
+        assert not isinstance(info.value, ConnectError)
+        assert anyio.current_time() - start < 5
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

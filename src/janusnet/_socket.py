@@ -808,6 +808,59 @@ class Socket:
         )
 
 
+async def open_hop(
+    host: str,
+    port: int,
+    *,
+    label: str,
+    connect_timeout: float | None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ByteStream:
+    """TCP to ``host:port``, plus TLS with ``ssl_context``: the stream under a socket.
+
+    Used for the hop to a proxy (``ProxyTunnel``). Nothing is left open on failure.
+
+    Args:
+        host: the host to reach (its name is also the one TLS verifies).
+        port: its port.
+        label: how errors name it, e.g. ``"proxy 127.0.0.1:3128"``.
+        connect_timeout: cap on the TCP connect, in seconds.
+        ssl_context: TLS to this hop when given.
+
+    Raises:
+        ConnectError: the TCP connection failed (``role="proxy"`` when ``label`` says so).
+        TimeoutError: the TCP connect took longer than ``connect_timeout``.
+        HandshakeError: the hop's TLS handshake or certificate failed.
+        SSLOnOtherError: an I/O error during that handshake.
+    """
+    role = label.split(" ", 1)[0]
+    try:
+        with anyio.fail_after(connect_timeout):
+            stream: ByteStream = await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        logger.warning("connecting to %s timed out", label)
+        raise
+    except OSError as exc:
+        logger.warning("cannot connect to %s: %s", label, exc)
+        raise ConnectError(
+            f"cannot connect to {label}: {exc}", host=host, port=port, role=role
+        ) from exc
+    if ssl_context is None:
+        return stream
+    try:
+        return await TLSStream.wrap(
+            _WideReceive(stream),
+            server_side=False,
+            hostname=host,
+            ssl_context=ssl_context,
+            standard_compatible=False,
+        )
+    except BaseException as exc:
+        await anyio.aclose_forcefully(stream)
+        _raise_handshake_error(exc, label)
+        raise  # pragma: no cover - _raise_handshake_error always raises
+
+
 class _WideReceive(anyio.abc.ByteStream):
     """The transport under ``ssl_on()``'s TLS layer, read in whole transport chunks.
 

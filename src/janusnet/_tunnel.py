@@ -47,14 +47,13 @@ from ._connect import (
     validate_header,
 )
 from ._exceptions import (
-    ConnectError,
     ProxyProtocolError,
     SocketResetError,
     UsageError,
 )
 from ._ports import DEFAULT_PORT, ClientPort
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket
+from ._socket import RECEIVE_SIZE, Socket, open_hop
 from ._tls import default_ssl_context
 
 __all__ = ["ProxyTunnel"]
@@ -254,34 +253,16 @@ class ProxyTunnel:
 
     async def _connect_proxy(self, target: str) -> Socket:
         url = self._url
-        try:
-            with anyio.fail_after(self._connect_timeout):
-                stream = await anyio.connect_tcp(url.host, url.port)
-        except OSError as exc:
-            logger.warning("cannot connect to proxy %s: %s", url.address, exc)
-            raise ConnectError(
-                f"cannot connect to proxy {url.address}: {exc}",
-                host=url.host,
-                port=url.port,
-                role="proxy",
-            ) from exc
+        context = None
         if url.scheme == "https":
-            from anyio.streams.tls import TLSStream
-
-            from ._socket import _raise_handshake_error
-
             context = self._proxy_ssl_context or default_ssl_context()
-            try:
-                stream = await TLSStream.wrap(  # type: ignore[assignment]
-                    stream,
-                    server_side=False,
-                    hostname=url.host,
-                    ssl_context=context,
-                    standard_compatible=False,
-                )
-            except BaseException as exc:
-                await anyio.aclose_forcefully(stream)
-                _raise_handshake_error(exc, f"proxy {url.address}")
+        stream = await open_hop(
+            url.host,
+            url.port,
+            label=f"proxy {url.address}",
+            connect_timeout=self._connect_timeout,
+            ssl_context=context,
+        )
         try:
             return Socket(stream, client_port=self._client_port, server_hostname=target)
         except BaseException:
