@@ -41,3 +41,13 @@ def bench(session: nox.Session) -> None:
     """Benchmarks beside the peers; prints figures and ratios, asserts nothing."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The atheris fuzz targets, run longer than CI's smoke test (posargs go to libFuzzer)."""
+    session.install("-e", ".[dev]")
+    session.install("atheris")
+    runs = session.posargs or ["-runs=500000"]
+    for target in ("fuzz/fuzz_scan.py", "fuzz/fuzz_connect.py"):
+        session.run("python", target, *runs)

@@ -1314,7 +1314,8 @@ def test_basic_proxy_authorization_rejects_lone_surrogate() -> None:
     with pytest.raises(UsageError, match="not valid Unicode") as caught:
         basic_proxy_authorization("u", "s3cr3t\udc80")
     assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__
+    # Not merely suppressed: the UnicodeEncodeError holds the password, so none is chained.
+    assert caught.value.__context__ is None
 
 
 @pytest.mark.parametrize(

@@ -127,15 +127,22 @@ def basic_proxy_authorization(username: str, password: str) -> bytes:
         ``b"Basic " + base64(username:password)``.
 
     Raises:
-        UsageError: the user name contains ``:`` (Basic cannot represent it) or either
-            part cannot be encoded as UTF-8.
+        UsageError: the user name contains ``:`` (Basic cannot represent it), either
+            part contains a control character, or cannot be encoded as UTF-8.
     """
     if ":" in username:
         raise UsageError("a Basic user name cannot contain ':'")
+    # RFC 7617 §2: neither part may contain a control character. A CR/LF/NUL here is an
+    # injection attempt or a password read with its line end: refuse it before sending.
+    for what, text in (("user name", username), ("password", password)):
+        if any(ch < " " or ch == "\x7f" for ch in text):
+            raise UsageError(f"the proxy {what} contains a control character")
     try:
-        raw = f"{username}:{password}".encode()
-    except UnicodeEncodeError:
-        raise UsageError("the user name or password is not valid Unicode text") from None
+        raw: bytes | None = f"{username}:{password}".encode()
+    except UnicodeEncodeError:  # it holds the secret: raise outside, so not as __context__
+        raw = None
+    if raw is None:
+        raise UsageError("the user name or password is not valid Unicode text")
     return b"Basic " + base64.b64encode(raw)
 
 
@@ -252,9 +259,12 @@ def digest_proxy_authorization(
 
     def digest(text: str) -> str:
         try:
-            return hashlib.new(hash_name, text.encode()).hexdigest()
-        except UnicodeEncodeError:
-            raise UsageError("the user name or password is not valid Unicode text") from None
+            data: bytes | None = text.encode()
+        except UnicodeEncodeError:  # it holds the secret: raise outside, not as __context__
+            data = None
+        if data is None:
+            raise UsageError("the user name or password is not valid Unicode text")
+        return hashlib.new(hash_name, data).hexdigest()
 
     ha1 = digest(f"{username}:{realm}:{password}")
     if algorithm.endswith("-sess"):
@@ -282,6 +292,9 @@ def digest_proxy_authorization(
     if "opaque" in params:
         parts.append(f"opaque={_quoted(params['opaque'])}")
     try:
-        return ("Digest " + ", ".join(parts)).encode("latin-1")
-    except UnicodeEncodeError:
-        raise UsageError("the Digest challenge holds characters outside latin-1") from None
+        answer: bytes | None = ("Digest " + ", ".join(parts)).encode("latin-1")
+    except UnicodeEncodeError:  # it holds the user name: raise outside, not as __context__
+        answer = None
+    if answer is None:
+        raise UsageError("the Digest challenge holds characters outside latin-1")
+    return answer

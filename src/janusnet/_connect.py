@@ -195,9 +195,15 @@ def validate_header(name: str, value: str) -> tuple[bytes, bytes]:
     try:
         encoded = value.strip(" \t").encode("latin-1")
     except UnicodeEncodeError as exc:
+        bad_index: int | None = exc.start
+    else:
+        bad_index = None
+    if bad_index is not None:
+        # Raised outside the except block: `from None` would still keep the encode error,
+        # which carries the whole (possibly secret) value, as __context__.
         raise UsageError(
-            f"header {name!r} value has a character outside latin-1 at index {exc.start}"
-        ) from None  # the exception object would carry the whole (possibly secret) value
+            f"header {name!r} value has a character outside latin-1 at index {bad_index}"
+        )
     return name.encode("ascii"), encoded
 
 

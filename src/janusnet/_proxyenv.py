@@ -79,8 +79,10 @@ def _decode_userinfo(text: str, what: str) -> str:
     try:
         return unquote(text, errors="strict")
     except UnicodeDecodeError:
-        # from None: the decode error would show bytes and positions of the secret.
-        raise UsageError(f"the proxy URL's {what} is not percent-encoded UTF-8") from None
+        pass
+    # Raised outside the except block: the decode error shows the secret's bytes, and even
+    # `from None` would keep it as __context__.
+    raise UsageError(f"the proxy URL's {what} is not percent-encoded UTF-8")
 
 
 def parse_proxy_url(url: str) -> ProxyURL:

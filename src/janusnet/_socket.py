@@ -841,7 +841,7 @@ async def open_hop(
         logger.warning("connecting to %s timed out", label)
         raise
     except OSError as exc:
-        logger.warning("cannot connect to %s: %s", label, exc)
+        logger.warning("cannot connect to %s: %s", label, str(exc))
         raise ConnectError(
             f"cannot connect to {label}: {exc}", host=host, port=port, role=role
         ) from exc
@@ -892,9 +892,13 @@ class _WideReceive(anyio.abc.ByteStream):
 
 
 def _raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
-    """Translate a failed handshake into -111 / -149 (cancellation propagates as is)."""
+    """Translate a failed handshake into -111 / -149 (cancellation propagates as is).
+
+    Log records get the error's text, never the exception object: a record kept by a
+    handler would otherwise keep the traceback, and with it the failed socket, alive.
+    """
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
-        logger.warning("TLS handshake with %s failed: %s", hostname, exc)
+        logger.warning("TLS handshake with %s failed: %s", hostname, str(exc))
         raise HandshakeError(f"TLS handshake with {hostname} failed: {exc}") from exc
     if isinstance(exc, anyio.BrokenResourceError):
         cause = exc.__cause__
@@ -903,10 +907,10 @@ def _raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
             raise HandshakeError(
                 f"TLS handshake with {hostname} failed: the peer closed the connection"
             ) from exc
-        logger.warning("TLS handshake with %s failed: %r", hostname, cause)
+        logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
         raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from exc
     if isinstance(exc, OSError):
-        logger.warning("TLS handshake with %s failed: %r", hostname, exc)
+        logger.warning("TLS handshake with %s failed: %s", hostname, repr(exc))
         raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
     raise exc
 
@@ -943,5 +947,5 @@ async def _connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
             return await anyio.connect_tcp(target.strip("[]"), port)
         except OSError as exc:
             last = exc
-    logger.warning("cannot connect to %s:%s: %s", host, port, last)
+    logger.warning("cannot connect to %s:%s: %s", host, port, str(last))
     raise ConnectError(f"cannot connect to {host}:{port}: {last}", host=host, port=port) from last

@@ -1,0 +1,355 @@
+"""Credentials never leak: every error path, with the password in the proxy URL and in
+``auth=``, on asyncio and trio.
+
+For each failure the password is searched — raw, percent-encoded, and inside base64 of
+``user:password`` — in the exception's ``repr``/``str``/``args``/attributes, in every
+exception of its ``__cause__``/``__context__`` chain, in ``traceback.format_exception``
+text, and in every log record captured at DEBUG for ``janusnet``. Successful tunnels
+are checked the same way: ``repr`` of the tunnel, its ``ProxyURL``, the socket and
+``sock.proxy_reply``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from janusnet import (
+    ClientPort,
+    ConnectError,
+    HandshakeError,
+    JanusnetError,
+    ProxyAuthenticationRequired,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    ProxyTunnel,
+    UsageError,
+)
+from janusnet._proxyenv import parse_proxy_url
+from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin
+from loopback import read_line, serve
+
+pytestmark = pytest.mark.anyio
+
+USER = "alice"
+# Characters that percent-encoding changes, so each encoded form is distinct and searched.
+PASSWORD = "Hunter2:s3cr@t/x%y"
+
+
+def secret_forms(user: str = USER, password: str = PASSWORD) -> list[str]:
+    pair = f"{user}:{password}".encode()
+    return [
+        password,
+        quote(password, safe=""),
+        quote(password),
+        base64.b64encode(pair).decode(),
+        base64.b64encode(password.encode()).decode(),
+        password.encode().hex(),
+        repr(password.encode())[2:-1],
+    ]
+
+
+def exception_texts(exc: BaseException) -> Iterator[str]:
+    """Every text an exception (and its chain) can show."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield repr(current)
+        yield str(current)
+        yield from (repr(arg) for arg in current.args)
+        yield from (repr(value) for value in vars(current).values())
+        yield from (str(note) for note in getattr(current, "__notes__", ()))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+        stack.extend(getattr(current, "exceptions", ()))  # exception groups
+    yield "".join(traceback.format_exception(exc))
+
+
+def assert_no_secret(texts: Iterator[str] | list[str], where: str) -> None:
+    forms = secret_forms()
+    for text in texts:
+        for form in forms:
+            assert form not in text, f"{where}: the password ({form!r}) leaked into {text!r}"
+
+
+def assert_clean_logs(caplog: pytest.LogCaptureFixture, where: str) -> None:
+    texts = []
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.args), str(record.msg)]
+        if record.exc_info and record.exc_info[1] is not None:
+            texts += list(exception_texts(record.exc_info[1]))
+    assert_no_secret(texts, f"{where} (logs)")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="janusnet")
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[TLSOrigin]:
+    with TLSOrigin() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[ConnectProxy]:
+    with ConnectProxy() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth_proxy() -> Iterator[ConnectProxy]:
+    with ConnectProxy(auth=(USER, "the-right-one")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def https_proxy(origin: TLSOrigin) -> Iterator[ConnectProxy]:
+    with ConnectProxy(ssl_context=origin.server_context) as server:
+        yield server
+
+
+def digest_407_proxy() -> Any:
+    """A loopback proxy that answers every CONNECT with a Digest 407 (keep-alive)."""
+
+    async def handler(client: SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            while await read_line(client, buf):
+                pass
+            await client.send(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b'Proxy-Authenticate: Digest realm="janusnet", nonce="abc123", qop="auth"\r\n'
+                b"Content-Length: 0\r\n\r\n"
+            )
+
+    return serve(handler)
+
+
+async def free_port() -> int:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+    await listener.aclose()
+    return port
+
+
+def make_tunnel(base_url: str, where: str, **kwargs: Any) -> ProxyTunnel:
+    """The tunnel with the password in the URL or in ``auth=``."""
+    if where == "url":
+        scheme, _, rest = base_url.partition("://")
+        url = f"{scheme}://{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@{rest}"
+        return ProxyTunnel(url, **kwargs)
+    return ProxyTunnel(base_url, auth=(USER, PASSWORD), **kwargs)
+
+
+async def check_failure(
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    expected: type[BaseException],
+    attempt: Callable[[], Awaitable[Any]],
+) -> BaseException:
+    with anyio.fail_after(10):
+        with pytest.raises(expected) as info:
+            await attempt()
+    assert_no_secret(exception_texts(info.value), name)
+    assert_clean_logs(caplog, name)
+    return info.value
+
+
+@pytest.fixture(params=["url", "auth"])
+def where(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_secrets_unreachable_proxy(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    tunnel = make_tunnel(f"http://127.0.0.1:{await free_port()}", where)
+    await check_failure(caplog, "unreachable", ConnectError, lambda: tunnel.open("localhost", 443))
+
+
+async def test_secrets_wrong_password_407(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    auth_proxy: ConnectProxy,
+    origin: TLSOrigin,
+    where: str,
+) -> None:
+    tunnel = make_tunnel(auth_proxy.url, where)
+    exc = await check_failure(
+        caplog, "407", ProxyAuthenticationRequired, lambda: tunnel.open("localhost", origin.port)
+    )
+    assert isinstance(exc, ProxyAuthenticationRequired) and exc.challenges
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [
+        pytest.param(ProxyBehaviour.STATUS_403, ProxyRefusedError, id="403"),
+        pytest.param(ProxyBehaviour.STATUS_502, ProxyRefusedError, id="502"),
+        pytest.param(ProxyBehaviour.MALFORMED, ProxyProtocolError, id="malformed"),
+        pytest.param(ProxyBehaviour.RESET, ProxyProtocolError, id="reset"),
+        pytest.param(ProxyBehaviour.CLOSE_MID_HEAD, ProxyProtocolError, id="close-mid-head"),
+        pytest.param(ProxyBehaviour.ENDLESS_HEAD, ProxyProtocolError, id="endless-head"),
+        pytest.param(ProxyBehaviour.AUTH_WITH_BODY, ProxyAuthenticationRequired, id="407-body"),
+        pytest.param(ProxyBehaviour.NEVER_ANSWER, TimeoutError, id="timeout"),
+    ],
+)
+async def test_secrets_proxy_failures(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    proxy: ConnectProxy,
+    origin: TLSOrigin,
+    where: str,
+    behaviour: ProxyBehaviour,
+    expected: type[BaseException],
+) -> None:
+    proxy.behaviour = behaviour
+    try:
+        tunnel = make_tunnel(proxy.url, where, timeout=0.5, max_head_bytes=16384)
+        await check_failure(
+            caplog, behaviour.value, expected, lambda: tunnel.open("localhost", origin.port)
+        )
+    finally:
+        proxy.behaviour = ProxyBehaviour.NORMAL
+
+
+async def test_secrets_tls_failure_to_https_proxy(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    https_proxy: ConnectProxy,
+    origin: TLSOrigin,
+    where: str,
+) -> None:
+    tunnel = make_tunnel(https_proxy.url, where, proxy_ssl_context=ssl.create_default_context())
+    await check_failure(
+        caplog, "https-proxy-tls", HandshakeError, lambda: tunnel.open("localhost", origin.port)
+    )
+
+
+async def test_secrets_digest_407(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, origin: TLSOrigin, where: str
+) -> None:
+    async with digest_407_proxy() as port:
+        tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
+        exc = await check_failure(
+            caplog,
+            "digest-407",
+            ProxyAuthenticationRequired,
+            lambda: tunnel.open("localhost", origin.port),
+        )
+    assert isinstance(exc, ProxyAuthenticationRequired)
+    assert exc.challenges[0].startswith("Digest")
+
+
+@pytest.mark.parametrize(
+    "url_tail",
+    [
+        "@127.0.0.1:99999",  # bad port
+        "@127.0.0.1:31 28",  # space
+        "@127.0.0.1:3128/path",  # a path
+        "@[::1:3128",  # unbalanced bracket
+        "@",  # no host
+        "@127.0.0.1:3128\r\n",  # control characters
+    ],
+    ids=["bad-port", "space", "path", "bracket", "no-host", "crlf"],
+)
+def test_secrets_bad_url(caplog: pytest.LogCaptureFixture, url_tail: str) -> None:
+    for userinfo in (f"{USER}:{PASSWORD}", f"{USER}:{quote(PASSWORD, safe='')}"):
+        url = f"http://{userinfo}{url_tail}"
+        with pytest.raises(UsageError) as info:
+            ProxyTunnel(url)
+        assert_no_secret(exception_texts(info.value), f"bad-url {url_tail!r}")
+    assert_clean_logs(caplog, "bad-url")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Secret": f"{PASSWORD}\r\nInjected: 1"},
+        {"Proxy-Authorization": f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode())!r}\n"},
+        {"X-Secret": f"{PASSWORD}\u20ac\u2603"},  # outside latin-1
+        {"X-Secret": f"\x7f{PASSWORD}"},
+    ],
+    ids=["crlf-value", "authorization-lf", "non-latin1", "del"],
+)
+def test_secrets_bad_header(caplog: pytest.LogCaptureFixture, headers: dict[str, str]) -> None:
+    with pytest.raises(UsageError) as info:
+        ProxyTunnel("http://127.0.0.1:3128", auth=(USER, PASSWORD), headers=headers)
+    assert_no_secret(exception_texts(info.value), "bad-header")
+    assert_clean_logs(caplog, "bad-header")
+
+
+def test_secrets_bad_userinfo_encoding(caplog: pytest.LogCaptureFixture) -> None:
+    """Userinfo that is not percent-encoded UTF-8: the decode error holds the secret's
+    bytes, so it must not ride along as ``__context__`` either."""
+    for userinfo in (f"{USER}:{quote(PASSWORD, safe='')}%ff", f"{USER}%fe:{PASSWORD}%C3"):
+        with pytest.raises(UsageError) as info:
+            ProxyTunnel(f"http://{userinfo}@127.0.0.1:3128")
+        assert info.value.__context__ is None
+        assert_no_secret(exception_texts(info.value), "bad-userinfo-encoding")
+    assert_clean_logs(caplog, "bad-userinfo-encoding")
+
+
+def test_secrets_bad_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [
+        (f"{USER}:x", PASSWORD),
+        (USER, f"{PASSWORD}\r\n"),
+        (USER, f"{PASSWORD}\x00"),
+        (USER, f"{PASSWORD}\ud800"),  # a lone surrogate cannot be encoded
+    ]
+    for auth in bad:
+        with pytest.raises(UsageError) as info:
+            ProxyTunnel("http://127.0.0.1:3128", auth=auth)
+        assert_no_secret(exception_texts(info.value), "bad-credentials")
+    assert_clean_logs(caplog, "bad-credentials")
+
+
+async def test_secrets_success_reprs(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, origin: TLSOrigin, where: str
+) -> None:
+    with ConnectProxy(auth=(USER, PASSWORD)) as authed:
+        tunnel = make_tunnel(authed.url, where)
+        port = ClientPort("SECRETS", ssl_context=origin.client_context())
+        tunnel = make_tunnel(authed.url, where, client_port=port)
+        async with await tunnel.open("localhost", origin.port) as sock:
+            await sock.ssl_on()
+            texts = [repr(tunnel), str(tunnel), repr(sock), str(sock), repr(sock.proxy_reply)]
+            texts += [repr(parse_proxy_url(authed.url_with_auth(USER, PASSWORD)))]
+            texts += [str(parse_proxy_url(authed.url_with_auth(USER, PASSWORD)))]
+            texts += [tunnel.proxy, repr(sock.tls)]
+        assert authed.log[-1].proxy_authorization
+    assert "auth=<hidden>" in repr(tunnel)
+    assert_no_secret(texts, "success")
+    assert_clean_logs(caplog, "success")
+
+
+def test_secrets_search_catches_a_leak() -> None:
+    """The search itself works: a message holding any form of the secret is caught."""
+    for form in secret_forms():
+        with pytest.raises(AssertionError):
+            assert_no_secret(exception_texts(JanusnetError(f"oops {form}")), "self-test")
+        chained = ValueError("outer")
+        chained.__cause__ = KeyError(form)
+        with pytest.raises(AssertionError):
+            assert_no_secret(exception_texts(chained), "self-test-chain")
