@@ -277,6 +277,9 @@ class SocketGroup:
 
         Never raises for a broken connection. Cancellation cannot stop it: each close is
         shielded, as :meth:`Socket.aclose` is.
+
+        Raises:
+            Nothing of its own: a broken or already closed member is closed quietly.
         """
         for sock in list(self._members):
             await sock.aclose()

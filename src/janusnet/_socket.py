@@ -785,6 +785,9 @@ class Socket:
         """Close the connection. Idempotent; never raises for a broken connection.
 
         Cancellation cannot stop it: the close is shielded (it does not wait on the peer).
+
+        Raises:
+            Nothing of its own: closing a broken or closed socket is quiet.
         """
         await self._close_stream()
 
