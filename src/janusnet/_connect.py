@@ -268,7 +268,7 @@ def build_connect_request(
     return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per idle tunnel: no __dict__
 class ProxyReply:
     """The proxy's final reply head to ``CONNECT``.
 

@@ -204,6 +204,11 @@ def as_token_set(tokens: TokenSet | Iterable[bytes] | str) -> TokenSet:
     return TokenSet(tokens)
 
 
+# Shared, never-mutated placeholders: a service may hold thousands of idle sockets.
+_NO_POSITIONS: Final[list[int]] = []
+_NO_INDEX: Final[dict[bytes, int]] = {}
+
+
 class Scanner:
     """A receive buffer that finds parse tokens (sans-IO).
 
@@ -244,12 +249,14 @@ class Scanner:
         # Per token: its next known occurrence at or after _pos (else anything < _pos, such
         # as -1); and up to where the buffer was searched without finding it. Absolute
         # positions in _buf, so consuming bytes never has to update them.
-        self._found: list[int] = []
-        self._searched: list[int] = []
+        # Shared empty lists until the first scan replaces them (never mutated while
+        # empty: every write indexes a position that a token set created).
+        self._found: list[int] = _NO_POSITIONS
+        self._searched: list[int] = _NO_POSITIONS
         # Multi-token sets: a regex splitting on every token, longest first (so the
         # leftmost match is the earliest start, the longest at a tie), and token -> prsindx.
         self._pattern: re.Pattern[bytes] | None = None
-        self._index: dict[bytes, int] = {}
+        self._index: dict[bytes, int] = _NO_INDEX  # replaced, never mutated
         #: Records already cut ahead, handed out by scan() (and by Socket.recv_parsed
         #: directly: ``next(ready, None)``) while the caller asks for ``ready_tokens``;
         #: their bytes lie before _pos. ``ready_max``: the longest data among them, so a

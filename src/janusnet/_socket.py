@@ -135,7 +135,6 @@ class Socket:
         "_ssl_object",
         "_stream",
         "_tls",
-        "_tls_source",
         "_tokens",
         "line_end",
         "proxy_reply",
@@ -153,18 +152,18 @@ class Socket:
         self._port = port
         self._stream: ByteStream | None = stream
         self._scanner = Scanner()
-        self._held = bytearray()
+        self._held = b""  # bytes beyond the receive window (rare: kept immutable)
         self._allot: int | None = None
         self._eof = False
         self._fin_sent = False
         self._reset = False
         self._receiving = False
+        # Described from _ssl_object when first read: decoding the peer certificate
+        # (getpeercert + date parsing) is ~8% of a proxied tunnel's client CPU, and most
+        # callers never look at it.
         self._tls: TLSInfo | None = None
-        # The handshake's SSLObject and host name until ``tls`` is first read: decoding
-        # the peer certificate (getpeercert + date parsing) is ~8% of a proxied tunnel's
-        # client CPU, and most callers never look at it.
-        self._tls_source: tuple[ssl.SSLObject, str | None] | None = None
-        # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls).
+        # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
+        # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | None = None
         self._raw_socket = stream.extra(SocketAttribute.raw_socket, None) if _QUICKACK else None
         self._server_hostname = server_hostname
@@ -293,10 +292,8 @@ class Socket:
     @property
     def tls(self) -> TLSInfo | None:
         """The TLS session (version, cipher, ALPN, peer certificate), or ``None``."""
-        source = self._tls_source
-        if source is not None:  # described on first use (see __init__)
-            self._tls = TLSInfo.from_ssl_object(*source)
-            self._tls_source = None
+        if self._tls is None and self._ssl_object is not None:  # described on first use
+            self._tls = TLSInfo.from_ssl_object(self._ssl_object, self._server_hostname)
         return self._tls
 
     @property
@@ -343,8 +340,8 @@ class Socket:
     def receive_window(self, limit: int | None) -> None:
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise UsageError("receive_window must be >= 0 or None")
-        data = self._scanner.take(self._scanner.pending) + bytes(self._held)
-        self._held.clear()
+        data = self._scanner.take(self._scanner.pending) + self._held
+        self._held = b""
         self._allot = limit
         self._feed(data)
 
@@ -475,7 +472,7 @@ class Socket:
             self._allot = allot - len(data)
         else:
             self._scanner.feed(data[:allot])
-            self._held += data[allot:]
+            self._held += data[allot:]  # bytes + bytes: only past the window
             self._allot = 0
 
     def _unread(self, data: bytes) -> None:
@@ -727,7 +724,7 @@ class Socket:
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")
-        if self._tls is not None or self._tls_source is not None:
+        if self._ssl_object is not None:
             raise SSLOnOtherError("ssl_on: the socket is already TLS")
         if self._port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
@@ -762,7 +759,7 @@ class Socket:
         self._stream = tls_stream
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = tls_stream.extra(TLSAttribute.ssl_object)
-        self._tls_source = (ssl_object, hostname)
+        self._server_hostname = hostname
         self._ssl_object = ssl_object
         logger.debug("TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher())
 
@@ -770,7 +767,6 @@ class Socket:
 
     async def _close_stream(self) -> None:
         self._ready = ()
-        self._ssl_object = None
         stream, self._stream = self._stream, None
         if stream is None:
             return
