@@ -24,6 +24,7 @@ Imports are limited to the standard library, h11 and ``_exceptions`` (a test che
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -121,7 +122,7 @@ def _host_name(host: str) -> str:
     return name
 
 
-def format_authority(host: str, port: int) -> str:
+def _format_authority(host: str, port: int) -> str:
     """Build the ``CONNECT`` request-target (authority form) for ``host`` and ``port``.
 
     IPv6 literals are bracketed (``[::1]:443``, input with or without brackets), IPv4
@@ -161,6 +162,21 @@ def format_authority(host: str, port: int) -> str:
     except ValueError:
         pass
     return f"{_host_name(host)}:{port}"
+
+
+# Tunnels usually go to a handful of targets; the validation is pure, so remember it.
+_cached_authority: Final = functools.lru_cache(maxsize=512)(_format_authority)
+
+
+def format_authority(host: str, port: int) -> str:
+    """The ``CONNECT`` request-target for ``host:port`` (see :func:`_format_authority`).
+
+    Raises:
+        UsageError: as :func:`_format_authority`.
+    """
+    if type(host) is str and type(port) is int:  # bool (an int) must not hit the cache
+        return _cached_authority(host, port)
+    return _format_authority(host, port)
 
 
 def validate_header(name: str, value: str) -> tuple[bytes, bytes]:

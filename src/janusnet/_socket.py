@@ -29,6 +29,7 @@ import enum
 import logging
 import socket as _stdsocket
 import ssl
+import struct
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,6 +78,15 @@ TLS_DRAIN_BYTES: Final = TRANSPORT_READ
 #: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
 #: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+try:  # how many bytes the kernel holds for a socket, without reading them (Unix)
+    from fcntl import ioctl as _ioctl
+    from termios import FIONREAD as _FIONREAD_VALUE
+
+    _FIONREAD: int | None = _FIONREAD_VALUE
+except ImportError:  # pragma: no cover - Windows
+    _FIONREAD = None
+_unpack_int = struct.Struct("i").unpack
+
 #: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
 _QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 
@@ -165,7 +175,8 @@ class Socket:
         # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
         # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | None = None
-        self._raw_socket = stream.extra(SocketAttribute.raw_socket, None) if _QUICKACK else None
+        # Looked up once: anyio builds its attribute mapping on every extra() call.
+        self._raw_socket = stream.extra(SocketAttribute.raw_socket, None)
         self._server_hostname = server_hostname
         self.line_end: bytes = port.line_end
         self._tokens: TokenSet = port.tokens
@@ -433,7 +444,7 @@ class Socket:
         44 ms -> ~3 ms. Best effort: ignored where the option or the socket is missing.
         """
         raw = self._raw_socket
-        if raw is not None:
+        if _QUICKACK and raw is not None:
             try:
                 raw.setsockopt(_stdsocket.IPPROTO_TCP, _QUICKACK, 1)
             except (OSError, ValueError):  # closed, or not a TCP socket after all
@@ -676,17 +687,23 @@ class Socket:
         queued = sum(len(chunk) for chunk in queue) if queue else 0
         if queued:
             return queued
-        if stream is None:
+        raw = self._raw_socket
+        if stream is None or raw is None:
             return 0
         try:
-            fileno = stream.extra(SocketAttribute.raw_socket).fileno()
-        except (anyio.TypedAttributeLookupError, OSError):
+            fileno = raw.fileno()
+        except OSError:
             return 0
         if fileno < 0:  # the transport is gone (reset by the peer): nothing to peek at
             return 0
-        # asyncio hands out a TransportSocket without recv(); peek through a temporary
-        # socket object on the same descriptor, detached (not closed) afterwards.
-        probe = _stdsocket.socket(fileno=fileno)
+        if _FIONREAD is not None:  # one system call, no buffer
+            try:
+                return int(_unpack_int(_ioctl(fileno, _FIONREAD, b"\0\0\0\0"))[0])
+            except OSError:
+                return 0
+        # Elsewhere: asyncio hands out a TransportSocket without recv(); peek through a
+        # temporary socket object on the same descriptor, detached (not closed) afterwards.
+        probe = _stdsocket.socket(raw.family, raw.type, raw.proto, fileno)
         try:
             peeked = probe.recv(RECEIVE_SIZE, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
         except OSError:  # BlockingIOError: nothing there
