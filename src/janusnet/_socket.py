@@ -75,6 +75,9 @@ TRANSPORT_READ: Final = 256 * 1024
 #: After a TLS receive, how much already-decryptable plaintext to collect at most: four
 #: reads' worth keeps the buffer small while most of a transport read is used at once.
 TLS_DRAIN_BYTES: Final = TRANSPORT_READ
+#: Only a receive that returned (nearly) a full TLS record (16 KiB of plaintext at most)
+#: suggests more records are waiting; small messages skip the extra read attempt.
+TLS_FULL_RECORD: Final = 16384 - 256
 #: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
 #: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
@@ -512,7 +515,7 @@ class Socket:
             raise SocketClosedError("the socket was closed while receiving") from exc
         finally:
             self._receiving = False
-        if self._ssl_object is not None:
+        if self._ssl_object is not None and len(data) >= TLS_FULL_RECORD:
             data = self._drain_tls(data)
         self._feed(data)
 
@@ -778,7 +781,10 @@ class Socket:
         ssl_object = tls_stream.extra(TLSAttribute.ssl_object)
         self._server_hostname = hostname
         self._ssl_object = ssl_object
-        logger.debug("TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher())
+        if logger.isEnabledFor(logging.DEBUG):  # version()/cipher() are not free
+            logger.debug(
+                "TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher()
+            )
 
     # ------------------------------------------------------------------ closing
 
