@@ -41,3 +41,9 @@ def tinyproxy() -> Iterator[RealProxy]:
     """tinyproxy without authentication, CONNECT allowed to every port."""
     with realproxies.launch_tinyproxy() as proxy:
         yield proxy
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every anyio test in this suite runs on asyncio and on trio."""
+    return str(request.param)

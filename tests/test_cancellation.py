@@ -38,11 +38,6 @@ MAX_CHECKPOINTS = 400
 SWEEPS: dict[str, dict[str, int]] = {}
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _report_sweeps() -> Iterator[None]:
     yield

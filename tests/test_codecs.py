@@ -40,11 +40,6 @@ def test_cp1047_is_a_bijection_over_all_bytes() -> None:
     assert janusnet.ClientPort(encoding="ibm-1047").encoding == "ibm-1047"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.mark.anyio
 async def test_cp1047_connect_line_round_trip(anyio_backend: str) -> None:
     line = "CONNECT [::1]:443 HTTP/1.0"

@@ -29,11 +29,6 @@ from loopback import abort_on_close, echo, read_line, read_until_eof, serve, tls
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(autouse=True)
 async def clean_registry(anyio_backend: str) -> AsyncIterator[None]:
     """Every test must close its numbered sockets; close leftovers and fail if any."""

@@ -46,11 +46,6 @@ MARGIN = 1.5
 OUTCOMES: dict[str, str] = {}
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _report_matrix() -> Iterator[None]:
     yield

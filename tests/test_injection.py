@@ -28,11 +28,6 @@ pytestmark = pytest.mark.anyio
 INJECTED = b"250 INJECTED\r\n"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def origin() -> Iterator[TLSOrigin]:
     with TLSOrigin() as server:

@@ -77,11 +77,6 @@ def trimmed_rss() -> int:
     return rss()
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def origin() -> Iterator[TLSOrigin]:
     with TLSOrigin(connection_timeout=120) as server:

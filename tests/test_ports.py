@@ -29,11 +29,6 @@ from loopback import read_line, read_until_eof, serve
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 # ---------------------------------------------------------------------- the decision table
 
 A = allow

@@ -32,11 +32,6 @@ BIG = 16 * 1024 * 1024
 TIMEOUT = 20.0
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def origin() -> Iterator[TLSOrigin]:
     with TLSOrigin() as server:

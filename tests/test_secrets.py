@@ -95,11 +95,6 @@ def assert_clean_logs(caplog: pytest.LogCaptureFixture, where: str) -> None:
     assert_no_secret(texts, f"{where} (logs)")
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(autouse=True)
 def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="janusnet")

@@ -30,11 +30,6 @@ from loopback import abort_on_close, echo, read_line, read_until_eof, serve, tls
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 # ---------------------------------------------------------------------- states
 
 

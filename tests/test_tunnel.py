@@ -27,11 +27,6 @@ pytestmark = pytest.mark.anyio
 PASSWORD = "pa:ss@w%rd"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def origin() -> Iterator[TLSOrigin]:
     with TLSOrigin() as server:
