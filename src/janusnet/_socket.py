@@ -29,9 +29,8 @@ import enum
 import logging
 import socket as _stdsocket
 import ssl
-import struct
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -39,7 +38,6 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ._exceptions import (
     BusyError,
-    ConnectError,
     HandshakeError,
     IncompleteReadError,
     NotSSLPortError,
@@ -52,9 +50,18 @@ from ._exceptions import (
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, as_token_set
 from ._tls import TLSInfo, default_ssl_context
+from ._transport import (
+    QUICKACK,
+    TRANSPORT_READ,
+    WideReceive,
+    allowed_addresses,
+    connect_tcp,
+    kernel_pending,
+    raise_handshake_error,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Iterable
 
     from anyio.abc import ByteStream
 
@@ -64,16 +71,11 @@ __all__ = ["Socket", "SocketState"]
 
 logger = logging.getLogger("janusnet")
 
-#: How much one read asks of the transport: 64 KiB is what asyncio and trio read per
-#: system call, large enough that bulk transfers are not syscall-bound.
+#: How much ``recv()`` returns at most by default: what asyncio and trio read per system
+#: call for a socket, large enough that bulk transfers are not syscall-bound.
 RECEIVE_SIZE: Final = 65536
-#: What one read asks of the transport. asyncio's selector transport reads up to 256 KiB
-#: per system call and anyio hands a smaller request back in pieces, copying the rest of
-#: the chunk each time; asking for the whole chunk avoids those copies (and, on trio,
-#: three of four system calls during bulk transfers).
-TRANSPORT_READ: Final = 256 * 1024
-#: After a TLS receive, how much already-decryptable plaintext to collect at most: four
-#: reads' worth keeps the buffer small while most of a transport read is used at once.
+#: After a TLS receive, how much already-decryptable plaintext to collect at most: one
+#: transport read's worth keeps the buffer small while most of it is used at once.
 TLS_DRAIN_BYTES: Final = TRANSPORT_READ
 #: Only a receive that returned (nearly) a full TLS record (16 KiB of plaintext at most)
 #: suggests more records are waiting; small messages skip the extra read attempt.
@@ -81,17 +83,6 @@ TLS_FULL_RECORD: Final = 16384 - 256
 #: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
 #: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
-try:  # how many bytes the kernel holds for a socket, without reading them (Unix)
-    from fcntl import ioctl as _ioctl
-    from termios import FIONREAD as _FIONREAD_VALUE
-
-    _FIONREAD: int | None = _FIONREAD_VALUE
-except ImportError:  # pragma: no cover - Windows
-    _FIONREAD = None
-_unpack_int = struct.Struct("i").unpack
-
-#: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
-_QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 
 
 class SocketState(enum.Enum):
@@ -244,8 +235,8 @@ class Socket:
         client_port.check_access(host, port)
         client_port._check_capacity()  # -109 before any packet; __init__ still reserves
         with anyio.fail_after(timeout):
-            targets = await _allowed_addresses(client_port, host, port)
-            stream = await _connect_tcp(targets, host, port)
+            targets = await allowed_addresses(client_port, host, port)
+            stream = await connect_tcp(targets, host, port)
             try:
                 sock = cls(
                     stream, client_port=client_port, server_hostname=server_hostname or host
@@ -430,7 +421,7 @@ class Socket:
         self._ack_promptly()
 
     def _ack_promptly(self) -> None:
-        """Have the kernel ACK the peer's next segments at once (Linux ``TCP_QUICKACK``).
+        """Have the kernel ACK the peer's next segments at once (Linux ``TCPQUICKACK``).
 
         Why: having just sent, we wait for the answer; Linux is then in delayed-ACK
         "pingpong" mode and holds its ACK of what arrives ~40 ms, hoping to piggyback it on
@@ -441,15 +432,15 @@ class Socket:
         delayed ACK: ~44 ms per tunnel through tinyproxy, where the work takes ~3 ms (seen
         with tcpdump; TLS 1.2 has no tickets after the handshake, hence no stall there).
         ``TCP_NODELAY`` on our side cannot help: the segment held back is the peer's.
-        ``TCP_QUICKACK`` is not sticky: the kernel re-enters pingpong mode when we send
+        ``TCPQUICKACK`` is not sticky: the kernel re-enters pingpong mode when we send
         soon after receiving, so it is set again after every send and every handshake.
         Measured (benchmarks/tunnel.py, sequential through tinyproxy, TLS 1.3): p50
         44 ms -> ~3 ms. Best effort: ignored where the option or the socket is missing.
         """
         raw = self._raw_socket
-        if _QUICKACK and raw is not None:
+        if QUICKACK and raw is not None:
             try:
-                raw.setsockopt(_stdsocket.IPPROTO_TCP, _QUICKACK, 1)
+                raw.setsockopt(_stdsocket.IPPROTO_TCP, QUICKACK, 1)
             except (OSError, ValueError):  # closed, or not a TCP socket after all
                 self._raw_socket = None
 
@@ -690,30 +681,9 @@ class Socket:
         queued = sum(len(chunk) for chunk in queue) if queue else 0
         if queued:
             return queued
-        raw = self._raw_socket
-        if stream is None or raw is None:
+        if stream is None or self._raw_socket is None:
             return 0
-        try:
-            fileno = raw.fileno()
-        except OSError:
-            return 0
-        if fileno < 0:  # the transport is gone (reset by the peer): nothing to peek at
-            return 0
-        if _FIONREAD is not None:  # one system call, no buffer
-            try:
-                return int(_unpack_int(_ioctl(fileno, _FIONREAD, b"\0\0\0\0"))[0])
-            except OSError:
-                return 0
-        # Elsewhere: asyncio hands out a TransportSocket without recv(); peek through a
-        # temporary socket object on the same descriptor, detached (not closed) afterwards.
-        probe = _stdsocket.socket(raw.family, raw.type, raw.proto, fileno)
-        try:
-            peeked = probe.recv(RECEIVE_SIZE, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
-        except OSError:  # BlockingIOError: nothing there
-            return 0
-        finally:
-            probe.detach()
-        return len(peeked)
+        return kernel_pending(self._raw_socket)
 
     async def ssl_on(
         self,
@@ -765,7 +735,7 @@ class Socket:
         self._receiving = True
         try:
             tls_stream = await TLSStream.wrap(
-                _WideReceive(stream),
+                WideReceive(stream),
                 server_side=False,
                 hostname=hostname.strip("[]") if hostname else None,
                 ssl_context=context,
@@ -774,7 +744,7 @@ class Socket:
         except BaseException as exc:
             self._receiving = False
             await self._close_stream()
-            _raise_handshake_error(exc, hostname)
+            raise_handshake_error(exc, hostname)
         self._receiving = False
         self._stream = tls_stream
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
@@ -828,146 +798,3 @@ class Socket:
             f"<janusnet.Socket port={self._port.name!r} remote={self.remote_address!r} "
             f"state={self.state.name}{tls} pending={self.pending}>"
         )
-
-
-async def open_hop(
-    host: str,
-    port: int,
-    *,
-    label: str,
-    connect_timeout: float | None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> ByteStream:
-    """TCP to ``host:port``, plus TLS with ``ssl_context``: the stream under a socket.
-
-    Used for the hop to a proxy (``ProxyTunnel``). Nothing is left open on failure.
-
-    Args:
-        host: the host to reach (its name is also the one TLS verifies).
-        port: its port.
-        label: how errors name it, e.g. ``"proxy 127.0.0.1:3128"``.
-        connect_timeout: cap on the TCP connect, in seconds.
-        ssl_context: TLS to this hop when given.
-
-    Raises:
-        ConnectError: the TCP connection failed (``role="proxy"`` when ``label`` says so).
-        TimeoutError: the TCP connect took longer than ``connect_timeout``.
-        HandshakeError: the hop's TLS handshake or certificate failed.
-        SSLOnOtherError: an I/O error during that handshake.
-    """
-    role = label.split(" ", 1)[0]
-    try:
-        with anyio.fail_after(connect_timeout):
-            stream: ByteStream = await anyio.connect_tcp(host, port)
-    except TimeoutError:
-        logger.warning("connecting to %s timed out", label)
-        raise
-    except OSError as exc:
-        logger.warning("cannot connect to %s: %s", label, str(exc))
-        raise ConnectError(
-            f"cannot connect to {label}: {exc}", host=host, port=port, role=role
-        ) from exc
-    if ssl_context is None:
-        return stream
-    try:
-        return await TLSStream.wrap(
-            _WideReceive(stream),
-            server_side=False,
-            hostname=host,
-            ssl_context=ssl_context,
-            standard_compatible=False,
-        )
-    except BaseException as exc:
-        await anyio.aclose_forcefully(stream)
-        _raise_handshake_error(exc, label)
-        raise  # pragma: no cover - _raise_handshake_error always raises
-
-
-class _WideReceive(anyio.abc.ByteStream):
-    """The transport under ``ssl_on()``'s TLS layer, read in whole transport chunks.
-
-    ``TLSStream`` asks its transport for 64 KiB at a time; over anyio's asyncio streams
-    that splits each 256 KiB chunk the event loop read into four, copying the remainder
-    every time. Everything else passes straight through, typed attributes included.
-    """
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: ByteStream) -> None:
-        self._inner = inner
-
-    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
-        return await self._inner.receive(max(max_bytes, TRANSPORT_READ))
-
-    async def send(self, item: bytes) -> None:
-        await self._inner.send(item)
-
-    async def send_eof(self) -> None:
-        await self._inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._inner.extra_attributes
-
-
-def _raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
-    """Translate a failed handshake into -111 / -149 (cancellation propagates as is).
-
-    Log records get the error's text, never the exception object: a record kept by a
-    handler would otherwise keep the traceback, and with it the failed socket, alive.
-    """
-    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
-        logger.warning("TLS handshake with %s failed: %s", hostname, str(exc))
-        raise HandshakeError(f"TLS handshake with {hostname} failed: {exc}") from exc
-    if isinstance(exc, anyio.BrokenResourceError):
-        cause = exc.__cause__
-        if cause is None or isinstance(cause, ssl.SSLError):
-            logger.warning("TLS handshake with %s failed: peer closed", hostname)
-            raise HandshakeError(
-                f"TLS handshake with {hostname} failed: the peer closed the connection"
-            ) from exc
-        logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
-        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from exc
-    if isinstance(exc, OSError):
-        logger.warning("TLS handshake with %s failed: %s", hostname, repr(exc))
-        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
-    raise exc
-
-
-async def _allowed_addresses(port: ClientPort, host: str, number: int) -> list[str]:
-    """Resolve ``host`` when IP rules apply, refusing names that resolve to denied IPs.
-
-    Returns the addresses to connect to (``[host]`` when no IP rule could apply).
-    """
-    if not any(rule.is_ip_rule for rule in port.rules):
-        return [host]
-    from ._exceptions import AccessDeniedError
-
-    try:
-        infos = await anyio.getaddrinfo(host.strip("[]"), number, type=_stdsocket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConnectError(f"cannot resolve {host}: {exc}", host=host, port=number) from exc
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    for address in addresses:
-        if not port.is_address_allowed(address, number):
-            raise AccessDeniedError(
-                f"client port {port.name!r} does not allow {host} ({address}) port {number}",
-                host=address,
-                port=number,
-                port_name=port.name,
-            )
-    return addresses
-
-
-async def _connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
-    last: OSError | None = None
-    for target in targets:
-        try:
-            return await anyio.connect_tcp(target.strip("[]"), port)
-        except OSError as exc:
-            last = exc
-    logger.warning("cannot connect to %s:%s: %s", host, port, str(last))
-    raise ConnectError(f"cannot connect to {host}:{port}: {last}", host=host, port=port) from last

@@ -53,8 +53,9 @@ from ._exceptions import (
 )
 from ._ports import DEFAULT_PORT, ClientPort
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket, open_hop
+from ._socket import RECEIVE_SIZE, Socket
 from ._tls import default_ssl_context
+from ._transport import open_hop
 
 __all__ = ["ProxyTunnel"]
 

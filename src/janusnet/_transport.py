@@ -1,0 +1,230 @@
+"""The byte stream under a :class:`~janusnet.Socket`: opening it, probing it, translating
+its TLS failures.
+
+Together with ``_socket.py`` this is the only code that touches anyio streams and ``ssl``
+errors. It holds what is not the socket's own logic: TCP connects (with the access-rule
+DNS-rebinding guard), the TLS hop to an ``https://`` proxy, the pass-through stream that
+reads whole transport chunks under TLS, the kernel-buffer probe behind the -112 check,
+and the mapping of handshake failures to the ``SSLOn`` codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _stdsocket
+import ssl
+import struct
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from anyio.streams.tls import TLSStream
+
+from ._exceptions import AccessDeniedError, ConnectError, HandshakeError, SSLOnOtherError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from anyio.abc import ByteStream
+
+    from ._ports import ClientPort
+
+__all__ = [
+    "QUICKACK",
+    "TRANSPORT_READ",
+    "WideReceive",
+    "allowed_addresses",
+    "connect_tcp",
+    "kernel_pending",
+    "open_hop",
+    "raise_handshake_error",
+]
+
+logger = logging.getLogger("janusnet")
+
+#: What one read asks of the transport. asyncio's selector transport reads up to 256 KiB
+#: per system call and anyio hands a smaller request back in pieces, copying the rest of
+#: the chunk each time; asking for the whole chunk avoids those copies (and, on trio,
+#: three of four system calls during bulk transfers).
+TRANSPORT_READ: Final = 256 * 1024
+#: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
+QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
+#: Bytes peeked at most where FIONREAD is missing.
+_PEEK_BYTES: Final = 65536
+
+try:  # how many bytes the kernel holds for a socket, without reading them (Unix)
+    from fcntl import ioctl as _ioctl
+    from termios import FIONREAD as _FIONREAD_VALUE
+
+    _FIONREAD: int | None = _FIONREAD_VALUE
+except ImportError:  # pragma: no cover - Windows
+    _FIONREAD = None
+_unpack_int = struct.Struct("i").unpack
+
+
+def kernel_pending(raw: _stdsocket.socket) -> int:
+    """How many received bytes the kernel holds for ``raw``, looked at, not read.
+
+    Best effort: 0 when the socket is gone or the platform cannot tell.
+    """
+    try:
+        fileno = raw.fileno()
+    except OSError:
+        return 0
+    if fileno < 0:  # the transport is gone (reset by the peer): nothing to look at
+        return 0
+    if _FIONREAD is not None:  # one system call, no buffer
+        try:
+            return int(_unpack_int(_ioctl(fileno, _FIONREAD, b"\0\0\0\0"))[0])
+        except OSError:
+            return 0
+    # Elsewhere: asyncio hands out a TransportSocket without recv(); peek through a
+    # temporary socket object on the same descriptor, detached (not closed) afterwards.
+    probe = _stdsocket.socket(raw.family, raw.type, raw.proto, fileno)  # pragma: no cover
+    try:  # pragma: no cover
+        peeked = probe.recv(_PEEK_BYTES, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+    except OSError:  # pragma: no cover - BlockingIOError: nothing there
+        return 0
+    finally:  # pragma: no cover
+        probe.detach()
+    return len(peeked)  # pragma: no cover
+
+
+async def open_hop(
+    host: str,
+    port: int,
+    *,
+    label: str,
+    connect_timeout: float | None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ByteStream:
+    """TCP to ``host:port``, plus TLS with ``ssl_context``: the stream under a socket.
+
+    Used for the hop to a proxy (``ProxyTunnel``). Nothing is left open on failure.
+
+    Args:
+        host: the host to reach (its name is also the one TLS verifies).
+        port: its port.
+        label: how errors name it, e.g. ``"proxy 127.0.0.1:3128"``.
+        connect_timeout: cap on the TCP connect, in seconds.
+        ssl_context: TLS to this hop when given.
+
+    Raises:
+        ConnectError: the TCP connection failed (``role="proxy"`` when ``label`` says so).
+        TimeoutError: the TCP connect took longer than ``connect_timeout``.
+        HandshakeError: the hop's TLS handshake or certificate failed.
+        SSLOnOtherError: an I/O error during that handshake.
+    """
+    role = label.split(" ", 1)[0]
+    try:
+        with anyio.fail_after(connect_timeout):
+            stream: ByteStream = await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        logger.warning("connecting to %s timed out", label)
+        raise
+    except OSError as exc:
+        logger.warning("cannot connect to %s: %s", label, str(exc))
+        raise ConnectError(
+            f"cannot connect to {label}: {exc}", host=host, port=port, role=role
+        ) from exc
+    if ssl_context is None:
+        return stream
+    try:
+        return await TLSStream.wrap(
+            WideReceive(stream),
+            server_side=False,
+            hostname=host,
+            ssl_context=ssl_context,
+            standard_compatible=False,
+        )
+    except BaseException as exc:
+        await anyio.aclose_forcefully(stream)
+        raise_handshake_error(exc, label)
+        raise  # pragma: no cover - _raise_handshake_error always raises
+
+
+class WideReceive(anyio.abc.ByteStream):
+    """The transport under ``ssl_on()``'s TLS layer, read in whole transport chunks.
+
+    ``TLSStream`` asks its transport for 64 KiB at a time; over anyio's asyncio streams
+    that splits each 256 KiB chunk the event loop read into four, copying the remainder
+    every time. Everything else passes straight through, typed attributes included.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: ByteStream) -> None:
+        self._inner = inner
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._inner.receive(max(max_bytes, TRANSPORT_READ))
+
+    async def send(self, item: bytes) -> None:
+        await self._inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._inner.extra_attributes
+
+
+def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
+    """Translate a failed handshake into -111 / -149 (cancellation propagates as is).
+
+    Log records get the error's text, never the exception object: a record kept by a
+    handler would otherwise keep the traceback, and with it the failed socket, alive.
+    """
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
+        logger.warning("TLS handshake with %s failed: %s", hostname, str(exc))
+        raise HandshakeError(f"TLS handshake with {hostname} failed: {exc}") from exc
+    if isinstance(exc, anyio.BrokenResourceError):
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, ssl.SSLError):
+            logger.warning("TLS handshake with %s failed: peer closed", hostname)
+            raise HandshakeError(
+                f"TLS handshake with {hostname} failed: the peer closed the connection"
+            ) from exc
+        logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
+        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from exc
+    if isinstance(exc, OSError):
+        logger.warning("TLS handshake with %s failed: %s", hostname, repr(exc))
+        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
+    raise exc
+
+
+async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[str]:
+    """Resolve ``host`` when IP rules apply, refusing names that resolve to denied IPs.
+
+    Returns the addresses to connect to (``[host]`` when no IP rule could apply).
+    """
+    if not any(rule.is_ip_rule for rule in port.rules):
+        return [host]
+    try:
+        infos = await anyio.getaddrinfo(host.strip("[]"), number, type=_stdsocket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"cannot resolve {host}: {exc}", host=host, port=number) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if not port.is_address_allowed(address, number):
+            raise AccessDeniedError(
+                f"client port {port.name!r} does not allow {host} ({address}) port {number}",
+                host=address,
+                port=number,
+                port_name=port.name,
+            )
+    return addresses
+
+
+async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
+    last: OSError | None = None
+    for target in targets:
+        try:
+            return await anyio.connect_tcp(target.strip("[]"), port)
+        except OSError as exc:
+            last = exc
+    logger.warning("cannot connect to %s:%s: %s", host, port, str(last))
+    raise ConnectError(f"cannot connect to {host}:{port}: {last}", host=host, port=port) from last
