@@ -383,3 +383,45 @@ async def test_socket_repr_names_port_and_state(anyio_backend: str) -> None:
         assert "'REPR'" in text and "CONNECTED" in text and str(number) in text
         await sock.aclose()
         assert "RESET" in repr(sock)
+
+
+async def test_socket_ssl_on_accepts_fully_qualified_name_with_final_dot(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            await sock.recv_parsed()
+            await sock.ssl_on(server_hostname="localhost.")
+            assert sock.tls is not None
+            await sock.send_line("dot")
+            assert (await sock.recv_parsed()).data == b"dot"
+
+
+async def test_socket_ssl_on_leaves_caller_context_untouched(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    context = port.ssl_context
+    assert context is not None
+    before = (
+        context.options,
+        context.verify_mode,
+        context.check_hostname,
+        context.minimum_version,
+        context.maximum_version,
+    )
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await sock.recv_parsed()
+            await sock.send_line("STARTTLS")
+            await sock.recv_parsed()
+            await sock.ssl_on()
+    after = (
+        context.options,
+        context.verify_mode,
+        context.check_hostname,
+        context.minimum_version,
+        context.maximum_version,
+    )
+    assert after == before

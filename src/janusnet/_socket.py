@@ -737,7 +737,9 @@ class Socket:
             tls_stream = await TLSStream.wrap(
                 WideReceive(stream),
                 server_side=False,
-                hostname=hostname.strip("[]") if hostname else None,
+                # Brackets belong to URLs, and a fully-qualified name's final dot is
+                # neither sent as SNI (RFC 6066 §3) nor found in certificates.
+                hostname=hostname.strip("[]").rstrip(".") if hostname else None,
                 ssl_context=context,
                 standard_compatible=False,
             )
