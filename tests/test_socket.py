@@ -425,3 +425,19 @@ async def test_socket_ssl_on_leaves_caller_context_untouched(
         context.maximum_version,
     )
     assert after == before
+
+
+async def test_socket_ssl_on_deadline_closes_the_socket(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    async def stall(stream: SocketStream) -> None:
+        await stream.receive()  # the ClientHello, never answered
+        await anyio.sleep(30)
+
+    async with serve(stall) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        start = anyio.current_time()
+        with pytest.raises(TimeoutError):
+            await sock.ssl_on(timeout=0.3)
+        assert anyio.current_time() - start < 5
+        assert sock.closed

@@ -83,6 +83,8 @@ TLS_FULL_RECORD: Final = 16384 - 256
 #: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
 #: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+#: Default deadline for ``ssl_on()``'s handshake: asyncio's ``start_tls`` default.
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 60.0
 
 
 class SocketState(enum.Enum):
@@ -247,7 +249,7 @@ class Socket:
             logger.debug("connected to %s:%s on port %s", host, port, client_port.name)
             if want_tls:
                 try:
-                    await sock.ssl_on(ssl_context=ssl_context)
+                    await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
                 except PendingDataError as exc:
                     # Plaintext before our ClientHello: a server that does not speak TLS
                     # here. -111 whether or not those bytes won the race with the peek.
@@ -669,6 +671,25 @@ class Socket:
 
     # ------------------------------------------------------------------ TLS
 
+    async def _handshake(
+        self, stream: ByteStream, hostname: str | None, context: ssl.SSLContext
+    ) -> TLSStream:
+        """TLS over ``stream``; on any failure the socket is closed and the error mapped."""
+        try:
+            return await TLSStream.wrap(
+                WideReceive(stream),
+                server_side=False,
+                # Brackets belong to URLs, and a fully-qualified name's final dot is
+                # neither sent as SNI (RFC 6066 §3) nor found in certificates.
+                hostname=hostname.strip("[]").rstrip(".") if hostname else None,
+                ssl_context=context,
+                standard_compatible=False,
+            )
+        except BaseException as exc:
+            await self._close_stream()
+            raise_handshake_error(exc, hostname)
+            raise  # pragma: no cover - raise_handshake_error always raises
+
     def _transport_pending(self) -> int:
         """Bytes received by the transport but not yet read by us (looked at, not read)."""
         stream = self._stream
@@ -690,6 +711,7 @@ class Socket:
         *,
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         """Upgrade this live connection to TLS, in place (Janus ``SSLOn``).
 
@@ -699,8 +721,13 @@ class Socket:
                 checked against IP SANs and sent without SNI.
             ssl_context: the context to use; default: the port's, else the verified
                 default (certifi, TLS >= 1.2). Never modified.
+            timeout: deadline for the handshake, in seconds (``None`` for none), so a peer
+                that stalls mid-handshake cannot hang the caller (asyncio's
+                ``start_tls`` uses the same 60 s).
 
         Raises:
+            TimeoutError: the handshake did not finish within ``timeout``; the socket is
+                closed.
             NotSSLPortError: (-110) the port's ``TLSMode`` is ``NEVER``; socket unchanged.
             PendingDataError: (-112) unread plaintext bytes are buffered (or already
                 received by the transport); socket unchanged, drain it and retry.
@@ -734,20 +761,10 @@ class Socket:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         self._receiving = True
         try:
-            tls_stream = await TLSStream.wrap(
-                WideReceive(stream),
-                server_side=False,
-                # Brackets belong to URLs, and a fully-qualified name's final dot is
-                # neither sent as SNI (RFC 6066 §3) nor found in certificates.
-                hostname=hostname.strip("[]").rstrip(".") if hostname else None,
-                ssl_context=context,
-                standard_compatible=False,
-            )
-        except BaseException as exc:
+            with anyio.fail_after(timeout):
+                tls_stream = await self._handshake(stream, hostname, context)
+        finally:
             self._receiving = False
-            await self._close_stream()
-            raise_handshake_error(exc, hostname)
-        self._receiving = False
         self._stream = tls_stream
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = tls_stream.extra(TLSAttribute.ssl_object)

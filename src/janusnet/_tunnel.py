@@ -244,7 +244,7 @@ class ProxyTunnel:
         with anyio.fail_after(self._timeout):
             sock = await self._open(authority, host.strip("[]"))
             try:
-                await sock.ssl_on(ssl_context=ssl_context)
+                await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
             except BaseException:
                 await sock.aclose()
                 raise
