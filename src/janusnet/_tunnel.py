@@ -176,11 +176,11 @@ class ProxyTunnel:
     @property
     def proxy(self) -> str:
         """``host:port`` of the proxy (no credentials)."""
-        return self._url.address
+        return self._address
 
     def __repr__(self) -> str:
         auth = ", auth=<hidden>" if self._credentials else ""
-        return f"ProxyTunnel('{self._url.scheme}://{self._url.address}'{auth})"
+        return f"ProxyTunnel('{self._url.scheme}://{self._address}'{auth})"
 
     async def open(self, host: str, port: int) -> Socket:
         """Connect to the proxy and ``CONNECT`` to ``host:port``.
@@ -207,11 +207,9 @@ class ProxyTunnel:
 
         Cancellation closes the socket and propagates.
         """
-        authority = format_authority(host, port)
-        self._client_port.check_access(host.strip("[]"), port)
-        self._client_port._check_capacity()
+        authority, target = self._checked_target(host, port)
         with anyio.fail_after(self._timeout):
-            return await self._open(authority, host.strip("[]"))
+            return await self._open(authority, target)
 
     async def open_tls(
         self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
@@ -230,6 +228,7 @@ class ProxyTunnel:
         Raises:
             UsageError: as :meth:`open`.
             AccessDeniedError: as :meth:`open`.
+            PortLimitError: as :meth:`open`.
             ConnectError: as :meth:`open`.
             ProxyAuthenticationRequired: as :meth:`open`.
             ProxyRefusedError: as :meth:`open`.
@@ -238,11 +237,9 @@ class ProxyTunnel:
             HandshakeError: the origin's handshake or certificate failed (-111).
             TimeoutError: the deadline expired; nothing is left open.
         """
-        authority = format_authority(host, port)
-        self._client_port.check_access(host.strip("[]"), port)
-        self._client_port._check_capacity()
+        authority, target = self._checked_target(host, port)
         with anyio.fail_after(self._timeout):
-            sock = await self._open(authority, host.strip("[]"))
+            sock = await self._open(authority, target)
             try:
                 await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
             except BaseException:
@@ -251,6 +248,20 @@ class ProxyTunnel:
             return sock
 
     # ------------------------------------------------------------------ internals
+
+    def _checked_target(self, host: str, port: int) -> tuple[str, str]:
+        """Validate ``host:port`` before anything is sent: ``(authority, host name)``.
+
+        Raises:
+            UsageError: a bad host or port.
+            AccessDeniedError: the client port's rules forbid the target.
+            PortLimitError: the client port's ``max_sockets`` is reached.
+        """
+        authority = format_authority(host, port)
+        target = host.strip("[]")
+        self._client_port.check_access(target, port)
+        self._client_port._check_capacity()
+        return authority, target
 
     async def _connect_proxy(self, target: str) -> Socket:
         url = self._url
@@ -324,11 +335,11 @@ class ProxyTunnel:
                             sock = await self._connect_proxy(target)
                         continue
                 logger.warning(
-                    "proxy %s refused CONNECT %s: %s", self._url.address, authority, reply.status
+                    "proxy %s refused CONNECT %s: %s", self._address, authority, reply.status
                 )
-                check_reply(reply, proxy=self._url.address)
+                check_reply(reply, proxy=self._address)
                 raise ProxyProtocolError(  # pragma: no cover - check_reply raised
-                    f"unexpected reply {reply.status}", proxy=self._url.address
+                    f"unexpected reply {reply.status}", proxy=self._address
                 )
         except BaseException:
             await sock.aclose()
@@ -359,8 +370,8 @@ class ProxyTunnel:
                 data = await sock.recv(RECEIVE_SIZE)
             except SocketResetError as exc:
                 raise ProxyProtocolError(
-                    f"proxy {self._url.address} reset the connection during CONNECT",
-                    proxy=self._url.address,
+                    f"proxy {self._address} reset the connection during CONNECT",
+                    proxy=self._address,
                 ) from exc
             reply = reader.feed(data) if data else reader.feed_eof()
         return reply
