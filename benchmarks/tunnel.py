@@ -35,7 +35,6 @@ import importlib.metadata
 import multiprocessing
 import os
 import platform
-import shutil
 import ssl
 import statistics
 import sys
@@ -310,10 +309,10 @@ def servers(cert_chain_pem: bytes) -> Iterator[tuple[int, int]]:
 def tinyproxy() -> Iterator[int | None]:
     """A real tinyproxy on a free loopback port (``None`` when it is not installed).
 
-    The launcher is the test-suite's (``tests/realproxies.py``) with one change: the
-    suite's ``LogLevel Info`` makes tinyproxy write and ``fsync`` its log ~8 times per
-    tunnel, which costs 10-90 ms per ``CONNECT`` on a busy disk -- a benchmark of the
-    disk, not of the clients. Here it logs errors only.
+    The launcher is the test-suite's (``tests/realproxies.py``), logging errors only: at
+    ``LogLevel Info`` tinyproxy writes and ``fsync``s its log ~8 times per tunnel, which
+    costs 10-90 ms per ``CONNECT`` on a busy disk -- a benchmark of the disk, not of the
+    clients.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     try:
@@ -321,34 +320,14 @@ def tinyproxy() -> Iterator[int | None]:
     except ImportError:
         yield None
         return
-    try:
-        binary = rp.find_binary("tinyproxy")
-    except BaseException as exc:  # pytest.skip() when the binary is missing
-        print(f"   tinyproxy unavailable: {exc}")
-        yield None
-        return
-    owner = "nobody" if os.geteuid() == 0 else None
-    workdir = rp._workdir("tinyproxy-bench", owner)
-    try:
-        port = rp.free_port()
-        lines = [
-            f"Port {port}",
-            "Listen 127.0.0.1",
-            "Timeout 60",
-            "MaxClients 200",
-            "Allow 127.0.0.1",
-            f'LogFile "{workdir}/tinyproxy.log"',
-            "LogLevel Error",
-            "DisableViaHeader Yes",
-        ]
-        if os.geteuid() == 0:
-            lines[:0] = ["User nobody", f"Group {rp._nobody_group()}"]
-        config = workdir / "tinyproxy.conf"
-        config.write_text("\n".join(lines) + "\n")
-        with rp._run("tinyproxy", [binary, "-d", "-c", str(config)], workdir, port):
-            yield port
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            proxy = stack.enter_context(rp.launch_tinyproxy(log_level="Error"))
+        except BaseException as exc:  # pytest.skip()/fail() when the binary is missing
+            print(f"   tinyproxy unavailable: {exc}")
+            yield None
+            return
+        yield proxy.port
 
 
 def tls_version(env: Env) -> str | None:

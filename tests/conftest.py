@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 import realproxies
 from realproxies import RealProxy
@@ -47,3 +49,17 @@ def tinyproxy() -> Iterator[RealProxy]:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every anyio test in this suite runs on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A throw-away CA for the loopback TLS peers of a test module."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate for localhost, 127.0.0.1 and ::1."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
+    return context

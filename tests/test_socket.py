@@ -30,18 +30,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
 def port(ca: trustme.CA) -> ClientPort:
     context = ssl.create_default_context()
     ca.configure_trust(context)
