@@ -270,3 +270,103 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
             assert name in sys.stdlib_module_names or name in allowed_third_party, (
                 f"{module} imports {name}"
             )
+
+
+# ------------------------------------------------------------------ cutting ahead
+# A scanner that finds several settled records cuts them all at once: with bytes methods
+# (the plan's fast cut) when the data allow it, else with a regex split. Both must give
+# exactly the oracle's records.
+
+
+@pytest.mark.parametrize(
+    ("tokens", "fast"),
+    [
+        pytest.param([b"\r\n", b"\n", b"|"], True, id="crlf-lf-bar"),
+        pytest.param([b"\r\n", b"\r"], True, id="ambig"),
+        pytest.param([b"\n", b"\r\n", b"--END--"], True, id="long-token"),
+        pytest.param([b"ab", b"bc"], False, id="overlapping"),
+        pytest.param([b"ab", b"ac"], True, id="shared-prefix"),
+        pytest.param([b"aa", b"ab"], False, id="self-prefix-overlap"),
+        pytest.param([bytes([b]) for b in range(255)], False, id="no-free-bytes"),
+    ],
+)
+def test_split_plan_uses_bytes_methods_unless_tokens_overlap(
+    tokens: list[bytes], fast: bool
+) -> None:
+    assert TokenSet(tokens).plan.fast is fast
+
+
+@st.composite
+def record_streams(draw: st.DrawFn) -> tuple[TokenSet, bytes, bool]:
+    """Many records ended by tokens; the data sometimes contain token bytes."""
+    tokens = TokenSet(draw(token_lists))
+    token_bytes = {b for token in tokens for b in token}
+    clean = draw(st.booleans())
+    alphabet = [b for b in b"abcdefgh" if not (clean and b in token_bytes)]
+    data = st.lists(st.sampled_from(alphabet), max_size=5).map(bytes)
+    records = draw(st.lists(st.tuples(data, st.sampled_from(tokens.tokens)), max_size=60))
+    stream = b"".join(body + token for body, token in records) + draw(data)
+    return tokens, stream, clean
+
+
+@settings(max_examples=400, deadline=None)
+@given(record_streams())
+def test_fast_cut_gives_the_regex_cut_or_declines(case: tuple[TokenSet, bytes, bool]) -> None:
+    tokens, stream, _ = case
+    plan = tokens.plan
+    if not plan.fast:
+        return
+    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), tokens.max_len)
+    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), tokens.max_len)
+    if fast is not None:
+        assert slow is not None
+        assert (list(fast), fast_end) == (list(slow), slow_end)
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pytest.param([b"\r\n", b"\n", b"|"], id="crlf-lf-bar"),
+        pytest.param([b"\r\n", b"\r"], id="ambig"),
+        pytest.param([b"\n", b"\r\n", b"--END--"], id="long-token"),
+        pytest.param([b";", b"|", b"\t", b"\x00"], id="single-bytes"),
+    ],
+)
+def test_fast_cut_takes_clean_records(tokens: list[bytes]) -> None:
+    """Data without token bytes: the fast cut answers, exactly as the regex does."""
+    token_set = TokenSet(tokens)
+    plan = token_set.plan
+    stream = b"".join(
+        bytes([0x61 + k % 26]) * (k % 7) + tokens[k % len(tokens)] for k in range(3000)
+    )
+    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), token_set.max_len)
+    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), token_set.max_len)
+    assert fast is not None and slow is not None
+    fast_records = list(fast)
+    assert (fast_records, fast_end) == (list(slow), slow_end)
+    assert len(fast_records) >= 2999  # only a record ending at the very end may wait
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_streams(), st.integers(1, 97), st.one_of(st.none(), st.integers(1, 9)))
+def test_scanner_many_records_match_oracle(
+    case: tuple[TokenSet, bytes, bool], chunk: int, max_bytes: int | None
+) -> None:
+    tokens, stream, _ = case
+    chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+    assert drive(chunks, tokens, max_bytes) == oracle(stream, tokens, max_bytes)
+
+
+def test_scanner_cuts_a_large_buffer_in_windows_within_the_limit() -> None:
+    """With a limit, records are cut a window at a time; none is over the limit."""
+    tokens = TokenSet([b"\r\n", b"\n", b"|"])
+    bodies = [bytes([0x41 + k % 26]) * (k % 50) for k in range(5000)]
+    stream = b"".join(body + tokens[k % 3] for k, body in enumerate(bodies))
+    scanner = Scanner()
+    scanner.feed(stream)
+    got = []
+    while (result := scanner.scan(tokens, 60, eof=False)) is not None:
+        got.append(result)
+        # Records cut ahead stay within one window of the limit (plus the shortest token).
+        assert scanner.ready_max <= 60
+    assert got == [Parsed(body, tokens[k % 3], k % 3 + 1) for k, body in enumerate(bodies)]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Final, NamedTuple
 
 from ._exceptions import UsageError
@@ -84,11 +84,13 @@ class TokenSet:
             longer than ``MAX_TOKEN_BYTES``.
     """
 
-    __slots__ = ("_prefixes", "max_len", "tokens")
+    __slots__ = ("_plan", "_prefixes", "max_len", "min_len", "tokens")
 
     tokens: tuple[bytes, ...]
     max_len: int
+    min_len: int
     _prefixes: frozenset[bytes]
+    _plan: _SplitPlan | None
 
     def __init__(self, tokens: Iterable[bytes]) -> None:
         if isinstance(tokens, (bytes, bytearray, memoryview, str)):
@@ -109,6 +111,8 @@ class TokenSet:
             raise UsageError("a token set needs at least one token")
         self.tokens = tuple(items)
         self.max_len = max(len(t) for t in items)
+        self.min_len = min(len(t) for t in items)
+        self._plan = None  # built when a scanner first cuts records ahead with this set
         self._prefixes = frozenset(t[:i] for t in items for i in range(1, len(t)))
 
     @classmethod
@@ -170,6 +174,14 @@ class TokenSet:
         body = "|".join(t.hex().upper() for t in self.tokens)
         return f"AMBIG|{body}" if self.has_prefixes else body
 
+    @property
+    def plan(self) -> _SplitPlan:
+        """How to cut many records at once with this set (built once, then shared)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _SplitPlan(self.tokens)
+        return plan
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -204,9 +216,109 @@ def as_token_set(tokens: TokenSet | Iterable[bytes] | str) -> TokenSet:
     return TokenSet(tokens)
 
 
+def _overlap(tokens: Iterable[bytes]) -> bool:
+    """True when a proper suffix of one token is a proper prefix of another.
+
+    ``b"ab"`` and ``b"bc"`` overlap: in ``b"abc"`` the rule picks ``b"ab"`` (it starts
+    first), which replacing ``b"bc"`` first would miss. Containment (``b"\\n"`` inside
+    ``b"\\r\\n"``) is harmless when longer tokens are replaced first.
+    """
+    items = list(tokens)
+    for u in items:
+        for v in items:
+            if u == v:
+                continue
+            for i in range(1, len(u)):
+                rest = u[i:]
+                if len(rest) < len(v) and v.startswith(rest):
+                    return True
+    return False
+
+
+class _SplitPlan:
+    """How a :class:`Scanner` cuts many records at once for one token set.
+
+    The general way is one regular-expression split (tokens longest first, so the leftmost
+    match is the earliest start, the longest at a tie). Python's regex engine steps
+    through every byte in its own loop, which costs several times what the ``bytes``
+    methods cost (they use ``memchr``). So when the bytes allow it the plan uses those:
+
+    1. every byte that occurs in any token is replaced by one *mark* byte (``replace``
+       of single bytes is a ``memchr`` loop), and ``split`` on the mark gives the runs of
+       bytes between token bytes;
+    2. ``translate`` with ``delete`` keeps only the token bytes, in order (the *codes*);
+       replacing each multi-byte token in that short string by a marker (a byte no token
+       uses; longest tokens first) gives one code per record;
+    3. every code must be a token, and the runs between the bytes of a multi-byte token
+       must be empty (its bytes were adjacent); then the records' data are exactly the
+       other runs. Otherwise a data byte is also a token byte (a lone ``\\r`` beside a
+       ``\\r\\n`` token, say), and the regex cuts these bytes instead.
+
+    Replacing token by token gives the rule's answer unless two multi-byte tokens overlap
+    (see :func:`_overlap`); such sets, and sets that leave too few free byte values, always
+    use the regex.
+    """
+
+    __slots__ = (
+        "delete",
+        "drop_table",
+        "fast",
+        "index_of",
+        "index_table",
+        "keep_table",
+        "mark",
+        "mask_replacements",
+        "pattern",
+        "replacements",
+        "split_bytes",
+        "token_of",
+        "token_of_code",
+        "trailing",
+        "valid",
+    )
+
+    def __init__(self, tokens: tuple[bytes, ...]) -> None:
+        by_length = sorted(tokens, key=len, reverse=True)
+        self.pattern = re.compile(b"(" + b"|".join(map(re.escape, by_length)) + b")")
+        index = {token: k + 1 for k, token in enumerate(tokens)}
+        self.index_of: Callable[[bytes], int] = index.__getitem__
+        self.token_of: Callable[[bytes], bytes] = {t: t for t in tokens}.__getitem__
+        multi = [token for token in by_length if len(token) > 1]
+        used = sorted({byte for token in tokens for byte in token})
+        free = [byte for byte in range(256) if byte not in used]
+        # One marker per multi-byte token, plus "keep" and "drop" for the mask.
+        self.fast = len(free) >= len(multi) + 2 and len(tokens) < 256 and not _overlap(multi)
+        if not self.fast:
+            multi = []  # the plan's fast-path tables stay empty; the regex cuts
+        markers = free[: len(multi)]
+        keep, drop = (free[len(multi)], free[len(multi) + 1]) if self.fast else (0, 0)
+        self.mark = bytes(used[:1])
+        self.split_bytes = [bytes((byte,)) for byte in used[1:]]
+        self.delete = bytes(byte for byte in range(256) if byte not in used)
+        self.replacements = [(t, bytes((m,))) for t, m in zip(multi, markers, strict=True)]
+        self.mask_replacements = [
+            (t, bytes((keep,)) + bytes((drop,)) * (len(t) - 1)) for t in multi
+        ]
+        self.keep_table = bytes(0 if byte == drop else 1 for byte in range(256))
+        self.drop_table = bytes(1 if byte == drop else 0 for byte in range(256))
+        codes = {token[0]: token for token in tokens if len(token) == 1}
+        codes.update(zip(markers, multi, strict=True))
+        self.valid = bytes(sorted(codes))
+        by_code = [codes.get(byte) for byte in range(256)]
+        # A list's __getitem__ is a fast C method (a tuple's goes through a slot wrapper).
+        self.token_of_code: Callable[[int], bytes] = by_code.__getitem__  # type: ignore[assignment]
+        # translate() gives each record's prsindx as one byte, which zip() yields as an int.
+        self.index_table = bytes(
+            0 if token is None or not self.fast else index[token] for token in by_code
+        )
+        #: Region endings that may be the start of a multi-byte token still arriving.
+        self.trailing = sorted(
+            {t[:i] for t in multi for i in range(1, len(t))}, key=len, reverse=True
+        )
+
+
 # Shared, never-mutated placeholders: a service may hold thousands of idle sockets.
 _NO_POSITIONS: Final[list[int]] = []
-_NO_INDEX: Final[dict[bytes, int]] = {}
 
 
 class Scanner:
@@ -228,8 +340,6 @@ class Scanner:
     __slots__ = (
         "_buf",
         "_found",
-        "_index",
-        "_pattern",
         "_pos",
         "_scan_from",
         "_searched",
@@ -253,10 +363,6 @@ class Scanner:
         # empty: every write indexes a position that a token set created).
         self._found: list[int] = _NO_POSITIONS
         self._searched: list[int] = _NO_POSITIONS
-        # Multi-token sets: a regex splitting on every token, longest first (so the
-        # leftmost match is the earliest start, the longest at a tie), and token -> prsindx.
-        self._pattern: re.Pattern[bytes] | None = None
-        self._index: dict[bytes, int] = _NO_INDEX  # replaced, never mutated
         #: Records already cut ahead, handed out by scan() (and by Socket.recv_parsed
         #: directly: ``next(ready, None)``) while the caller asks for ``ready_tokens``;
         #: their bytes lie before _pos. ``ready_max``: the longest data among them, so a
@@ -368,24 +474,25 @@ class Scanner:
         return buf[pos:end]
 
     def _cut_ahead(self, token: bytes, max_bytes: int | None) -> Parsed | None:
-        """Cut every complete record ended by ``token`` (the only token) at once."""
+        """Cut every complete record ended by ``token`` (the only token) at once.
+
+        Only a window of ``max_bytes + len(token)`` bytes is cut, so no record in it can
+        be over the limit: measuring every record instead costs more than the extra
+        calls (a window holds about a thousand small records).
+        """
         buf = self._as_bytes()
         pos = self._pos
-        parts = (buf[pos:] if pos else buf).split(token)
-        parts.pop()  # the unfinished tail
+        size = len(buf)
+        stop = size
+        if max_bytes is not None and pos + max_bytes + len(token) < size:
+            stop = pos + max_bytes + len(token)
+        parts = (buf[pos:stop] if pos or stop < size else buf).split(token)
+        tail = len(parts.pop())  # the unfinished tail
         if not parts:
             return None
+        end = stop - tail
         # The split found no token in the tail, so no token starts before `done`.
-        done = len(buf) - len(token) + 1
-        longest = max(map(len, parts))
-        if max_bytes is not None and longest > max_bytes:
-            # A record over the limit: cut up to it; scan() handles it on its own.
-            del parts[next(i for i, part in enumerate(parts) if len(part) > max_bytes) :]
-            if not parts:
-                return None
-            longest = max(map(len, parts))
-            done = 0
-        end = pos + sum(map(len, parts)) + len(token) * len(parts)
+        done = stop - len(token) + 1
         ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
         first = next(ready)
         self._pos = end
@@ -393,53 +500,125 @@ class Scanner:
         self._found[0] = -1
         self._searched[0] = done if done > end else end
         self.ready = ready
-        self.ready_max = longest
+        self.ready_max = end - pos if max_bytes is None else max_bytes
         self.ready_tokens = self._tokens
         return first
 
     def _cut_ahead_many(self, tokens: TokenSet, max_bytes: int | None) -> Parsed | None:
-        """Cut every record that is already settled, for a set of several tokens."""
-        pattern = self._pattern
-        if pattern is None:
-            by_length = sorted(tokens.tokens, key=len, reverse=True)
-            pattern = re.compile(b"(" + b"|".join(map(re.escape, by_length)) + b")")
-            self._pattern = pattern
-            self._index = {token: k + 1 for k, token in enumerate(tokens.tokens)}
+        """Cut every record that is already settled, for a set of several tokens.
+
+        As with one token, only a window of ``max_bytes`` + the shortest token is cut, so
+        no record in it is over the limit. ``None`` when no record in the window is
+        settled (the caller then takes the first record on its own).
+        """
+        plan = tokens.plan
         buf = self._as_bytes()
         pos = self._pos
         size = len(buf)
-        pieces = pattern.split(buf[pos:] if pos else buf)
-        end = size - len(pieces.pop())  # after the last token
-        datas = pieces[0::2]
-        seps = pieces[1::2]
-        # A token that ends near the end of the buffer might be the start of a longer one
-        # still arriving: leave those records to scan(), which waits or decides.
-        max_len = tokens.max_len
-        while seps and end - len(seps[-1]) + max_len > size:
-            end -= len(seps.pop()) + len(datas.pop())
-        if not seps:
-            return None
-        longest = max(map(len, datas))
-        if max_bytes is not None and longest > max_bytes:
-            cut = next(i for i, data in enumerate(datas) if len(data) > max_bytes)
-            del datas[cut:], seps[cut:]
-            if not datas:
+        stop = size
+        if max_bytes is not None and pos + max_bytes + tokens.min_len < size:
+            stop = pos + max_bytes + tokens.min_len
+        ready: Iterator[Parsed] | None = None
+        if plan.fast:
+            # Leave out the start of a multi-byte token still arriving: cut, it would
+            # look like a lone token byte and send the whole region to the regex.
+            for partial in plan.trailing:
+                if stop - len(partial) > pos and buf.startswith(
+                    partial, stop - len(partial), stop
+                ):
+                    stop -= len(partial)
+                    break
+            region = buf[pos:stop] if pos or stop < size else buf
+            ready, end = self._cut_fast(plan, region, stop, tokens.max_len)
+        else:
+            region = buf[pos:stop] if pos or stop < size else buf
+        if ready is None:
+            ready, end = self._cut_regex(plan, region, stop, tokens.max_len)
+            if ready is None:
                 return None
-            longest = max(map(len, datas))
-            end = pos + sum(map(len, datas)) + sum(map(len, seps))
-        canonical = {token: token for token in tokens.tokens}.__getitem__
-        index = self._index.__getitem__
-        ready = map(
-            _new_parsed,
-            repeat(Parsed),
-            zip(datas, map(canonical, seps), map(index, seps), strict=True),
-        )
         first = next(ready)
         self._pos = self._scan_from = end
         self.ready = ready
-        self.ready_max = longest
+        self.ready_max = end - pos if max_bytes is None else max_bytes
         self.ready_tokens = tokens
         return first
+
+    @staticmethod
+    def _cut_fast(
+        plan: _SplitPlan, region: bytes, stop: int, max_len: int
+    ) -> tuple[Iterator[Parsed] | None, int]:
+        """The ``bytes``-method cut (see :class:`_SplitPlan`); ``None`` if it cannot."""
+        split_region = region
+        for byte in plan.split_bytes:
+            split_region = split_region.replace(byte, plan.mark)
+        runs = split_region.split(plan.mark)
+        end = stop - len(runs.pop())  # after the last token
+        codes = region.translate(None, plan.delete)
+        per_record = codes
+        for token, marker in plan.replacements:
+            per_record = per_record.replace(token, marker)
+        if per_record.translate(None, plan.valid):
+            return None, 0  # a token byte in the data
+        datas: Iterable[bytes] = runs
+        if plan.replacements:
+            mask = codes
+            for token, replacement in plan.mask_replacements:
+                mask = mask.replace(token, replacement)
+            if any(compress(runs, mask.translate(plan.drop_table))):
+                return None, 0  # a multi-byte token's bytes were not adjacent
+            datas = compress(runs, mask.translate(plan.keep_table))
+        # A token that starts near the end might be the start of a longer one still
+        # arriving: leave those records to scan(), which waits or decides.
+        token_of = plan.token_of_code
+        count = len(per_record)
+        run = len(runs)
+        while count:
+            size = len(token_of(per_record[count - 1]))
+            if end - size + max_len <= stop:
+                break
+            count -= 1
+            run -= size
+            end -= size + len(runs[run])
+        if not count:
+            return None, 0
+        if count < len(per_record):
+            per_record = per_record[:count]
+        return (
+            map(
+                _new_parsed,
+                repeat(Parsed),
+                # The runs go on past the records left for scan(): stop with the codes.
+                zip(
+                    datas,
+                    map(token_of, per_record),
+                    per_record.translate(plan.index_table),
+                    strict=False,
+                ),
+            ),
+            end,
+        )
+
+    @staticmethod
+    def _cut_regex(
+        plan: _SplitPlan, region: bytes, stop: int, max_len: int
+    ) -> tuple[Iterator[Parsed] | None, int]:
+        """The general cut: one regex split over ``region`` (which ends at ``stop``)."""
+        pieces = plan.pattern.split(region)
+        end = stop - len(pieces.pop())  # after the last token
+        datas = pieces[0::2]
+        seps = pieces[1::2]
+        while seps and end - len(seps[-1]) + max_len > stop:
+            end -= len(seps.pop()) + len(datas.pop())
+        if not seps:
+            return None, 0
+        return (
+            map(
+                _new_parsed,
+                repeat(Parsed),
+                zip(datas, map(plan.token_of, seps), map(plan.index_of, seps), strict=True),
+            ),
+            end,
+        )
 
     def scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
         """Find the next record ended by one of ``tokens``.
@@ -471,7 +650,6 @@ class Scanner:
             self._found = [-1] * len(tokens.tokens)
             self._searched = [0] * len(tokens.tokens)
             self._scan_from = 0
-            self._pattern = None
         buf = self._buf
         pos = self._pos
         size = len(buf)
@@ -504,7 +682,9 @@ class Scanner:
             return self._cut_ahead(toks[0], max_bytes)
         if best >= 0 and best + tokens.max_len <= size:
             # No partial match can start at or before `best`: cut ahead.
-            return self._cut_ahead_many(tokens, max_bytes)
+            first = self._cut_ahead_many(tokens, max_bytes)
+            if first is not None:
+                return first
 
         # Earliest partial match at the end of the buffer (it could still complete).
         partial = -1
