@@ -429,3 +429,25 @@ async def test_socket_ssl_on_deadline_closes_the_socket(
             await sock.ssl_on(timeout=0.3)
         assert anyio.current_time() - start < 5
         assert sock.closed
+
+
+async def test_sockets_never_share_received_bytes(anyio_backend: str) -> None:
+    """Sockets that have received nothing share one empty buffer; the first byte gets a
+    socket its own, and a buffer given back when empty never carries bytes over."""
+    from janusnet._socket import _NO_BYTES_YET
+    from reliability import ScriptedStream
+
+    tokens = janusnet.ClientPort("SHARE", parse_tokens=[b"\r\n", b"|"])
+    first = janusnet.Socket(ScriptedStream([b"one|two\r\nrest"]), client_port=tokens)
+    second = janusnet.Socket(ScriptedStream([b"x|"]), client_port=tokens)
+    async with first, second:
+        assert first.pending == second.pending == 0
+        assert await first.recv_parsed() == (b"one", b"|", 2)
+        assert second.pending == 0
+        assert await second.recv_parsed() == (b"x", b"|", 2)
+        second._shed_scanner()  # empty: given back
+        first._shed_scanner()  # not empty: kept
+        assert await first.recv_parsed() == (b"two", b"\r\n", 1)
+        assert await first.recv_parsed() == (b"rest", None, 0)
+        assert await second.recv_parsed() == (b"", None, 0)
+    assert _NO_BYTES_YET.pending == 0 and _NO_BYTES_YET.ready is None

@@ -307,6 +307,23 @@ class ProxyReply:
         return tuple(value for key, value in self.headers if key.lower() == wanted)
 
 
+#: Replies seen recently, so equal replies share one (immutable) object: a proxy answers
+#: every CONNECT with the same few bytes, and a service may hold thousands of tunnels,
+#: each keeping its reply as ``sock.proxy_reply``. Bounded; cleared when full.
+_REPLIES: dict[ProxyReply, ProxyReply] = {}
+_MAX_SHARED_REPLIES: Final = 64
+
+
+def _shared_reply(reply: ProxyReply) -> ProxyReply:
+    shared = _REPLIES.get(reply)
+    if shared is not None:
+        return shared
+    if len(_REPLIES) >= _MAX_SHARED_REPLIES:
+        _REPLIES.clear()
+    _REPLIES[reply] = reply
+    return reply
+
+
 def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
     """Raise the proxy-specific error for a non-2xx reply.
 
@@ -483,7 +500,9 @@ class ConnectReplyReader:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers.raw_items()
         )
-        reply = ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
+        reply = _shared_reply(
+            ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
+        )
         tokens = {
             token.strip().lower()
             for value in (*reply.get_all("connection"), *reply.get_all("proxy-connection"))

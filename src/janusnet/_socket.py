@@ -85,6 +85,10 @@ TLS_FULL_RECORD: Final = 16384 - 256
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
 #: Default deadline for ``ssl_on()``'s handshake: asyncio's ``start_tls`` default.
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 60.0
+#: The buffer of every socket that has not received a byte yet, shared and never written
+#: to: ``_own_scanner()`` swaps in a socket's own before anything could change it. A
+#: service may hold thousands of idle tunnels (benchmarks/tunnel.py measures them).
+_NO_BYTES_YET: Final = Scanner()
 
 
 class SocketState(enum.Enum):
@@ -157,7 +161,8 @@ class Socket:
         port._acquire()
         self._port = port
         self._stream: ByteStream | None = stream
-        self._scanner = Scanner()
+        # Shared and empty until the first byte arrives: an idle tunnel has no buffer.
+        self._scanner = _NO_BYTES_YET
         self._held = b""  # bytes beyond the receive window (rare: kept immutable)
         self._allot: int | None = None
         self._eof = False
@@ -347,7 +352,8 @@ class Socket:
     def receive_window(self, limit: int | None) -> None:
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise UsageError("receive_window must be >= 0 or None")
-        data = self._scanner.take(self._scanner.pending) + self._held
+        scanner = self._own_scanner()
+        data = scanner.take(scanner.pending) + self._held
         self._held = b""
         self._allot = limit
         self._feed(data)
@@ -470,21 +476,36 @@ class Socket:
 
     # ------------------------------------------------------------------ receiving
 
+    def _own_scanner(self) -> Scanner:
+        """This socket's buffer, made on first use (see ``_NO_BYTES_YET``)."""
+        scanner = self._scanner
+        if scanner is _NO_BYTES_YET:
+            scanner = self._scanner = Scanner()
+        return scanner
+
+    def _shed_scanner(self) -> None:
+        """Give back an empty buffer, so an idle socket holds none (after CONNECT)."""
+        scanner = self._scanner
+        if scanner is not _NO_BYTES_YET and not scanner.pending:
+            self._scanner = _NO_BYTES_YET
+            self._ready = ()
+
     def _feed(self, data: bytes) -> None:
         allot = self._allot
+        scanner = self._own_scanner()
         if allot is None:
-            self._scanner.feed(data)
+            scanner.feed(data)
         elif len(data) <= allot:
-            self._scanner.feed(data)
+            scanner.feed(data)
             self._allot = allot - len(data)
         else:
-            self._scanner.feed(data[:allot])
+            scanner.feed(data[:allot])
             self._held += data[allot:]  # bytes + bytes: only past the window
             self._allot = 0
 
     def _unread(self, data: bytes) -> None:
         """Put bytes back in front of the buffer (they count as already received)."""
-        self._scanner.unread(data)
+        self._own_scanner().unread(data)
 
     @property
     def _at_end(self) -> bool:
@@ -561,7 +582,7 @@ class Socket:
         if max_bytes < 1:
             raise UsageError("max_bytes must be >= 1")
         self._check_receive()
-        scanner = self._scanner
+        scanner = self._own_scanner()
         while not scanner.pending:
             if self._at_end:
                 return b""
@@ -590,7 +611,7 @@ class Socket:
         if count < 0:
             raise UsageError("count must be >= 0")
         self._check_receive()
-        scanner = self._scanner
+        scanner = self._own_scanner()
         while scanner.pending < count:
             if self._at_end:
                 raise IncompleteReadError(scanner.take(scanner.pending), count)
@@ -644,7 +665,7 @@ class Socket:
         limit = self._port.max_parse_bytes if max_bytes is None else max_bytes
         if limit < 0:
             raise UsageError("max_bytes must be >= 0")
-        scanner = self._scanner
+        scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         while result is None:
             await self._fill()

@@ -323,6 +323,7 @@ class ProxyTunnel:
                 )
                 if 200 <= reply.status < 300:
                     sock._unread(reader.leftover)
+                    sock._shed_scanner()
                     sock.proxy_reply = reply
                     return sock
                 if reply.status == 407 and credentials and not answered:
