@@ -136,6 +136,50 @@ def test_tunnel_reply_split_anywhere_same_outcome(
     assert got == expected
 
 
+def read_reply(chunks: list[bytes], max_head_bytes: int) -> tuple[Any, ...]:
+    reader = ConnectReplyReader(max_head_bytes=max_head_bytes)
+    reply = None
+    try:
+        for chunk in chunks:
+            reply = reader.feed(chunk) or reply
+        reply = reply or reader.feed_eof()
+    except ProxyProtocolError:
+        return ("error",)
+    return (reply, reader.leftover)
+
+
+@PROPERTY
+@given(data=replies(), max_head_bytes=st.sampled_from([65536, 64, 200]))
+def test_reply_reader_reuses_a_known_head_only_when_h11_would_agree(
+    data: bytes, max_head_bytes: int
+) -> None:
+    """A 2xx head h11 parsed once is recognised by its bytes the next time: the outcome
+    must be the one h11 gives when it parses the same bytes one at a time."""
+    one_by_one = read_reply([bytes([b]) for b in data], max_head_bytes)
+    assert read_reply([data], max_head_bytes) == one_by_one  # may teach the head
+    assert read_reply([data], max_head_bytes) == one_by_one  # may reuse it
+    assert read_reply([data + b"more"], max_head_bytes)[0] == one_by_one[0] or (
+        one_by_one[0] == "error"
+    )
+
+
+def test_reply_reader_known_head_keeps_leftover_and_limits() -> None:
+    head = b"HTTP/1.1 200 Connection established\r\nVia: test\r\n\r\n"
+    first = ConnectReplyReader()
+    reply = first.feed(head)
+    assert reply is not None and reply.status == 200
+    second = ConnectReplyReader()
+    assert second.feed(head + b"\x16") is reply  # the same (immutable) reply
+    assert second.feed(b"\x03") is reply
+    assert second.feed_eof() is reply
+    assert second.leftover == b"\x16\x03"
+    with pytest.raises(UsageError):
+        second.feed(b"late")
+    small = ConnectReplyReader(max_head_bytes=len(head) - 1)
+    with pytest.raises(ProxyProtocolError, match="larger than max_head_bytes"):
+        small.feed(head)
+
+
 # --------------------------------------------------------------------------- Socket receives
 
 receive_ops = st.lists(

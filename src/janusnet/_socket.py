@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 from anyio.abc import SocketAttribute
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.streams.tls import TLSStream
 
 from ._exceptions import (
     BusyError,
@@ -58,6 +58,8 @@ from ._transport import (
     connect_tcp,
     kernel_pending,
     raise_handshake_error,
+    raw_socket_of,
+    ssl_object_of,
 )
 
 if TYPE_CHECKING:
@@ -177,7 +179,7 @@ class Socket:
         # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
-        self._raw_socket = stream.extra(SocketAttribute.raw_socket, None)
+        self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
         self.line_end: bytes = port.line_end
         self._tokens: TokenSet = port.tokens
@@ -716,7 +718,7 @@ class Socket:
         stream = self._stream
         if isinstance(stream, TLSStream):
             try:
-                return int(stream.extra(TLSAttribute.ssl_object).pending())
+                return int(ssl_object_of(stream).pending())
             except (anyio.TypedAttributeLookupError, ssl.SSLError):
                 return 0
         queue = getattr(getattr(stream, "_protocol", None), "read_queue", None)
@@ -782,13 +784,16 @@ class Socket:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         self._receiving = True
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
                 tls_stream = await self._handshake(stream, hostname, context)
+            else:
+                with anyio.fail_after(timeout):
+                    tls_stream = await self._handshake(stream, hostname, context)
         finally:
             self._receiving = False
         self._stream = tls_stream
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
-        ssl_object = tls_stream.extra(TLSAttribute.ssl_object)
+        ssl_object = ssl_object_of(tls_stream)
         self._server_hostname = hostname
         self._ssl_object = ssl_object
         if logger.isEnabledFor(logging.DEBUG):  # version()/cipher() are not free
