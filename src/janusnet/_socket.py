@@ -660,6 +660,12 @@ class Socket:
             # handed out here is always the next one.
             for record in self._ready:
                 return record
+        return await self._recv_parsed(tokens, max_bytes)
+
+    async def _recv_parsed(
+        self, tokens: TokenSet | Iterable[bytes] | str | None, max_bytes: int | None
+    ) -> Parsed:
+        """``recv_parsed`` beyond the records already cut (a separate, larger frame)."""
         self._ready = ()
         if self._receiving or self._stream is None:
             self._check_receive()
