@@ -26,8 +26,10 @@ is no quadratic rescanning of a growing buffer.
 
 Speed: the buffer is ``bytes`` plus a read offset, so a record costs one slice (the result)
 and no buffer shuffling. Once the next record is known to be settled, every settled record
-in the buffer is cut at once in C (``bytes.split`` for one token, a regex split for several)
-and handed out one per call; the ``Parsed`` tuples are built lazily as they are handed out.
+in a window of one limit's worth of bytes is cut at once in C (``bytes.split`` for one
+token; for several, ``bytes`` methods when the data allow it, else a regex split: see
+:class:`_SplitPlan`) and handed out one per call; the ``Parsed`` tuples are built lazily as
+they are handed out. No record in the window can be over the limit, so none is measured.
 """
 
 from __future__ import annotations
