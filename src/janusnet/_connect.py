@@ -318,8 +318,12 @@ _MAX_SHARED_REPLIES: Final = 64
 _KNOWN_HEADS: dict[bytes, ProxyReply] = {}
 
 
+#: Longer heads are parsed every time (proxies send ~40-200 bytes; this bounds the cache).
+_MAX_KNOWN_HEAD: Final = 2048
+
+
 def _remember_head(head: bytes, reply: ProxyReply) -> None:
-    if head.endswith(b"\r\n\r\n") and head.find(b"\r\n\r\n") == len(head) - 4:
+    if len(head) <= _MAX_KNOWN_HEAD and head.endswith(b"\r\n\r\n") and head.find(b"\r\n\r\n") == len(head) - 4:
         if len(_KNOWN_HEADS) >= _MAX_SHARED_REPLIES:
             _KNOWN_HEADS.clear()
         _KNOWN_HEADS[head] = reply

@@ -64,14 +64,11 @@ except ImportError:  # pragma: no cover - Windows
 _unpack_int = struct.Struct("i").unpack
 
 
+#: connect() on a non-blocking socket: "started". (Linux's EAGAIN, equal to EWOULDBLOCK
+#: there, is a real failure for TCP: no free local port.)
 _IN_PROGRESS: Final = frozenset(
     code
-    for code in (
-        errno.EINPROGRESS,
-        errno.EWOULDBLOCK,
-        errno.EAGAIN,
-        getattr(errno, "WSAEWOULDBLOCK", None),
-    )
+    for code in (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", None))
     if code is not None
 )
 _wait_writable: Any = getattr(anyio, "wait_writable", None)  # anyio >= 4.7
