@@ -323,7 +323,8 @@ _MAX_KNOWN_HEAD: Final = 2048
 
 
 def _remember_head(head: bytes, reply: ProxyReply) -> None:
-    if len(head) <= _MAX_KNOWN_HEAD and head.endswith(b"\r\n\r\n") and head.find(b"\r\n\r\n") == len(head) - 4:
+    end = head.find(b"\r\n\r\n") + 4
+    if 4 <= end == len(head) <= _MAX_KNOWN_HEAD:
         if len(_KNOWN_HEADS) >= _MAX_SHARED_REPLIES:
             _KNOWN_HEADS.clear()
         _KNOWN_HEADS[head] = reply
