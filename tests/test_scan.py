@@ -293,7 +293,7 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
 def test_split_plan_uses_bytes_methods_unless_tokens_overlap(
     tokens: list[bytes], fast: bool
 ) -> None:
-    assert TokenSet(tokens).plan.fast is fast
+    assert TokenSet(tokens)._split_plan.fast is fast
 
 
 @st.composite
@@ -313,7 +313,7 @@ def record_streams(draw: st.DrawFn) -> tuple[TokenSet, bytes, bool]:
 @given(record_streams())
 def test_fast_cut_gives_the_regex_cut_or_declines(case: tuple[TokenSet, bytes, bool]) -> None:
     tokens, stream, _ = case
-    plan = tokens.plan
+    plan = tokens._split_plan
     if not plan.fast:
         return
     fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), tokens.max_len)
@@ -335,7 +335,7 @@ def test_fast_cut_gives_the_regex_cut_or_declines(case: tuple[TokenSet, bytes, b
 def test_fast_cut_takes_clean_records(tokens: list[bytes]) -> None:
     """Data without token bytes: the fast cut answers, exactly as the regex does."""
     token_set = TokenSet(tokens)
-    plan = token_set.plan
+    plan = token_set._split_plan
     stream = b"".join(
         bytes([0x61 + k % 26]) * (k % 7) + tokens[k % len(tokens)] for k in range(3000)
     )

@@ -177,7 +177,7 @@ class TokenSet:
         return f"AMBIG|{body}" if self.has_prefixes else body
 
     @property
-    def plan(self) -> _SplitPlan:
+    def _split_plan(self) -> _SplitPlan:
         """How to cut many records at once with this set (built once, then shared)."""
         plan = self._plan
         if plan is None:
@@ -513,7 +513,7 @@ class Scanner:
         no record in it is over the limit. ``None`` when no record in the window is
         settled (the caller then takes the first record on its own).
         """
-        plan = tokens.plan
+        plan = tokens._split_plan
         buf = self._as_bytes()
         pos = self._pos
         size = len(buf)
