@@ -680,8 +680,11 @@ class Scanner:
         if max_bytes is not None and best - pos > max_bytes:
             best = -1
         if best >= 0 and len(toks) == 1:
-            # One token: no partial match can start before a complete one.
-            return self._cut_ahead(toks[0], max_bytes)
+            # One token: no partial match can start before a complete one. (The record at
+            # `best` always fits in the window; the general path below would also do.)
+            first = self._cut_ahead(toks[0], max_bytes)
+            if first is not None:
+                return first
         if best >= 0 and best + tokens.max_len <= size:
             # No partial match can start at or before `best`: cut ahead.
             first = self._cut_ahead_many(tokens, max_bytes)
