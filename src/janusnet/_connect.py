@@ -307,37 +307,20 @@ class ProxyReply:
         return tuple(value for key, value in self.headers if key.lower() == wanted)
 
 
-#: Replies seen recently, so equal replies share one (immutable) object: a proxy answers
-#: every CONNECT with the same few bytes, and a service may hold thousands of tunnels,
-#: each keeping its reply as ``sock.proxy_reply``. Bounded; cleared when full.
-_REPLIES: dict[ProxyReply, ProxyReply] = {}
-_MAX_SHARED_REPLIES: Final = 64
-
-
-#: 2xx reply heads h11 parsed (exact bytes -> reply); see ConnectReplyReader._known_head.
+#: 2xx reply heads h11 parsed (exact bytes -> reply; see ConnectReplyReader._known_head).
+#: A proxy answers every CONNECT with the same few bytes, so tunnels through it also share
+#: one immutable ``ProxyReply`` (memory per idle tunnel). At most 64 heads of <= 2 KiB.
 _KNOWN_HEADS: dict[bytes, ProxyReply] = {}
-
-
-#: Longer heads are parsed every time (proxies send ~40-200 bytes; this bounds the cache).
+_MAX_KNOWN_HEADS: Final = 64
 _MAX_KNOWN_HEAD: Final = 2048
 
 
 def _remember_head(head: bytes, reply: ProxyReply) -> None:
     end = head.find(b"\r\n\r\n") + 4
     if 4 <= end == len(head) <= _MAX_KNOWN_HEAD:
-        if len(_KNOWN_HEADS) >= _MAX_SHARED_REPLIES:
+        if len(_KNOWN_HEADS) >= _MAX_KNOWN_HEADS:
             _KNOWN_HEADS.clear()
         _KNOWN_HEADS[head] = reply
-
-
-def _shared_reply(reply: ProxyReply) -> ProxyReply:
-    shared = _REPLIES.get(reply)
-    if shared is not None:
-        return shared
-    if len(_REPLIES) >= _MAX_SHARED_REPLIES:
-        _REPLIES.clear()
-    _REPLIES[reply] = reply
-    return reply
 
 
 def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
@@ -469,22 +452,20 @@ class ConnectReplyReader:
             self._received += len(data)
             self._shortcut_leftover += bytes(data)
             return self._reply
-        if not self._received and data:
+        first = not self._received
+        if first and data:
             reply = self._known_head(bytes(data))
             if reply is not None:
                 return reply
         if data:  # h11 reads b"" as end-of-file
-            first = not self._received
             self._received += len(data)
             self._conn.receive_data(bytes(data))
-            if first and self._reply is None:
-                reply = self._advance()
-                if reply is not None and 200 <= reply.status < 300:
-                    _remember_head(bytes(data[: self._head_bytes]), reply)
-                return reply
-        if self._reply is None:
-            return self._advance()
-        return self._reply
+        if self._reply is not None:
+            return self._reply
+        reply = self._advance()
+        if first and reply is not None and 200 <= reply.status < 300:
+            _remember_head(bytes(data[: self._head_bytes]), reply)
+        return reply
 
     def _known_head(self, data: bytes) -> ProxyReply | None:
         """The reply for a 2xx head that h11 already parsed, byte for byte, if it is one.
@@ -564,9 +545,7 @@ class ConnectReplyReader:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers.raw_items()
         )
-        reply = _shared_reply(
-            ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
-        )
+        reply = ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
         tokens = {
             token.strip().lower()
             for value in (*reply.get_all("connection"), *reply.get_all("proxy-connection"))
