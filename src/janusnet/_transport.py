@@ -93,7 +93,7 @@ async def open_tcp(host: str, port: int) -> ByteStream:
         infos = _stdsocket.getaddrinfo(
             address, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_NUMERICHOST
         )
-    except (OSError, UnicodeError):  # a name (or something only connect_tcp can judge)
+    except (OSError, UnicodeError, ValueError):  # a name, or for connect_tcp to judge
         infos = []
     if len(infos) != 1 or _from_socket is None or _wait_writable is None:
         return await anyio.connect_tcp(address, port)
