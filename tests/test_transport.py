@@ -22,6 +22,10 @@ async def greet(stream: Any) -> None:
     await anyio.sleep(0.5)
 
 
+@pytest.mark.skipif(
+    not hasattr(anyio.abc.SocketStream, "from_socket"),
+    reason="anyio < 4.10 has no SocketStream.from_socket(): connect_tcp is used",
+)
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]"])
 async def test_ip_address_connects_without_connect_tcp(
     anyio_backend: str, host: str, monkeypatch: pytest.MonkeyPatch

@@ -72,7 +72,7 @@ _IN_PROGRESS: Final = frozenset(
     if code is not None
 )
 _wait_writable: Any = getattr(anyio, "wait_writable", None)  # anyio >= 4.7
-_from_socket: Any = getattr(SocketStream, "from_socket", None)  # anyio >= 4.8
+_from_socket: Any = getattr(SocketStream, "from_socket", None)  # anyio >= 4.10
 
 
 async def open_tcp(host: str, port: int) -> ByteStream:
