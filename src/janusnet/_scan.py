@@ -475,6 +475,19 @@ class Scanner:
         self._pos = self._scan_from = end
         return buf[pos:end]
 
+    def _window(self, max_bytes: int | None, token_len: int) -> tuple[bytes, int, int]:
+        """The buffer, the read offset and the end of the window to cut records from.
+
+        A window of ``max_bytes + token_len`` bytes cannot hold a record over the limit
+        (its token at least ``token_len`` long), so records cut from it need no measuring.
+        """
+        buf = self._as_bytes()
+        pos = self._pos
+        stop = len(buf)
+        if max_bytes is not None and pos + max_bytes + token_len < stop:
+            stop = pos + max_bytes + token_len
+        return buf, pos, stop
+
     def _cut_ahead(self, token: bytes, max_bytes: int | None) -> Parsed | None:
         """Cut every complete record ended by ``token`` (the only token) at once.
 
@@ -482,13 +495,8 @@ class Scanner:
         be over the limit: measuring every record instead costs more than the extra
         calls (a window holds about a thousand small records).
         """
-        buf = self._as_bytes()
-        pos = self._pos
-        size = len(buf)
-        stop = size
-        if max_bytes is not None and pos + max_bytes + len(token) < size:
-            stop = pos + max_bytes + len(token)
-        parts = (buf[pos:stop] if pos or stop < size else buf).split(token)
+        buf, pos, stop = self._window(max_bytes, len(token))
+        parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
         tail = len(parts.pop())  # the unfinished tail
         if not parts:
             return None
@@ -514,13 +522,7 @@ class Scanner:
         settled (the caller then takes the first record on its own).
         """
         plan = tokens._split_plan
-        buf = self._as_bytes()
-        pos = self._pos
-        size = len(buf)
-        stop = size
-        if max_bytes is not None and pos + max_bytes + tokens.min_len < size:
-            stop = pos + max_bytes + tokens.min_len
-        ready: Iterator[Parsed] | None = None
+        buf, pos, stop = self._window(max_bytes, tokens.min_len)
         if plan.fast:
             # Leave out the start of a multi-byte token still arriving: cut, it would
             # look like a lone token byte and send the whole region to the regex.
@@ -530,10 +532,8 @@ class Scanner:
                 ):
                     stop -= len(partial)
                     break
-            region = buf[pos:stop] if pos or stop < size else buf
-            ready, end = self._cut_fast(plan, region, stop, tokens.max_len)
-        else:
-            region = buf[pos:stop] if pos or stop < size else buf
+        region = buf[pos:stop] if pos or stop < len(buf) else buf
+        ready, end = self._cut_fast(plan, region, stop, tokens.max_len) if plan.fast else (None, 0)
         if ready is None:
             ready, end = self._cut_regex(plan, region, stop, tokens.max_len)
             if ready is None:
