@@ -53,6 +53,13 @@ def starttls_handler(server_context: ssl.SSLContext, *, inject: bytes = b"", lat
     return handler
 
 
+async def ask_starttls(sock: Socket) -> None:
+    """Read the greeting, ask for STARTTLS and read the go-ahead (no TLS yet)."""
+    await sock.recv_parsed()
+    await sock.send_line("STARTTLS")
+    await sock.recv_parsed()
+
+
 async def test_socket_ssl_on_after_plain_exchange(
     anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
 ) -> None:
@@ -191,9 +198,7 @@ async def test_socket_ssl_on_twice_is_other_error(
 ) -> None:
     async with serve(starttls_handler(server_context)) as number:
         async with await Socket.connect("localhost", number, client_port=port) as sock:
-            await sock.recv_parsed()
-            await sock.send_line("STARTTLS")
-            await sock.recv_parsed()
+            await ask_starttls(sock)
             await sock.ssl_on()
             with pytest.raises(SSLOnOtherError) as info:
                 await sock.ssl_on()
@@ -217,9 +222,7 @@ async def test_socket_ipv6_loopback_verifies_ip_san(
     async with serve(starttls_handler(server_context), host="::1") as number:
         async with await Socket.connect("::1", number, client_port=port) as sock:
             assert sock.remote_address is not None and sock.remote_address[0] == "::1"
-            await sock.recv_parsed()
-            await sock.send_line("STARTTLS")
-            await sock.recv_parsed()
+            await ask_starttls(sock)
             await sock.ssl_on()
             assert sock.tls is not None and sock.tls.server_hostname == "::1"
 
@@ -378,9 +381,7 @@ async def test_socket_ssl_on_accepts_fully_qualified_name_with_final_dot(
 ) -> None:
     async with serve(starttls_handler(server_context)) as number:
         async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
-            await sock.recv_parsed()
-            await sock.send_line("STARTTLS")
-            await sock.recv_parsed()
+            await ask_starttls(sock)
             await sock.ssl_on(server_hostname="localhost.")
             assert sock.tls is not None
             await sock.send_line("dot")
@@ -401,9 +402,7 @@ async def test_socket_ssl_on_leaves_caller_context_untouched(
     )
     async with serve(starttls_handler(server_context)) as number:
         async with await Socket.connect("localhost", number, client_port=port) as sock:
-            await sock.recv_parsed()
-            await sock.send_line("STARTTLS")
-            await sock.recv_parsed()
+            await ask_starttls(sock)
             await sock.ssl_on()
     after = (
         context.options,
