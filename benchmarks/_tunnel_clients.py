@@ -17,12 +17,19 @@ reuse), ``max_connections=None``; it checks the status and body rather than raw 
 (that is its API). For idle memory, httpcore cannot open a connection without a request:
 its "idle tunnel" is a pooled keep-alive connection after one request to ``/keep``.
 python-socks uses ``python_socks.async_.asyncio.v2.Proxy.connect(dest_ssl=...)``.
+
+``floor`` is not a library: the least an anyio program can do per tunnel -- a non-blocking
+socket, ``anyio.wait_readable``/``wait_writable`` and ``ssl.SSLSocket`` on the same file
+descriptor (OpenSSL reads and writes the socket itself: no transport, no stream layers, no
+memory BIOs), with no error mapping, deadlines or limits. It shows how much of a ratio
+any anyio-based client could reach on the machine at hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -263,6 +270,99 @@ async def python_socks_client(env: Env) -> AsyncIterator[Handle]:
     yield Handle(fetch, open_idle)
 
 
+# -- the floor: non-blocking socket + ssl.SSLSocket, anyio only to wait ----------------------
+
+
+async def _fd_recv(sock: socket.socket, size: int) -> bytes:
+    while True:
+        try:
+            return sock.recv(size)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            await anyio.wait_readable(sock)
+        except ssl.SSLWantWriteError:
+            await anyio.wait_writable(sock)
+
+
+async def _fd_sendall(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            await anyio.wait_writable(sock)
+        except ssl.SSLWantReadError:
+            await anyio.wait_readable(sock)
+
+
+@contextlib.asynccontextmanager
+async def floor_client(env: Env) -> AsyncIterator[Handle]:
+    connect_request = env.connect_request
+    request = env.request()
+
+    async def establish() -> ssl.SSLSocket:
+        raw = socket.socket()
+        try:
+            raw.setblocking(False)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.connect_ex((env.proxy_host, env.proxy_port))
+            await anyio.wait_writable(raw)
+            await _fd_sendall(raw, connect_request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                more = await _fd_recv(raw, READ_SIZE)
+                if not more:
+                    raise WrongResponse("the proxy closed before its reply head")
+                head += more
+            _check_connect_head(head)
+            if not head.endswith(b"\r\n\r\n"):
+                raise WrongResponse("bytes after the CONNECT reply")
+            tls = env.context.wrap_socket(
+                raw, server_hostname=env.origin_host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    return tls
+                except ssl.SSLWantReadError:
+                    await anyio.wait_readable(tls)
+                except ssl.SSLWantWriteError:
+                    await anyio.wait_writable(tls)
+        except BaseException:
+            tls.close()
+            raise
+
+    async def fetch() -> None:
+        tls = await establish()
+        try:
+            await _fd_sendall(tls, request)
+            chunks = []
+            while True:
+                try:
+                    data = await _fd_recv(tls, READ_SIZE)
+                except ssl.SSLEOFError:  # the origin closes without close_notify
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            tls.close()
+        _check(b"".join(chunks))
+
+    async def open_idle() -> Close:
+        tls = await establish()
+
+        async def close() -> None:
+            tls.close()
+
+        return close
+
+    yield Handle(fetch, open_idle)
+
+
 #: name -> (factory, anyio backend)
 CLIENTS: dict[str, tuple[ClientFactory, str]] = {
     "asyncio (hand-written)": (asyncio_client, "asyncio"),
@@ -271,6 +371,7 @@ CLIENTS: dict[str, tuple[ClientFactory, str]] = {
     "anyio (hand-written)": (anyio_client, "asyncio"),
     "python-socks (asyncio v2)": (python_socks_client, "asyncio"),
     "httpcore AsyncHTTPProxy": (httpcore_client, "asyncio"),
+    "floor: fd + SSLSocket (asyncio)": (floor_client, "asyncio"),
 }
 
 assert KEEP_RESPONSE.endswith(BODY)

@@ -1,17 +1,19 @@
 """The TCP hop itself: IP addresses connect without anyio's happy-eyeballs task group,
-names keep it; failures close the socket and name the address."""
+names keep it; failures close the socket and name the address; the direct stream
+(:class:`FdStream`) behaves as anyio's own socket streams do."""
 
 from __future__ import annotations
 
 import gc
 import socket
+import struct
 from typing import Any, NoReturn
 
 import anyio
 import pytest
 
 import janusnet
-from janusnet._transport import open_tcp
+from janusnet._transport import FdStream, open_tcp
 from loopback import serve
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +95,99 @@ async def test_cancelled_connect_leaves_nothing_open(anyio_backend: str) -> None
             await open_tcp("127.0.0.1", port)
         assert scope.cancelled_caught
     gc.collect()
+
+
+# -- FdStream: the stream an IP-address connect gives ----------------------------------------
+
+
+async def echo_until_eof(stream: Any) -> None:
+    chunks = []
+    try:
+        while True:
+            chunks.append(await stream.receive())
+    except anyio.EndOfStream:
+        pass
+    await stream.send(b"".join(chunks))
+
+
+async def test_direct_stream_carries_bulk_both_ways_with_backpressure(anyio_backend: str) -> None:
+    """8 MiB out (more than the socket buffers: send() waits for the peer to read), the
+    half-close reaches the peer, all of it comes back, then EOF."""
+    payload = bytes(range(256)) * (8 * 4096)
+    async with serve(echo_until_eof) as port:
+        stream = await open_tcp("127.0.0.1", port)
+        assert isinstance(stream, FdStream)
+        async with stream:
+            await stream.send(payload)
+            await stream.send_eof()
+            got = bytearray()
+            with anyio.fail_after(10):
+                try:
+                    while True:
+                        got += await stream.receive()
+                except anyio.EndOfStream:
+                    pass
+            assert got == payload
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+
+
+async def test_direct_stream_refuses_a_second_receiver_and_wakes_on_close(
+    anyio_backend: str,
+) -> None:
+    async with serve(greet) as port:
+        stream = await open_tcp("127.0.0.1", port)
+        assert await stream.receive() == b"hello\r\n"
+        outcome: list[type[BaseException]] = []
+
+        async def waiter() -> None:
+            try:
+                await stream.receive()
+            except Exception as exc:
+                outcome.append(type(exc))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(anyio.BusyResourceError):
+                    await stream.receive()
+                await stream.aclose()  # the waiter must not hang on a closed socket
+        assert outcome == [anyio.ClosedResourceError]
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.receive()
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")
+
+
+async def test_cancelled_receive_takes_nothing(anyio_backend: str) -> None:
+    async def late(stream: Any) -> None:
+        await anyio.sleep(0.3)
+        await stream.send(b"late\r\n")
+        await anyio.sleep(0.5)
+
+    async with serve(late) as port, await open_tcp("127.0.0.1", port) as stream:
+        with anyio.move_on_after(0.05) as scope:
+            await stream.receive()
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            assert await stream.receive() == b"late\r\n"
+
+
+async def test_reset_peer_is_a_broken_resource(anyio_backend: str) -> None:
+    async def reset(stream: Any) -> None:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async with serve(reset) as port, await open_tcp("127.0.0.1", port) as stream:
+        await anyio.sleep(0.2)  # the reset has arrived
+        with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError) as broken:
+            await stream.receive()
+        assert isinstance(broken.value.__cause__, ConnectionResetError)
+
+
+async def test_direct_stream_typed_attributes(anyio_backend: str) -> None:
+    async with serve(greet) as port, await open_tcp("127.0.0.1", port) as stream:
+        assert stream.extra(anyio.abc.SocketAttribute.remote_address) == ("127.0.0.1", port)
+        assert stream.extra(anyio.abc.SocketAttribute.remote_port) == port
+        assert stream.extra(anyio.abc.SocketAttribute.family) == socket.AF_INET

@@ -53,13 +53,13 @@ from ._tls import TLSInfo, default_ssl_context
 from ._transport import (
     QUICKACK,
     TRANSPORT_READ,
-    WideReceive,
     allowed_addresses,
     connect_tcp,
     kernel_pending,
     raise_handshake_error,
     raw_socket_of,
     ssl_object_of,
+    wide,
 )
 
 if TYPE_CHECKING:
@@ -706,7 +706,7 @@ class Socket:
         """TLS over ``stream``; on any failure the socket is closed and the error mapped."""
         try:
             return await TLSStream.wrap(
-                WideReceive(stream),
+                wide(stream),
                 server_side=False,
                 # Brackets belong to URLs, and a fully-qualified name's final dot is
                 # neither sent as SNI (RFC 6066 §3) nor found in certificates.
