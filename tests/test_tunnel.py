@@ -435,3 +435,42 @@ async def test_tunnel_proxy_connect_timeout_is_timeout_error(anyio_backend: str)
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        b'Digest realm="r\x85", nonce="n"',  # a C1 control byte (obs-text on the wire)
+        b'Digest realm="r", nonce="n", opaque="o\x9b"',
+        b'Digest realm="r", nonce="n\x01"',
+    ],
+    ids=["c1-in-realm", "c1-in-opaque", "c0-in-nonce"],
+)
+async def test_tunnel_unanswerable_digest_echo_is_407_not_usage_error(
+    anyio_backend: str, challenge: bytes
+) -> None:
+    """A challenge whose echoed parameters janusnet would refuse to send is a 407 it cannot
+    answer, not a usage error of the caller's."""
+    from loopback import serve
+
+    heads: list[bytes] = []
+
+    async def refuse(stream: anyio.abc.ByteStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive()
+        heads.append(head)
+        await stream.send(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: "
+            + challenge
+            + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+        await anyio.sleep(1)
+
+    async with serve(refuse) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=("alice", PASSWORD))
+        with anyio.fail_after(5), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("localhost", 443)
+    assert info.value.status == 407
+    assert info.value.challenges
+    assert len(heads) == 1  # the first CONNECT (preemptive Basic); no Digest answer followed

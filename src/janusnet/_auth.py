@@ -158,15 +158,19 @@ def digest_supported(challenge: Challenge) -> bool:
 
     Returns:
         True for a Digest challenge with a realm, a nonce, a supported algorithm and
-        either no ``qop`` or one that includes ``auth``.
+        either no ``qop`` or one that includes ``auth``, whose echoed parameters (realm,
+        nonce, opaque, algorithm) hold no control characters and fit in latin-1: a proxy
+        cannot make janusnet send a header it would refuse to send.
     """
     qops = _qop_options(challenge)
+    params = challenge.params
     return (
         challenge.scheme == "digest"
-        and "realm" in challenge.params
-        and "nonce" in challenge.params
+        and "realm" in params
+        and "nonce" in params
         and _algorithm(challenge).removesuffix("-sess") in _DIGEST_HASHES
         and (not qops or "auth" in qops)
+        and all(_echoable(params[name]) for name in _ECHOED if name in params)
     )
 
 
@@ -193,8 +197,20 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+#: Challenge parameters that go back to the proxy in the answer.
+_ECHOED: Final = ("realm", "nonce", "opaque", "algorithm")
+
+
+def _has_control(value: str) -> bool:
+    return any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value)
+
+
+def _echoable(value: str) -> bool:
+    return not _has_control(value) and (value.isascii() or max(value) <= "\xff")
+
+
 def _check_text(value: str, what: str) -> None:
-    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
+    if _has_control(value):
         raise UsageError(f"the Digest {what} contains a control character")
 
 
@@ -245,6 +261,9 @@ def digest_proxy_authorization(
     qops = _qop_options(challenge)
     if qops and "auth" not in qops:
         raise UsageError(f"unsupported Digest qop {params['qop']!r}: only 'auth' is supported")
+    for name in _ECHOED:
+        if name in params and not _echoable(params[name]):
+            raise UsageError(f"the Digest challenge's {name} cannot be echoed in a header")
     if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_NONCE_COUNT:
         raise UsageError("nc must be an int in 1-0xFFFFFFFF")
     if cnonce is None:
