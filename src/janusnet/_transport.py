@@ -357,8 +357,13 @@ def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
     handler would otherwise keep the traceback, and with it the failed socket, alive.
     """
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
-        logger.warning("TLS handshake with %s failed: %s", hostname, str(exc))
-        raise HandshakeError(f"TLS handshake with {hostname} failed: {exc}") from exc
+        reason = str(exc) or (
+            "the peer closed the connection"
+            if isinstance(exc, anyio.EndOfStream)
+            else type(exc).__name__
+        )
+        logger.warning("TLS handshake with %s failed: %s", hostname, reason)
+        raise HandshakeError(f"TLS handshake with {hostname} failed: {reason}") from exc
     if isinstance(exc, anyio.BrokenResourceError):
         cause = exc.__cause__
         if cause is None or isinstance(cause, ssl.SSLError):
