@@ -1653,3 +1653,28 @@ def test_choose_challenge(header: str, expected: tuple[str, str | None] | None) 
         return
     assert chosen is not None
     assert (chosen.scheme, chosen.params.get("algorithm")) == expected
+
+
+@pytest.mark.parametrize(
+    ("version", "reusable"),
+    [("1.0", False), ("1.1", True), ("1.2", True), ("1.9", True)],
+)
+def test_reply_reader_higher_minor_version_reads_as_1_1(version: str, reusable: bool) -> None:
+    """RFC 9110 §2.5: a higher 1.x is processed as the highest minor version we speak
+    (1.1: persistent by default); the version stays as the proxy sent it."""
+    data = (
+        f"HTTP/{version} 407 Proxy Authentication Required\r\n"
+        'Proxy-Authenticate: Basic realm="r"\r\nContent-Length: 0\r\n\r\n'
+    ).encode()
+    reply, reader = read_reply(data, step=5)
+    assert reply is not None
+    assert reply.http_version == version
+    assert reader.drain_body() is True
+    assert reader.reusable is reusable
+
+
+@pytest.mark.parametrize("version", ["2", "2.0", "0.9", "3.0"])
+def test_reply_reader_refuses_other_major_versions(version: str) -> None:
+    reader = ConnectReplyReader()
+    with pytest.raises(ProxyProtocolError):
+        reader.feed(f"HTTP/{version} 200 OK\r\n\r\n".encode())

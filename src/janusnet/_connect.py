@@ -291,7 +291,9 @@ class ProxyReply:
     Attributes:
         status: the status code.
         reason: the reason phrase, possibly empty.
-        http_version: ``"1.0"`` or ``"1.1"``.
+        http_version: the version the proxy sent, ``"1.0"`` or ``"1.1"``; a higher
+            ``1.x`` is kept as sent and read as 1.1 (RFC 9110 §2.5); other major
+            versions are refused.
         headers: ``(name, value)`` pairs in received order, names in received case,
             decoded as latin-1; obs-fold continuation lines are already unfolded.
     """
