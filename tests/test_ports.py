@@ -241,3 +241,35 @@ async def test_max_sockets_released_by_failed_handshake(anyio_backend: str) -> N
         with pytest.raises(HandshakeError):
             await Socket.connect("localhost", number, client_port=capped, tls=True)
         assert capped.open_sockets == 0
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, float("inf"), float("nan"), True, "64", None])
+def test_client_port_max_parse_bytes_must_be_an_int(value: object) -> None:
+    with pytest.raises(UsageError, match="max_parse_bytes must be an int >= 0"):
+        ClientPort("BAD", max_parse_bytes=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [0, 2.0, True])
+def test_client_port_max_sockets_must_be_an_int(value: object) -> None:
+    with pytest.raises(UsageError, match="max_sockets"):
+        ClientPort("BAD", max_sockets=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [1.5, float("inf"), float("nan"), True, "3", -1])
+async def test_receive_sizes_must_be_ints(anyio_backend: str, value: object) -> None:
+    """Sizes are ints (not bools, floats or strings): a clear UsageError, nothing read."""
+
+    async def greet(stream: SocketStream) -> None:
+        await stream.send(b"hello\r\n")
+        await anyio.sleep(0.5)
+
+    async with serve(greet) as number, await Socket.connect("127.0.0.1", number) as sock:
+        with pytest.raises(UsageError, match="max_bytes must be an int"):
+            await sock.recv_parsed(max_bytes=value)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="max_bytes must be an int"):
+            await sock.recv(value)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="count must be an int"):
+            await sock.recv_exactly(value)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="receive_window must be an int"):
+            sock.receive_window = value  # type: ignore[assignment]
+        assert await sock.recv_parsed() == (b"hello", b"\r\n", 1)  # nothing was lost

@@ -98,6 +98,16 @@ class UsageError(JanusnetError, ValueError):
     """
 
 
+def check_size(value: object, what: str, minimum: int = 0) -> None:
+    """Refuse anything but an ``int`` >= ``minimum`` (``bool`` and ``float`` included).
+
+    Raises:
+        UsageError: naming ``what`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{what} must be an int >= {minimum}, not {value!r}")
+
+
 class BusyError(UsageError):
     """Another task is already receiving (or sending) on this socket.
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._exceptions import AccessDeniedError, PortLimitError, UsageError
+from ._exceptions import AccessDeniedError, PortLimitError, UsageError, check_size
 from ._scan import TokenSet, as_token_set
 
 __all__ = ["AccessRule", "ClientPort", "TLSMode", "allow", "deny"]
@@ -172,10 +172,9 @@ class ClientPort:
             raise UsageError("line_end must be non-empty bytes such as b'\\r\\n'")
         object.__setattr__(self, "parse_tokens", as_token_set(self.parse_tokens))
         check_encoding(self.encoding)
-        if self.max_parse_bytes < 0:
-            raise UsageError("max_parse_bytes must be >= 0")
-        if self.max_sockets is not None and self.max_sockets < 1:
-            raise UsageError("max_sockets must be >= 1 (or None for no cap)")
+        check_size(self.max_parse_bytes, "max_parse_bytes")
+        if self.max_sockets is not None:
+            check_size(self.max_sockets, "max_sockets (or None for no cap)", 1)
         object.__setattr__(self, "rules", tuple(self.rules))
         for rule in self.rules:
             if not isinstance(rule, AccessRule):

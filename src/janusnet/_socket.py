@@ -46,6 +46,7 @@ from ._exceptions import (
     SocketResetError,
     SSLOnOtherError,
     UsageError,
+    check_size,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, as_token_set
@@ -352,8 +353,8 @@ class Socket:
 
     @receive_window.setter
     def receive_window(self, limit: int | None) -> None:
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise UsageError("receive_window must be >= 0 or None")
+        if limit is not None:
+            check_size(limit, "receive_window")
         scanner = self._own_scanner()
         data = scanner.take(scanner.pending) + self._held
         self._held = b""
@@ -581,8 +582,8 @@ class Socket:
 
         Cancellation loses no bytes.
         """
-        if max_bytes < 1:
-            raise UsageError("max_bytes must be >= 1")
+        if type(max_bytes) is not int or max_bytes < 1:
+            check_size(max_bytes, "max_bytes", 1)
         self._check_receive()
         scanner = self._own_scanner()
         while not scanner.pending:
@@ -610,8 +611,8 @@ class Socket:
 
         Cancellation loses no bytes: they stay buffered.
         """
-        if count < 0:
-            raise UsageError("count must be >= 0")
+        if type(count) is not int or count < 0:
+            check_size(count, "count")
         self._check_receive()
         scanner = self._own_scanner()
         while scanner.pending < count:
@@ -671,8 +672,8 @@ class Socket:
             self._check_receive()
         token_set = self._tokens if tokens is None else as_token_set(tokens)
         limit = self._port.max_parse_bytes if max_bytes is None else max_bytes
-        if limit < 0:
-            raise UsageError("max_bytes must be >= 0")
+        if type(limit) is not int or limit < 0:
+            check_size(limit, "max_bytes")
         scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         while result is None:
