@@ -276,8 +276,14 @@ async def test_tunnel_control_bytes_in_host_refused_before_sending(
 
 @pytest.mark.parametrize(
     "headers",
-    [{"X-Bad": "a\r\nInjected: 1"}, {"Bad\r\nName": "x"}, {"X-Nul": "a\x00"}],
-    ids=["crlf-value", "crlf-name", "nul-value"],
+    [
+        {"X-Bad": "a\r\nInjected: 1"},
+        {"Bad\r\nName": "x"},
+        {"X-Nul": "a\x00"},
+        {"Content-Length": "5"},
+        {"transfer-encoding": "chunked"},
+    ],
+    ids=["crlf-value", "crlf-name", "nul-value", "content-length", "transfer-encoding"],
 )
 def test_tunnel_bad_headers_refused_at_construction(headers: dict[str, str]) -> None:
     with pytest.raises(UsageError):

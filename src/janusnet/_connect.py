@@ -48,6 +48,7 @@ __all__ = [
     "build_connect_request",
     "check_reply",
     "format_authority",
+    "validate_extra_header",
     "validate_header",
 ]
 
@@ -223,6 +224,20 @@ def validate_header(name: str, value: str) -> tuple[bytes, bytes]:
     return name.encode("ascii"), encoded
 
 
+def validate_extra_header(name: str, value: str) -> tuple[bytes, bytes]:
+    """:func:`validate_header` for a caller's ``CONNECT`` header, which may not give the
+    request a body.
+
+    Raises:
+        UsageError: the header is invalid, or it is ``Content-Length`` or
+            ``Transfer-Encoding``.
+    """
+    raw_name, raw_value = validate_header(name, value)
+    if raw_name.lower() in (b"content-length", b"transfer-encoding"):
+        raise UsageError(f"header {name!r} would give CONNECT a body; it cannot be sent")
+    return raw_name, raw_value
+
+
 def build_connect_request(
     authority: str,
     headers: Sequence[tuple[str, str]] = (),
@@ -263,10 +278,8 @@ def build_connect_request(
         items.append(validate_header("Proxy-Authorization", proxy_authorization.decode("latin-1")))
     replaced: set[bytes] = set()
     for name, value in headers:
-        raw_name, raw_value = validate_header(name, value)
+        raw_name, raw_value = validate_extra_header(name, value)
         lower = raw_name.lower()
-        if lower in (b"content-length", b"transfer-encoding"):
-            raise UsageError(f"header {name!r} would give CONNECT a body; it cannot be sent")
         if lower in (b"host", b"user-agent", b"proxy-authorization") and lower not in replaced:
             replaced.add(lower)
             positions = [i for i, (key, _) in enumerate(items) if key.lower() == lower]

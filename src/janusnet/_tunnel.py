@@ -44,7 +44,7 @@ from ._connect import (
     build_connect_request,
     check_reply,
     format_authority,
-    validate_header,
+    validate_extra_header,
 )
 from ._exceptions import (
     ProxyProtocolError,
@@ -125,7 +125,7 @@ class ProxyTunnel:
             basic_proxy_authorization(*self._credentials)  # refuse ':' in the user now
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
         for name, value in items:
-            validate_header(name, value)
+            validate_extra_header(name, value)
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
         self._client_port = client_port if client_port is not None else DEFAULT_PORT
         self._proxy_ssl_context = proxy_ssl_context
