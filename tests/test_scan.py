@@ -216,6 +216,8 @@ def test_token_set_from_prstok_accepts(spec: str, tokens: list[bytes]) -> None:
         pytest.param("AMBIG|0D0A|0D09", "only allowed", id="needless-ambig"),
         pytest.param("0G", "not hex", id="bad-hex"),
         pytest.param("0D0", "odd number", id="odd-digits"),
+        pytest.param("0D 0A", "not hex .*no spaces", id="space-inside"),
+        pytest.param("0D\t0A|0A", "not hex", id="tab-inside"),
         pytest.param("0D0A||0A", "empty token", id="empty-token"),
         pytest.param("", "empty token", id="empty-string"),
         pytest.param("AMBIG|", "empty token", id="ambig-only"),
@@ -226,6 +228,13 @@ def test_token_set_from_prstok_accepts(spec: str, tokens: list[bytes]) -> None:
 def test_token_set_from_prstok_rejects(spec: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         TokenSet.from_prstok(spec)
+
+
+def test_token_set_from_prstok_error_shows_a_long_spec_shortened() -> None:
+    spec = "|".join(f"{n:04X}" for n in range(3000)) + "|ZZ"
+    with pytest.raises(UsageError, match="not hex") as info:
+        TokenSet.from_prstok(spec)
+    assert len(str(info.value)) < 200
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ they are handed out. No record in the window can be over the limit, so none is m
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
 from typing import Final, NamedTuple
@@ -143,26 +144,29 @@ class TokenSet:
             parts = parts[1:]
         if len(parts) == 1 and parts[0].strip().upper() == "NONE":
             raise UsageError("PRSTOK NONE means no parse tokens; recv_parsed needs at least one")
+        shown = repr(spec) if len(spec) <= 64 else repr(spec[:60]) + "..."
         tokens: list[bytes] = []
         for raw in parts:
             text = raw.strip()
             if not text:
-                raise UsageError(f"PRSTOK {spec!r}: empty token")
+                raise UsageError(f"PRSTOK {shown}: empty token")
+            if text.strip(string.hexdigits):
+                raise UsageError(
+                    f"PRSTOK {shown}: {text[:20]!r} is not hex (digits 0-9 and A-F only, "
+                    "no spaces inside a token)"
+                )
             if len(text) % 2:
-                raise UsageError(f"PRSTOK {spec!r}: {text!r} has an odd number of hex digits")
-            try:
-                tokens.append(bytes.fromhex(text))
-            except ValueError as exc:
-                raise UsageError(f"PRSTOK {spec!r}: {text!r} is not hex") from exc
+                raise UsageError(f"PRSTOK {shown}: {text[:20]!r} has an odd number of hex digits")
+            tokens.append(bytes.fromhex(text))
         token_set = cls(tokens)
         if token_set.has_prefixes and not ambig:
             raise UsageError(
-                f"PRSTOK {spec!r}: a token is a prefix of another, so the list must start "
+                f"PRSTOK {shown}: a token is a prefix of another, so the list must start "
                 "with 'AMBIG|'"
             )
         if ambig and not token_set.has_prefixes:
             raise UsageError(
-                f"PRSTOK {spec!r}: 'AMBIG|' is only allowed when a token is a prefix of another"
+                f"PRSTOK {shown}: 'AMBIG|' is only allowed when a token is a prefix of another"
             )
         return token_set
 
