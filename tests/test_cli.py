@@ -97,15 +97,79 @@ def test_cli_probe_unreachable_names_tcp_step() -> None:
     assert "tcp      FAIL" in text and "ConnectError" in text
 
 
-@pytest.mark.parametrize("target", ["no-port", "::1:443", "host:http"])
-def test_cli_probe_bad_target_is_usage_error(
-    target: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["no-port"], "HOST:PORT"),
+        (["::1:443"], "IPv6"),
+        (["host:http"], "HOST:PORT"),
+        (["localhost:99999"], "port"),
+        (["localhost:0"], "port"),
+        (["bad host:443"], "space"),
+        (["localhost:443", "--timeout", "-1"], "positive number of seconds"),
+        (["localhost:443", "--timeout", "nan"], "positive number of seconds"),
+    ],
+)
+def test_cli_probe_bad_arguments_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["probe", target])
+        main(["probe", *argv])
     assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "HOST:PORT" in err or "IPv6" in err
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])
+def test_cli_probe_unusable_cafile_is_a_usage_error(
+    kind: str, tmp_path: pathlib.Path, origin: TLSOrigin
+) -> None:
+    path = tmp_path / "ca.pem"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-pem":
+        path.write_text("not a certificate\n")
+    status, text = run("probe", f"localhost:{origin.port}", "--cafile", str(path))
+    assert status == 2
+    assert text.startswith("janusnet probe: cannot load --cafile")
+    assert "Traceback" not in text
+
+
+def test_cli_probe_insecure_still_shows_the_certificate(origin: TLSOrigin) -> None:
+    status, text = run("probe", f"127.0.0.1:{origin.port}", "--insecure")
+    assert status == 0, text
+    assert "certificate NOT verified" in text
+    for detail in ("sha256_fingerprint:", "issuer:", "subject_alt_names: DNS:localhost"):
+        assert detail in text
+    assert f"peer: 127.0.0.1:{origin.port}" in text
+
+
+def test_cli_probe_writes_ipv6_in_brackets() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        free = probe.getsockname()[1]
+    status, text = run("probe", f"[::1]:{free}", "--timeout", "3")
+    assert status == 1
+    assert text.startswith(f"janusnet probe [::1]:{free}\n")
+    assert f"cannot connect to [::1]:{free}" in text
+
+
+def test_cli_probe_proxy_without_scheme_is_http(origin: TLSOrigin, cafile: str) -> None:
+    with ConnectProxy() as proxy:
+        status, text = run(
+            "probe", f"localhost:{origin.port}", "--proxy", proxy.authority, "--cafile", cafile
+        )
+    assert status == 0, text
+    assert "HTTP/1.1 200" in text
+
+
+def test_cli_demo_without_trustme_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "trustme", None)  # import trustme -> ImportError
+    status, text = run("demo")
+    assert status == 2
+    assert "pip install 'janusnet[testing]'" in text
+    assert "Traceback" not in text
 
 
 def test_cli_demo_runs_every_step() -> None:
@@ -137,3 +201,13 @@ def test_cli_entry_point_runs_as_module() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("janusnet ")
+
+
+def test_testing_helpers_without_trustme_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from janusnet.testing._origin import new_ca
+
+    monkeypatch.setitem(sys.modules, "trustme", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'janusnet\[testing\]'"):
+        new_ca()
+    with pytest.raises(ModuleNotFoundError, match="janusnet.testing needs trustme"):
+        TLSOrigin()

@@ -11,6 +11,7 @@ step that failed and why, exiting non-zero. Credentials in ``--proxy`` are never
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import ssl
 import sys
@@ -23,9 +24,9 @@ import anyio
 
 from . import __version__
 from ._connect import format_authority
-from ._exceptions import JanusnetError, UsageError
+from ._exceptions import JanusnetError, UsageError, show_address
 from ._socket import Socket
-from ._tls import CertInfo, TLSInfo
+from ._tls import CertInfo, TLSInfo, _cert_from_der
 from ._tunnel import ProxyTunnel
 
 __all__ = ["main"]
@@ -51,7 +52,26 @@ def _target(text: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise argparse.ArgumentTypeError("write IPv6 addresses in brackets: [::1]:443")
+    try:
+        format_authority(host, int(port))  # the checks a connect would make
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return host, int(port)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _proxy_url(text: str) -> str:
+    """``--proxy`` as given, or ``http://`` + it when it has no scheme (as curl reads it)."""
+    return text if "://" in text else f"http://{text}"
 
 
 def _cert_details(cert: CertInfo | None) -> dict[str, object]:
@@ -74,6 +94,20 @@ def _cert_details(cert: CertInfo | None) -> dict[str, object]:
         "subject_alt_names": [f"{k}:{v}" for k, v in cert.subject_alt_names],
         "not_after": cert.not_after.isoformat() if cert.not_after else None,
     }
+
+
+def _unverified_details(sock: Socket) -> dict[str, object]:
+    """What an unverified certificate claims (``getpeercert()`` hides it under CERT_NONE)."""
+    ssl_object = sock._ssl_object
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return {}
+    details: dict[str, object] = {"sha256_fingerprint": hashlib.sha256(der).hexdigest()}
+    try:
+        details.update(_cert_details(_cert_from_der(der)))
+    except (ValueError, OSError, ssl.SSLError):  # informational only
+        pass
+    return details
 
 
 def _tls_details(info: TLSInfo) -> dict[str, object]:
@@ -118,7 +152,13 @@ async def probe(
                     record("tcp", True, f"connected to proxy {tunnel.proxy}")
                 else:
                     sock = await Socket.connect(host, port, timeout=None)
-                    record("tcp", True, f"connected to {host}:{port}", peer=sock.remote_address)
+                    peer = sock.remote_address
+                    record(
+                        "tcp",
+                        True,
+                        f"connected to {show_address(host, port)}",
+                        peer=show_address(str(peer[0]), int(peer[1])) if peer else None,
+                    )
             except (JanusnetError, OSError) as exc:
                 record("tcp", False, f"{type(exc).__name__}: {exc}")
                 return steps
@@ -144,12 +184,12 @@ async def probe(
                 record("tls", False, f"{type(exc).__name__} ({getattr(exc, 'code', '')}): {exc}")
                 return steps
             assert sock.tls is not None
-            record(
-                "tls",
-                True,
-                f"{sock.tls.version} {sock.tls.cipher} alpn={sock.tls.alpn_protocol or '-'}",
-                **_tls_details(sock.tls),
-            )
+            summary = f"{sock.tls.version} {sock.tls.cipher} alpn={sock.tls.alpn_protocol or '-'}"
+            details = _tls_details(sock.tls)
+            if sock.tls.peer_certificate is None:  # not verified (--insecure): say what it was
+                summary += "  certificate NOT verified"
+                details.update(_unverified_details(sock))
+            record("tls", True, summary, **details)
     except TimeoutError:
         done = {s.name for s in steps}
         order = ["tcp", "connect", "tls"] if tunnel else ["tcp", "tls"]
@@ -198,7 +238,13 @@ def _certifi_where() -> str:
 
 def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.target
-    context = _probe_context(args)
+    try:
+        context = _probe_context(args)
+    except (OSError, ssl.SSLError) as exc:
+        out.write(f"janusnet probe: cannot load --cafile {args.cafile}: {exc}\n")
+        return 2
+    if args.proxy:
+        args.proxy = _proxy_url(args.proxy)
     try:
         steps = anyio.run(
             lambda: probe(host, port, proxy=args.proxy, context=context, timeout=args.timeout)
@@ -210,7 +256,7 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         json.dump(
             {
-                "target": f"{host}:{port}",
+                "target": show_address(host, port),
                 "ok": ok,
                 "steps": [
                     {
@@ -230,7 +276,7 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
     else:
         via = f" via proxy {ProxyTunnel(args.proxy).proxy}" if args.proxy else ""
-        out.write(f"janusnet probe {host}:{port}{via}\n")
+        out.write(f"janusnet probe {show_address(host, port)}{via}\n")
         _print_steps(steps, out)
         failed = next((s for s in steps if not s.ok), None)
         out.write(
@@ -264,10 +310,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
     p = commands.add_parser("probe", help="show each step of reaching HOST:PORT over TLS")
     p.add_argument("target", type=_target, metavar="HOST:PORT")
-    p.add_argument("--proxy", help="HTTP(S) proxy URL, e.g. http://user:pass@proxy:3128")
+    p.add_argument(
+        "--proxy",
+        help="HTTP(S) proxy URL, e.g. http://user:pass@proxy:3128 (no scheme: http://)",
+    )
     p.add_argument("--cafile", help="trust this CA bundle instead of certifi's")
     p.add_argument("--insecure", action="store_true", help="do not verify the certificate")
-    p.add_argument("--timeout", type=float, default=15.0, help="deadline in seconds (15)")
+    p.add_argument("--timeout", type=_seconds, default=15.0, help="deadline in seconds (15)")
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
 
     d = commands.add_parser("demo", help="run the CONNECT + ssl_on() flow against local servers")

@@ -86,12 +86,12 @@ def run_demo(out: TextIO, *, backend: str = "asyncio") -> int:
         0 on success, 1 when a step failed, 2 when the testing extra is missing.
     """
     try:
-        from .testing import ConnectProxy, TLSOrigin
-    except ImportError as exc:  # trustme comes with the testing extra
-        out.write(
-            f"janusnet demo needs the testing extra: pip install 'janusnet[testing]' ({exc})\n"
-        )
+        import trustme  # noqa: F401 - the embedded origin's certificates need it
+    except ImportError:
+        out.write("janusnet demo needs the testing extra: pip install 'janusnet[testing]'\n")
         return 2
+    from .testing import ConnectProxy, TLSOrigin
+
     out.write(
         "janusnet demo: CONNECT through a local proxy, then ssl_on() to a local TLS origin\n"
     )

@@ -98,6 +98,11 @@ class UsageError(JanusnetError, ValueError):
     """
 
 
+def show_address(host: str, port: int) -> str:
+    """``host:port`` for messages, an IPv6 address in brackets (``[::1]:443``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def check_size(value: object, what: str, minimum: int = 0) -> None:
     """Refuse anything but an ``int`` >= ``minimum`` (``bool`` and ``float`` included).
 

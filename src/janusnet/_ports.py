@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._exceptions import AccessDeniedError, PortLimitError, UsageError, check_size
+from ._exceptions import (
+    AccessDeniedError,
+    PortLimitError,
+    UsageError,
+    check_size,
+    show_address,
+)
 from ._scan import TokenSet, as_token_set
 
 __all__ = ["AccessRule", "ClientPort", "TLSMode", "allow", "deny"]
@@ -229,7 +235,7 @@ class ClientPort:
         """
         if not self.is_allowed(host, port):
             raise AccessDeniedError(
-                f"client port {self.name!r} does not allow {host}:{port}",
+                f"client port {self.name!r} does not allow {show_address(host, port)}",
                 host=host,
                 port=port,
                 port_name=self.name,

@@ -22,7 +22,13 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._exceptions import AccessDeniedError, ConnectError, HandshakeError, SSLOnOtherError
+from ._exceptions import (
+    AccessDeniedError,
+    ConnectError,
+    HandshakeError,
+    SSLOnOtherError,
+    show_address,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -409,5 +415,6 @@ async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
             return await open_tcp(target, port)
         except OSError as exc:
             last = exc
-    logger.warning("cannot connect to %s:%s: %s", host, port, str(last))
-    raise ConnectError(f"cannot connect to {host}:{port}: {last}", host=host, port=port) from last
+    where = show_address(host, port)
+    logger.warning("cannot connect to %s: %s", where, str(last))
+    raise ConnectError(f"cannot connect to {where}: {last}", host=host, port=port) from last

@@ -30,7 +30,26 @@ from ._servers import (
 if TYPE_CHECKING:
     import trustme
 
-__all__ = ["OriginMode", "TLSOrigin"]
+__all__ = ["OriginMode", "TLSOrigin", "new_ca"]
+
+INSTALL_HINT: Final = "pip install 'janusnet[testing]'"
+
+
+def new_ca() -> trustme.CA:
+    """A fresh throw-away ``trustme.CA``.
+
+    Raises:
+        ModuleNotFoundError: trustme is missing, with the install command in the message.
+    """
+    try:
+        import trustme  # lazily: only the testing extra needs it
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"janusnet.testing needs trustme for its certificates: {INSTALL_HINT}",
+            name="trustme",
+        ) from exc
+    return trustme.CA()
+
 
 DEFAULT_HOSTNAMES: Final = ("localhost", "127.0.0.1", "::1")
 """Names in the default certificate: every way a test may spell loopback."""
@@ -125,10 +144,8 @@ class TLSOrigin(BackgroundServer):
         self.mode = OriginMode(mode)
         self.inject = inject
         if server_context is None:
-            import trustme  # lazily: only the testing extra needs it
-
             if ca is None:
-                ca = trustme.CA()
+                ca = new_ca()
             server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ca.issue_cert(*hostnames).configure_cert(server_context)
         self._ca = ca

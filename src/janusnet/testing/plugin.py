@@ -132,9 +132,13 @@ def _bad_marker(message: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def janusnet_ca() -> trustme.CA:
     """A throw-away certificate authority (``trustme.CA``) for the whole session."""
-    import trustme  # lazily: the plugin loads in every pytest run, trustme is for fixtures
+    # Imported here: the plugin loads in every pytest run, trustme is for its fixtures.
+    from janusnet.testing._origin import new_ca
 
-    return trustme.CA()
+    try:
+        return new_ca()
+    except ModuleNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 # -- the TLS origin ---------------------------------------------------------------------------
