@@ -209,5 +209,5 @@ def test_testing_helpers_without_trustme_name_the_extra(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "trustme", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'janusnet\[testing\]'"):
         new_ca()
-    with pytest.raises(ModuleNotFoundError, match="janusnet.testing needs trustme"):
+    with pytest.raises(ModuleNotFoundError, match=r"janusnet\.testing needs trustme"):
         TLSOrigin()
