@@ -1564,7 +1564,13 @@ def test_digest_proxy_authorization_quotes_username() -> None:
             {"password": "\udc80"},
             "not valid Unicode",
         ),
-        (Challenge("digest", {"realm": "\u2603", "nonce": "n"}), {}, "outside latin-1"),
+        (Challenge("digest", {"realm": "\u2603", "nonce": "n"}), {}, "realm cannot be echoed"),
+        (Challenge("digest", {"realm": "r\x85", "nonce": "n"}), {}, "realm cannot be echoed"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n", "opaque": "\x01"}),
+            {},
+            "opaque cannot be echoed",
+        ),
     ],
     ids=[
         "basic",
@@ -1580,6 +1586,8 @@ def test_digest_proxy_authorization_quotes_username() -> None:
         "nul-cnonce",
         "surrogate-password",
         "non-latin-1-realm",
+        "c1-realm",
+        "c0-opaque",
     ],
 )
 def test_digest_proxy_authorization_refuses(

@@ -23,6 +23,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
+import janusnet
 from janusnet import (
     ClientPort,
     ConnectError,
@@ -348,3 +349,36 @@ def test_secrets_search_catches_a_leak() -> None:
         chained.__cause__ = KeyError(form)
         with pytest.raises(AssertionError):
             assert_no_secret(exception_texts(chained), "self-test-chain")
+
+
+def test_every_error_pickles_with_its_data() -> None:
+    """Errors cross process boundaries (process pools, multiprocessing) intact, and they
+    still carry no credentials."""
+    import pickle
+
+    errors: list[janusnet.JanusnetError] = [
+        janusnet.UsageError("bad"),
+        janusnet.BusyError("busy"),
+        janusnet.ConnectError("refused", host="::1", port=3128, role="proxy"),
+        janusnet.AccessDeniedError("denied", host="h", port=1, port_name="P"),
+        janusnet.PortLimitError("full", port_name="P", limit=2),
+        janusnet.SocketClosedError("closed"),
+        janusnet.SocketResetError("reset"),
+        janusnet.IncompleteReadError(b"ab", 5),
+        janusnet.NotSSLPortError("never"),
+        janusnet.HandshakeError("bad cert"),
+        janusnet.PendingDataError("unread", pending=7),
+        janusnet.SSLOnOtherError("other"),
+        janusnet.ProxyRefusedError(403, "Forbidden", [("Via", "x")], proxy="p:1"),
+        janusnet.ProxyAuthenticationRequired(
+            407, "Auth", [("Proxy-Authenticate", 'Basic realm="r"')], proxy="p:1"
+        ),
+        janusnet.ProxyProtocolError("garbage", proxy="p:1"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy) == vars(error)
+        assert type(copy).__module__ == "janusnet"

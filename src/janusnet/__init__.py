@@ -82,3 +82,11 @@ __all__ = [
     "default_ssl_context",
     "deny",
 ]
+
+# Tracebacks and reprs name the public path (janusnet.HandshakeError), not the private
+# module that defines the class; pickling finds the class there too.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -87,8 +87,24 @@ class ReturnCode(enum.IntEnum):
     OTHER = -149
 
 
+def _rebuild(
+    cls: type[JanusnetError], args: tuple[object, ...], state: dict[str, object]
+) -> JanusnetError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class JanusnetError(Exception):
-    """Root of every error janusnet raises."""
+    """Root of every error janusnet raises.
+
+    Every janusnet error pickles with its data (an error raised in a worker process
+    reaches the parent whole), although most take keyword-only arguments.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class UsageError(JanusnetError, ValueError):
