@@ -59,7 +59,7 @@ PROPERTY = settings(database=None, max_examples=300, deadline=None)
         ("_proxyenv", {"janusnet._exceptions", "janusnet._connect"}),
     ],
 )
-def test_sans_io_modules_import_only_stdlib_h11_and_siblings(
+def test_sans_io_modules_import_only_stdlib_sans_io_libraries_and_siblings(
     module: str, allowed_siblings: set[str]
 ) -> None:
     tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
@@ -77,7 +77,7 @@ def test_sans_io_modules_import_only_stdlib_h11_and_siblings(
         name
         for name in imported
         if name.split(".")[0] not in sys.stdlib_module_names
-        and name != "h11"
+        and name not in ("h11", "idna")  # sans-IO libraries
         and name not in allowed_siblings
     }
     assert not bad, f"{module}.py imports {bad}"
@@ -101,6 +101,12 @@ def test_sans_io_modules_import_only_stdlib_h11_and_siblings(
         ("::ffff:192.0.2.1", 443, "[::ffff:192.0.2.1]:443"),
         ("Bücher.example", 443, "xn--bcher-kva.example:443"),
         ("пример.рф", 443, "xn--e1afmkfd.xn--p1ai:443"),
+        ("faß.de", 443, "xn--fa-hia.de:443"),
+        ("ß.de", 443, "xn--zca.de:443"),
+        ("ＡＢＣ.com", 443, "abc.com:443"),
+        ("日本。jp", 443, "xn--wgv71a.jp:443"),
+        ("a_b.例え.jp", 443, "a_b.xn--r8jz45g.jp:443"),
+        ("xn--zca.de", 443, "xn--zca.de:443"),
     ],
     ids=[
         "name",
@@ -115,6 +121,12 @@ def test_sans_io_modules_import_only_stdlib_h11_and_siblings(
         "ipv4-mapped",
         "idna-latin",
         "idna-cyrillic",
+        "idna2008-sharp-s",  # IDNA 2003 (Python's codec) would send fass.de
+        "idna2008-sharp-s-only",
+        "uts46-fullwidth",
+        "uts46-ideographic-full-stop",
+        "ascii-label-with-underscore-beside-idn",
+        "a-label-as-given",
     ],
 )
 def test_format_authority_valid(host: str, port: int, expected: str) -> None:
@@ -149,6 +161,9 @@ def test_format_authority_valid(host: str, port: int, expected: str) -> None:
         ("1.2.3.4.", 443, "looks numeric"),
         ("a\u3000b.example", 443, "contains ' '"),
         ("a\ufffdb.example", 443, "internationalised"),
+        ("xn--.example", 443, "internationalised"),
+        ("xn--abc-.example", 443, "internationalised"),
+        ("\u2603.net", 443, "internationalised"),
         ("example.com", 0, "outside 1-65535"),
         ("example.com", 65536, "outside 1-65535"),
         ("example.com", -1, "outside 1-65535"),
@@ -179,6 +194,9 @@ def test_format_authority_valid(host: str, port: int, expected: str) -> None:
         "ipv4-trailing-dot",
         "ideographic-space",
         "replacement-char",
+        "empty-a-label",
+        "a-label-ending-in-hyphen",
+        "symbol-not-allowed-in-idna2008",
         "port-zero",
         "port-too-big",
         "port-negative",
@@ -1209,6 +1227,8 @@ def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> Non
         ("1.2.3.4", 443, "3.4", False),
         ("xn--bcher-kva.example", 443, "b\u00fccher.example", True),
         ("b\u00fccher.example", 443, "xn--bcher-kva.example", True),
+        ("fa\u00df.example", 443, "xn--fa-hia.example", True),
+        ("fa\u00df.example", 443, "fass.example", False),
         ("a\ufffdb.example", 443, "a\ufffdb.example", True),
         ("a\ufffdb.example", 443, "ab.example", False),
         ("example.com", 443, "[::1", False),
@@ -1257,6 +1277,8 @@ def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> Non
         "ip-not-suffix-matched",
         "idn-entry",
         "idn-host",
+        "idn2008-host",
+        "idn2003-mapping-is-another-name",
         "invalid-idn-matches-itself",
         "invalid-idn-no-other",
         "malformed-bracket-ignored",

@@ -147,6 +147,52 @@ async def test_socket_ssl_on_wrong_hostname_is_handshake_error(
         assert sock.closed
 
 
+@pytest.mark.parametrize(
+    ("certificate_for", "ok"),
+    [("xn--fa-hia.test", True), ("fass.test", False)],
+    ids=["idna2008-a-label", "idna2003-mapping-refused"],
+)
+async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, certificate_for: str, ok: bool
+) -> None:
+    """faß.test is xn--fa-hia.test (IDNA 2008, as curl and browsers); IDNA 2003 (the ssl
+    module's own codec) would verify fass.test, a different name."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(certificate_for).configure_cert(context)
+    names: list[str | None] = []
+
+    def sni(obj: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        names.append(name)
+
+    context.sni_callback = sni  # type: ignore[assignment]
+
+    async def handler(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, context)
+        await tls.send(b"hi\r\n")
+        await anyio.sleep(0.5)
+
+    async with serve(handler) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=port)
+        async with sock:
+            if ok:
+                await sock.ssl_on(server_hostname="faß.test")
+                assert (await sock.recv_parsed()).data == b"hi"
+            else:
+                with pytest.raises(HandshakeError):
+                    await sock.ssl_on(server_hostname="faß.test")
+    assert names == ["xn--fa-hia.test"]
+
+
+async def test_socket_ssl_on_invalid_international_name_changes_nothing(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    async with serve(echo) as number, await Socket.connect("127.0.0.1", number) as sock:
+        with pytest.raises(SSLOnOtherError, match="not a valid international"):
+            await sock.ssl_on(server_hostname="\u2603.test")
+        await sock.send_line("still plain")
+        assert (await sock.recv_parsed()).data == b"still plain"
+
+
 async def test_socket_ssl_on_untrusted_ca_is_handshake_error(
     anyio_backend: str, server_context: ssl.SSLContext
 ) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import h11
+import idna
 
 from ._exceptions import (
     ProxyAuthenticationRequired,
@@ -96,15 +97,35 @@ def _ipv6(text: str, original: str) -> str:
     return text.lower()  # validated: only hex digits, ':' and '.' remain
 
 
+def idna_host(host: str) -> str:
+    """``host`` as the ASCII name that goes on the wire, in DNS and in SNI.
+
+    Non-ASCII labels are encoded with IDNA 2008 after UTS #46 mapping, non-transitional
+    (``faß.de`` is ``xn--fa-hia.de``), as curl (libidn2), browsers and httpx do; Python's
+    own ``"idna"`` codec is IDNA 2003, which would send ``fass.de``, a different domain.
+    ASCII labels pass unchanged (underscores included), except that an ``xn--`` label
+    must be valid Punycode.
+
+    Raises:
+        UnicodeError: not a valid internationalised name (``idna.IDNAError`` is one).
+    """
+    if host.isascii():
+        for label in host.split("."):
+            if label[:4].lower() == "xn--":
+                idna.ulabel(label)
+        return host
+    mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+    return ".".join(
+        label if label.isascii() else idna.alabel(label).decode("ascii")
+        for label in mapped.split(".")
+    )
+
+
 def _host_name(host: str) -> str:
-    ascii_host = host
-    if not host.isascii():
-        try:
-            ascii_host = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise UsageError(
-                f"host {host!r} is not a valid internationalised name: {exc}"
-            ) from exc
+    try:
+        ascii_host = idna_host(host)
+    except UnicodeError as exc:
+        raise UsageError(f"host {host!r} is not a valid internationalised name: {exc}") from exc
     name = ascii_host.lower()
     if _HOST_NAME_RE.fullmatch(name) is None:
         bad = next(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, unquote
 
-from ._connect import format_authority
+from ._connect import format_authority, idna_host
 from ._exceptions import UsageError
 
 __all__ = ["DEFAULT_PORTS", "ProxyURL", "no_proxy_matches", "parse_proxy_url", "proxy_from_env"]
@@ -188,7 +188,7 @@ def _normalise(name: str) -> str:
     name = name.strip().lower().rstrip(".")
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
+            name = idna_host(name).lower()
         except UnicodeError:
             pass  # compared as given: an invalid IDN matches only itself
     return name

@@ -36,6 +36,7 @@ import anyio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
+from ._connect import idna_host
 from ._exceptions import (
     BusyError,
     HandshakeError,
@@ -111,6 +112,28 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError(f"host {host!r} contains a control character or a space")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
+
+
+def _tls_name(hostname: str) -> str:
+    """The name TLS verifies and sends as SNI for ``hostname``.
+
+    Brackets belong to URLs, and a fully-qualified name's final dot is neither sent as
+    SNI (RFC 6066 §3) nor found in certificates. An international name is verified as
+    its IDNA 2008 A-label, the name a connect through janusnet reached (the ``ssl``
+    module would otherwise encode it with IDNA 2003).
+
+    Raises:
+        SSLOnOtherError: not a valid international name (before any handshake byte).
+    """
+    name = hostname.strip("[]").rstrip(".")
+    if name.isascii():
+        return name
+    try:
+        return idna_host(name)
+    except UnicodeError as exc:
+        raise SSLOnOtherError(
+            f"ssl_on: {hostname!r} is not a valid international host name: {exc}"
+        ) from exc
 
 
 class Socket:
@@ -702,16 +725,18 @@ class Socket:
     # ------------------------------------------------------------------ TLS
 
     async def _handshake(
-        self, stream: ByteStream, hostname: str | None, context: ssl.SSLContext
+        self,
+        stream: ByteStream,
+        hostname: str | None,
+        tls_name: str | None,
+        context: ssl.SSLContext,
     ) -> TLSStream:
         """TLS over ``stream``; on any failure the socket is closed and the error mapped."""
         try:
             return await TLSStream.wrap(
                 wide(stream),
                 server_side=False,
-                # Brackets belong to URLs, and a fully-qualified name's final dot is
-                # neither sent as SNI (RFC 6066 §3) nor found in certificates.
-                hostname=hostname.strip("[]").rstrip(".") if hostname else None,
+                hostname=tls_name,
                 ssl_context=context,
                 standard_compatible=False,
             )
@@ -748,7 +773,8 @@ class Socket:
         Args:
             server_hostname: the name (or IP address) to verify and send as SNI; default:
                 the host given to ``connect`` or the tunnel's target. IP addresses are
-                checked against IP SANs and sent without SNI.
+                checked against IP SANs and sent without SNI; an international name is
+                verified as its IDNA 2008 A-label (``faß.de``: ``xn--fa-hia.de``).
             ssl_context: the context to use; default: the port's, else the verified
                 default (certifi, TLS >= 1.2). Never modified.
             timeout: deadline for the handshake, in seconds (``None`` for none), so a peer
@@ -763,8 +789,9 @@ class Socket:
                 received by the transport); socket unchanged, drain it and retry.
             HandshakeError: (-111) the peer did not complete a handshake, or its
                 certificate or host name failed verification; the socket is closed.
-            SSLOnOtherError: (-149) already TLS, closed, no host name to verify (socket
-                unchanged), or an I/O error during the handshake (socket closed).
+            SSLOnOtherError: (-149) already TLS, closed, no host name to verify or one
+                that is not a valid international name (socket unchanged), or an I/O
+                error during the handshake (socket closed).
 
         Cancellation during the handshake closes the socket and propagates.
         """
@@ -789,13 +816,14 @@ class Socket:
         context = ssl_context or self._port.ssl_context or default_ssl_context()
         if hostname is None and context.check_hostname:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
+        tls_name = _tls_name(hostname) if hostname else None
         self._receiving = True
         try:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
-                tls_stream = await self._handshake(stream, hostname, context)
+                tls_stream = await self._handshake(stream, hostname, tls_name, context)
             else:
                 with anyio.fail_after(timeout):
-                    tls_stream = await self._handshake(stream, hostname, context)
+                    tls_stream = await self._handshake(stream, hostname, tls_name, context)
         finally:
             self._receiving = False
         self._stream = tls_stream

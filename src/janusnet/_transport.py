@@ -22,11 +22,13 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from ._connect import idna_host
 from ._exceptions import (
     AccessDeniedError,
     ConnectError,
     HandshakeError,
     SSLOnOtherError,
+    UsageError,
     show_address,
 )
 
@@ -193,6 +195,11 @@ async def open_tcp(host: str, port: int) -> ByteStream:
         OSError: the connection failed (the socket is closed).
     """
     address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not address.isascii():  # the resolver would use IDNA 2003: see idna_host()
+        try:
+            address = idna_host(address)
+        except UnicodeError as exc:
+            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
     try:
         infos = _stdsocket.getaddrinfo(
             address, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_NUMERICHOST
