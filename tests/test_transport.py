@@ -191,3 +191,103 @@ async def test_direct_stream_typed_attributes(anyio_backend: str) -> None:
         assert stream.extra(anyio.abc.SocketAttribute.remote_address) == ("127.0.0.1", port)
         assert stream.extra(anyio.abc.SocketAttribute.remote_port) == port
         assert stream.extra(anyio.abc.SocketAttribute.family) == socket.AF_INET
+
+
+# -- FdTLSStream: ssl_on() over a direct socket ------------------------------------------------
+
+
+async def test_https_proxy_bytes_in_a_later_tls_record_are_refused_and_kept(
+    anyio_backend: str, ca: Any, server_context: Any
+) -> None:
+    """Through an https:// proxy, bytes sent after the 200 in a *separate* TLS record are
+    still undecrypted when ssl_on() is called: they must be refused (-112) and stay
+    readable, never fed to the origin's handshake."""
+    import ssl
+
+    from loopback import tls_server_side
+
+    async def proxy(stream: Any) -> None:
+        tls = await tls_server_side(stream, server_context)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await tls.receive()
+        await tls.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await anyio.sleep(0.05)
+        await tls.send(b"INJECT")  # its own record
+        await anyio.sleep(1)
+
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with serve(proxy) as port:
+        tunnel = janusnet.ProxyTunnel(f"https://127.0.0.1:{port}", proxy_ssl_context=client)
+        async with await tunnel.open("localhost", 443) as sock:
+            await anyio.sleep(0.3)  # the record has arrived, not yet decrypted
+            with pytest.raises(janusnet.PendingDataError) as refused:
+                await sock.ssl_on()
+            assert refused.value.pending == len(b"INJECT")
+            assert not sock.closed
+            assert await sock.recv() == b"INJECT"
+
+
+async def test_tls_over_direct_socket_has_tls_attributes_and_closes_waiters(
+    anyio_backend: str, server_context: Any, ca: Any
+) -> None:
+    import ssl
+
+    from anyio.streams.tls import TLSAttribute
+
+    from janusnet._transport import FdTLSStream, start_tls
+    from loopback import tls_server_side
+
+    async def origin(stream: Any) -> None:
+        tls = await tls_server_side(stream, server_context)
+        await tls.send(b"hello")
+        await anyio.sleep(1)
+
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with serve(origin) as port:
+        plain = await open_tcp("127.0.0.1", port)
+        tls = await start_tls(plain, hostname="localhost", ssl_context=client)
+        assert isinstance(tls, FdTLSStream)
+        assert tls.extra(TLSAttribute.tls_version).startswith("TLSv1.")
+        assert tls.extra(TLSAttribute.peer_certificate)["subjectAltName"]
+        assert tls.extra(anyio.abc.SocketAttribute.remote_port) == port
+        assert await tls.receive() == b"hello"
+        outcome: list[type[BaseException]] = []
+
+        async def waiter() -> None:
+            try:
+                await tls.receive()
+            except Exception as exc:
+                outcome.append(type(exc))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(anyio.BusyResourceError):
+                    await tls.receive()
+                await tls.aclose()
+        assert outcome == [anyio.ClosedResourceError]
+        await plain.aclose()  # its socket went to the TLS layer: nothing left to close
+
+
+async def test_tls_over_direct_socket_failure_closes_the_socket(
+    anyio_backend: str, server_context: Any
+) -> None:
+    import ssl
+
+    from janusnet._transport import start_tls
+    from loopback import tls_server_side
+
+    async def origin(stream: Any) -> None:
+        await tls_server_side(stream, server_context)
+
+    async with serve(origin) as port:
+        plain = await open_tcp("127.0.0.1", port)
+        raw = plain.extra(anyio.abc.SocketAttribute.raw_socket)
+        with pytest.raises(ssl.SSLCertVerificationError):  # certifi does not trust trustme
+            await start_tls(plain, hostname="localhost", ssl_context=ssl.create_default_context())
+        assert raw.fileno() == -1
+    gc.collect()

@@ -55,13 +55,14 @@ from ._tls import TLSInfo, default_ssl_context
 from ._transport import (
     QUICKACK,
     TRANSPORT_READ,
+    FdTLSStream,
     allowed_addresses,
     connect_tcp,
     kernel_pending,
     raise_handshake_error,
     raw_socket_of,
     ssl_object_of,
-    wide,
+    start_tls,
 )
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ logger = logging.getLogger("janusnet")
 #: How much ``recv()`` returns at most by default: what asyncio and trio read per system
 #: call for a socket, large enough that bulk transfers are not syscall-bound.
 RECEIVE_SIZE: Final = 65536
-#: After a TLS receive, how much already-decryptable plaintext to collect at most: one
-#: transport read's worth keeps the buffer small while most of it is used at once.
-TLS_DRAIN_BYTES: Final = TRANSPORT_READ
 #: Only a receive that returned (nearly) a full TLS record (16 KiB of plaintext at most)
 #: suggests more records are waiting; small messages skip the extra read attempt.
 TLS_FULL_RECORD: Final = 16384 - 256
@@ -201,7 +199,7 @@ class Socket:
         self._tls: TLSInfo | None = None
         # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
         # ``tls`` is described from it (with _server_hostname, then the verified name).
-        self._ssl_object: ssl.SSLObject | None = None
+        self._ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
@@ -537,14 +535,14 @@ class Socket:
     def _at_end(self) -> bool:
         return self._eof or self._allot == 0
 
-    async def _fill(self) -> None:
-        """Read once from the stream into the buffer (or note EOF)."""
+    async def _fill(self, size: int = TRANSPORT_READ) -> None:
+        """Read once from the stream into the buffer, up to ``size`` bytes (or note EOF)."""
         stream = self._stream
         if stream is None:
             raise SocketClosedError("the socket is closed")
         self._receiving = True
         try:
-            data = await stream.receive(TRANSPORT_READ)
+            data = await stream.receive(size)
         except anyio.EndOfStream:
             self._eof = True
             return
@@ -555,16 +553,16 @@ class Socket:
             raise SocketClosedError("the socket was closed while receiving") from exc
         finally:
             self._receiving = False
-        if self._ssl_object is not None and len(data) >= TLS_FULL_RECORD:
-            data = self._drain_tls(data)
+        if self._ssl_object is not None and TLS_FULL_RECORD <= len(data) < size:
+            data = self._drain_tls(data, size)
         self._feed(data)
 
-    def _drain_tls(self, data: bytes) -> bytes:
+    def _drain_tls(self, data: bytes, size: int) -> bytes:
         """Add the plaintext the TLS engine can already give without more I/O.
 
         One ``receive()`` on a TLS stream yields one TLS record (16 KiB at most) even when
         the transport delivered several; asking the ``SSLObject`` directly for the rest,
-        up to ``TLS_DRAIN_BYTES``, saves a coroutine round trip per record, which is a
+        up to ``size`` bytes in all, saves a coroutine round trip per record, which is a
         large share of the cost of bulk transfers. Anything unusual (a KeyUpdate to
         answer, close_notify, an error) is left for the next ``receive()`` to handle.
         """
@@ -572,8 +570,8 @@ class Socket:
         chunks = [data]
         total = len(data)
         try:
-            while total < TLS_DRAIN_BYTES:
-                more = read(RECEIVE_SIZE)
+            while total < size:
+                more = read(min(RECEIVE_SIZE, size - total))
                 if not more:
                     break
                 chunks.append(more)
@@ -612,7 +610,9 @@ class Socket:
         while not scanner.pending:
             if self._at_end:
                 return b""
-            await self._fill()
+            # Read no more than asked (at least RECEIVE_SIZE): the bytes read are then
+            # usually the result itself, with no slice copied out of a bigger buffer.
+            await self._fill(max_bytes if max_bytes > RECEIVE_SIZE else RECEIVE_SIZE)
         return scanner.take(max_bytes)
 
     async def recv_exactly(self, count: int) -> bytes:
@@ -730,16 +730,10 @@ class Socket:
         hostname: str | None,
         tls_name: str | None,
         context: ssl.SSLContext,
-    ) -> TLSStream:
+    ) -> ByteStream:
         """TLS over ``stream``; on any failure the socket is closed and the error mapped."""
         try:
-            return await TLSStream.wrap(
-                wide(stream),
-                server_side=False,
-                hostname=tls_name,
-                ssl_context=context,
-                standard_compatible=False,
-            )
+            return await start_tls(stream, hostname=tls_name, ssl_context=context)
         except BaseException as exc:
             await self._close_stream()
             raise_handshake_error(exc, hostname)
@@ -748,7 +742,7 @@ class Socket:
     def _transport_pending(self) -> int:
         """Bytes received by the transport but not yet read by us (looked at, not read)."""
         stream = self._stream
-        if isinstance(stream, TLSStream):
+        if isinstance(stream, (TLSStream, FdTLSStream)):
             try:
                 return int(ssl_object_of(stream).pending())
             except (anyio.TypedAttributeLookupError, ssl.SSLError):
@@ -804,6 +798,15 @@ class Socket:
             raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
         if self._receiving:
             raise SSLOnOtherError("ssl_on: another task is receiving on this socket")
+        if isinstance(stream, FdTLSStream):
+            # TLS to an https:// proxy: bytes injected after the CONNECT reply may sit in
+            # records not yet decrypted. Take what is decryptable now into the buffer, so
+            # they are refused (-112) and kept, never fed to the origin's handshake.
+            data, eof = stream.receive_ready()
+            if data:
+                self._feed(data)
+            if eof:
+                self._eof = True
         pending = self.pending or self._transport_pending()
         if pending:
             raise PendingDataError(
@@ -827,6 +830,7 @@ class Socket:
         finally:
             self._receiving = False
         self._stream = tls_stream
+        self._raw_socket = raw_socket_of(tls_stream)  # a direct socket's is now TLS's
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = ssl_object_of(tls_stream)
         self._server_hostname = hostname

@@ -108,7 +108,9 @@ class TLSInfo:
     chain: tuple[CertInfo, ...] = ()
 
     @classmethod
-    def from_ssl_object(cls, ssl_object: ssl.SSLObject, server_hostname: str | None) -> TLSInfo:
+    def from_ssl_object(
+        cls, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_hostname: str | None
+    ) -> TLSInfo:
         """Describe a completed handshake."""
         cipher = ssl_object.cipher()
         raw = ssl_object.getpeercert()

@@ -43,12 +43,14 @@ __all__ = [
     "QUICKACK",
     "TRANSPORT_READ",
     "FdStream",
+    "FdTLSStream",
     "WideReceive",
     "allowed_addresses",
     "connect_tcp",
     "kernel_pending",
     "open_hop",
     "raise_handshake_error",
+    "start_tls",
     "wide",
 ]
 
@@ -182,6 +184,195 @@ class FdStream(SocketStream):
         await _checkpoint()
 
 
+class FdTLSStream(SocketStream):
+    """TLS run by OpenSSL directly on a :class:`FdStream`'s socket (``ssl.SSLSocket``).
+
+    ``ssl_on()`` over a direct socket upgrades it here instead of through anyio's
+    ``TLSStream``: OpenSSL reads and writes the socket itself, so there are no memory
+    BIOs to copy through and no stream layers per call, and an idle tunnel is the
+    ``SSLSocket`` and this object. The behaviour is ``TLSStream``'s with
+    ``standard_compatible=False``: EOF without ``close_notify`` ends the stream, closing
+    sends no ``close_notify``, and there is no half-close. Its typed attributes are
+    ``TLSStream``'s, plus the socket's.
+    """
+
+    __slots__ = ("_closed", "_receiving", "_sending", "_tls")
+
+    def __init__(self, tls: ssl.SSLSocket) -> None:
+        self._tls = tls
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+
+    @classmethod
+    async def wrap(
+        cls, plain: FdStream, *, hostname: str | None, ssl_context: ssl.SSLContext
+    ) -> FdTLSStream:
+        """Handshake as a client over ``plain``, which it takes over (even on failure).
+
+        Raises:
+            ssl.SSLError: the handshake or the certificate failed.
+            OSError: the connection broke.
+        """
+        sock = plain._sock
+        plain._closed = True  # the socket now belongs to the TLS layer
+        try:
+            tls = ssl_context.wrap_socket(
+                sock, server_hostname=hostname, do_handshake_on_connect=False
+            )
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    return cls(tls)
+                except ssl.SSLWantReadError:
+                    await _wait_readable(tls)
+                except ssl.SSLWantWriteError:
+                    await _wait_writable(tls)
+        except BaseException:
+            if tls.fileno() >= 0:
+                _notify_closing(tls)
+            tls.close()
+            raise
+
+    @property
+    def _raw_socket(self) -> _stdsocket.socket:
+        return self._tls
+
+    @property
+    def ssl_object(self) -> ssl.SSLSocket:
+        """The ``SSLSocket`` (it offers what ``SSLObject`` does: version, cipher, ...)."""
+        return self._tls
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        await _checkpoint()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        tls = self._tls
+        self._receiving = True
+        try:
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    data = tls.recv(max_bytes)  # a ragged EOF is b"" (suppress_ragged_eofs)
+                except ssl.SSLWantReadError:
+                    await _wait_readable(tls)
+                    continue
+                except ssl.SSLWantWriteError:  # a post-handshake message to answer first
+                    await _wait_writable(tls)
+                    continue
+                except OSError as exc:  # ssl.SSLError included
+                    if self._closed:
+                        raise anyio.ClosedResourceError from None
+                    raise anyio.BrokenResourceError from exc
+                if data:
+                    return data
+                raise anyio.EndOfStream
+        finally:
+            self._receiving = False
+
+    def receive_ready(self) -> tuple[bytes, bool]:
+        """What can be read now without waiting: ``(data, at_eof)``; never blocks.
+
+        Post-handshake messages (session tickets) are consumed on the way and yield no
+        data. Errors are left for the next :meth:`receive` to raise.
+        """
+        chunks: list[bytes] = []
+        eof = False
+        tls = self._tls
+        while not self._closed and not self._receiving:
+            try:
+                data = tls.recv(65536)
+            except OSError:  # SSLWantReadError: nothing more yet; anything else: later
+                break
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+        return b"".join(chunks), eof
+
+    async def send(self, item: bytes) -> None:
+        await _checkpoint()
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        tls = self._tls
+        self._sending = True
+        try:
+            view = memoryview(item)
+            while view:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    sent = tls.send(view)  # all or nothing: retried with the same bytes
+                except ssl.SSLWantWriteError:
+                    await _wait_writable(tls)
+                    continue
+                except ssl.SSLWantReadError:
+                    await _wait_readable(tls)
+                    continue
+                except OSError as exc:
+                    if self._closed:
+                        raise anyio.ClosedResourceError from None
+                    raise anyio.BrokenResourceError from exc
+                view = view[sent:]
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError("TLS has no half-close; close the stream instead")
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            tls = self._tls
+            if tls.fileno() >= 0:
+                _notify_closing(tls)
+                tls.close()
+        await _checkpoint()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        tls = self._tls
+        return {
+            **super().extra_attributes,
+            TLSAttribute.alpn_protocol: tls.selected_alpn_protocol,
+            TLSAttribute.channel_binding_tls_unique: tls.get_channel_binding,
+            TLSAttribute.cipher: tls.cipher,
+            TLSAttribute.peer_certificate: lambda: tls.getpeercert(False),
+            TLSAttribute.peer_certificate_binary: lambda: tls.getpeercert(True),
+            TLSAttribute.server_side: lambda: False,
+            TLSAttribute.shared_ciphers: lambda: None,
+            TLSAttribute.standard_compatible: lambda: False,
+            TLSAttribute.ssl_object: lambda: tls,
+            TLSAttribute.tls_version: tls.version,
+        }
+
+
+async def start_tls(
+    stream: ByteStream, *, hostname: str | None, ssl_context: ssl.SSLContext
+) -> ByteStream:
+    """A client TLS layer over ``stream``: :class:`FdTLSStream` over a direct socket,
+    anyio's ``TLSStream`` over anything else (another TLS stream included).
+
+    Raises:
+        ssl.SSLError, ssl.CertificateError, OSError, anyio errors: as the layer raises
+            them; ``raise_handshake_error`` maps them to the SSLOn codes.
+    """
+    if isinstance(stream, FdStream):
+        return await FdTLSStream.wrap(stream, hostname=hostname, ssl_context=ssl_context)
+    return await TLSStream.wrap(
+        wide(stream),
+        server_side=False,
+        hostname=hostname,
+        ssl_context=ssl_context,
+        standard_compatible=False,
+    )
+
+
 async def open_tcp(host: str, port: int) -> ByteStream:
     """A TCP stream to ``host:port`` (a name, or an IP address with or without brackets).
 
@@ -239,8 +430,11 @@ def raw_socket_of(stream: ByteStream) -> Any:
     return stream.extra(SocketAttribute.raw_socket, None)
 
 
-def ssl_object_of(stream: TLSStream) -> ssl.SSLObject:
-    """The ``SSLObject`` of a ``TLSStream``: its field when there, else ``extra()``."""
+def ssl_object_of(stream: ByteStream) -> ssl.SSLObject | ssl.SSLSocket:
+    """The TLS object of a TLS stream: the ``SSLSocket`` of a :class:`FdTLSStream`, a
+    ``TLSStream``'s ``SSLObject`` field when there, else ``extra()``."""
+    if isinstance(stream, FdTLSStream):
+        return stream.ssl_object
     ssl_object = getattr(stream, "_ssl_object", None)
     if isinstance(ssl_object, ssl.SSLObject):
         return ssl_object
@@ -315,13 +509,7 @@ async def open_hop(
     if ssl_context is None:
         return stream
     try:
-        return await TLSStream.wrap(
-            wide(stream),
-            server_side=False,
-            hostname=host,
-            ssl_context=ssl_context,
-            standard_compatible=False,
-        )
+        return await start_tls(stream, hostname=host, ssl_context=ssl_context)
     except BaseException as exc:
         await anyio.aclose_forcefully(stream)
         raise_handshake_error(exc, label)
