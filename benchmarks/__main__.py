@@ -4,12 +4,13 @@ Benchmarks are not tests: this prints figures and ratios and asserts nothing abo
 A client that reads the wrong records or bytes is reported as WRONG in the table.
 
 Method: the server runs in its own process (``spawn``, pinned to one core when there are
-two); the clients run one after another in this process (pinned to the other core). Each
-round runs every client once, in the same order (A, B, C, ..., A, B, C, ...), after one
-untimed warm-up round; each run gets a fresh event loop and a fresh connection, and only
-the reading is timed. A client's figure is its median over the rounds; its ratio is the
-median of its per-round ratios to the asyncio client of the same round (paired, so slow
-drifts of the machine cancel out).
+two); every client runs in a worker process of its own (``spawn``, pinned to the other
+core, started once per table: see ``_workers.py`` for why one process per client), one
+client at a time. Each round runs every client once, in the same order (A, B, C, ...,
+A, B, C, ...), after one untimed warm-up round; each run gets a fresh event loop and a
+fresh connection, and only the reading is timed. A client's figure is its median over
+the rounds; its ratio is the median of its per-round ratios to the asyncio client of the
+same round (paired, so slow drifts of the machine cancel out).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import ssl
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from . import _records, _tls
-from ._server import make_records, serve
+from . import _workers
+from ._server import serve
 
 #: Targets from the issue (ratio to asyncio), printed beside the measured ratios.
 TARGETS = {"one": 1.7, "three": 1.3, "tls": 1.5}
@@ -45,6 +47,51 @@ class Column:
     run: Callable[[], tuple[float, str | None]]  # (units per second, error or None)
     rates: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+class Worker:
+    """A client's own process (see ``_workers.py``); ``run(clock)`` times one run there."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+        mp = multiprocessing.get_context("spawn")
+        self._pipe, child_end = mp.Pipe()
+        self._process = mp.Process(
+            target=_workers.serve_client, args=(child_end, kind, args), daemon=True
+        )
+        self._process.start()
+        child_end.close()
+
+    def run(self, clock: str) -> tuple[float, str | None]:
+        self._pipe.send(("run", clock))
+        if not self._pipe.poll(600):
+            return float("nan"), "the worker did not answer within 600 s"
+        result: tuple[float, str | None] = self._pipe.recv()
+        return result
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+@contextlib.contextmanager
+def workers() -> Iterator[Callable[[str, tuple[Any, ...]], Worker]]:
+    """Start workers on demand; stop them all when the table is done."""
+    started: list[Worker] = []
+
+    def start(kind: str, args: tuple[Any, ...]) -> Worker:
+        worker = Worker(kind, args)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def _fmt_rate(rate: float, unit: str) -> str:
@@ -96,60 +143,48 @@ def run_rounds(title: str, unit: str, columns: list[Column], rounds: int, target
         print(f"   target: janusnet (asyncio) >= {target:.1f}x asyncio -> {got:.2f}x, {verdict}")
 
 
-def _records_columns(port: int, variant: str, count: int) -> list[Column]:
-    expected = make_records(variant, count)
+def _records_columns(
+    start: Callable[[str, tuple[Any, ...]], Worker], port: int, variant: str, count: int
+) -> list[Column]:
     three = variant == "three"
     hand = " (hand-written)" if three else ""
 
-    def column(
-        name: str, client: Callable[[int, str, int], tuple[float, _records.Tally]]
-    ) -> Column:
-        def run() -> tuple[float, str | None]:
-            elapsed, tally = client(port, variant, count)
-            return tally.count / elapsed, _records.check(tally, expected, three)
-
-        return Column(name, run)
+    def column(name: str, client: str) -> Column:
+        worker = start("records", (port, variant, count, client))
+        return Column(name, lambda: worker.run("wall"))
 
     return [
-        column(
-            "asyncio readuntil" if not three else "asyncio (hand-written)",
-            _records.asyncio_streams,
-        ),
-        column("janusnet (asyncio) recv_parsed", _records.janusnet_asyncio),
-        column("janusnet (trio) recv_parsed", _records.janusnet_trio),
-        column(
-            "anyio receive_until" if not three else "anyio (hand-written)", _records.anyio_streams
-        ),
-        column("trio (hand-written)", _records.trio_handwritten),
-        column("blocking socket" + hand, _records.blocking_socket),
+        column("asyncio readuntil" if not three else "asyncio (hand-written)", "asyncio_streams"),
+        column("janusnet (asyncio) recv_parsed", "janusnet_asyncio"),
+        column("janusnet (trio) recv_parsed", "janusnet_trio"),
+        column("anyio receive_until" if not three else "anyio (hand-written)", "anyio_streams"),
+        column("trio (hand-written)", "trio_handwritten"),
+        column("blocking socket" + hand, "blocking_socket"),
     ]
 
 
 def _tls_columns(
-    port: int, nbytes: int, cert_chain_pem: bytes, context: ssl.SSLContext
+    start: Callable[[str, tuple[Any, ...]], Worker],
+    port: int,
+    nbytes: int,
+    cert_chain_pem: bytes,
+    ca_pem: str,
+    clock: str,
 ) -> list[Column]:
-    def column(
-        name: str, client: Callable[[int, int, ssl.SSLContext], tuple[float, int, bytes]]
-    ) -> Column:
-        def run() -> tuple[float, str | None]:
-            elapsed, got, tail = client(port, nbytes, context)
-            return got / elapsed / 1e6, _tls.check(got, tail, nbytes)
+    def column(name: str, kind: str, args: tuple[Any, ...]) -> Column:
+        worker = start(kind, args)
+        return Column(name, lambda: worker.run(clock))
 
-        return Column(name, run)
-
-    ceiling = _tls.MemoryBIOCeiling(nbytes, context, cert_chain_pem)
-
-    def memory() -> tuple[float, str | None]:
-        elapsed, got, tail = ceiling.run()
-        return got / elapsed / 1e6, _tls.check(got, tail, nbytes)
+    def client(name: str, function: str) -> Column:
+        return column(name, "tls", (port, nbytes, ca_pem, function))
 
     return [
-        column("asyncio start_tls", _tls.asyncio_start_tls),
-        column("janusnet (asyncio) ssl_on+recv", _tls.janusnet_asyncio),
-        column("janusnet (trio) ssl_on+recv", _tls.janusnet_trio),
-        column("anyio TLSStream", _tls.anyio_tlsstream),
-        column("blocking ssl socket", _tls.blocking_ssl),
-        Column("ssl MemoryBIO, no I/O (ceiling)", memory),
+        client("asyncio start_tls", "asyncio_start_tls"),
+        client("janusnet (asyncio) ssl_on+recv", "janusnet_asyncio"),
+        client("janusnet (trio) ssl_on+recv", "janusnet_trio"),
+        client("anyio TLSStream", "anyio_tlsstream"),
+        client("blocking ssl socket", "blocking_ssl"),
+        column("ssl MemoryBIO, no I/O (ceiling)", "ceiling", (nbytes, ca_pem, cert_chain_pem)),
     ]
 
 
@@ -183,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_chain_pem = cert.private_key_and_cert_chain_pem.bytes()
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    ca_pem = ca.cert_pem.bytes().decode()
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     server_cpu = cpus[-1] if len(cpus) >= 2 else None
@@ -204,44 +238,44 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if args.which in ("all", "parse"):
-            run_rounds(
-                f"recv_parsed, one token (\\r\\n), {count} records of ~64 bytes",
-                "records/s",
-                _records_columns(records_port, "one", count),
-                rounds,
-                TARGETS["one"],
-            )
+            with workers() as start:
+                run_rounds(
+                    f"recv_parsed, one token (\\r\\n), {count} records of ~64 bytes",
+                    "records/s",
+                    _records_columns(start, records_port, "one", count),
+                    rounds,
+                    TARGETS["one"],
+                )
             print(f"   issue's pre-janusnet figures: {REFERENCE['one']}")
-            run_rounds(
-                f"recv_parsed, three tokens (\\r\\n | \\n | '|'), {count} records",
-                "records/s",
-                _records_columns(records_port, "three", count),
-                rounds,
-                TARGETS["three"],
-            )
+            with workers() as start:
+                run_rounds(
+                    f"recv_parsed, three tokens (\\r\\n | \\n | '|'), {count} records",
+                    "records/s",
+                    _records_columns(start, records_port, "three", count),
+                    rounds,
+                    TARGETS["three"],
+                )
             print(f"   issue's pre-janusnet figures: {REFERENCE['three']}")
         if args.which in ("all", "tls"):
-            run_rounds(
-                f"TLS bulk after STARTTLS, {mib} MiB",
-                "MB/s",
-                _tls_columns(tls_port, mib << 20, cert_chain_pem, context),
-                rounds,
-                TARGETS["tls"],
-            )
-            print(f"   issue's pre-janusnet figures: {REFERENCE['tls']}")
-            # Every client above runs at the server's encryption rate (the server has one
-            # core); timing each client by its own CPU shows what the client itself costs.
-            _tls.CLOCK = time.process_time
-            try:
+            with workers() as start:
                 run_rounds(
-                    f"TLS bulk after STARTTLS, {mib} MiB, per client CPU-second",
+                    f"TLS bulk after STARTTLS, {mib} MiB",
                     "MB/s",
-                    _tls_columns(tls_port, mib << 20, cert_chain_pem, context),
+                    _tls_columns(start, tls_port, mib << 20, cert_chain_pem, ca_pem, "wall"),
                     rounds,
                     TARGETS["tls"],
                 )
-            finally:
-                _tls.CLOCK = time.perf_counter
+            print(f"   issue's pre-janusnet figures: {REFERENCE['tls']}")
+            # Every client above runs at most at the server's encryption rate (the server
+            # has one core); timing each client by its own CPU shows what it costs itself.
+            with workers() as start:
+                run_rounds(
+                    f"TLS bulk after STARTTLS, {mib} MiB, per client CPU-second",
+                    "MB/s",
+                    _tls_columns(start, tls_port, mib << 20, cert_chain_pem, ca_pem, "cpu"),
+                    rounds,
+                    TARGETS["tls"],
+                )
     finally:
         parent_end.send("stop")
         server.join(5)
