@@ -7,8 +7,10 @@ What one *tunnel* is: TCP to the proxy, ``CONNECT``, TLS to the origin through t
 one small HTTP request and its whole response (checked byte for byte), close.
 
 Method. The CONNECT proxy and the TLS origin (trustme certificate, TLS 1.3) each run in
-their own process (``spawn``; see ``_tunnel_servers``); the clients run in this process,
-one after another. Each section runs one untimed warm-up round, then interleaved rounds
+their own process (``spawn``; see ``_tunnel_servers``); every client runs in a worker
+process of its own, started once per section (so no client inherits another's heap: see
+``_workers.py``), one client at a time. Each section runs one untimed warm-up round, then
+interleaved rounds
 (A, B, C, ..., A, B, C, ...); every run gets a fresh event loop and a fresh client object
 (tunnel, pool, proxy). A client's rate is its median over the rounds; its ratio is the
 median of its per-round ratios to the hand-written asyncio client of the same round
@@ -116,6 +118,43 @@ def run_client(name: str, env: Env, total: int, concurrency: int) -> RunResult:
     return anyio.run(_run, factory, env, total, concurrency, backend=backend)
 
 
+def _client_worker(
+    pipe: Connection, name: str, env_args: tuple[str, int, int], ca_pem: str
+) -> None:
+    """A client's own process: answers ``(total, concurrency)`` with a RunResult."""
+    raise_nofile_limit()
+    env = Env(*env_args, ssl.create_default_context(cadata=ca_pem))
+    while (message := pipe.recv()) != "stop":
+        pipe.send(run_client(name, env, *message))
+
+
+class ClientProcess:
+    def __init__(self, name: str, env: Env, ca_pem: str) -> None:
+        mp = multiprocessing.get_context("spawn")
+        self._pipe, child_end = mp.Pipe()
+        env_args = (env.proxy_host, env.proxy_port, env.origin_port)
+        self._process = mp.Process(
+            target=_client_worker, args=(child_end, name, env_args, ca_pem), daemon=True
+        )
+        self._process.start()
+        child_end.close()
+
+    def run(self, total: int, concurrency: int) -> RunResult:
+        self._pipe.send((total, concurrency))
+        if not self._pipe.poll(600):
+            return RunResult(1.0, 0.0, [], ["the client process did not answer in 600 s"])
+        result: RunResult = self._pipe.recv()
+        return result
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
 @dataclass
 class Column:
     name: str
@@ -134,20 +173,44 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_section(
-    title: str, env: Env, names: list[str], total: int, concurrency: int, rounds: int, warmup: int
+    title: str,
+    env: Env,
+    ca_pem: str,
+    names: list[str],
+    total: int,
+    concurrency: int,
+    rounds: int,
+    warmup: int,
 ) -> dict[str, Column]:
     """Warm up, run interleaved rounds, print them and the summary table."""
     letters = {name: chr(65 + k) for k, name in enumerate(names)}
     print(f"\n== {title}\n   ({rounds} rounds after a warm-up of {warmup} tunnels per client)")
     print("   " + ", ".join(f"{letters[n]} = {n}" for n in names))
+    processes = {name: ClientProcess(name, env, ca_pem) for name in names}
+    try:
+        return _run_rounds(processes, names, letters, total, concurrency, rounds, warmup)
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+def _run_rounds(
+    processes: dict[str, ClientProcess],
+    names: list[str],
+    letters: dict[str, str],
+    total: int,
+    concurrency: int,
+    rounds: int,
+    warmup: int,
+) -> dict[str, Column]:
     for name in names:
-        run_client(name, env, warmup, min(concurrency, warmup))
+        processes[name].run(warmup, min(concurrency, warmup))
     columns = {name: Column(name) for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in names}
     for r in range(1, rounds + 1):
         cells = []
         for name in names:
-            result = run_client(name, env, total, concurrency)
+            result = processes[name].run(total, concurrency)
             column = columns[name]
             column.rates.append(len(result.latencies) / result.elapsed)
             column.cpu_ms.append(result.cpu * 1e3 / max(len(result.latencies), 1))
@@ -405,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         if "seq" in sections:
             cols = run_section(
                 f"sequential: {seq_total} tunnels one at a time, benchmark proxy",
-                env, names, seq_total, 1, rounds, 30,
+                env, ca_pem, names, seq_total, 1, rounds, 30,
             )  # fmt: skip
             print(f"   issue's pre-janusnet ratios: {REFERENCE['seq']}")
             if JANUS in cols:
@@ -417,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         if "conc" in sections:
             cols = run_section(
                 f"concurrent: {conc_total} tunnels, {concurrency} in flight, benchmark proxy",
-                env, names, conc_total, concurrency, rounds, 100 if quick else 200,
+                env, ca_pem, names, conc_total, concurrency, rounds, 100 if quick else 200,
             )  # fmt: skip
             print(f"   issue's pre-janusnet ratios: {REFERENCE['conc']}")
             if JANUS in cols:
@@ -444,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                     cols = run_section(
                         f"sequential through tinyproxy: {tiny_total} tunnels one at a time, "
                         f"TLS 1.3",
-                        env, names, tiny_total, 1, rounds, 5,
+                        env, ca_pem, names, tiny_total, 1, rounds, 5,
                     )  # fmt: skip
                     print(f"   issue's pre-janusnet figures: {REFERENCE['tinyproxy']}")
                     if JANUS in cols:
