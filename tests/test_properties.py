@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import janusnet._transport
 from janusnet import (
     IncompleteReadError,
     JanusnetError,
@@ -95,11 +96,11 @@ def expected_outcome(data: bytes, max_head_bytes: int) -> tuple[Any, ...]:
 async def tunnel_outcome(chunks: list[bytes], max_head_bytes: int) -> tuple[Any, ...]:
     stream = ScriptedStream(chunks)
 
-    async def fake_connect_tcp(*args: Any, **kwargs: Any) -> ScriptedStream:
+    async def fake_open_tcp(*args: Any, **kwargs: Any) -> ScriptedStream:
         return stream
 
     tunnel = ProxyTunnel("http://proxy.invalid:3128", max_head_bytes=max_head_bytes, timeout=5)
-    with mock.patch.object(anyio, "connect_tcp", fake_connect_tcp):
+    with mock.patch.object(janusnet._transport, "open_tcp", fake_open_tcp):
         try:
             sock = await tunnel.open("example.com", 443)
         except JanusnetError as exc:

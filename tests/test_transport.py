@@ -44,21 +44,81 @@ async def test_ip_address_connects_without_connect_tcp(
             assert await stream.receive() == b"hello\r\n"
 
 
-async def test_name_still_uses_happy_eyeballs(
+async def test_name_resolves_and_connects_directly(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[str] = []
-    real = anyio.connect_tcp
+    async def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError("janusnet connects names itself")
 
-    async def spy(host: str, port: int, **kwargs: Any) -> Any:
-        asked.append(host)
-        return await real(host, port, **kwargs)
-
-    monkeypatch.setattr(anyio, "connect_tcp", spy)
+    monkeypatch.setattr(anyio, "connect_tcp", refuse)
     async with serve(greet) as port:
         async with await open_tcp("localhost", port) as stream:
+            assert isinstance(stream, FdStream)
             assert await stream.receive() == b"hello\r\n"
-    assert asked == ["localhost"]
+
+
+def test_addresses_are_interleaved_ipv6_first() -> None:
+    from janusnet._transport import _interleaved
+
+    v4, v6 = socket.AF_INET, socket.AF_INET6
+    infos = [
+        (v4, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 1)),
+        (v4, socket.SOCK_STREAM, 6, "", ("192.0.2.2", 1)),
+        (v4, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 1)),  # a duplicate
+        (v6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", 1, 0, 0)),
+    ]
+    assert [info[4][0] for info in _interleaved(infos)] == [
+        "2001:db8::1",
+        "192.0.2.1",
+        "192.0.2.2",
+    ]
+
+
+async def test_happy_eyeballs_skips_an_address_that_hangs(anyio_backend: str) -> None:
+    """The first address never answers (a listener whose backlog is full); 250 ms later
+    the second is tried and wins, and the pending attempt is closed."""
+    from janusnet._transport import HAPPY_EYEBALLS_DELAY, _happy_eyeballs
+
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    try:
+        # Fill the accept queue so a further SYN is dropped and the connect hangs.
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+            fillers.append(filler)
+        await anyio.sleep(0.1)
+        async with serve(greet) as port:
+            hanging = (socket.AF_INET, socket.SOCK_STREAM, 6, "", full.getsockname())
+            good = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+            started = anyio.current_time()
+            with anyio.fail_after(5):
+                stream = await _happy_eyeballs([hanging, good])
+                async with stream:
+                    assert await stream.receive() == b"hello\r\n"
+            assert anyio.current_time() - started >= HAPPY_EYEBALLS_DELAY * 0.9
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()
+    gc.collect()
+
+
+async def test_happy_eyeballs_reports_every_failure(anyio_backend: str) -> None:
+    from janusnet._transport import _happy_eyeballs
+
+    closed = []
+    for _ in range(2):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        closed.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", listener.getsockname()))
+        listener.close()  # nothing listens there
+    with anyio.fail_after(5), pytest.raises(OSError, match="all 2 addresses failed") as info:
+        await _happy_eyeballs(closed)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
