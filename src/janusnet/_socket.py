@@ -662,7 +662,10 @@ class Socket:
                 default: the socket's ``parse_tokens``.
             max_bytes: limit on data bytes (the token excluded); a token starting at or
                 before this offset counts as found. Default: the port's
-                ``max_parse_bytes``.
+                ``max_parse_bytes``. With ``0`` only a token at the very start is
+                found; otherwise the result is ``Parsed(b"", None, 0)`` and nothing is
+                consumed, which looks like end of stream: ``sock.pending`` (> 0, the
+                bytes are still buffered) tells them apart.
 
         Returns:
             ``Parsed(data, token, index)``: ``data`` without the token, the token, and its
