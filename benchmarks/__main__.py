@@ -49,32 +49,15 @@ class Column:
     errors: list[str] = field(default_factory=list)
 
 
-class Worker:
+class Worker(_workers.WorkerProcess):
     """A client's own process (see ``_workers.py``); ``run(clock)`` times one run there."""
 
     def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
-        mp = multiprocessing.get_context("spawn")
-        self._pipe, child_end = mp.Pipe()
-        self._process = mp.Process(
-            target=_workers.serve_client, args=(child_end, kind, args), daemon=True
-        )
-        self._process.start()
-        child_end.close()
+        super().__init__(_workers.serve_client, (kind, args))
 
     def run(self, clock: str) -> tuple[float, str | None]:
-        self._pipe.send(("run", clock))
-        if not self._pipe.poll(600):
-            return float("nan"), "the worker did not answer within 600 s"
-        result: tuple[float, str | None] = self._pipe.recv()
-        return result
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._pipe.send("stop")
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        result: tuple[float, str | None] | None = self.ask(("run", clock))
+        return result or (float("nan"), "the worker did not answer within 600 s")
 
 
 @contextlib.contextmanager

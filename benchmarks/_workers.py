@@ -12,6 +12,8 @@ interleave, so the paired ratios still cancel slow drifts of the machine).
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import ssl
 import time
 from collections.abc import Callable
@@ -89,3 +91,27 @@ def serve_client(pipe: Connection, kind: str, args: tuple[Any, ...]) -> None:
             pipe.send(run(message[1]))
         except Exception as exc:
             pipe.send((float("nan"), f"{type(exc).__name__}: {exc}"))
+
+
+class WorkerProcess:
+    """A spawned process running ``target(pipe, *args)``; :meth:`ask` sends it a message
+    and returns its answer (``None`` when it does not answer within ``timeout``)."""
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        mp = multiprocessing.get_context("spawn")
+        self._pipe, child_end = mp.Pipe()
+        self._process = mp.Process(target=target, args=(child_end, *args), daemon=True)
+        self._process.start()
+        child_end.close()
+
+    def ask(self, message: object, timeout: float = 600) -> Any:
+        self._pipe.send(message)
+        return self._pipe.recv() if self._pipe.poll(timeout) else None
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()

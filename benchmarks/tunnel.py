@@ -51,6 +51,7 @@ import anyio
 
 from ._tunnel_clients import CLIENTS, ClientFactory, Env, Handle
 from ._tunnel_servers import HOST, raise_nofile_limit, serve_origin, serve_proxy
+from ._workers import WorkerProcess
 
 BASE: Final = "asyncio (hand-written)"
 JANUS: Final = "janusnet (asyncio)"
@@ -128,31 +129,16 @@ def _client_worker(
         pipe.send(run_client(name, env, *message))
 
 
-class ClientProcess:
+class ClientProcess(WorkerProcess):
+    """A client's own process (see ``_workers.py``): one section's runs happen there."""
+
     def __init__(self, name: str, env: Env, ca_pem: str) -> None:
-        mp = multiprocessing.get_context("spawn")
-        self._pipe, child_end = mp.Pipe()
         env_args = (env.proxy_host, env.proxy_port, env.origin_port)
-        self._process = mp.Process(
-            target=_client_worker, args=(child_end, name, env_args, ca_pem), daemon=True
-        )
-        self._process.start()
-        child_end.close()
+        super().__init__(_client_worker, (name, env_args, ca_pem))
 
     def run(self, total: int, concurrency: int) -> RunResult:
-        self._pipe.send((total, concurrency))
-        if not self._pipe.poll(600):
-            return RunResult(1.0, 0.0, [], ["the client process did not answer in 600 s"])
-        result: RunResult = self._pipe.recv()
-        return result
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._pipe.send("stop")
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        result: RunResult | None = self.ask((total, concurrency))
+        return result or RunResult(1.0, 0.0, [], ["the client process did not answer in 600 s"])
 
 
 @dataclass

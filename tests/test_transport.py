@@ -192,28 +192,34 @@ async def test_direct_stream_carries_bulk_both_ways_with_backpressure(anyio_back
                 await stream.receive()
 
 
+async def refuses_a_second_receiver_and_wakes_it_on_close(stream: Any) -> None:
+    """A second concurrent receive is refused; closing wakes the first, which must not
+    hang on a closed socket."""
+    outcome: list[type[BaseException]] = []
+
+    async def waiter() -> None:
+        try:
+            await stream.receive()
+        except Exception as exc:
+            outcome.append(type(exc))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await stream.receive()
+            await stream.aclose()
+    assert outcome == [anyio.ClosedResourceError]
+
+
 async def test_direct_stream_refuses_a_second_receiver_and_wakes_on_close(
     anyio_backend: str,
 ) -> None:
     async with serve(greet) as port:
         stream = await open_tcp("127.0.0.1", port)
         assert await stream.receive() == b"hello\r\n"
-        outcome: list[type[BaseException]] = []
-
-        async def waiter() -> None:
-            try:
-                await stream.receive()
-            except Exception as exc:
-                outcome.append(type(exc))
-
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as group:
-                group.start_soon(waiter)
-                await anyio.wait_all_tasks_blocked()
-                with pytest.raises(anyio.BusyResourceError):
-                    await stream.receive()
-                await stream.aclose()  # the waiter must not hang on a closed socket
-        assert outcome == [anyio.ClosedResourceError]
+        await refuses_a_second_receiver_and_wakes_it_on_close(stream)
         with pytest.raises(anyio.ClosedResourceError):
             await stream.receive()
         with pytest.raises(anyio.ClosedResourceError):
@@ -314,22 +320,7 @@ async def test_tls_over_direct_socket_has_tls_attributes_and_closes_waiters(
         assert tls.extra(TLSAttribute.peer_certificate)["subjectAltName"]
         assert tls.extra(anyio.abc.SocketAttribute.remote_port) == port
         assert await tls.receive() == b"hello"
-        outcome: list[type[BaseException]] = []
-
-        async def waiter() -> None:
-            try:
-                await tls.receive()
-            except Exception as exc:
-                outcome.append(type(exc))
-
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as group:
-                group.start_soon(waiter)
-                await anyio.wait_all_tasks_blocked()
-                with pytest.raises(anyio.BusyResourceError):
-                    await tls.receive()
-                await tls.aclose()
-        assert outcome == [anyio.ClosedResourceError]
+        await refuses_a_second_receiver_and_wakes_it_on_close(tls)
         await plain.aclose()  # its socket went to the TLS layer: nothing left to close
 
 

@@ -34,7 +34,7 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from anyio.abc import ByteStream
 
@@ -92,17 +92,14 @@ _DIRECT: Final = None not in (_wait_readable, _wait_writable, _notify_closing)
 _checkpoint = anyio.lowlevel.checkpoint
 
 
-class FdStream(SocketStream):
-    """A connected non-blocking TCP socket as an anyio byte stream, with nothing between.
+class _Direct(SocketStream):
+    """What :class:`FdStream` and :class:`FdTLSStream` share: a non-blocking socket
+    (or ``SSLSocket``) called directly, waited on with anyio only when it would block.
 
-    ``receive`` and ``send`` call the socket directly and wait with anyio's
-    ``wait_readable``/``wait_writable`` only when it would block, on both backends. An
-    idle connection is the OS socket and this object: on asyncio that is ~6 KiB less per
-    connection than a transport, its protocol, a read queue and two events, and one layer
-    fewer to pass through. Like anyio's own streams, every call is a checkpoint (before it
-    touches the socket, so a cancelled call has taken nothing) and concurrent sends or
-    receives raise ``BusyResourceError``. ``receive`` asks for ``TRANSPORT_READ`` bytes by
-    default, what one read of an event loop's transport would be.
+    Like anyio's own streams, every call is a checkpoint (before it touches the socket, so
+    a cancelled call has taken nothing), a second concurrent receive or send raises
+    ``BusyResourceError``, and closing wakes a task waiting on the socket
+    (``ClosedResourceError``).
     """
 
     __slots__ = ("_closed", "_receiving", "_sending", "_sock")
@@ -117,62 +114,53 @@ class FdStream(SocketStream):
     def _raw_socket(self) -> _stdsocket.socket:
         return self._sock
 
-    async def receive(self, max_bytes: int = TRANSPORT_READ) -> bytes:
+    async def _call(
+        self, op: Callable[[Any], Any], arg: Any, blocked: Callable[[Any], Awaitable[None]]
+    ) -> Any:
+        """``op(arg)``, waiting while it would block (``blocked`` for a plain socket's
+        ``BlockingIOError``; a TLS socket says which way it waits)."""
+        sock = self._sock
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                return op(arg)
+            except ssl.SSLWantReadError:
+                await _wait_readable(sock)
+            except ssl.SSLWantWriteError:  # e.g. a post-handshake message to answer first
+                await _wait_writable(sock)
+            except BlockingIOError:
+                await blocked(sock)
+            except OSError as exc:  # ssl.SSLError included
+                if self._closed:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from exc
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
         await _checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
-        sock = self._sock
         self._receiving = True
         try:
-            while True:
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                try:
-                    data = sock.recv(max_bytes)
-                except BlockingIOError:
-                    await _wait_readable(sock)
-                    continue
-                except OSError as exc:
-                    if self._closed:
-                        raise anyio.ClosedResourceError from None
-                    raise anyio.BrokenResourceError from exc
-                if data:
-                    return data
-                raise anyio.EndOfStream
+            data: bytes = await self._call(self._sock.recv, max_bytes, _wait_readable)
         finally:
             self._receiving = False
+        if data:
+            return data
+        raise anyio.EndOfStream  # for TLS also a ragged EOF (suppress_ragged_eofs)
 
     async def send(self, item: bytes) -> None:
         await _checkpoint()
         if self._sending:
             raise anyio.BusyResourceError("sending to")
-        sock = self._sock
         self._sending = True
         try:
             view = memoryview(item)
             while view:
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    await _wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    if self._closed:
-                        raise anyio.ClosedResourceError from None
-                    raise anyio.BrokenResourceError from exc
-                view = view[sent:]
+                # TLS writes all or nothing, and a retry passes the same bytes again.
+                view = view[await self._call(self._sock.send, view, _wait_writable) :]
         finally:
             self._sending = False
-
-    async def send_eof(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        try:
-            self._sock.shutdown(_stdsocket.SHUT_WR)
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
 
     async def aclose(self) -> None:
         # Closed at once (no await first), so a cancelled or forceful close still closes.
@@ -185,7 +173,32 @@ class FdStream(SocketStream):
         await _checkpoint()
 
 
-class FdTLSStream(SocketStream):
+class FdStream(_Direct):
+    """A connected non-blocking TCP socket as an anyio byte stream, with nothing between.
+
+    ``receive`` and ``send`` call the socket directly and wait with anyio's
+    ``wait_readable``/``wait_writable`` only when it would block, on both backends. An
+    idle connection is the OS socket and this object: on asyncio that is ~6 KiB less per
+    connection than a transport, its protocol, a read queue and two events, and one layer
+    fewer to pass through. ``receive`` asks for ``TRANSPORT_READ`` bytes by default, what
+    one read of an event loop's transport would be.
+    """
+
+    __slots__ = ()
+
+    async def receive(self, max_bytes: int = TRANSPORT_READ) -> bytes:
+        return await super().receive(max_bytes)
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            self._sock.shutdown(_stdsocket.SHUT_WR)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+
+class FdTLSStream(_Direct):
     """TLS run by OpenSSL directly on a :class:`FdStream`'s socket (``ssl.SSLSocket``).
 
     ``ssl_on()`` over a direct socket upgrades it here instead of through anyio's
@@ -197,13 +210,8 @@ class FdTLSStream(SocketStream):
     ``TLSStream``'s, plus the socket's.
     """
 
-    __slots__ = ("_closed", "_receiving", "_sending", "_tls")
-
-    def __init__(self, tls: ssl.SSLSocket) -> None:
-        self._tls = tls
-        self._closed = False
-        self._receiving = False
-        self._sending = False
+    __slots__ = ()
+    _sock: ssl.SSLSocket
 
     @classmethod
     async def wrap(
@@ -240,41 +248,9 @@ class FdTLSStream(SocketStream):
             raise
 
     @property
-    def _raw_socket(self) -> _stdsocket.socket:
-        return self._tls
-
-    @property
     def ssl_object(self) -> ssl.SSLSocket:
         """The ``SSLSocket`` (it offers what ``SSLObject`` does: version, cipher, ...)."""
-        return self._tls
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        await _checkpoint()
-        if self._receiving:
-            raise anyio.BusyResourceError("receiving from")
-        tls = self._tls
-        self._receiving = True
-        try:
-            while True:
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                try:
-                    data = tls.recv(max_bytes)  # a ragged EOF is b"" (suppress_ragged_eofs)
-                except ssl.SSLWantReadError:
-                    await _wait_readable(tls)
-                    continue
-                except ssl.SSLWantWriteError:  # a post-handshake message to answer first
-                    await _wait_writable(tls)
-                    continue
-                except OSError as exc:  # ssl.SSLError included
-                    if self._closed:
-                        raise anyio.ClosedResourceError from None
-                    raise anyio.BrokenResourceError from exc
-                if data:
-                    return data
-                raise anyio.EndOfStream
-        finally:
-            self._receiving = False
+        return self._sock
 
     def receive_ready(self) -> tuple[bytes, bool]:
         """What can be read now without waiting: ``(data, at_eof)``; never blocks.
@@ -284,7 +260,7 @@ class FdTLSStream(SocketStream):
         """
         chunks: list[bytes] = []
         eof = False
-        tls = self._tls
+        tls = self._sock
         while not self._closed and not self._receiving:
             try:
                 data = tls.recv(65536)
@@ -296,48 +272,12 @@ class FdTLSStream(SocketStream):
             chunks.append(data)
         return b"".join(chunks), eof
 
-    async def send(self, item: bytes) -> None:
-        await _checkpoint()
-        if self._sending:
-            raise anyio.BusyResourceError("sending to")
-        tls = self._tls
-        self._sending = True
-        try:
-            view = memoryview(item)
-            while view:
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                try:
-                    sent = tls.send(view)  # all or nothing: retried with the same bytes
-                except ssl.SSLWantWriteError:
-                    await _wait_writable(tls)
-                    continue
-                except ssl.SSLWantReadError:
-                    await _wait_readable(tls)
-                    continue
-                except OSError as exc:
-                    if self._closed:
-                        raise anyio.ClosedResourceError from None
-                    raise anyio.BrokenResourceError from exc
-                view = view[sent:]
-        finally:
-            self._sending = False
-
     async def send_eof(self) -> None:
         raise NotImplementedError("TLS has no half-close; close the stream instead")
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            tls = self._tls
-            if tls.fileno() >= 0:
-                _notify_closing(tls)
-                tls.close()
-        await _checkpoint()
-
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        tls = self._tls
+        tls = self._sock
         return {
             **super().extra_attributes,
             TLSAttribute.alpn_protocol: tls.selected_alpn_protocol,
