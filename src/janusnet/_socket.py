@@ -576,7 +576,7 @@ class Socket:
                     break
                 chunks.append(more)
                 total += len(more)
-        except ssl.SSLError:  # SSLWantReadError: nothing more without I/O
+        except OSError:  # SSLWantReadError: nothing more without I/O; errors: next receive
             pass
         return data if len(chunks) == 1 else b"".join(chunks)
 
