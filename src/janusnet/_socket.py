@@ -54,6 +54,7 @@ from ._scan import Parsed, Scanner, TokenSet, as_token_set
 from ._tls import TLSInfo, default_ssl_context
 from ._transport import (
     QUICKACK,
+    TLS_RECORD,
     TRANSPORT_READ,
     FdTLSStream,
     allowed_addresses,
@@ -81,7 +82,7 @@ logger = logging.getLogger("janusnet")
 RECEIVE_SIZE: Final = 65536
 #: Only a receive that returned (nearly) a full TLS record (16 KiB of plaintext at most)
 #: suggests more records are waiting; small messages skip the extra read attempt.
-TLS_FULL_RECORD: Final = 16384 - 256
+TLS_FULL_RECORD: Final = TLS_RECORD - 256
 #: Default deadline for TCP connect (+ TLS when the port asks for it), as httpx's 5 s is
 #: too short for a corporate proxy's first DNS lookup and curl's 300 s too long.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
@@ -571,7 +572,7 @@ class Socket:
         total = len(data)
         try:
             while total < size:
-                more = read(min(RECEIVE_SIZE, size - total))
+                more = read(min(TLS_RECORD, size - total))  # a record's worth at most
                 if not more:
                     break
                 chunks.append(more)

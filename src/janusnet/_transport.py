@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUICKACK",
+    "TLS_RECORD",
     "TRANSPORT_READ",
     "FdStream",
     "FdTLSStream",
@@ -62,6 +63,8 @@ logger = logging.getLogger("janusnet")
 #: the chunk each time; asking for the whole chunk avoids those copies (and, on trio,
 #: three of four system calls during bulk transfers).
 TRANSPORT_READ: Final = 256 * 1024
+#: The most plaintext one TLS record carries (RFC 8446 §5.1), so one TLS read's worth.
+TLS_RECORD: Final = 16384
 #: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
 QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 #: Bytes peeked at most where FIONREAD is missing.
@@ -251,6 +254,12 @@ class FdTLSStream(_Direct):
     def ssl_object(self) -> ssl.SSLSocket:
         """The ``SSLSocket`` (it offers what ``SSLObject`` does: version, cipher, ...)."""
         return self._sock
+
+    async def receive(self, max_bytes: int = TLS_RECORD) -> bytes:
+        # One read gives one record's plaintext at most: asking for more only allocates
+        # a bigger buffer, and from 128 KiB on glibc gives each one its own mmap (page
+        # faults on every read; 2.4x -> 3.3x asyncio in bulk when capped).
+        return await super().receive(max_bytes if max_bytes < TLS_RECORD else TLS_RECORD)
 
     def receive_ready(self) -> tuple[bytes, bool]:
         """What can be read now without waiting: ``(data, at_eof)``; never blocks.
