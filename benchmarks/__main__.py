@@ -126,6 +126,22 @@ def run_rounds(title: str, unit: str, columns: list[Column], rounds: int, target
         print(f"   target: janusnet (asyncio) >= {target:.1f}x asyncio -> {got:.2f}x, {verdict}")
 
 
+def table(
+    title: str,
+    unit: str,
+    make_columns: Callable[[Callable[[str, tuple[Any, ...]], Worker]], list[Column]],
+    rounds: int,
+    target: str,
+    *,
+    reference: bool = True,
+) -> None:
+    """One table: its clients in worker processes of their own, stopped afterwards."""
+    with workers() as start:
+        run_rounds(title, unit, make_columns(start), rounds, TARGETS[target])
+    if reference:
+        print(f"   issue's pre-janusnet figures: {REFERENCE[target]}")
+
+
 def _records_columns(
     start: Callable[[str, tuple[Any, ...]], Worker], port: int, variant: str, count: int
 ) -> list[Column]:
@@ -221,43 +237,36 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if args.which in ("all", "parse"):
-            with workers() as start:
-                run_rounds(
-                    f"recv_parsed, one token (\\r\\n), {count} records of ~64 bytes",
-                    "records/s",
-                    _records_columns(start, records_port, "one", count),
-                    rounds,
-                    TARGETS["one"],
-                )
-            print(f"   issue's pre-janusnet figures: {REFERENCE['one']}")
-            with workers() as start:
-                run_rounds(
-                    f"recv_parsed, three tokens (\\r\\n | \\n | '|'), {count} records",
-                    "records/s",
-                    _records_columns(start, records_port, "three", count),
-                    rounds,
-                    TARGETS["three"],
-                )
-            print(f"   issue's pre-janusnet figures: {REFERENCE['three']}")
+            table(
+                f"recv_parsed, one token (\\r\\n), {count} records of ~64 bytes",
+                "records/s",
+                lambda start: _records_columns(start, records_port, "one", count),
+                rounds,
+                "one",
+            )
+            table(
+                f"recv_parsed, three tokens (\\r\\n | \\n | '|'), {count} records",
+                "records/s",
+                lambda start: _records_columns(start, records_port, "three", count),
+                rounds,
+                "three",
+            )
         if args.which in ("all", "tls"):
-            with workers() as start:
-                run_rounds(
-                    f"TLS bulk after STARTTLS, {mib} MiB",
+            for clock, title in (
+                ("wall", f"TLS bulk after STARTTLS, {mib} MiB"),
+                # Every client runs at most at the server's encryption rate (the server
+                # has one core); timing each client by its own CPU shows what it costs.
+                ("cpu", f"TLS bulk after STARTTLS, {mib} MiB, per client CPU-second"),
+            ):
+                table(
+                    title,
                     "MB/s",
-                    _tls_columns(start, tls_port, mib << 20, cert_chain_pem, ca_pem, "wall"),
+                    lambda start, clock=clock: _tls_columns(
+                        start, tls_port, mib << 20, cert_chain_pem, ca_pem, clock
+                    ),
                     rounds,
-                    TARGETS["tls"],
-                )
-            print(f"   issue's pre-janusnet figures: {REFERENCE['tls']}")
-            # Every client above runs at most at the server's encryption rate (the server
-            # has one core); timing each client by its own CPU shows what it costs itself.
-            with workers() as start:
-                run_rounds(
-                    f"TLS bulk after STARTTLS, {mib} MiB, per client CPU-second",
-                    "MB/s",
-                    _tls_columns(start, tls_port, mib << 20, cert_chain_pem, ca_pem, "cpu"),
-                    rounds,
-                    TARGETS["tls"],
+                    "tls",
+                    reference=clock == "wall",
                 )
     finally:
         parent_end.send("stop")

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 import janusnet
+import janusnet._transport
 from janusnet._transport import FdStream, open_tcp
 from loopback import serve
 
@@ -25,36 +26,28 @@ async def greet(stream: Any) -> None:
 
 
 @pytest.mark.skipif(
-    not hasattr(anyio.abc.SocketStream, "from_socket"),
-    reason="anyio < 4.10 has no SocketStream.from_socket(): connect_tcp is used",
+    not janusnet._transport._DIRECT,
+    reason="anyio < 4.7 has no wait_readable/notify_closing: connect_tcp is used",
 )
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]"])
-async def test_ip_address_connects_without_connect_tcp(
-    anyio_backend: str, host: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("host", "listen"),
+    [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("[::1]", "::1"), ("localhost", "127.0.0.1")],
+)
+async def test_connects_directly_without_connect_tcp(
+    anyio_backend: str, host: str, listen: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """IP addresses and names alike: a direct non-blocking socket with TCP_NODELAY, no
+    ``anyio.connect_tcp`` (and its task group) involved."""
+
     async def refuse(*args: Any, **kwargs: Any) -> NoReturn:
-        raise AssertionError("an IP address needs no happy eyeballs")
+        raise AssertionError("janusnet connects by itself")
 
     monkeypatch.setattr(anyio, "connect_tcp", refuse)
-    async with serve(greet, host=host.strip("[]")) as port:
-        stream = await open_tcp(host, port)
-        async with stream:
-            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-            assert await stream.receive() == b"hello\r\n"
-
-
-async def test_name_resolves_and_connects_directly(
-    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def refuse(*args: Any, **kwargs: Any) -> NoReturn:
-        raise AssertionError("janusnet connects names itself")
-
-    monkeypatch.setattr(anyio, "connect_tcp", refuse)
-    async with serve(greet) as port:
-        async with await open_tcp("localhost", port) as stream:
-            assert isinstance(stream, FdStream)
-            assert await stream.receive() == b"hello\r\n"
+    async with serve(greet, host=listen) as port, await open_tcp(host, port) as stream:
+        assert isinstance(stream, FdStream)
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert await stream.receive() == b"hello\r\n"
 
 
 def test_addresses_are_interleaved_ipv6_first() -> None:
