@@ -65,6 +65,18 @@ RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
     ("ip literal, later ip deny v6", [A("*"), D("::1/128")], "::1", 80, False),
     ("ip literal, ip allow first", [A("127.0.0.1"), D("127.0.0.0/8")], "127.0.0.1", 80, True),
     ("ip literal, ip deny other port", [A("*"), D("127.0.0.0/8", 25)], "127.0.0.1", 80, True),
+    # Addresses are judged as what they reach: an IPv4-mapped IPv6 address is its IPv4
+    # host, the unspecified address is this machine (no bypass by spelling).
+    ("v4-mapped v6, v4 deny", [D("127.0.0.0/8"), A("*")], "::ffff:127.0.0.1", 80, False),
+    ("v4-mapped v6 hex form", [D("127.0.0.0/8"), A("*")], "[::ffff:7f00:1]", 80, False),
+    ("v4-mapped v6, later deny", [A("*"), D("10.0.0.0/8")], "::ffff:10.1.2.3", 443, False),
+    ("v4-mapped v6, v4 allow", [A("10.0.0.0/8")], "::ffff:10.1.2.3", 443, True),
+    ("v4-mapped v6, outside", [A("10.0.0.0/8")], "::ffff:11.1.2.3", 443, False),
+    ("v4-mapped v6, v6 rule", [D("::ffff:0:0/96"), A("*")], "::ffff:192.0.2.1", 443, False),
+    ("v4-mapped v6, public", [D("127.0.0.0/8"), A("*")], "::ffff:192.0.2.1", 443, True),
+    ("unspecified v4 is loopback", [D("127.0.0.0/8"), A("*")], "0.0.0.0", 80, False),
+    ("unspecified v6 is loopback", [D("::1/128"), A("*")], "[::]", 80, False),
+    ("unspecified v6 reaches v4 too", [D("127.0.0.0/8"), A("*")], "::", 80, False),
 ]
 
 
@@ -161,8 +173,9 @@ async def test_denied_direct_connect_sends_nothing(anyio_backend: str) -> None:
     [
         ("denied.example", [D("denied.example"), A("*")]),
         ("10.9.8.7", [A("*"), D("10.0.0.0/8")]),  # an IP target: IP rules apply, too
+        ("::ffff:10.9.8.7", [A("*"), D("10.0.0.0/8")]),  # the same host, IPv4-mapped
     ],
-    ids=["name", "ip-literal"],
+    ids=["name", "ip-literal", "v4-mapped"],
 )
 async def test_denied_tunnel_target_never_reaches_the_proxy(
     anyio_backend: str, target: str, rules: list[AccessRule]
@@ -178,6 +191,23 @@ async def test_denied_tunnel_target_never_reaches_the_proxy(
         async with await tunnel.open("allowed.example", 443) as sock:
             assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
     assert proxy.accepted == [b"CONNECT allowed.example:443 HTTP/1.1"]
+
+
+async def test_mapped_address_cannot_reach_a_denied_ipv4_host(anyio_backend: str) -> None:
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        guarded = ClientPort("MAPPED", rules=[D("127.0.0.0/8"), A("*")])
+        # The kernel would deliver this to the 127.0.0.1 listener (checked below).
+        with pytest.raises(AccessDeniedError):
+            await Socket.connect("::ffff:127.0.0.1", number, client_port=guarded)
+        with pytest.raises(AccessDeniedError):
+            await Socket.connect("0.0.0.0", number, client_port=guarded)
+        async with await Socket.connect("::ffff:127.0.0.1", number) as sock:
+            await sock.send_line("mapped")
+            await sock.send_eof()
+            with anyio.fail_after(5):
+                assert await sock.recv() == b""
+    assert recorder.accepted == [b"mapped"]
 
 
 async def test_dns_rebinding_guard_checks_resolved_addresses(anyio_backend: str) -> None:

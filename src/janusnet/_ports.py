@@ -57,7 +57,9 @@ class AccessRule:
     Host patterns: ``"*"`` (any), an exact name (case-insensitive, trailing dot ignored),
     ``"*.example.com"`` (any subdomain, not ``example.com`` itself), an IP address, or a
     CIDR range (``"10.0.0.0/8"``, ``"::1/128"``). IP and CIDR patterns match IP-literal
-    targets, and for direct connects the addresses a name resolves to.
+    targets, and for direct connects the addresses a name resolves to, as what they reach:
+    an IPv4-mapped address (``::ffff:10.1.2.3``) also as its IPv4 address, and the
+    unspecified address (``0.0.0.0``, ``::``) also as loopback.
 
     Attributes:
         allow: True to allow, False to deny.
@@ -102,12 +104,33 @@ class AccessRule:
             return True
         if self._network is not None:
             try:
-                return ipaddress.ip_address(name.split("%", 1)[0]) in self._network
+                address = ipaddress.ip_address(name.split("%", 1)[0])
             except ValueError:
                 return False
+            return any(each in self._network for each in _destinations(address))
         if self.host.startswith("*."):
             return name.endswith(self.host[1:])
         return name == self.host
+
+
+_LOOPBACK: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
+def _destinations(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """Every address a rule must consider for a connection to ``address``.
+
+    An IPv4-mapped IPv6 address (``::ffff:10.1.2.3``) reaches the IPv4 host, and the
+    unspecified address (``0.0.0.0``, ``::``) reaches this machine on Linux and BSD: a rule
+    about ``10.0.0.0/8`` or ``127.0.0.0/8`` must see them as what they reach, or it is
+    bypassed by spelling.
+    """
+    if address.is_unspecified:
+        return (address, *_LOOPBACK)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return (address, address.ipv4_mapped)
+    return (address,)
 
 
 def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
