@@ -51,7 +51,7 @@ from ._exceptions import (
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, as_token_set
-from ._tls import TLSInfo, default_ssl_context
+from ._tls import TLSInfo, TLSSnapshot, default_ssl_context
 from ._transport import (
     QUICKACK,
     TLS_RECORD,
@@ -166,6 +166,7 @@ class Socket:
         "_receiving",
         "_reset",
         "_scanner",
+        "_sending",
         "_server_hostname",
         "_ssl_object",
         "_stream",
@@ -194,10 +195,15 @@ class Socket:
         self._fin_sent = False
         self._reset = False
         self._receiving = False
+        # Set while a send or the TLS handshake writes: nothing may interleave with them
+        # (a send during ssl_on() would go out in clear; in TLS-in-TLS a refused write
+        # would already have been encrypted).
+        self._sending = False
         # Described from _ssl_object when first read: decoding the peer certificate
         # (getpeercert + date parsing) is ~8% of a proxied tunnel's client CPU, and most
-        # callers never look at it.
-        self._tls: TLSInfo | None = None
+        # callers never look at it. Until then, a TLSSnapshot in case the session is gone
+        # by the time someone asks (closed, or a ragged EOF).
+        self._tls: TLSInfo | TLSSnapshot | None = None
         # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
         # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
@@ -329,9 +335,19 @@ class Socket:
     @property
     def tls(self) -> TLSInfo | None:
         """The TLS session (version, cipher, ALPN, peer certificate), or ``None``."""
-        if self._tls is None and self._ssl_object is not None:  # described on first use
-            self._tls = TLSInfo.from_ssl_object(self._ssl_object, self._server_hostname)
-        return self._tls
+        tls = self._tls
+        if not isinstance(tls, TLSSnapshot):
+            return tls
+        info = None
+        if self._stream is not None and self._ssl_object is not None:  # the live session
+            try:
+                info = TLSInfo.from_ssl_object(self._ssl_object, self._server_hostname)
+            except (ValueError, OSError):  # gone after a ragged EOF: use the snapshot
+                info = None
+        if info is None:
+            info = tls.describe(self._server_hostname)
+        self._tls = info
+        return info
 
     @property
     def closed(self) -> bool:
@@ -403,7 +419,8 @@ class Socket:
 
         Raises:
             UsageError: ``data`` is neither str nor bytes.
-            BusyError: another task is sending on this socket.
+            BusyError: another task is sending on this socket, or ``ssl_on()`` is
+                handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
             SocketResetError: the connection broke.
 
@@ -427,7 +444,8 @@ class Socket:
 
         Raises:
             UsageError: bad payload or an empty line end.
-            BusyError: another task is sending on this socket.
+            BusyError: another task is sending on this socket, or ``ssl_on()`` is
+                handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
             SocketResetError: the connection broke.
         """
@@ -436,12 +454,19 @@ class Socket:
             raise UsageError("line_end must be non-empty bytes")
         await self._send(self._encode(data, encoding) + end)
 
-    async def _send(self, payload: bytes) -> None:
+    def _check_send(self) -> ByteStream:
         stream = self._stream
         if stream is None:
             raise SocketClosedError("the socket is closed")
+        if self._sending:
+            raise BusyError("another task is sending on this socket (or ssl_on() is handshaking)")
         if self._fin_sent:
             raise SocketClosedError("cannot send after send_eof() (FIN sent)")
+        return stream
+
+    async def _send(self, payload: bytes) -> None:
+        stream = self._check_send()
+        self._sending = True
         try:
             await stream.send(payload)
         except (anyio.BrokenResourceError, OSError) as exc:
@@ -449,8 +474,10 @@ class Socket:
             raise SocketResetError(f"connection broke while sending: {exc!r}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
-        except anyio.BusyResourceError as exc:
+        except anyio.BusyResourceError as exc:  # pragma: no cover - _sending guards it
             raise BusyError("another task is already sending on this socket") from exc
+        finally:
+            self._sending = False
         self._ack_promptly()
 
     def _ack_promptly(self) -> None:
@@ -482,14 +509,13 @@ class Socket:
 
         Raises:
             SocketClosedError: the socket is closed.
+            BusyError: another task is sending, or ``ssl_on()`` is handshaking.
             UsageError: the stream cannot half-close (TLS has no half-close).
             SocketResetError: the connection broke.
         """
-        stream = self._stream
-        if stream is None:
-            raise SocketClosedError("the socket is closed")
-        if self._fin_sent:
+        if self._fin_sent and self._stream is not None:
             return
+        stream = self._check_send()
         try:
             await stream.send_eof()
         except NotImplementedError as exc:
@@ -787,9 +813,10 @@ class Socket:
                 received by the transport); socket unchanged, drain it and retry.
             HandshakeError: (-111) the peer did not complete a handshake, or its
                 certificate or host name failed verification; the socket is closed.
-            SSLOnOtherError: (-149) already TLS, closed, no host name to verify or one
-                that is not a valid international name (socket unchanged), or an I/O
-                error during the handshake (socket closed).
+            SSLOnOtherError: (-149) already TLS, closed, another task receiving or
+                sending, no host name to verify or one that is not a valid
+                international name (socket unchanged), or an I/O error during the
+                handshake or ``aclose()`` from another task (socket closed).
 
         Cancellation during the handshake closes the socket and propagates.
         """
@@ -802,6 +829,8 @@ class Socket:
             raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
         if self._receiving:
             raise SSLOnOtherError("ssl_on: another task is receiving on this socket")
+        if self._sending:
+            raise SSLOnOtherError("ssl_on: another task is sending on this socket")
         if isinstance(stream, FdTLSStream):
             # TLS to an https:// proxy: bytes injected after the CONNECT reply may sit in
             # records not yet decrypted. Take what is decryptable now into the buffer, so
@@ -824,7 +853,7 @@ class Socket:
         if hostname is None and context.check_hostname:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         tls_name = _tls_name(hostname) if hostname else None
-        self._receiving = True
+        self._receiving = self._sending = True  # nothing may interleave with the handshake
         try:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
                 tls_stream = await self._handshake(stream, hostname, tls_name, context)
@@ -832,13 +861,18 @@ class Socket:
                 with anyio.fail_after(timeout):
                     tls_stream = await self._handshake(stream, hostname, tls_name, context)
         finally:
-            self._receiving = False
+            self._receiving = self._sending = False
+        if self._stream is not stream:  # aclose() from another task won the race
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(tls_stream)
+            raise SSLOnOtherError("ssl_on: the socket was closed during the handshake")
         self._stream = tls_stream
         self._raw_socket = raw_socket_of(tls_stream)  # a direct socket's is now TLS's
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = ssl_object_of(tls_stream)
         self._server_hostname = hostname
         self._ssl_object = ssl_object
+        self._tls = TLSSnapshot(ssl_object)
         if logger.isEnabledFor(logging.DEBUG):  # version()/cipher() are not free
             logger.debug(
                 "TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher()

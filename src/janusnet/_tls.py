@@ -138,6 +138,43 @@ class TLSInfo:
         )
 
 
+class TLSSnapshot:
+    """The facts of a TLS session, taken when the handshake completes (~1 us).
+
+    Describing a session (:class:`TLSInfo`) costs ~25 us, so it waits until someone
+    reads ``sock.tls``; but by then the session may be gone: after our own close, or
+    after a ragged EOF, which leaves OpenSSL refusing ``getpeercert()``. This snapshot is
+    the fallback that keeps ``sock.tls`` (and ``repr``) answering.
+    """
+
+    __slots__ = ("alpn", "cipher", "der", "version")
+
+    def __init__(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> None:
+        self.version = ssl_object.version()
+        cipher = ssl_object.cipher()
+        self.cipher = cipher[0] if cipher else None
+        self.alpn = ssl_object.selected_alpn_protocol()
+        verified = ssl_object.context.verify_mode != ssl.CERT_NONE
+        self.der = ssl_object.getpeercert(binary_form=True) if verified else None
+
+    def describe(self, server_hostname: str | None) -> TLSInfo:
+        """The :class:`TLSInfo` these facts give (the chain is just the leaf)."""
+        leaf = None
+        if self.der:
+            try:
+                leaf = _cert_from_der(self.der)
+            except (ValueError, OSError, AttributeError):  # informational only
+                leaf = None
+        return TLSInfo(
+            version=self.version,
+            cipher=self.cipher,
+            alpn_protocol=self.alpn,
+            server_hostname=server_hostname,
+            peer_certificate=leaf,
+            chain=(leaf,) if leaf else (),
+        )
+
+
 def _cert_from_der(der: bytes) -> CertInfo:
     """Decode a DER certificate with the stdlib's private test decoder (best effort)."""
     import os

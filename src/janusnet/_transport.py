@@ -227,24 +227,33 @@ class FdTLSStream(_Direct):
             OSError: the connection broke.
         """
         sock = plain._sock
-        plain._closed = True  # the socket now belongs to the TLS layer
+        if plain._closed:
+            raise anyio.ClosedResourceError
         try:
             tls = ssl_context.wrap_socket(
                 sock, server_hostname=hostname, do_handshake_on_connect=False
             )
         except BaseException:
+            plain._closed = True
             sock.close()
             raise
+        # Until the handshake is done, closing ``plain`` (another task's aclose()) closes
+        # the TLS socket and wakes the wait below with ClosedResourceError.
+        plain._sock = tls
         try:
             while True:
+                if plain._closed:
+                    raise anyio.ClosedResourceError
                 try:
                     tls.do_handshake()
+                    plain._closed = True  # the socket now belongs to the TLS stream
                     return cls(tls)
                 except ssl.SSLWantReadError:
                     await _wait_readable(tls)
                 except ssl.SSLWantWriteError:
                     await _wait_writable(tls)
         except BaseException:
+            plain._closed = True
             if tls.fileno() >= 0:
                 _notify_closing(tls)
             tls.close()
@@ -594,6 +603,10 @@ def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
     if isinstance(exc, OSError):
         logger.warning("TLS handshake with %s failed: %s", hostname, repr(exc))
         raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
+    if isinstance(exc, anyio.ClosedResourceError):
+        raise SSLOnOtherError(
+            f"TLS handshake with {hostname} stopped: the socket was closed"
+        ) from exc
     raise exc
 
 

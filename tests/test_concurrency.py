@@ -1,0 +1,288 @@
+"""Tasks sharing one socket: nothing interleaves with ssl_on(), a refused send breaks
+nothing, a close from another task wins, and ``sock.tls`` outlives the session.
+
+The peers here hold the TLS handshake until the client has made its concurrent move, so
+the order of events is set by the peer, not by timing.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+
+import anyio
+import pytest
+import trustme
+from anyio.abc import SocketStream
+from anyio.streams.tls import TLSStream
+
+from janusnet import (
+    BusyError,
+    ClientPort,
+    ProxyTunnel,
+    Socket,
+    SocketClosedError,
+    SSLOnOtherError,
+    TLSMode,
+)
+from janusnet.testing import ConnectProxy
+from loopback import read_line, serve, tls_server_side
+
+pytestmark = pytest.mark.anyio
+
+GO_AHEAD = b"220 go ahead\r\n"
+
+
+def client_port(ca: trustme.CA, **settings: object) -> ClientPort:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return ClientPort("SHARED", tls=TLSMode.OPTIONAL, ssl_context=context, **settings)  # type: ignore[arg-type]
+
+
+class HeldHandshake:
+    """A STARTTLS peer that records every plaintext byte after ``STARTTLS`` up to the
+    ClientHello, then holds the handshake until :meth:`release`."""
+
+    def __init__(self, server_context: ssl.SSLContext) -> None:
+        self.server_context = server_context
+        self.hello_seen = anyio.Event()
+        self.released = anyio.Event()
+        self.plaintext = b""  # bytes before the first TLS record
+        self.received = b""  # bytes over TLS
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def __call__(self, stream: SocketStream) -> None:
+        buf = bytearray()
+        assert await read_line(stream, buf) == b"STARTTLS"
+        await stream.send(GO_AHEAD)
+        first = bytes(buf) or await stream.receive()
+        # Whatever comes before the handshake record (0x16) went out in clear.
+        start = first.find(b"\x16\x03")
+        self.plaintext = first if start < 0 else first[:start]
+        self.hello_seen.set()
+        await self.released.wait()
+        if start < 0:
+            return
+        # Hand the ClientHello back to a TLS layer: replay it through a memory pipe.
+        tls = await tls_server_side(_Replay(stream, first[start:]), self.server_context)  # type: ignore[arg-type]
+        try:
+            while True:
+                self.received += await tls.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError):
+            pass
+
+
+class _Replay:
+    """A stream that gives ``first`` before what ``stream`` receives (for the TLS layer)."""
+
+    def __init__(self, stream: SocketStream, first: bytes) -> None:
+        self._stream = stream
+        self._first = first
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> dict[object, Callable[[], object]]:
+        return {}
+
+    def extra(self, attribute: object, default: object = None) -> object:
+        return default
+
+
+async def start_upgrade(
+    sock: Socket, peer: HeldHandshake, tg: anyio.abc.TaskGroup, done: anyio.Event | None = None
+) -> list[BaseException]:
+    """Ask for STARTTLS and start ``ssl_on()`` in ``tg``; return once the peer holds the
+    ClientHello. The list receives what ``ssl_on()`` raised, if anything; ``done`` is set
+    when it returns."""
+    errors: list[BaseException] = []
+    await sock.send_line("STARTTLS")
+    assert (await sock.recv_parsed()).data == b"220 go ahead"
+
+    async def upgrade() -> None:
+        try:
+            await sock.ssl_on(server_hostname="localhost")
+        except Exception as exc:  # inspected by the test
+            errors.append(exc)
+        finally:
+            if done is not None:
+                done.set()
+
+    tg.start_soon(upgrade)
+    with anyio.fail_after(10):
+        await peer.hello_seen.wait()
+    return errors
+
+
+@pytest.mark.parametrize("call", ["send", "send_line", "send_eof"])
+async def test_nothing_is_sent_in_clear_while_ssl_on_handshakes(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, call: str
+) -> None:
+    peer = HeldHandshake(server_context)
+    port = client_port(ca)
+    async with serve(peer) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=port)
+        async with sock, anyio.create_task_group() as tg:
+            errors = await start_upgrade(sock, peer, tg)
+            attempt = sock.send_eof() if call == "send_eof" else getattr(sock, call)(b"SECRET")
+            with pytest.raises(BusyError):
+                await attempt
+            peer.release()
+        assert errors == []
+        assert sock.tls is not None
+    assert peer.plaintext == b""
+    assert b"SECRET" not in peer.received
+
+
+async def test_ssl_on_refused_while_another_task_sends(anyio_backend: str) -> None:
+    blocked = anyio.Event()
+
+    async def sink(stream: SocketStream) -> None:
+        await blocked.wait()  # read nothing until the test is done: the sender blocks
+
+    async with serve(sink) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            async with anyio.create_task_group() as tg:
+                ended: list[Exception] = []
+
+                async def flood() -> None:
+                    try:
+                        while True:  # until the buffers on the way are full and send waits
+                            await sock.send(b"x" * 1024 * 1024)
+                    except SocketClosedError as exc:
+                        ended.append(exc)
+
+                tg.start_soon(flood)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(SSLOnOtherError, match="sending"):
+                    await sock.ssl_on(server_hostname="localhost")
+                assert not sock.closed and sock.tls is None
+                await sock.aclose()  # ends the flood
+            assert len(ended) == 1
+            blocked.set()
+
+
+async def test_aclose_from_another_task_stops_the_handshake(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    peer = HeldHandshake(server_context)
+    port = client_port(ca, max_sockets=1)
+    async with serve(peer) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=port)
+        async with anyio.create_task_group() as tg:
+            finished = anyio.Event()
+            errors = await start_upgrade(sock, peer, tg, finished)
+            with anyio.fail_after(5):  # the handshake waits on the peer: close must wake it
+                await sock.aclose()
+                await finished.wait()
+            peer.release()  # the peer would now complete the handshake
+        assert len(errors) == 1 and isinstance(errors[0], SSLOnOtherError)
+        assert "closed" in str(errors[0])
+        assert sock.closed and sock.tls is None
+        assert port.open_sockets == 0
+        # The slot is free exactly once: a new socket fits, a second one does not.
+        async with await Socket.connect("127.0.0.1", number, client_port=port):
+            assert port.open_sockets == 1
+        assert port.open_sockets == 0
+
+
+# -- TLS in TLS: a refused write must not reach the TLS engine --------------------------
+
+
+@pytest.fixture(scope="module")
+def https_proxy(server_context: ssl.SSLContext) -> Iterator[ConnectProxy]:
+    with ConnectProxy(ssl_context=server_context) as proxy:
+        yield proxy
+
+
+async def test_refused_concurrent_send_leaves_tls_in_tls_usable(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, https_proxy: ConnectProxy
+) -> None:
+    received = bytearray()
+    go = anyio.Event()
+
+    async def origin(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, server_context)
+        await go.wait()  # read nothing yet: the flood below ends up waiting in send()
+        while not received.endswith(b"END\r\n"):
+            received.extend(await tls.receive())
+        await tls.send(b"done\r\n")
+
+    port = client_port(ca)
+    tunnel = ProxyTunnel(
+        f"https://localhost:{https_proxy.port}",
+        client_port=port,
+        proxy_ssl_context=port.ssl_context,
+    )
+    chunk = b"a" * (1024 * 1024)
+    sent = 0
+    async with serve(origin) as number:
+        async with await tunnel.open_tls("127.0.0.1", number) as sock:
+
+            async def flood() -> None:
+                nonlocal sent
+                while not go.is_set():
+                    await sock.send(chunk)
+                    sent += 1
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flood)
+                await anyio.wait_all_tasks_blocked()  # the flood is inside send()
+                with pytest.raises(BusyError):
+                    await sock.send(b"b" * 1024)
+                go.set()
+            await sock.send_line("END")
+            with anyio.fail_after(10):
+                assert (await sock.recv_parsed()).data == b"done"
+    assert sent > 0
+    assert received == chunk * sent + b"END\r\n"
+
+
+# -- sock.tls after the session is gone ----------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["ragged-eof", "close-notify", "our-close"])
+async def test_tls_description_outlives_the_session(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, ending: str
+) -> None:
+    async def peer(stream: SocketStream) -> None:
+        tls = await TLSStream.wrap(
+            stream,
+            server_side=True,
+            ssl_context=server_context,
+            standard_compatible=ending == "close-notify",
+        )
+        await tls.send(b"hello\r\n")
+        if ending == "our-close":
+            await anyio.sleep_forever()
+        await tls.aclose()  # close_notify only when standard_compatible
+
+    port = client_port(ca)
+    async with serve(peer) as number:
+        sock = await Socket.connect("localhost", number, client_port=port, tls=True)
+        async with sock:
+            assert (await sock.recv_parsed()).data == b"hello"
+            if ending != "our-close":
+                assert await sock.recv() == b""  # the session ends here
+        # Never asked while the session was alive: still described, repr too.
+        info = sock.tls
+        assert info is not None and info.version in ("TLSv1.2", "TLSv1.3")
+        assert info.cipher and info.server_hostname == "localhost"
+        assert info.peer_certificate is not None
+        assert ("DNS", "localhost") in info.peer_certificate.subject_alt_names
+        assert "tls=TLSv1." in repr(sock)
