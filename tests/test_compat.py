@@ -306,6 +306,12 @@ async def test_compat_ssl_on_codes_and_all(
         assert sock_info(b, "STAT") == "RESET"  # the failed handshake closed it
         assert sock_info(c, "STAT") == "CONN"
         assert await sock_ssl_on(a) == -149  # already TLS
+        # Janus: a port with SSL but no SSLOPT is not SSL-capable for SSLOn: -110.
+        always = ClientPort("SSLONLY", tls=TLSMode.ALWAYS, ssl_context=port.ssl_context)
+        e = await sock_conn(always, "localhost", good)
+        assert await sock_ssl_on(e) == -110
+        assert sock_info(e, "STAT") == "CONN"
+        await sock_close(e)
         await sock_sendln(d, "over tls")
         assert await sock_recvprs(d) == (10, "over tls", 1)
         await sock_close(c)

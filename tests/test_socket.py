@@ -307,6 +307,10 @@ async def test_socket_always_port_handshakes_at_connect(
     async with serve(handler) as number:
         async with await Socket.connect("localhost", number, client_port=always) as sock:
             assert sock.tls is not None
+            # Janus: SSLOn on a port with SSL but no SSLOPT is -110, not "already TLS".
+            with pytest.raises(NotSSLPortError) as info:
+                await sock.ssl_on()
+            assert info.value.code == ReturnCode.NOT_SSL_PORT
             await sock.send(b"x\r\n")
             assert await sock.recv_parsed() == (b"x", b"\r\n", 1)
 

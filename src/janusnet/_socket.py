@@ -808,7 +808,9 @@ class Socket:
         Raises:
             TimeoutError: the handshake did not finish within ``timeout``; the socket is
                 closed.
-            NotSSLPortError: (-110) the port's ``TLSMode`` is ``NEVER``; socket unchanged.
+            NotSSLPortError: (-110) the port does not allow an upgrade (Janus: it lacks
+                ``SSLOPT``): its ``TLSMode`` is ``NEVER``, or ``ALWAYS`` and the socket is
+                TLS already; socket unchanged.
             PendingDataError: (-112) unread plaintext bytes are buffered (or already
                 received by the transport); socket unchanged, drain it and retry.
             HandshakeError: (-111) the peer did not complete a handshake, or its
@@ -823,10 +825,15 @@ class Socket:
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")
-        if self._ssl_object is not None:
-            raise SSLOnOtherError("ssl_on: the socket is already TLS")
         if self._port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"ssl_on: client port {self._port.name!r} does not allow TLS")
+        if self._ssl_object is not None:
+            if self._port.tls is TLSMode.ALWAYS:  # Janus: SSL without SSLOPT -> -110
+                raise NotSSLPortError(
+                    f"ssl_on: client port {self._port.name!r} is TLS from connect "
+                    "(TLSMode.ALWAYS): there is no upgrade to make"
+                )
+            raise SSLOnOtherError("ssl_on: the socket is already TLS")
         if self._receiving:
             raise SSLOnOtherError("ssl_on: another task is receiving on this socket")
         if self._sending:
