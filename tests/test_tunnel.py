@@ -222,9 +222,19 @@ async def test_tunnel_silent_proxy_hits_deadline(
 ) -> None:
     proxy.behaviour = ProxyBehaviour.NEVER_ANSWER
     start = anyio.current_time()
-    with pytest.raises(TimeoutError):
+    # The message says which deadline and what it was waiting for.
+    with pytest.raises(TimeoutError, match=r"0\.5 s deadline expired while waiting for the proxy"):
         await ProxyTunnel(proxy.url, timeout=0.5).open("localhost", origin.port)
     assert anyio.current_time() - start < 5
+
+
+async def test_tunnel_open_tls_deadline_names_the_handshake(
+    anyio_backend: str, proxy: ConnectProxy
+) -> None:
+    with TLSOrigin(mode="stall") as stalling:
+        tunnel = ProxyTunnel(proxy.url, timeout=0.5)
+        with pytest.raises(TimeoutError, match="while TLS handshake with the target"):
+            await tunnel.open_tls("localhost", stalling.port)
 
 
 async def test_tunnel_extra_bytes_after_200_refused_by_ssl_on(
@@ -433,7 +443,9 @@ async def test_tunnel_proxy_connect_timeout_is_timeout_error(anyio_backend: str)
         await anyio.sleep(0.1)
         tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", connect_timeout=0.4, timeout=10)
         start = anyio.current_time()
-        with pytest.raises(TimeoutError) as info:
+        with pytest.raises(
+            TimeoutError, match=r"connecting to proxy .* longer than 0\.4 s"
+        ) as info:
             await tunnel.open("example.com", 443)
         assert not isinstance(info.value, ConnectError)
         assert anyio.current_time() - start < 5
@@ -480,3 +492,59 @@ async def test_tunnel_unanswerable_digest_echo_is_407_not_usage_error(
     assert info.value.status == 407
     assert info.value.challenges
     assert len(heads) == 1  # the first CONNECT (preemptive Basic); no Digest answer followed
+
+
+@pytest.mark.parametrize(
+    ("second_stale", "third_stale", "heads_sent", "opens"),
+    [(True, False, 3, True), (False, False, 2, False), (True, True, 3, False)],
+    ids=["stale-retried-once", "not-stale-no-retry", "stale-twice-gives-up"],
+)
+async def test_tunnel_digest_stale_nonce_is_answered_once(
+    anyio_backend: str, second_stale: bool, third_stale: bool, heads_sent: int, opens: bool
+) -> None:
+    """RFC 7616 §3.3: a 407 with ``stale=true`` after our Digest answer means the nonce
+    expired, not the password: answer the new nonce, once."""
+    from loopback import serve
+
+    heads: list[bytes] = []
+
+    def challenge(nonce: str, stale: bool) -> bytes:
+        extra = ", stale=true" if stale else ""
+        return (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest "
+            + f'realm="r", nonce="{nonce}", qop="auth"{extra}'.encode()
+            + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    replies = [
+        challenge("n1", False),
+        challenge("n2", second_stale),
+        challenge("n3", True) if third_stale else b"HTTP/1.1 200 OK\r\n\r\n",
+    ]
+
+    async def proxy(stream: anyio.abc.ByteStream) -> None:
+        buf = b""
+        for reply in replies:
+            while b"\r\n\r\n" not in buf:
+                buf += await stream.receive()
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            heads.append(head)
+            await stream.send(reply)
+        await anyio.sleep(1)
+
+    async with serve(proxy) as port:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{port}", auth=("alice", PASSWORD), preemptive_basic=False
+        )
+        with anyio.fail_after(5):
+            if opens:
+                async with await tunnel.open("localhost", 443) as sock:
+                    assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+            else:
+                with pytest.raises(ProxyAuthenticationRequired):
+                    await tunnel.open("localhost", 443)
+    assert len(heads) == heads_sent
+    assert b"Proxy-Authorization" not in heads[0]
+    assert b'nonce="n1"' in heads[1]
+    if heads_sent == 3:
+        assert b'nonce="n2"' in heads[2]

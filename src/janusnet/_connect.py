@@ -91,10 +91,13 @@ def _ipv6(text: str, original: str) -> str:
             "and cannot be sent to a proxy"
         )
     try:
-        ipaddress.IPv6Address(text)
+        address = ipaddress.IPv6Address(text)
     except ValueError as exc:
         raise UsageError(f"host {original!r} is not a valid IPv6 address") from exc
-    return text.lower()  # validated: only hex digits, ':' and '.' remain
+    # RFC 5952: one spelling per address (it is what a proxy's ACLs and logs see), with
+    # an IPv4-mapped address in mixed notation (§5).
+    mapped = address.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else address.compressed
 
 
 def idna_host(host: str) -> str:
@@ -557,6 +560,12 @@ class ConnectReplyReader:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise self._too_big() from exc
+            if "SWITCH_UPGRADE" in str(exc):  # h11's words for a 101 nobody asked for
+                raise ProxyProtocolError(
+                    f"{self._where()} answered CONNECT with 101 Switching Protocols, "
+                    "which no CONNECT asks for",
+                    proxy=self._proxy,
+                ) from exc
             if self._eof:
                 raise ProxyProtocolError(
                     f"connection closed inside the reply head from {self._where()} "

@@ -48,6 +48,7 @@ from ._exceptions import (
     SSLOnOtherError,
     UsageError,
     check_size,
+    show_address,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, as_token_set
@@ -272,31 +273,41 @@ class Socket:
         want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
         client_port.check_access(host, port)
         client_port._check_capacity()  # -109 before any packet; __init__ still reserves
-        with anyio.fail_after(timeout):
-            targets = await allowed_addresses(client_port, host, port)
-            stream = await connect_tcp(targets, host, port)
-            try:
-                sock = cls(
-                    stream, client_port=client_port, server_hostname=server_hostname or host
-                )
-            except BaseException:
-                await anyio.aclose_forcefully(stream)
-                raise
-            logger.debug("connected to %s:%s on port %s", host, port, client_port.name)
-            if want_tls:
+        phase = "TCP connect"
+        try:
+            with anyio.fail_after(timeout):
+                targets = await allowed_addresses(client_port, host, port)
+                stream = await connect_tcp(targets, host, port)
                 try:
-                    await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
-                except PendingDataError as exc:
-                    # Plaintext before our ClientHello: a server that does not speak TLS
-                    # here. -111 whether or not those bytes won the race with the peek.
-                    await sock.aclose()
-                    raise HandshakeError(
-                        f"TLS handshake with {host} failed: the server sent {exc.pending} "
-                        "byte(s) of plaintext before the handshake"
-                    ) from exc
+                    sock = cls(
+                        stream, client_port=client_port, server_hostname=server_hostname or host
+                    )
                 except BaseException:
-                    await sock.aclose()
+                    await anyio.aclose_forcefully(stream)
                     raise
+                logger.debug("connected to %s:%s on port %s", host, port, client_port.name)
+                if want_tls:
+                    phase = "TLS handshake"
+                    try:
+                        await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
+                    except PendingDataError as exc:
+                        # Plaintext before our ClientHello: a server that does not speak TLS
+                        # here. -111 whether or not those bytes won the race with the peek.
+                        await sock.aclose()
+                        raise HandshakeError(
+                            f"TLS handshake with {host} failed: the server sent {exc.pending} "
+                            "byte(s) of plaintext before the handshake"
+                        ) from exc
+                    except BaseException:
+                        await sock.aclose()
+                        raise
+        except TimeoutError as exc:
+            if exc.args or timeout is None:
+                raise
+            raise TimeoutError(
+                f"connecting to {show_address(host, port)}: the {timeout:g} s deadline "
+                f"expired during the {phase}"
+            ) from None
         return sock
 
     # ------------------------------------------------------------------ settings
@@ -865,8 +876,13 @@ class Socket:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
                 tls_stream = await self._handshake(stream, hostname, tls_name, context)
             else:
-                with anyio.fail_after(timeout):
-                    tls_stream = await self._handshake(stream, hostname, tls_name, context)
+                try:
+                    with anyio.fail_after(timeout):
+                        tls_stream = await self._handshake(stream, hostname, tls_name, context)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"TLS handshake with {hostname}: no answer within {timeout:g} s"
+                    ) from None
         finally:
             self._receiving = self._sending = False
         if self._stream is not stream:  # aclose() from another task won the race

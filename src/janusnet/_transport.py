@@ -526,7 +526,9 @@ async def open_hop(
             stream: ByteStream = await open_tcp(host, port)
     except TimeoutError:
         logger.warning("connecting to %s timed out", label)
-        raise
+        raise TimeoutError(
+            f"connecting to {label} took longer than {connect_timeout:g} s"
+        ) from None
     except OSError as exc:
         logger.warning("cannot connect to %s: %s", label, str(exc))
         raise ConnectError(

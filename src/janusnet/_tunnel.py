@@ -70,6 +70,16 @@ DEFAULT_TUNNEL_TIMEOUT: Final = 30.0
 REQUEST_CACHE_SIZE: Final = 256
 
 
+def _stale(reply: ProxyReply) -> bool:
+    """Whether a 407 says only that our Digest nonce expired (``stale=true``)."""
+    challenge = choose_challenge(parse_challenges(reply.get_all("proxy-authenticate")))
+    return (
+        challenge is not None
+        and challenge.scheme == "digest"
+        and challenge.params.get("stale", "").lower() == "true"
+    )
+
+
 class ProxyTunnel:
     """Open sockets to targets through an HTTP(S) proxy with ``CONNECT``.
 
@@ -208,8 +218,12 @@ class ProxyTunnel:
         Cancellation closes the socket and propagates.
         """
         authority, target = self._checked_target(host, port)
-        with anyio.fail_after(self._timeout):
-            return await self._open(authority, target)
+        phase = ["connecting to the proxy"]
+        try:
+            with anyio.fail_after(self._timeout):
+                return await self._open(authority, target, phase)
+        except TimeoutError as exc:
+            raise self._timed_out(exc, authority, phase[0]) from None
 
     async def open_tls(
         self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
@@ -238,14 +252,28 @@ class ProxyTunnel:
             TimeoutError: the deadline expired; nothing is left open.
         """
         authority, target = self._checked_target(host, port)
-        with anyio.fail_after(self._timeout):
-            sock = await self._open(authority, target)
-            try:
-                await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
-            except BaseException:
-                await sock.aclose()
-                raise
-            return sock
+        phase = ["connecting to the proxy"]
+        try:
+            with anyio.fail_after(self._timeout):
+                sock = await self._open(authority, target, phase)
+                phase[0] = "TLS handshake with the target"
+                try:
+                    await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
+                except BaseException:
+                    await sock.aclose()
+                    raise
+                return sock
+        except TimeoutError as exc:
+            raise self._timed_out(exc, authority, phase[0]) from None
+
+    def _timed_out(self, exc: TimeoutError, authority: str, phase: str) -> TimeoutError:
+        """The deadline's ``TimeoutError``, saying what it was waiting for."""
+        if exc.args:  # already says what timed out (the proxy's connect_timeout)
+            return exc
+        return TimeoutError(
+            f"CONNECT {authority} via proxy {self._address}: the {self._timeout:g} s "
+            f"deadline expired while {phase}"
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -281,8 +309,10 @@ class ProxyTunnel:
             await anyio.aclose_forcefully(stream)
             raise
 
-    async def _open(self, authority: str, target: str) -> Socket:
-        return await self._exchange(await self._connect_proxy(target), authority, target)
+    async def _open(self, authority: str, target: str, phase: list[str]) -> Socket:
+        sock = await self._connect_proxy(target)
+        phase[0] = "waiting for the proxy's reply"
+        return await self._exchange(sock, authority, target)
 
     async def _exchange(self, sock: Socket, authority: str, target: str) -> Socket:
         """Run CONNECT on ``sock`` (a fresh connection to the proxy); close it on failure.
@@ -297,6 +327,7 @@ class ProxyTunnel:
             else None
         )
         answered = False
+        stale_retried = False
         try:
             while True:
                 key = (authority, authorization)
@@ -328,13 +359,20 @@ class ProxyTunnel:
                     return sock
                 if reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
-                    if answer is not None:
-                        answered = True
-                        authorization = answer
-                        if not await self._drain(sock, reader):
-                            await sock.aclose()
-                            sock = await self._connect_proxy(target)
-                        continue
+                elif reply.status == 407 and answered and not stale_retried and _stale(reply):
+                    # Our Digest answer was right but its nonce had expired (RFC 7616
+                    # §3.3: stale=true): answer the fresh nonce, once, as curl does.
+                    stale_retried = True
+                    answer = self._answer(reply, authority, sent_basic=True)
+                else:
+                    answer = None
+                if answer is not None:
+                    answered = True
+                    authorization = answer
+                    if not await self._drain(sock, reader):
+                        await sock.aclose()
+                        sock = await self._connect_proxy(target)
+                    continue
                 logger.warning(
                     "proxy %s refused CONNECT %s: %s", self._address, authority, reply.status
                 )
