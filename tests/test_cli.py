@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,16 @@ from janusnet.__main__ import main
 from janusnet.testing import ConnectProxy, OriginMode, TLSOrigin
 
 SECRET = "wr0ng-S3cret"
+
+
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """probe reads the proxy variables: start every test without them."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +76,7 @@ def test_cli_probe_plaintext_port_names_the_tls_step(cafile: str) -> None:
     with TLSOrigin(mode=OriginMode.PLAIN) as plain:
         status, text = run("probe", f"localhost:{plain.port}", "--cafile", cafile)
     assert status == 1
-    assert "tls      FAIL" in text
+    assert "tls       FAIL" in text
     assert "HandshakeError" in text
     assert "FAILED at step tls" in text
 
@@ -78,9 +89,18 @@ def test_cli_probe_wrong_proxy_password_names_proxy_step_without_secret(
         status, text = run("probe", f"localhost:{origin.port}", "--proxy", url, "--cafile", cafile)
         status_json, text_json = run("probe", f"localhost:{origin.port}", "--proxy", url, "--json")
     assert status == status_json == 1
-    assert "connect  FAIL" in text
+    assert "connect   FAIL" in text
     assert "407" in text and "ProxyAuthenticationRequired" in text
+    assert "credentials rejected" in text and "no credentials given" not in text
     assert "FAILED at step connect" in text
+    failed = json.loads(text_json)["steps"][-1]
+    assert failed["step"] == "connect"
+    assert (failed["error"], failed["status"], failed["code"]) == (
+        "ProxyAuthenticationRequired",
+        407,
+        None,
+    )
+    assert failed["credentials_given"] is True
     for output in (text, text_json):
         assert SECRET not in output
         assert "alice:" not in output
@@ -94,7 +114,7 @@ def test_cli_probe_unreachable_names_tcp_step() -> None:
         free = probe.getsockname()[1]
     status, text = run("probe", f"127.0.0.1:{free}", "--timeout", "3")
     assert status == 1
-    assert "tcp      FAIL" in text and "ConnectError" in text
+    assert "tcp       FAIL" in text and "ConnectError" in text
 
 
 @pytest.mark.parametrize(
@@ -162,6 +182,309 @@ def test_cli_probe_proxy_without_scheme_is_http(origin: TLSOrigin, cafile: str) 
         )
     assert status == 0, text
     assert "HTTP/1.1 200" in text
+
+
+def probe_json(*argv: str) -> tuple[int, dict[str, Any]]:
+    status, text = run("probe", *argv, "--json")
+    return status, json.loads(text)
+
+
+def step_names(report: dict[str, Any]) -> list[str]:
+    return [step["step"] for step in report["steps"]]
+
+
+@pytest.fixture(scope="module")
+def https_proxy(origin: TLSOrigin) -> Iterator[ConnectProxy]:
+    """An https:// proxy whose certificate comes from the origin's (private) CA."""
+    with ConnectProxy(ssl_context=origin.server_context) as proxy:
+        yield proxy
+
+
+def https_url(proxy: ConnectProxy) -> str:
+    return f"https://localhost:{proxy.port}"
+
+
+def test_cli_probe_https_proxy_shows_its_own_tls_step(
+    origin: TLSOrigin, cafile: str, https_proxy: ConnectProxy
+) -> None:
+    status, report = probe_json(
+        f"localhost:{origin.port}",
+        "--proxy",
+        https_url(https_proxy),
+        "--proxy-cafile",
+        cafile,
+        "--cafile",
+        cafile,
+    )
+    assert status == 0, report
+    assert step_names(report) == ["tcp", "proxy-tls", "connect", "tls"]
+    proxy_tls = report["steps"][1]
+    assert proxy_tls["version"].startswith("TLSv1.")
+    assert proxy_tls["cipher"]
+    assert proxy_tls["server_hostname"] == "localhost"
+    assert "DNS:localhost" in proxy_tls["subject_alt_names"]
+    assert proxy_tls["issuer"] and proxy_tls["not_after"]
+
+
+def test_cli_probe_cafile_is_not_the_proxys_ca(
+    origin: TLSOrigin, cafile: str, https_proxy: ConnectProxy
+) -> None:
+    """--cafile trusts the origin's CA only: the proxy's handshake fails, and is named."""
+    status, text = run(
+        "probe", f"localhost:{origin.port}", "--proxy", https_url(https_proxy), "--cafile", cafile
+    )
+    assert status == 1
+    assert "proxy-tls FAIL" in text and "tcp       ok" in text
+    assert "HandshakeError (-111)" in text and "certificate verify failed" in text
+    assert "presented_certificate:" in text and "unverified handshake" in text
+    assert "FAILED at step proxy-tls" in text
+
+
+def test_cli_probe_proxy_cafile_is_not_the_origins_ca(
+    origin: TLSOrigin, cafile: str, https_proxy: ConnectProxy
+) -> None:
+    status, report = probe_json(
+        f"localhost:{origin.port}", "--proxy", https_url(https_proxy), "--proxy-cafile", cafile
+    )
+    assert status == 1
+    assert step_names(report) == ["tcp", "proxy-tls", "connect", "tls"]
+    assert [step["ok"] for step in report["steps"]] == [True, True, True, False]
+    assert (report["steps"][-1]["error"], report["steps"][-1]["code"]) == ("HandshakeError", -111)
+
+
+def test_cli_probe_insecure_is_for_the_origin_only(
+    origin: TLSOrigin, cafile: str, https_proxy: ConnectProxy
+) -> None:
+    target, url = f"localhost:{origin.port}", https_url(https_proxy)
+    status, report = probe_json(target, "--proxy", url, "--insecure")
+    assert status == 1
+    assert step_names(report) == ["tcp", "proxy-tls"]
+    status, report = probe_json(target, "--proxy", url, "--proxy-insecure", "--cafile", cafile)
+    assert status == 0, report
+    proxy_tls, tls = report["steps"][1], report["steps"][3]
+    assert "NOT verified" in proxy_tls["summary"] and "NOT verified" not in tls["summary"]
+    assert "DNS:localhost" in proxy_tls["subject_alt_names"]
+    assert len(proxy_tls["sha256_fingerprint"]) == 64
+
+
+def test_cli_probe_proxy_not_speaking_tls_fails_at_proxy_tls(origin: TLSOrigin) -> None:
+    with TLSOrigin(mode=OriginMode.GARBAGE) as plain:  # answers a ClientHello with non-TLS
+        status, report = probe_json(
+            f"localhost:{origin.port}", "--proxy", f"https://{plain.authority}"
+        )
+    assert status == 1
+    assert step_names(report) == ["tcp", "proxy-tls"]
+    failed = report["steps"][-1]
+    assert (failed["error"], failed["code"], failed["status"]) == ("HandshakeError", -111, None)
+    assert "presented_certificate" not in failed  # not a certificate failure: nothing to show
+
+
+def test_cli_probe_stalled_proxy_handshake_times_out_at_proxy_tls(origin: TLSOrigin) -> None:
+    with TLSOrigin(mode=OriginMode.STALL) as stall:
+        status, report = probe_json(
+            f"localhost:{origin.port}",
+            "--proxy",
+            f"https://localhost:{stall.port}",
+            "--timeout",
+            "0.5",
+        )
+    assert status == 1
+    assert step_names(report) == ["tcp", "proxy-tls"]
+    assert report["steps"][-1]["error"] == "TimeoutError"
+    assert "timed out" in report["steps"][-1]["summary"]
+
+
+def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigin) -> None:
+    with ConnectProxy(auth=("alice", "right")) as proxy:
+        status, text = run("probe", f"localhost:{origin.port}", "--proxy", proxy.url)
+        _, report = probe_json(f"localhost:{origin.port}", "--proxy", proxy.url)
+        authority = proxy.authority
+    assert status == 1
+    assert "no credentials given" in text and "credentials rejected" not in text
+    assert f"http://USER:PASSWORD@{authority}" in text
+    failed = report["steps"][-1]
+    assert (failed["status"], failed["credentials_given"]) == (407, False)
+
+
+def test_cli_probe_407_with_only_unsupported_schemes_says_so(origin: TLSOrigin) -> None:
+    import socketserver
+    import threading
+
+    class NtlmOnly(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := self.request.recv(4096)):
+                head += chunk
+            self.request.sendall(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b"Proxy-Authenticate: NTLM\r\nProxy-Authenticate: Negotiate\r\n"
+                b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), NtlmOnly) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://alice:{SECRET}@127.0.0.1:{server.server_address[1]}"
+        try:
+            status, text = run("probe", f"localhost:{origin.port}", "--proxy", url)
+        finally:
+            server.shutdown()
+            thread.join()
+    assert status == 1
+    assert "it offers only ntlm, negotiate" in text and "credentials rejected" not in text
+    assert SECRET not in text
+
+
+@pytest.fixture(scope="module")
+def wrong_name(origin: TLSOrigin) -> Iterator[TLSOrigin]:
+    """A server whose certificate (from the trusted CA) names another host."""
+    with TLSOrigin(ca=origin.ca, hostnames=["wrong.example"]) as server:
+        yield server
+
+
+def test_cli_probe_hostname_mismatch_shows_the_presented_certificate(
+    wrong_name: TLSOrigin, cafile: str
+) -> None:
+    status, report = probe_json(f"localhost:{wrong_name.port}", "--cafile", cafile)
+    assert status == 1
+    failed = report["steps"][-1]
+    assert (failed["step"], failed["error"], failed["code"]) == ("tls", "HandshakeError", -111)
+    presented = failed["presented_certificate"]
+    assert "unverified handshake" in presented["note"]
+    assert presented["subject_alt_names"] == ["DNS:wrong.example"]
+    assert presented["issuer"] and presented["not_after"] and presented["subject"]
+
+
+def test_cli_probe_untrusted_origin_through_proxy_shows_the_certificate(
+    origin: TLSOrigin, cafile: str
+) -> None:
+    with ConnectProxy() as proxy:
+        status, text = run("probe", f"localhost:{origin.port}", "--proxy", proxy.url)
+        requests = len(proxy.log)
+    assert status == 1
+    assert "tls       FAIL" in text and "certificate verify failed" in text
+    assert "presented_certificate:" in text and "DNS:localhost" in text
+    assert requests == 2  # the probe's CONNECT, and the diagnostic handshake's
+
+
+def test_cli_probe_unreachable_json_has_structured_error() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    status, report = probe_json(f"127.0.0.1:{free}", "--timeout", "3")
+    assert status == 1
+    failed = report["steps"][-1]
+    assert (failed["step"], failed["error"], failed["code"], failed["status"]) == (
+        "tcp",
+        "ConnectError",
+        None,
+        None,
+    )
+    assert "cannot connect" in failed["summary"]
+
+
+@pytest.mark.parametrize("variable", ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])
+def test_cli_probe_uses_the_proxy_from_the_environment(
+    variable: str, origin: TLSOrigin, cafile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ConnectProxy() as proxy:
+        monkeypatch.setenv(variable, proxy.authority)
+        status, text = run("probe", f"localhost:{origin.port}", "--cafile", cafile)
+        targets = [record.target for record in proxy.log]
+        authority = proxy.authority
+    assert status == 0, text
+    assert text.startswith(
+        f"janusnet probe localhost:{origin.port} via proxy {authority} (from {variable})"
+    )
+    assert targets == [f"localhost:{origin.port}"]
+
+
+@pytest.mark.parametrize(
+    ("environment", "argv", "proxied"),
+    [
+        ({"NO_PROXY": "localhost"}, [], False),
+        ({"no_proxy": "example.com, .localhost"}, [], False),
+        ({"NO_PROXY": "example.com"}, [], True),
+        ({"NO_PROXY": "*"}, [], False),
+        ({"NO_PROXY": "localhost"}, ["--noproxy", ""], True),  # --noproxy replaces it
+        ({}, ["--noproxy", "*"], False),
+        ({}, ["--proxy", ""], False),  # --proxy "": direct, whatever the environment
+        ({"NO_PROXY": "localhost"}, ["--proxy", "PROXY"], False),  # as curl: also --proxy
+    ],
+)
+def test_cli_probe_no_proxy_rules(
+    environment: dict[str, str],
+    argv: list[str],
+    proxied: bool,
+    origin: TLSOrigin,
+    cafile: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with ConnectProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        argv = [proxy.url if arg == "PROXY" else arg for arg in argv]
+        status, report = probe_json(f"localhost:{origin.port}", "--cafile", cafile, *argv)
+        requests = len(proxy.log)
+        authority = proxy.authority
+    assert status == 0, report
+    assert requests == (1 if proxied else 0)
+    assert step_names(report) == (["tcp", "connect", "tls"] if proxied else ["tcp", "tls"])
+    assert report["proxy"] == (authority if proxied else None)
+
+
+def test_cli_probe_says_why_it_went_direct(
+    origin: TLSOrigin, cafile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    status, text = run("probe", f"localhost:{origin.port}", "--cafile", cafile)
+    assert status == 0, text
+    assert "direct (NO_PROXY matches; proxy from HTTPS_PROXY not used)" in text.splitlines()[0]
+
+
+def test_cli_probe_bad_proxy_in_environment_is_a_usage_error(
+    origin: TLSOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("https_proxy", f"ftp://alice:{SECRET}@proxy:21")
+    status, text = run("probe", f"localhost:{origin.port}")
+    assert status == 2
+    assert text.startswith("janusnet probe: https_proxy: ")
+    assert SECRET not in text and "Traceback" not in text
+
+
+def test_cli_probe_unusable_proxy_cafile_is_a_usage_error(
+    tmp_path: pathlib.Path, origin: TLSOrigin
+) -> None:
+    status, text = run(
+        "probe", f"localhost:{origin.port}", "--proxy-cafile", str(tmp_path / "missing.pem")
+    )
+    assert status == 2
+    assert text.startswith("janusnet probe: cannot load --proxy-cafile")
+
+
+def test_cli_probe_help_explains_target_options_and_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for needle in (
+        "[::1]:443",
+        "--proxy-cafile FILE",
+        "--proxy-insecure",
+        "--noproxy LIST",
+        "https_proxy",
+        "0 every step succeeded",
+        "1 a step failed",
+        "2 usage error",
+        "second, unverified handshake",
+    ):
+        assert needle in text, needle
 
 
 def test_cli_demo_without_trustme_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

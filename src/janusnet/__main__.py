@@ -1,8 +1,10 @@
 """The ``janusnet`` command: ``probe`` a server (through a proxy) and run the ``demo``.
 
 ``janusnet probe HOST:PORT [--proxy URL]`` shows each step with its time — TCP connect,
-the proxy's CONNECT reply, the TLS handshake and the server's certificate — or names the
-step that failed and why, exiting non-zero. Credentials in ``--proxy`` are never printed.
+the TLS handshake with an ``https://`` proxy, the proxy's CONNECT reply, the TLS handshake
+and the server's certificate — or names the step that failed and why, exiting non-zero.
+Credentials in a proxy URL are never printed. Without ``--proxy`` the proxy comes from the
+environment (``https_proxy``...), ``no_proxy`` applies, as with curl.
 
 ``janusnet demo`` starts the embedded CONNECT proxy and TLS origin on loopback and runs the
 ``$Sock_SSL_On`` flow step by step, offline.
@@ -13,34 +15,101 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 import anyio
+from anyio.abc import SocketAttribute
 
 from . import __version__
+from ._auth import parse_challenges
 from ._connect import format_authority
-from ._exceptions import JanusnetError, UsageError, show_address
+from ._exceptions import (
+    JanusnetError,
+    ProxyAuthenticationRequired,
+    SSLOnError,
+    UsageError,
+    show_address,
+)
+from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import Socket
-from ._tls import CertInfo, TLSInfo, _cert_from_der
+from ._tls import CertInfo, TLSInfo, _cert_from_der, default_ssl_context
+from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
 from ._tunnel import ProxyTunnel
 
+if TYPE_CHECKING:
+    from anyio.abc import ByteStream
+
 __all__ = ["main"]
+
+#: Where the proxy comes from without ``--proxy``, in curl's order (lower case first).
+PROXY_VARIABLES: Final = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+NO_PROXY_VARIABLES: Final = ("no_proxy", "NO_PROXY")
+#: How the certificate shown after a verification failure was obtained.
+SECOND_HANDSHAKE: Final = "from a second, unverified handshake made only to show it"
+
+PROBE_EPILOG: Final = """\
+proxy selection (as curl does):
+  --proxy URL is used when given; otherwise the first of https_proxy, HTTPS_PROXY,
+  all_proxy, ALL_PROXY that is set. no_proxy/NO_PROXY (or --noproxy LIST, which
+  replaces them) names hosts reached directly, with --proxy too. --proxy "" or
+  --noproxy '*' forces a direct connection.
+
+steps: tcp, proxy-tls (https:// proxy only), connect (proxy only), tls.
+  When a certificate fails verification (-111), a second, unverified handshake is
+  made only to show what the server presented (subject, issuer, SANs, expiry).
+
+exit status:
+  0  every step succeeded
+  1  a step failed (the output names it)
+  2  usage error (bad arguments, unreadable --cafile/--proxy-cafile, bad proxy URL)
+"""
 
 
 @dataclass
 class Step:
-    """One step of a probe: its name, outcome, duration and details."""
+    """One step of a probe: its name, outcome, duration and details.
+
+    A failed step also carries ``error`` (the exception class name), ``code`` (the Janus
+    return code, e.g. -111, when the error has one) and ``status`` (the proxy's HTTP
+    status when it refused ``CONNECT``).
+    """
 
     name: str
     ok: bool
     ms: float
     summary: str
     details: dict[str, object] = field(default_factory=dict)
+    error: str | None = None
+    code: int | None = None
+    status: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The step as a JSON object (``error``/``code``/``status`` on failures only)."""
+        data: dict[str, object] = {
+            "step": self.name,
+            "ok": self.ok,
+            "ms": round(self.ms, 2),
+            "summary": self.summary,
+        }
+        if not self.ok:
+            data.update(error=self.error, code=self.code, status=self.status)
+        data.update(self.details)
+        return data
+
+
+@dataclass(frozen=True)
+class ProxyChoice:
+    """The proxy a probe uses and why: ``url`` is ``None`` for a direct connection."""
+
+    url: str | None
+    source: str | None = None  # "--proxy" or the environment variable it came from
+    bypassed_by: str | None = None  # the no-proxy list that sent it direct
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -70,8 +139,44 @@ def _seconds(text: str) -> float:
 
 
 def _proxy_url(text: str) -> str:
-    """``--proxy`` as given, or ``http://`` + it when it has no scheme (as curl reads it)."""
+    """A proxy as given, or ``http://`` + it when it has no scheme (as curl reads it)."""
     return text if "://" in text else f"http://{text}"
+
+
+def _first_set(environ: Mapping[str, str], names: Sequence[str]) -> tuple[str, str] | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def choose_proxy(
+    host: str,
+    port: int,
+    *,
+    proxy: str | None,
+    noproxy: str | None,
+    environ: Mapping[str, str],
+) -> ProxyChoice:
+    """Pick the proxy the way curl does: ``--proxy``, else the environment; then the
+    no-proxy list (``--noproxy``, else ``no_proxy``/``NO_PROXY``) may send it direct."""
+    if proxy is not None:
+        if not proxy.strip():  # --proxy "": direct, whatever the environment says
+            return ProxyChoice(None)
+        url, source = proxy, "--proxy"
+    else:
+        found = _first_set(environ, PROXY_VARIABLES)
+        if found is None:
+            return ProxyChoice(None)
+        source, url = found
+    if noproxy is not None:
+        bypass: tuple[str, str] | None = ("--noproxy", noproxy)
+    else:
+        bypass = _first_set(environ, NO_PROXY_VARIABLES)
+    if bypass is not None and no_proxy_matches(host, port, bypass[1]):
+        return ProxyChoice(None, source, bypass[0])
+    return ProxyChoice(_proxy_url(url), source)
 
 
 def _cert_details(cert: CertInfo | None) -> dict[str, object]:
@@ -96,9 +201,8 @@ def _cert_details(cert: CertInfo | None) -> dict[str, object]:
     }
 
 
-def _unverified_details(sock: Socket) -> dict[str, object]:
+def _unverified_details(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> dict[str, object]:
     """What an unverified certificate claims (``getpeercert()`` hides it under CERT_NONE)."""
-    ssl_object = sock._ssl_object
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return {}
@@ -110,14 +214,73 @@ def _unverified_details(sock: Socket) -> dict[str, object]:
     return details
 
 
-def _tls_details(info: TLSInfo) -> dict[str, object]:
-    return {
+def _tls_step(
+    info: TLSInfo, ssl_object: ssl.SSLObject | ssl.SSLSocket | None
+) -> tuple[str, dict[str, object]]:
+    """The summary and details of a completed handshake."""
+    summary = f"{info.version} {info.cipher} alpn={info.alpn_protocol or '-'}"
+    details: dict[str, object] = {
         "version": info.version,
         "cipher": info.cipher,
         "alpn": info.alpn_protocol,
         "server_hostname": info.server_hostname,
         **_cert_details(info.peer_certificate),
     }
+    if info.peer_certificate is None:  # not verified (--insecure): say what it was
+        summary += "  certificate NOT verified"
+        details.update(_unverified_details(ssl_object))
+    return summary, details
+
+
+def _is_certificate_failure(exc: BaseException) -> bool:
+    """Whether a handshake failed on the certificate (issuer, expiry, host name)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _auth_explanation(exc: ProxyAuthenticationRequired, proxy: ProxyURL) -> str:
+    """Why a 407 happened: no credentials, rejected ones, or a scheme janusnet lacks."""
+    if proxy.username is None:
+        return (
+            "proxy requires authentication; no credentials given (put them in the proxy "
+            f"URL: {proxy.scheme}://USER:PASSWORD@{proxy.address})"
+        )
+    schemes = [c.scheme for c in parse_challenges(exc.challenges)]
+    if schemes and not {"basic", "digest"} & set(schemes):
+        return (
+            f"proxy requires authentication; it offers only {', '.join(schemes)}, "
+            "janusnet speaks Basic and Digest"
+        )
+    return "proxy requires authentication; credentials rejected"
+
+
+async def _proxy_tls(stream: ByteStream, url: ProxyURL, context: ssl.SSLContext) -> ByteStream:
+    """TLS to an ``https://`` proxy over ``stream`` (closed on failure), as ``open_hop``."""
+    try:
+        return await start_tls(stream, hostname=url.host, ssl_context=context)
+    except BaseException as exc:
+        await anyio.aclose_forcefully(stream)
+        raise_handshake_error(exc, f"proxy {url.address}")
+        raise  # pragma: no cover - raise_handshake_error always raises
+
+
+def _peer(stream: ByteStream) -> str | None:
+    try:
+        peer = stream.extra(SocketAttribute.remote_address)
+    except (anyio.TypedAttributeLookupError, OSError):
+        return None
+    return show_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
 
 
 async def probe(
@@ -127,14 +290,33 @@ async def probe(
     proxy: str | None,
     context: ssl.SSLContext,
     timeout: float,
+    proxy_context: ssl.SSLContext | None = None,
 ) -> list[Step]:
     """Run the probe and return its steps (the last one failed if any did).
+
+    Args:
+        host: the target host.
+        port: the target port.
+        proxy: the proxy URL, or ``None`` for a direct connection.
+        context: the origin's TLS context.
+        timeout: the deadline over all steps, in seconds (the diagnostic second handshake
+            after a certificate failure gets its own).
+        proxy_context: the context for TLS to an ``https://`` proxy (default: verified,
+            certifi).
 
     Raises:
         UsageError: a bad proxy URL (nothing was sent).
     """
     steps: list[Step] = []
-    tunnel = ProxyTunnel(proxy, timeout=timeout, connect_timeout=timeout) if proxy else None
+    url = parse_proxy_url(proxy) if proxy else None
+    proxy_context = proxy_context or default_ssl_context()
+    tunnel = (
+        ProxyTunnel(
+            proxy, timeout=timeout, connect_timeout=timeout, proxy_ssl_context=proxy_context
+        )
+        if proxy
+        else None
+    )
     sock: Socket | None = None
     started = time.perf_counter()
 
@@ -144,89 +326,182 @@ async def probe(
         steps.append(Step(name, ok, (now - started) * 1000, summary, details))
         started = now
 
+    def fail(name: str, exc: BaseException, summary: str = "", **details: object) -> None:
+        record(name, False, summary or f"{type(exc).__name__}: {exc}", **details)
+        code = getattr(exc, "code", None)
+        status = getattr(exc, "status", None)
+        step = steps[-1]
+        step.error = type(exc).__name__
+        step.code = int(code) if isinstance(code, int) else None
+        step.status = status if isinstance(status, int) else None
+
+    async def run_steps() -> str | None:
+        """The steps, in order, until one fails; the step whose certificate failed."""
+        nonlocal sock
+        if url is not None and tunnel is not None:
+            try:
+                stream = await open_hop(
+                    url.host, url.port, label=f"proxy {url.address}", connect_timeout=None
+                )
+            except (JanusnetError, OSError) as exc:
+                fail("tcp", exc)
+                return None
+            record("tcp", True, f"connected to proxy {url.address}", peer=_peer(stream))
+            if url.scheme == "https":
+                try:
+                    stream = await _proxy_tls(stream, url, proxy_context)
+                except SSLOnError as exc:
+                    fail("proxy-tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
+                    return "proxy-tls" if _is_certificate_failure(exc) else None
+                ssl_object = ssl_object_of(stream)
+                summary, details = _tls_step(
+                    TLSInfo.from_ssl_object(ssl_object, url.host), ssl_object
+                )
+                record("proxy-tls", True, summary, **details)
+            try:
+                sock = Socket(stream, server_hostname=host)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+            try:
+                sock = await tunnel._exchange(sock, format_authority(host, port), host)
+            except JanusnetError as exc:
+                sock = None  # _exchange closed it
+                headers = [f"{k}: {v}" for k, v in getattr(exc, "headers", ())]
+                if isinstance(exc, ProxyAuthenticationRequired):
+                    explained = f"{type(exc).__name__}: {exc}; {_auth_explanation(exc, url)}"
+                    given = url.username is not None
+                    fail("connect", exc, explained, headers=headers, credentials_given=given)
+                else:
+                    fail("connect", exc, headers=headers)
+                return None
+            reply = sock.proxy_reply
+            assert reply is not None
+            record(
+                "connect",
+                True,
+                f"HTTP/{reply.http_version} {reply.status} {reply.reason}".rstrip(),
+                headers=[f"{k}: {v}" for k, v in reply.headers],
+            )
+        else:
+            try:
+                sock = await Socket.connect(host, port, timeout=None)
+            except (JanusnetError, OSError) as exc:
+                fail("tcp", exc)
+                return None
+            peer = sock.remote_address
+            record(
+                "tcp",
+                True,
+                f"connected to {show_address(host, port)}",
+                peer=show_address(str(peer[0]), int(peer[1])) if peer else None,
+            )
+        try:
+            await sock.ssl_on(server_hostname=host, ssl_context=context)
+        except SSLOnError as exc:
+            fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
+            return "tls" if _is_certificate_failure(exc) else None
+        assert sock.tls is not None
+        summary, details = _tls_step(sock.tls, sock._ssl_object)
+        record("tls", True, summary, **details)
+        return None
+
+    certificate_failed: str | None = None
     try:
         with anyio.fail_after(timeout):
-            try:
-                if tunnel is not None:
-                    sock = await tunnel._connect_proxy(host)
-                    record("tcp", True, f"connected to proxy {tunnel.proxy}")
-                else:
-                    sock = await Socket.connect(host, port, timeout=None)
-                    peer = sock.remote_address
-                    record(
-                        "tcp",
-                        True,
-                        f"connected to {show_address(host, port)}",
-                        peer=show_address(str(peer[0]), int(peer[1])) if peer else None,
-                    )
-            except (JanusnetError, OSError) as exc:
-                record("tcp", False, f"{type(exc).__name__}: {exc}")
-                return steps
-            if tunnel is not None:
-                try:
-                    sock = await tunnel._exchange(sock, format_authority(host, port), host)
-                except JanusnetError as exc:
-                    sock = None
-                    headers = [f"{k}: {v}" for k, v in getattr(exc, "headers", ())]
-                    record("connect", False, f"{type(exc).__name__}: {exc}", headers=headers)
-                    return steps
-                reply = sock.proxy_reply
-                assert reply is not None
-                record(
-                    "connect",
-                    True,
-                    f"HTTP/{reply.http_version} {reply.status} {reply.reason}".rstrip(),
-                    headers=[f"{k}: {v}" for k, v in reply.headers],
-                )
-            try:
-                await sock.ssl_on(server_hostname=host, ssl_context=context)
-            except JanusnetError as exc:
-                record("tls", False, f"{type(exc).__name__} ({getattr(exc, 'code', '')}): {exc}")
-                return steps
-            assert sock.tls is not None
-            summary = f"{sock.tls.version} {sock.tls.cipher} alpn={sock.tls.alpn_protocol or '-'}"
-            details = _tls_details(sock.tls)
-            if sock.tls.peer_certificate is None:  # not verified (--insecure): say what it was
-                summary += "  certificate NOT verified"
-                details.update(_unverified_details(sock))
-            record("tls", True, summary, **details)
-    except TimeoutError:
+            certificate_failed = await run_steps()
+    except TimeoutError as exc:
         done = {s.name for s in steps}
-        order = ["tcp", "connect", "tls"] if tunnel else ["tcp", "tls"]
-        record(next(n for n in order if n not in done), False, f"timed out after {timeout:g} s")
+        order = ["tcp", "connect", "tls"] if url else ["tcp", "tls"]
+        if url is not None and url.scheme == "https":
+            order.insert(1, "proxy-tls")
+        fail(next(n for n in order if n not in done), exc, f"timed out after {timeout:g} s")
     finally:
         if sock is not None:
             await sock.aclose()
+    if certificate_failed is not None:  # outside the deadline's scope: it has its own
+        await _show_presented(steps[-1], host, port, url, tunnel, timeout)
     return steps
 
 
+async def _show_presented(
+    step: Step,
+    host: str,
+    port: int,
+    url: ProxyURL | None,
+    tunnel: ProxyTunnel | None,
+    timeout: float,
+) -> None:
+    """Add the certificate the failed step's peer presented, from a second handshake
+    that verifies nothing and sends nothing after it, to ``step``."""
+    insecure = _unverified_context()
+    presented: dict[str, object] = {}
+    try:
+        with anyio.fail_after(timeout):
+            if step.name == "proxy-tls" and url is not None:
+                stream = await open_hop(
+                    url.host,
+                    url.port,
+                    label=f"proxy {url.address}",
+                    connect_timeout=None,
+                    ssl_context=insecure,
+                )
+                try:
+                    presented = _unverified_details(ssl_object_of(stream))
+                finally:
+                    await anyio.aclose_forcefully(stream)
+            else:
+                if tunnel is not None:
+                    sock = await tunnel._exchange(
+                        await tunnel._connect_proxy(host), format_authority(host, port), host
+                    )
+                else:
+                    sock = await Socket.connect(host, port, timeout=None)
+                async with sock:
+                    await sock.ssl_on(server_hostname=host, ssl_context=insecure, timeout=None)
+                    presented = _unverified_details(sock._ssl_object)
+    except (JanusnetError, OSError) as exc:  # TimeoutError included
+        step.details["presented_certificate_error"] = (
+            f"the second handshake to show the certificate failed: {type(exc).__name__}: {exc}"
+        )
+        return
+    if presented:
+        step.details["presented_certificate"] = {"note": SECOND_HANDSHAKE, **presented}
+
+
 def _print_steps(steps: Sequence[Step], out: TextIO) -> None:
+    indent = " " * 30
+
+    def detail(key: str, value: object, pad: str) -> None:
+        if isinstance(value, dict):
+            out.write(f"{pad}{key}:\n")
+            for sub_key, sub_value in value.items():
+                detail(str(sub_key), sub_value, pad + "  ")
+        elif isinstance(value, list):
+            for item in value:
+                out.write(f"{pad}{key}: {item}\n" if key != "headers" else f"{pad}{item}\n")
+        elif value is not None:
+            out.write(f"{pad}{key}: {value}\n")
+
     for step in steps:
         status = "ok" if step.ok else "FAIL"
-        out.write(f"  {step.name:<8} {status:<4} {step.ms:8.1f} ms  {step.summary}\n")
+        out.write(f"  {step.name:<9} {status:<4} {step.ms:8.1f} ms  {step.summary}\n")
         for key, value in step.details.items():
-            if isinstance(value, list):
-                for item in value:
-                    out.write(
-                        f"{'':28}{key}: {item}\n" if key != "headers" else f"{'':28}{item}\n"
-                    )
-            elif value is not None:
-                out.write(f"{'':28}{key}: {value}\n")
+            detail(key, value, indent)
 
 
-def _probe_context(args: argparse.Namespace) -> ssl.SSLContext:
-    if args.insecure:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif args.cafile:
-        context = ssl.create_default_context(cafile=args.cafile)
+def _context(cafile: str | None, insecure: bool, *, alpn: bool) -> ssl.SSLContext:
+    if insecure:
+        context = _unverified_context()
+    elif cafile:
+        context = ssl.create_default_context(cafile=cafile)
     else:
         # A fresh context with the default policy, so setting ALPN below does not touch
         # the shared default context.
         context = ssl.create_default_context(cafile=_certifi_where())
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
-    context.set_alpn_protocols(["http/1.1"])
+    if alpn:
+        context.set_alpn_protocols(["http/1.1"])
     return context
 
 
@@ -238,44 +513,55 @@ def _certifi_where() -> str:
 
 def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.target
+    contexts: list[ssl.SSLContext] = []
+    for option, cafile, insecure, alpn in (
+        ("--cafile", args.cafile, args.insecure, True),
+        ("--proxy-cafile", args.proxy_cafile, args.proxy_insecure, False),
+    ):
+        try:
+            contexts.append(_context(cafile, insecure, alpn=alpn))
+        except (OSError, ssl.SSLError) as exc:
+            out.write(f"janusnet probe: cannot load {option} {cafile}: {exc}\n")
+            return 2
+    context, proxy_context = contexts
+    choice = choose_proxy(host, port, proxy=args.proxy, noproxy=args.noproxy, environ=os.environ)
     try:
-        context = _probe_context(args)
-    except (OSError, ssl.SSLError) as exc:
-        out.write(f"janusnet probe: cannot load --cafile {args.cafile}: {exc}\n")
-        return 2
-    if args.proxy:
-        args.proxy = _proxy_url(args.proxy)
-    try:
+        shown = parse_proxy_url(choice.url).address if choice.url else None
         steps = anyio.run(
-            lambda: probe(host, port, proxy=args.proxy, context=context, timeout=args.timeout)
+            lambda: probe(
+                host,
+                port,
+                proxy=choice.url,
+                context=context,
+                timeout=args.timeout,
+                proxy_context=proxy_context,
+            )
         )
     except UsageError as exc:
-        out.write(f"janusnet probe: {exc}\n")
+        where = f"{choice.source}: " if choice.source else ""
+        out.write(f"janusnet probe: {where}{exc}\n")
         return 2
     ok = bool(steps) and all(s.ok for s in steps)
     if args.json:
-        json.dump(
-            {
-                "target": show_address(host, port),
-                "ok": ok,
-                "steps": [
-                    {
-                        "step": s.name,
-                        "ok": s.ok,
-                        "ms": round(s.ms, 2),
-                        "summary": s.summary,
-                        **s.details,
-                    }
-                    for s in steps
-                ],
-            },
-            out,
-            indent=2,
-            default=str,
-        )
+        report: dict[str, object] = {
+            "target": show_address(host, port),
+            "proxy": shown,
+            "proxy_from": choice.source,
+        }
+        if choice.bypassed_by:
+            report["proxy_bypassed_by"] = choice.bypassed_by
+        report.update(ok=ok, steps=[s.as_json() for s in steps])
+        json.dump(report, out, indent=2, default=str)
         out.write("\n")
     else:
-        via = f" via proxy {ProxyTunnel(args.proxy).proxy}" if args.proxy else ""
+        if shown:
+            via = f" via proxy {shown}"
+            if choice.source != "--proxy":
+                via += f" (from {choice.source})"
+        elif choice.bypassed_by:
+            via = f" direct ({choice.bypassed_by} matches; proxy from {choice.source} not used)"
+        else:
+            via = ""
         out.write(f"janusnet probe {show_address(host, port)}{via}\n")
         _print_steps(steps, out)
         failed = next((s for s in steps if not s.ok), None)
@@ -303,20 +589,65 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """
     out = out or sys.stdout
     parser = argparse.ArgumentParser(
-        prog="janusnet", description="Reach TLS servers through HTTP proxies, step by step."
+        prog="janusnet",
+        description="Reach TLS servers through HTTP proxies, step by step.",
+        epilog="exit status: 0 ok, 1 a probe step (or the demo) failed, 2 usage error",
     )
     parser.add_argument("--version", action="version", version=f"janusnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("probe", help="show each step of reaching HOST:PORT over TLS")
-    p.add_argument("target", type=_target, metavar="HOST:PORT")
+    p = commands.add_parser(
+        "probe",
+        help="show each step of reaching HOST:PORT over TLS",
+        description="Show each step of reaching HOST:PORT over TLS (through a proxy),\n"
+        "or the step that failed and why.",
+        epilog=PROBE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "target",
+        type=_target,
+        metavar="HOST:PORT",
+        help="the TLS server: a name or IP address and a port, e.g. example.com:443; "
+        "IPv6 in brackets: [::1]:443",
+    )
     p.add_argument(
         "--proxy",
-        help="HTTP(S) proxy URL, e.g. http://user:pass@proxy:3128 (no scheme: http://)",
+        metavar="URL",
+        help="HTTP(S) proxy URL, e.g. http://user:pass@proxy:3128 (no scheme: http://; "
+        'https:// for TLS to the proxy). Default: https_proxy etc.; "" for none',
     )
-    p.add_argument("--cafile", help="trust this CA bundle instead of certifi's")
-    p.add_argument("--insecure", action="store_true", help="do not verify the certificate")
-    p.add_argument("--timeout", type=_seconds, default=15.0, help="deadline in seconds (15)")
+    p.add_argument(
+        "--noproxy",
+        metavar="LIST",
+        help="hosts to reach directly, comma-separated ('*' for all); replaces no_proxy/NO_PROXY",
+    )
+    p.add_argument(
+        "--cafile", metavar="FILE", help="trust this CA bundle for the server instead of certifi's"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (the proxy's still is: see --proxy-insecure)",
+    )
+    p.add_argument(
+        "--proxy-cafile",
+        metavar="FILE",
+        help="trust this CA bundle for an https:// proxy instead of certifi's "
+        "(curl's --proxy-cacert)",
+    )
+    p.add_argument(
+        "--proxy-insecure",
+        action="store_true",
+        help="do not verify an https:// proxy's certificate",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="deadline over all the steps (15)",
+    )
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
 
     d = commands.add_parser("demo", help="run the CONNECT + ssl_on() flow against local servers")
