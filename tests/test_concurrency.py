@@ -22,6 +22,7 @@ from janusnet import (
     ProxyTunnel,
     Socket,
     SocketClosedError,
+    SocketResetError,
     SSLOnOtherError,
     TLSMode,
 )
@@ -286,3 +287,35 @@ async def test_tls_description_outlives_the_session(
         assert info.peer_certificate is not None
         assert ("DNS", "localhost") in info.peer_certificate.subject_alt_names
         assert "tls=TLSv1." in repr(sock)
+
+
+async def test_a_send_cancelled_mid_record_says_so_and_receiving_goes_on(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    go = anyio.Event()
+
+    async def peer(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, server_context)
+        await go.wait()  # read nothing: the client's send fills the buffers and waits
+        await tls.send(b"still here\r\n")
+        await anyio.sleep_forever()
+
+    port = client_port(ca)
+    async with serve(peer) as number:
+        async with await Socket.connect("localhost", number, client_port=port, tls=True) as sock:
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_blocked() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when_blocked)
+                    while True:
+                        await sock.send(b"x" * 1024 * 1024)
+            assert scope.cancelled_caught
+            with pytest.raises(SocketResetError, match="cancelled part-way through a TLS record"):
+                await sock.send(b"more")
+            go.set()
+            with anyio.fail_after(5):
+                assert (await sock.recv_parsed()).data == b"still here"

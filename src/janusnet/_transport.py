@@ -213,8 +213,35 @@ class FdTLSStream(_Direct):
     ``TLSStream``'s, plus the socket's.
     """
 
-    __slots__ = ()
+    __slots__ = ("_torn",)
     _sock: ssl.SSLSocket
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        super().__init__(sock)
+        self._torn = False  # a send was cancelled inside a record: no write may follow
+
+    async def send(self, item: bytes) -> None:
+        await _checkpoint()  # a cancellation here has written nothing
+        if self._torn:
+            raise anyio.BrokenResourceError(
+                "an earlier send was cancelled part-way through a TLS record; "
+                "this connection cannot send any more (receiving still works)"
+            )
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            view = memoryview(item)
+            while view:
+                # A retry after SSLWantWriteError must pass the same bytes again.
+                view = view[await self._call(self._sock.send, view, _wait_writable) :]
+        except anyio.get_cancelled_exc_class():
+            # Cancelled while OpenSSL waited to write the rest of a record: the peer
+            # would see a cut record, so no other write may follow it.
+            self._torn = True
+            raise
+        finally:
+            self._sending = False
 
     @classmethod
     async def wrap(
