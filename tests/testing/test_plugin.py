@@ -8,6 +8,7 @@ The subprocess does not read this project's ``pyproject.toml``, so each run gets
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -265,6 +266,240 @@ async def test_wrong_ca(anyio_backend, janusnet_proxy, janusnet_tls_server):
 """
 
 
+RESETS = r"""
+import anyio
+import pytest
+
+import janusnet
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+async def wait_for(predicate):
+    with anyio.fail_after(5):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+async def receive_line(stream):
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += await stream.receive()
+    return data
+
+
+async def fail_origin(server):
+    # A real failure in the server thread: a str where starttls mode needs bytes to inject.
+    server.mode = "starttls"
+    server.inject = "not bytes"
+    async with await anyio.connect_tcp(*server.address) as stream:
+        assert await receive_line(stream) == b"220 ready\r\n"
+        await stream.send(b"STARTTLS\r\n")
+        await wait_for(lambda: server.errors)
+
+
+async def fail_proxy(server):
+    # A real failure in the server thread: credentials that are not a (user, password) pair.
+    server.auth = ("only-a-user",)
+    async with await anyio.connect_tcp(*server.address) as stream:
+        await stream.send(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n"
+                          b"Proxy-Authorization: Basic dTpw\r\n\r\n")
+        await wait_for(lambda: server.errors)
+
+
+async def test_1_leaves_server_failures_behind(anyio_backend, janusnet_proxy,
+                                               janusnet_tls_server):
+    await fail_origin(janusnet_tls_server)
+    await fail_proxy(janusnet_proxy)
+    assert "TypeError" in janusnet_tls_server.errors[0]
+    assert "IndexError" in janusnet_proxy.errors[0]
+    assert janusnet_tls_server.connections == janusnet_proxy.connections == 1
+
+
+async def test_2_starts_clean(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                              janusnet_client_port):
+    assert janusnet_tls_server.errors == []
+    assert janusnet_proxy.errors == []
+    assert janusnet_tls_server.connections == janusnet_proxy.connections == 0
+    tunnel = janusnet.ProxyTunnel(janusnet_proxy.url, client_port=janusnet_client_port)
+    async with await tunnel.open_tls("localhost", janusnet_tls_server.port):
+        pass
+    await wait_for(lambda: janusnet_tls_server.connections == 1)
+    assert janusnet_proxy.connections == 1
+    assert janusnet_tls_server.errors == janusnet_proxy.errors == []
+"""
+
+SESSION_CONFTEST = r"""
+import ssl
+
+import pytest
+
+import janusnet
+
+
+@pytest.fixture(scope="session")
+def session_tunnel(janusnet_proxy_session, janusnet_tls_server_session, janusnet_ca):
+    # Built once for the whole run, as a user's session-wide client would be.
+    context = ssl.create_default_context()
+    janusnet_ca.configure_trust(context)
+    port = janusnet.ClientPort("SESSION", ssl_context=context)
+    return janusnet.ProxyTunnel(janusnet_proxy_session.url, client_port=port, timeout=10)
+"""
+
+SESSION = r"""
+import pytest
+
+import janusnet
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def origin_port(janusnet_tls_server_session):
+    return janusnet_tls_server_session.port
+
+
+async def get(tunnel, port):
+    async with await tunnel.open_tls("localhost", port) as sock:
+        await sock.send_line("GET /session HTTP/1.0")
+        await sock.send_line()
+        return (await sock.recv_parsed()).data
+
+
+async def test_wider_scoped_fixtures_reach_the_origin(anyio_backend, session_tunnel,
+                                                      origin_port):
+    assert await get(session_tunnel, origin_port) == b"HTTP/1.1 200 OK"
+
+
+@pytest.mark.janusnet_proxy(behaviour="status_403")
+async def test_markers_apply_through_the_function_views(
+    anyio_backend, session_tunnel, origin_port, janusnet_proxy, janusnet_proxy_session,
+    janusnet_tls_server, janusnet_tls_server_session,
+):
+    assert janusnet_proxy is janusnet_proxy_session
+    assert janusnet_tls_server is janusnet_tls_server_session
+    assert janusnet_proxy.log == []  # the earlier tests' requests are gone
+    with pytest.raises(janusnet.ProxyRefusedError):
+        await session_tunnel.open("localhost", origin_port)
+    assert [record.status for record in janusnet_proxy.log] == [403]
+
+
+async def test_session_view_is_back_to_normal_after_a_marker(
+    anyio_backend, session_tunnel, origin_port, janusnet_proxy_session
+):
+    assert janusnet_proxy_session.behaviour.value == "normal"
+    assert await get(session_tunnel, origin_port) == b"HTTP/1.1 200 OK"
+"""
+
+IPV6 = r"""
+import pytest
+
+import janusnet
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+async def get(tunnel, host, port):
+    async with await tunnel.open_tls(host, port) as sock:
+        await sock.send_line("GET /v6 HTTP/1.0")
+        await sock.send_line()
+        return (await sock.recv_parsed()).data
+
+
+async def test_shared_servers_answer_on_ipv6_loopback(anyio_backend, janusnet_proxy,
+                                                      janusnet_tls_server, janusnet_client_port):
+    assert janusnet_tls_server.hosts == ("127.0.0.1", "::1")
+    assert janusnet_proxy.hosts == ("127.0.0.1", "::1")
+    port = janusnet_tls_server.port
+    v4_proxy = janusnet.ProxyTunnel(janusnet_proxy.url, client_port=janusnet_client_port)
+    v6_proxy = janusnet.ProxyTunnel(f"http://[::1]:{janusnet_proxy.port}",
+                                    client_port=janusnet_client_port)
+    assert await get(v4_proxy, "::1", port) == b"HTTP/1.1 200 OK"
+    assert await get(v6_proxy, "127.0.0.1", port) == b"HTTP/1.1 200 OK"
+    assert await get(v6_proxy, "::1", port) == b"HTTP/1.1 200 OK"
+    assert [(r.target, r.status) for r in janusnet_proxy.log] == [
+        (f"[::1]:{port}", 200), (f"127.0.0.1:{port}", 200), (f"[::1]:{port}", 200)
+    ]
+"""
+
+MARKER_ERRORS = r"""
+import pytest
+
+import janusnet
+
+
+@pytest.mark.janusnet_proxy(behaviour="extra_byte")
+def test_behaviour_typo(janusnet_proxy):
+    pass
+
+
+@pytest.mark.janusnet_tls_server(mode="startls")
+def test_mode_typo(janusnet_tls_server):
+    pass
+
+
+@pytest.mark.janusnet_proxy(auth="alice:pw-in-a-string")
+def test_auth_as_one_string(janusnet_proxy):
+    pass
+
+
+@pytest.mark.janusnet_proxy(auth=["alice"])
+def test_auth_of_one_item(janusnet_proxy):
+    pass
+
+
+@pytest.mark.janusnet_tls_server(inject="250 a str\r\n")
+def test_inject_as_str(janusnet_tls_server):
+    pass
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.mark.janusnet_proxy(auth=["alice", "s3cret"])
+@pytest.mark.anyio
+async def test_auth_as_a_list(anyio_backend, janusnet_proxy, janusnet_tls_server,
+                              janusnet_client_port):
+    assert janusnet_proxy.auth == ("alice", "s3cret")
+    port = janusnet_tls_server.port
+    without = janusnet.ProxyTunnel(janusnet_proxy.url, client_port=janusnet_client_port)
+    with pytest.raises(janusnet.ProxyAuthenticationRequired):
+        await without.open("localhost", port)
+    with_auth = janusnet.ProxyTunnel(janusnet_proxy.url_with_auth("alice", "s3cret"),
+                                     client_port=janusnet_client_port)
+    async with await with_auth.open_tls("localhost", port):
+        pass
+"""
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
 def user_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A fresh directory with the strict ini; nothing of this project's config applies."""
@@ -298,16 +533,16 @@ def test_plugin_registers_markers_and_lists_fixtures(user_project: pytest.Pytest
         ["@pytest.mark.janusnet_proxy(*", "@pytest.mark.janusnet_tls_server(*"]
     )
     fixtures = run(user_project, "--fixtures")
-    fixtures.stdout.fnmatch_lines(
-        [
-            "*janusnet_ca*",
-            "*janusnet_tls_server*",
-            "*janusnet_proxy*",
-            "*janusnet_proxy_factory*",
-            "*janusnet_client_port*",
-        ],
-        consecutive=False,
-    )
+    for line in [
+        "janusnet_ca [[]session scope[]] -- *",
+        "janusnet_tls_server_session [[]session scope[]] -- *",
+        "janusnet_proxy_session [[]session scope[]] -- *",
+        "janusnet_tls_server -- *",
+        "janusnet_proxy -- *",
+        "janusnet_proxy_factory -- *",
+        "janusnet_client_port -- *",
+    ]:
+        fixtures.stdout.fnmatch_lines([line])
 
 
 def test_plugin_rejects_unknown_marker_options(user_project: pytest.Pytester) -> None:
@@ -325,6 +560,54 @@ def test_plugin_rejects_unknown_marker_options(user_project: pytest.Pytester) ->
     result = run(user_project)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*janusnet_proxy got unknown option(s)*behavior*"])
+
+
+def test_plugin_resets_errors_and_connections_between_tests(
+    user_project: pytest.Pytester,
+) -> None:
+    user_project.makepyfile(test_resets=RESETS)
+    result = run(user_project, "-p", "no:randomly")  # the order matters, should it be installed
+    # test_1 leaves a failure in both servers (on each backend); test_2 must not see it.
+    result.assert_outcomes(passed=4)
+
+
+def test_plugin_session_fixtures_serve_wider_scoped_fixtures(
+    user_project: pytest.Pytester,
+) -> None:
+    user_project.makeconftest(SESSION_CONFTEST)
+    user_project.makepyfile(test_session=SESSION)
+    result = run(user_project)
+    result.assert_outcomes(passed=3 * 2)
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_plugin_servers_listen_on_ipv6_loopback_too(user_project: pytest.Pytester) -> None:
+    user_project.makepyfile(test_ipv6=IPV6)
+    result = run(user_project)
+    result.assert_outcomes(passed=2)
+
+
+def test_plugin_marker_errors_are_one_clear_line(user_project: pytest.Pytester) -> None:
+    user_project.makepyfile(test_markers=MARKER_ERRORS)
+    result = run(user_project)
+    result.assert_outcomes(errors=5, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*janusnet_proxy: unknown behaviour 'extra_byte'; valid values: 'normal', "
+            "'extra_bytes', *, 'chunked_2xx'",
+            "*janusnet_tls_server: unknown mode 'startls'; valid values: 'tls', 'plain', "
+            "'starttls', 'reset_handshake', 'garbage', 'stall'",
+            "*janusnet_proxy: auth must be a (user, password) pair of str*; got str",
+            "*janusnet_proxy: auth must be a (user, password) pair of str*; "
+            "got a list of 1 item(s)",
+            "*janusnet_tls_server: inject must be bytes, got str",
+        ],
+        consecutive=False,
+    )
+    output = result.stdout.str()
+    assert "During handling" not in output
+    assert "Traceback" not in output
+    assert "pw-in-a-string" not in output  # the password stays out of the report
 
 
 def test_plugin_import_is_light() -> None:

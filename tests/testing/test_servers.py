@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import re
 import socket
@@ -304,6 +305,144 @@ def test_servers_can_restart() -> None:
         with pytest.raises(RuntimeError):
             _ = proxy.port
     assert len(proxy.log) == 2
+
+
+# -- history (errors, connections) and dual stack ---------------------------------------------
+
+
+def fail_origin_handler(origin: TLSOrigin, sock: socket.socket) -> None:
+    """Make the origin's handler for ``sock`` (a ``starttls`` connection) raise for real.
+
+    ``inject`` is not validated on assignment, so a ``str`` there makes ``b"220 go ahead"
+    + inject`` raise ``TypeError`` in the server thread: an unexpected handler failure.
+    """
+    origin.inject = "not bytes"  # type: ignore[assignment]
+    sock.sendall(b"STARTTLS\r\n")
+    with contextlib.suppress(OSError):
+        recv_all(sock)  # the handler aborts the connection: EOF or reset
+    assert wait_until(lambda: origin.active == 0)
+
+
+def test_reset_history_clears_errors_and_connections() -> None:
+    with TLSOrigin(mode="starttls") as origin:
+        with connect(origin.address) as sock:
+            assert recv_until(sock, b"\r\n") == b"220 ready\r\n"
+            fail_origin_handler(origin, sock)
+        assert len(origin.errors) == 1
+        assert "TypeError" in origin.errors[0]
+        assert origin.connections == 1
+        origin.reset_history()
+        assert origin.errors == []
+        assert origin.connections == 0
+        origin.inject = b""
+        with connect(origin.address) as sock:
+            assert recv_until(sock, b"\r\n") == b"220 ready\r\n"
+        assert wait_until(lambda: origin.active == 0)
+        assert origin.connections == 1
+        assert origin.errors == []
+
+
+def test_a_failure_from_before_reset_history_is_logged_not_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with TLSOrigin(mode="starttls") as origin, connect(origin.address) as sock:
+        assert recv_until(sock, b"\r\n") == b"220 ready\r\n"
+        origin.reset_history()  # the next test starts while this connection is still open
+        fail_origin_handler(origin, sock)
+        assert origin.errors == []
+    assert any(
+        "accepted before the last reset_history()" in record.getMessage()
+        and record.exc_info is not None
+        and record.exc_info[0] is TypeError
+        for record in caplog.records
+    )
+
+
+def test_proxy_reset_history_also_empties_the_log(proxy: ConnectProxy) -> None:
+    proxy.auth = ("only-a-user",)  # type: ignore[assignment]  # makes the auth check raise
+    with connect(proxy.address) as sock:
+        send_connect(sock, "127.0.0.1:9", basic("u", "p"))
+        with contextlib.suppress(OSError):
+            recv_all(sock)
+    assert wait_until(lambda: proxy.errors != [] and proxy.active == 0)
+    assert "IndexError" in proxy.errors[0]
+    proxy.auth = None
+    with connect(proxy.address) as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\n\r\n")
+        assert status_of(recv_all(sock)) == 405
+    assert (len(proxy.log), proxy.connections) == (1, 2)
+    proxy.reset_history()
+    assert (proxy.log, proxy.errors, proxy.connections) == ([], [], 0)
+
+
+def test_hosts_lists_the_listening_addresses() -> None:
+    origin = TLSOrigin(mode="plain")
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = origin.hosts
+    with origin:
+        assert origin.hosts == ("127.0.0.1",)
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = origin.hosts
+
+
+@needs_ipv6
+@pytest.mark.parametrize(
+    ("host", "hosts"), [("127.0.0.1", ("127.0.0.1", "::1")), ("::1", ("::1", "127.0.0.1"))]
+)
+def test_dual_stack_listens_on_both_loopbacks_with_one_port(
+    host: str, hosts: tuple[str, ...]
+) -> None:
+    origin = TLSOrigin(host=host, dual_stack=True)
+    for expected in (2, 4):  # and again after a restart, on a new port
+        with origin:
+            assert origin.hosts == hosts
+            assert origin.address == (host, origin.port)
+            for address in hosts:
+                raw = connect((address, origin.port))
+                with origin.client_context().wrap_socket(raw, server_hostname=address) as tls:
+                    assert get(tls, f"/{address}")[1].endswith(f"GET /{address}\n".encode())
+            assert origin.connections == expected  # each answered: its handler has started
+        assert origin.errors == []
+
+
+@needs_ipv6
+def test_dual_stack_proxy_reaches_either_family(plain_origin: TLSOrigin) -> None:
+    with TLSOrigin(host="::1", mode="plain") as v6_origin, ConnectProxy(dual_stack=True) as proxy:
+        assert proxy.hosts == ("127.0.0.1", "::1")
+        assert proxy.url == f"http://127.0.0.1:{proxy.port}"
+        for proxy_host, target in [
+            ("::1", plain_origin.authority),
+            ("127.0.0.1", v6_origin.authority),
+        ]:
+            sock, head = open_tunnel((proxy_host, proxy.port), target)
+            with sock:
+                assert head == ESTABLISHED
+                sock.sendall(b"ping")
+                assert recv_exactly(sock, 4) == b"ping"
+        assert [record.status for record in proxy.log] == [200, 200]
+    assert proxy.errors == v6_origin.errors == []
+
+
+def _localhost_addresses() -> list[str]:
+    try:
+        infos = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@pytest.mark.skipif(
+    len(_localhost_addresses()) < 2, reason="localhost resolves to a single address here"
+)
+@pytest.mark.parametrize("address", _localhost_addresses())
+def test_proxy_tries_every_address_of_localhost(proxy: ConnectProxy, address: str) -> None:
+    # localhost may resolve to ::1 first while the origin listens on 127.0.0.1 only.
+    with TLSOrigin(host=address, mode="plain") as origin:
+        sock, head = open_tunnel(proxy.address, f"localhost:{origin.port}")
+        with sock:
+            assert head == ESTABLISHED
+            sock.sendall(b"ping")
+            assert recv_exactly(sock, 4) == b"ping"
 
 
 def test_origin_refuses_non_loopback_host() -> None:

@@ -115,6 +115,8 @@ class TLSOrigin(BackgroundServer):
         server_context: The server-side context to use. Default: a fresh one holding a
             certificate for ``hostnames`` issued by ``ca``.
         host: Loopback IP literal to listen on (``"127.0.0.1"`` or ``"::1"``).
+        dual_stack: Also listen on the other family's loopback address (``::1`` for
+            ``127.0.0.1``), on the same port, where the machine has it; see :attr:`hosts`.
         ca: The ``trustme.CA`` issuing the certificate; a new one by default. Pass your own to
             share trust between servers. Without it, a given ``server_context`` leaves
             :attr:`ca` and :meth:`client_context` unavailable.
@@ -134,13 +136,14 @@ class TLSOrigin(BackgroundServer):
         server_context: ssl.SSLContext | None = None,
         *,
         host: str = "127.0.0.1",
+        dual_stack: bool = False,
         ca: trustme.CA | None = None,
         mode: OriginMode | str = OriginMode.TLS,
         inject: bytes = b"",
         hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
     ) -> None:
-        super().__init__(host, connection_timeout=connection_timeout)
+        super().__init__(host, connection_timeout=connection_timeout, dual_stack=dual_stack)
         self.mode = OriginMode(mode)
         self.inject = inject
         if server_context is None:

@@ -156,6 +156,8 @@ class ConnectProxy(BackgroundServer):
 
     Args:
         host: Loopback IP literal to listen on (``"127.0.0.1"`` or ``"::1"``).
+        dual_stack: Also listen on the other family's loopback address (``::1`` for
+            ``127.0.0.1``), on the same port, where the machine has it; see :attr:`hosts`.
         auth: ``(user, password)`` to require as Basic credentials, or ``None``.
         behaviour: A :class:`ProxyBehaviour` (or its string value).
         ssl_context: A server-side context to make this an HTTPS proxy: every connection
@@ -173,12 +175,13 @@ class ConnectProxy(BackgroundServer):
         self,
         *,
         host: str = "127.0.0.1",
+        dual_stack: bool = False,
         auth: tuple[str, str] | None = None,
         behaviour: ProxyBehaviour | str = ProxyBehaviour.NORMAL,
         ssl_context: ssl.SSLContext | None = None,
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
     ) -> None:
-        super().__init__(host, connection_timeout=connection_timeout)
+        super().__init__(host, connection_timeout=connection_timeout, dual_stack=dual_stack)
         self.ssl_context = ssl_context
         self.auth = auth
         self.behaviour = ProxyBehaviour(behaviour)
@@ -195,6 +198,15 @@ class ConnectProxy(BackgroundServer):
     @behaviour.setter
     def behaviour(self, value: ProxyBehaviour | str) -> None:
         self._behaviour = ProxyBehaviour(value)
+
+    def reset_history(self) -> None:
+        """Start afresh, as before a new test: empty ``errors`` and ``log``, zero ``connections``.
+
+        A failure in a connection accepted before this call is logged instead of joining
+        ``errors``. ``behaviour`` and ``auth`` are left alone.
+        """
+        super().reset_history()
+        self.log.clear()
 
     @property
     def scheme(self) -> str:
@@ -261,16 +273,13 @@ class ConnectProxy(BackgroundServer):
         conn: Connection,
         behaviour: ProxyBehaviour,
         record: ProxyLogRecord,
-        address: tuple[str, int],
+        address: tuple[tuple[str, ...], int],
     ) -> None:
         reader, writer = conn.reader, conn.writer
         tunnel_head = _TUNNEL_HEADS.get(behaviour)
         if tunnel_head is not None:
             try:
-                upstream_reader, upstream_writer = await asyncio.wait_for(
-                    asyncio.open_connection(*address, limit=STREAM_LIMIT),
-                    TARGET_CONNECT_TIMEOUT,
-                )
+                upstream_reader, upstream_writer = await _open_upstream(*address)
             except (OSError, asyncio.TimeoutError):
                 self._record(record, 502, behaviour)
                 await _refuse(conn, 502, "Bad Gateway", body=b"janusnet test proxy: no target\n")
@@ -483,11 +492,13 @@ def _authorized(headers: tuple[tuple[str, str], ...], auth: tuple[str, str]) -> 
     return False
 
 
-async def _loopback_address(target: str) -> tuple[str, int] | None:
-    """The loopback ``(ip, port)`` to connect to for ``target``, or ``None`` to refuse.
+async def _loopback_address(target: str) -> tuple[tuple[str, ...], int] | None:
+    """The loopback IPs to try, in order, and the port for ``target``; ``None`` to refuse.
 
     Only IP literals on loopback and the name ``localhost`` are accepted; ``localhost`` is
-    resolved and every address it yields must itself be loopback.
+    resolved and every address it yields must itself be loopback. All of them are tried, as a
+    client would: ``localhost`` may resolve to ``::1`` first while the target listens on
+    ``127.0.0.1`` only.
     """
     match = _AUTHORITY.fullmatch(target)
     if match is None:
@@ -502,14 +513,35 @@ async def _loopback_address(target: str) -> tuple[str, int] | None:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
             return None
-        addresses = [str(info[4][0]) for info in infos]
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses or not all(ipaddress.ip_address(a).is_loopback for a in addresses):
             return None
-        return addresses[0], port
+        return addresses, port
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
     if not address.is_loopback or (":" in host) != bool(match.group(1)):
         return None
-    return str(address), port
+    return (str(address),), port
+
+
+async def _open_upstream(
+    hosts: tuple[str, ...], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the first of ``hosts`` that accepts, each within the target timeout.
+
+    Raises:
+        OSError: No address accepted (the last failure).
+        asyncio.TimeoutError: The last address did not answer in time.
+    """
+    for host in hosts[:-1]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=STREAM_LIMIT), TARGET_CONNECT_TIMEOUT
+            )
+        except (OSError, asyncio.TimeoutError):
+            continue
+    return await asyncio.wait_for(
+        asyncio.open_connection(hosts[-1], port, limit=STREAM_LIMIT), TARGET_CONNECT_TIMEOUT
+    )

@@ -16,13 +16,22 @@ closes it; finally the thread is joined. Nothing is left for the garbage collect
 ``filterwarnings = error`` never sees a ``ResourceWarning`` from a server.
 
 Only loopback addresses may be served, and the proxy only ever connects to loopback targets:
-a test server must never reach, or relay to, anything else.
+a test server must never reach, or relay to, anything else. A ``dual_stack`` server listens on
+``127.0.0.1`` *and* ``::1`` (where the machine has IPv6 loopback) with one port number: the OS
+picks a free port for the first address, and when that port is taken on the second one, it is
+given up and another one is tried (:data:`BIND_ATTEMPTS` times).
+
+``errors`` belongs to the test that is running: :meth:`BackgroundServer.reset_history` starts
+a new *generation*, and a handler that fails reports into ``errors`` only if its connection
+was accepted in the current generation (older ones are logged), so a connection a test left
+behind cannot fail the next test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -54,6 +63,9 @@ CLOSE_TIMEOUT: Final = 2.0
 
 DEFAULT_CONNECTION_TIMEOUT: Final = 60.0
 """Overall cap on one connection's handler: a safety net, far above any test's needs."""
+
+BIND_ATTEMPTS: Final = 20
+"""Ports a ``dual_stack`` server tries: one free on the first address may be taken on the other."""
 
 PATTERN_CHUNK: Final = bytes(range(256)) * (READ_SIZE // 256)
 
@@ -99,6 +111,11 @@ def check_loopback(host: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"test servers listen on loopback only, got {host!r}")
     return host
+
+
+def other_loopback(host: str) -> str:
+    """The loopback address of the other IP family: ``::1`` for IPv4, ``127.0.0.1`` for IPv6."""
+    return "127.0.0.1" if ":" in host else "::1"
 
 
 def format_authority(host: str, port: int) -> str:
@@ -213,12 +230,15 @@ class BackgroundServer:
 
     _kind = "server"
 
-    def __init__(self, host: str, *, connection_timeout: float) -> None:
+    def __init__(self, host: str, *, connection_timeout: float, dual_stack: bool = False) -> None:
         self._host = check_loopback(host)
         self.connection_timeout = connection_timeout
+        self._dual_stack = dual_stack
         self.errors: list[str] = []
         self._port: int | None = None
+        self._hosts: tuple[str, ...] = ()
         self._connections = 0
+        self._generation = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -246,6 +266,20 @@ class BackgroundServer:
         return self._port
 
     @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every loopback address the server listens on, all with the same :attr:`port`.
+
+        ``(host,)``; with ``dual_stack``, the other family's loopback address follows
+        (``::1`` after ``127.0.0.1``) when the machine has it.
+
+        Raises:
+            RuntimeError: The server is not running.
+        """
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return self._hosts
+
+    @property
     def address(self) -> tuple[str, int]:
         """``(host, port)``, ready for ``socket.create_connection``."""
         return (self._host, self.port)
@@ -257,13 +291,27 @@ class BackgroundServer:
 
     @property
     def connections(self) -> int:
-        """How many connections have been accepted (counted when their handler starts)."""
+        """How many connections have been accepted (counted when their handler starts).
+
+        Counted since the start, or since the last :meth:`reset_history`.
+        """
         return self._connections
 
     @property
     def active(self) -> int:
         """How many connections are being handled right now."""
         return len(self._handlers)
+
+    def reset_history(self) -> None:
+        """Start afresh, as before a new test: empty ``errors``, zero ``connections``.
+
+        From now on, a failure in a connection accepted *before* this call is logged (logger
+        ``janusnet.testing``) instead of joining ``errors``: what one test left running cannot
+        fail the next one. Settings (``mode``, ``behaviour``…) are left alone.
+        """
+        self._generation += 1
+        self._connections = 0
+        self.errors.clear()
 
     def start(self) -> None:
         """Start the thread and wait until the server is listening.
@@ -306,6 +354,7 @@ class BackgroundServer:
         self._thread = None
         self._loop = None
         self._port = None
+        self._hosts = ()
 
     def __enter__(self: _S) -> _S:
         self.start()
@@ -345,17 +394,17 @@ class BackgroundServer:
         loop.set_exception_handler(self._on_loop_error)
         self._stop_event = asyncio.Event()
         self._stopping = False
-        server = await asyncio.start_server(
-            self._on_client, self._host, 0, limit=STREAM_LIMIT, backlog=1024
-        )
+        servers = await self._listen()
         try:
-            self._port = int(server.sockets[0].getsockname()[1])
+            self._hosts = tuple(str(s.sockets[0].getsockname()[0]) for s in servers)
+            self._port = int(servers[0].sockets[0].getsockname()[1])
             self._loop = loop
             self._ready.set()
             await self._stop_event.wait()
         finally:
             self._stopping = True
-            server.close()
+            for server in servers:
+                server.close()
             # Connections accepted just before the close may start their handlers late.
             for _ in range(3):
                 await asyncio.sleep(0)
@@ -363,7 +412,43 @@ class BackgroundServer:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            await server.wait_closed()
+            for server in servers:
+                await server.wait_closed()
+
+    async def _listen(self) -> list[asyncio.Server]:
+        """Listen on ``host`` (port chosen by the OS), and for ``dual_stack`` on the other one.
+
+        Raises:
+            OSError: ``host`` cannot be listened on, or no port was free on both addresses.
+        """
+        other = other_loopback(self._host)
+        for _ in range(BIND_ATTEMPTS):
+            first = await self._start_server(self._host, 0)
+            if not self._dual_stack:
+                return [first]
+            port = int(first.sockets[0].getsockname()[1])
+            try:
+                second = await self._start_server(other, port)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:  # taken there: try another port
+                    await _close_server(first)
+                    continue
+                # No such address on this machine (no IPv6 loopback, say): the first will do.
+                _log.debug("janusnet test %s: not listening on %s: %r", self._kind, other, exc)
+                return [first]
+            if not second.sockets:  # asyncio skips a family the OS cannot create sockets for
+                await _close_server(second)
+                return [first]
+            return [first, second]
+        raise OSError(
+            errno.EADDRINUSE,
+            f"no port free on both {self._host} and {other} in {BIND_ATTEMPTS} attempts",
+        )
+
+    async def _start_server(self, host: str, port: int) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._on_client, host, port, limit=STREAM_LIMIT, backlog=1024
+        )
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         self.errors.append(str(context.get("message")) + ": " + repr(context.get("exception")))
@@ -379,6 +464,7 @@ class BackgroundServer:
             pause_reading(writer)
         self._handlers.add(task)
         self._connections += 1
+        generation = self._generation
         conn = Connection(reader, writer)
         timer = asyncio.get_running_loop().call_later(
             self.connection_timeout, self._expire, conn, task
@@ -397,8 +483,15 @@ class BackgroundServer:
             _log.debug("janusnet test %s: connection ended: %r", self._kind, exc)
             conn.abort()
         except Exception as exc:
-            self.errors.append("".join(traceback.format_exception(exc)))
-            _log.exception("janusnet test %s: handler failed", self._kind)
+            if generation == self._generation:
+                self.errors.append("".join(traceback.format_exception(exc)))
+                _log.exception("janusnet test %s: handler failed", self._kind)
+            else:  # accepted before reset_history(): not the current test's failure
+                _log.exception(
+                    "janusnet test %s: handler of a connection accepted before the last "
+                    "reset_history() failed",
+                    self._kind,
+                )
             conn.abort()
         finally:
             timer.cancel()
@@ -414,3 +507,8 @@ class BackgroundServer:
     def _expire(conn: Connection, task: asyncio.Task[None]) -> None:
         conn.expired = True
         task.cancel()
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()

@@ -35,12 +35,18 @@ Fixtures
 ``janusnet_tls_server`` (function view of a session server)
     A running :class:`~janusnet.testing.TLSOrigin` with a certificate for ``localhost``,
     ``127.0.0.1`` and ``::1``: ``.host``, ``.port``, ``.address``, ``.authority``,
-    ``.client_context()``. ``mode`` and ``inject`` are reset before and after every test, so
-    a test may change them freely.
+    ``.client_context()``. ``mode``, ``inject``, ``errors`` and ``connections`` are reset
+    before and after every test, so a test may change them freely.
 ``janusnet_proxy`` (function view of a session server)
     A running :class:`~janusnet.testing.ConnectProxy`: ``.url``, ``.url_with_auth(u, p)``,
-    ``.log`` (emptied for each test), ``.behaviour`` and ``.auth`` (assignable; reset before
-    and after every test, so a misbehaviour never leaks into the next test).
+    ``.log``, ``.behaviour`` and ``.auth`` (assignable). ``behaviour``, ``auth``, ``log``,
+    ``errors`` and ``connections`` are reset before and after every test, so neither a
+    misbehaviour nor a server-side failure leaks into the next test.
+``janusnet_tls_server_session``, ``janusnet_proxy_session`` (session)
+    The same two servers, without the per-test view: for a module- or session-scoped
+    fixture of yours (say, a client built once), which pytest does not let depend on a
+    function-scoped fixture. Markers and resets apply only through ``janusnet_tls_server``
+    and ``janusnet_proxy``; request those too in a test that checks ``log`` or ``errors``.
 ``janusnet_proxy_factory`` (function)
     ``janusnet_proxy_factory(**kwargs)`` starts a fresh ``ConnectProxy(**kwargs)`` (say, a
     second proxy, or an HTTPS one with ``ssl_context=``) and stops it after the test.
@@ -48,15 +54,23 @@ Fixtures
     A :class:`~janusnet.ClientPort` named ``"JANUSNET-TEST"``, ``TLSMode.OPTIONAL``, whose
     ``ssl_context`` trusts ``janusnet_ca`` (and nothing else).
 
+The shared servers listen on ``127.0.0.1`` and, where the machine has IPv6 loopback, on
+``::1`` too, with the same port (``.hosts`` lists the addresses): ``open_tls("::1", port)``
+through the proxy reaches the origin. ``.url``, ``.address`` and ``.authority`` use
+``127.0.0.1``.
+
 Markers
 -------
 ``@pytest.mark.janusnet_proxy(behaviour=..., auth=(user, password))``
     Configures ``janusnet_proxy`` for one test: a :class:`~janusnet.testing.ProxyBehaviour`
-    (or its string value, e.g. ``"reset"``) and/or required Basic credentials.
+    (or its string value, e.g. ``"reset"``) and/or required Basic credentials (any two
+    strings: a tuple or a list).
 ``@pytest.mark.janusnet_tls_server(mode=..., inject=b"...")``
     Configures ``janusnet_tls_server`` for one test: an
     :class:`~janusnet.testing.OriginMode` (``"starttls"``, ``"garbage"``...) and the bytes
     ``starttls`` mode injects after ``220 go ahead``.
+
+A misspelt option or value fails the test's setup with one line that lists the valid ones.
 
 This module imports only ``pytest`` and the standard library when pytest loads it: the
 servers, ``trustme`` and the certificates come when a fixture is first used.
@@ -64,8 +78,9 @@ servers, ``trustme`` and the certificates come when a fixture is first used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn
+import enum
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import pytest
 
@@ -80,8 +95,12 @@ __all__ = [
     "janusnet_client_port",
     "janusnet_proxy",
     "janusnet_proxy_factory",
+    "janusnet_proxy_session",
     "janusnet_tls_server",
+    "janusnet_tls_server_session",
 ]
+
+_E = TypeVar("_E", bound=enum.Enum)
 
 _PROXY_MARKER = "janusnet_proxy"
 _SERVER_MARKER = "janusnet_tls_server"
@@ -121,6 +140,45 @@ def _marker_options(
     return dict(marker.kwargs)
 
 
+def _enum_option(choices: type[_E], value: object, option: str, marker: str) -> _E:
+    """``choices(value)``, or a setup failure that lists the valid values.
+
+    Raises:
+        pytest.fail.Exception: ``value`` is none of ``choices``.
+    """
+    try:
+        return choices(value)
+    except (ValueError, TypeError):
+        pass  # fail outside the except block: no "During handling..." chain in the report
+    valid = ", ".join(repr(choice.value) for choice in choices)
+    _bad_marker(f"@pytest.mark.{marker}: unknown {option} {value!r}; valid values: {valid}")
+
+
+def _auth_option(value: object) -> tuple[str, str] | None:
+    """``None``, or any two-item sequence of ``str`` (tuple, list…) as ``(user, password)``.
+
+    Raises:
+        pytest.fail.Exception: ``value`` is something else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
+        if len(value) == 2:
+            user, password = value
+            if isinstance(user, str) and isinstance(password, str):
+                return user, password
+        got = f"a {type(value).__name__} of {len(value)} item(s)"
+        if len(value) == 2:
+            got += ", not both str"
+    else:
+        got = type(value).__name__
+    # The values themselves stay out of the message: one of them is a password.
+    _bad_marker(
+        f"@pytest.mark.{_PROXY_MARKER}: auth must be a (user, password) pair of str, "
+        f'such as auth=("alice", "s3cret"); got {got}'
+    )
+
+
 def _bad_marker(message: str) -> NoReturn:
     """Fail the test's setup with ``message`` alone (no plugin traceback to wade through)."""
     pytest.fail(message, pytrace=False)
@@ -138,46 +196,56 @@ def janusnet_ca() -> trustme.CA:
     try:
         return new_ca()
     except ModuleNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)  # outside the except block: no chained traceback
 
 
 # -- the TLS origin ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def _janusnet_tls_server_session(janusnet_ca: trustme.CA) -> Iterator[TLSOrigin]:
+def janusnet_tls_server_session(janusnet_ca: trustme.CA) -> Iterator[TLSOrigin]:
+    """The session's shared ``TLSOrigin`` itself, for fixtures of a wider scope.
+
+    ``janusnet_tls_server`` is the per-test view of this same server. A module- or
+    session-scoped fixture cannot use that one (pytest's ScopeMismatch), so it takes this one.
+    Markers and the per-test reset apply only through ``janusnet_tls_server``: a test that
+    also requests it starts with the server in ``tls`` mode and empty ``errors``.
+    """
     from janusnet.testing import TLSOrigin
 
-    with TLSOrigin(ca=janusnet_ca) as server:
+    with TLSOrigin(ca=janusnet_ca, dual_stack=True) as server:
         yield server
 
 
 def _reset_origin(server: TLSOrigin) -> None:
     server.mode = "tls"
     server.inject = b""
+    server.reset_history()
 
 
 @pytest.fixture
 def janusnet_tls_server(
-    request: pytest.FixtureRequest, _janusnet_tls_server_session: TLSOrigin
+    request: pytest.FixtureRequest, janusnet_tls_server_session: TLSOrigin
 ) -> Iterator[TLSOrigin]:
     """A running ``TLSOrigin`` (certificate from ``janusnet_ca``), in TLS mode.
 
     ``@pytest.mark.janusnet_tls_server(mode=..., inject=...)`` sets it up for one test.
+    ``mode``, ``inject``, ``errors`` and ``connections`` are reset before and after the test.
     """
-    server = _janusnet_tls_server_session
-    _reset_origin(server)
+    from janusnet.testing import OriginMode
+
     options = _marker_options(request, _SERVER_MARKER, _SERVER_OPTIONS)
-    if "mode" in options:
-        try:
-            server.mode = options["mode"]  # type: ignore[assignment]
-        except ValueError as exc:
-            _bad_marker(f"@pytest.mark.{_SERVER_MARKER}: {exc}")
-    if "inject" in options:
-        inject = options["inject"]
-        if not isinstance(inject, bytes):
-            _bad_marker(f"@pytest.mark.{_SERVER_MARKER}: inject must be bytes")
-        server.inject = inject
+    mode = _enum_option(OriginMode, options.get("mode", OriginMode.TLS), "mode", _SERVER_MARKER)
+    inject = options.get("inject", b"")
+    if not isinstance(inject, (bytes, bytearray, memoryview)):
+        _bad_marker(
+            f"@pytest.mark.{_SERVER_MARKER}: inject must be bytes, got {type(inject).__name__}"
+        )
+    server = janusnet_tls_server_session
+    _reset_origin(server)
+    server.mode = mode
+    server.inject = bytes(inject)
     try:
         yield server
     finally:
@@ -188,44 +256,47 @@ def janusnet_tls_server(
 
 
 @pytest.fixture(scope="session")
-def _janusnet_proxy_session() -> Iterator[ConnectProxy]:
+def janusnet_proxy_session() -> Iterator[ConnectProxy]:
+    """The session's shared ``ConnectProxy`` itself, for fixtures of a wider scope.
+
+    ``janusnet_proxy`` is the per-test view of this same proxy. A module- or session-scoped
+    fixture cannot use that one (pytest's ScopeMismatch), so it takes this one. Markers and
+    the per-test reset apply only through ``janusnet_proxy``: a test that also requests it
+    starts with ``normal`` behaviour, no auth and empty ``log`` and ``errors``.
+    """
     from janusnet.testing import ConnectProxy
 
-    with ConnectProxy() as server:
+    with ConnectProxy(dual_stack=True) as server:
         yield server
 
 
 def _reset_proxy(server: ConnectProxy) -> None:
     server.behaviour = "normal"
     server.auth = None
-    server.log.clear()
+    server.reset_history()
 
 
 @pytest.fixture
 def janusnet_proxy(
-    request: pytest.FixtureRequest, _janusnet_proxy_session: ConnectProxy
+    request: pytest.FixtureRequest, janusnet_proxy_session: ConnectProxy
 ) -> Iterator[ConnectProxy]:
     """A running ``ConnectProxy``: normal behaviour, no auth and an empty log at the start.
 
     ``@pytest.mark.janusnet_proxy(behaviour=..., auth=(user, password))`` sets it up for one
-    test; assigning ``.behaviour`` or ``.auth`` in the test works too. Both are reset after
-    the test.
+    test; assigning ``.behaviour`` or ``.auth`` in the test works too. ``behaviour``, ``auth``,
+    ``log``, ``errors`` and ``connections`` are reset before and after the test.
     """
-    server = _janusnet_proxy_session
-    _reset_proxy(server)
+    from janusnet.testing import ProxyBehaviour
+
     options = _marker_options(request, _PROXY_MARKER, _PROXY_OPTIONS)
-    if "behaviour" in options:
-        try:
-            server.behaviour = options["behaviour"]  # type: ignore[assignment]
-        except ValueError as exc:
-            _bad_marker(f"@pytest.mark.{_PROXY_MARKER}: {exc}")
-    if options.get("auth") is not None:
-        auth = options["auth"]
-        if not (
-            isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth)
-        ):
-            _bad_marker(f"@pytest.mark.{_PROXY_MARKER}: auth must be a (user, password) tuple")
-        server.auth = (auth[0], auth[1])
+    behaviour = _enum_option(
+        ProxyBehaviour, options.get("behaviour", ProxyBehaviour.NORMAL), "behaviour", _PROXY_MARKER
+    )
+    auth = _auth_option(options.get("auth"))
+    server = janusnet_proxy_session
+    _reset_proxy(server)
+    server.behaviour = behaviour
+    server.auth = auth
     try:
         yield server
     finally:
