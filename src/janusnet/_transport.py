@@ -17,7 +17,7 @@ import os
 import socket as _stdsocket
 import ssl
 import struct
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -105,13 +105,18 @@ class _Direct(SocketStream):
     (``ClosedResourceError``).
     """
 
-    __slots__ = ("_closed", "_receiving", "_sending", "_sock")
+    __slots__ = ("_closed", "_receiving", "_sending", "_sock", "_torn")
+
+    #: Whether a write that stopped half-way leaves the stream unusable (a cut TLS
+    #: record) rather than just shorter (plain TCP).
+    _records: ClassVar[bool] = False
 
     def __init__(self, sock: _stdsocket.socket) -> None:
         self._sock = sock
         self._closed = False
         self._receiving = False
         self._sending = False
+        self._torn = False  # a send was cancelled inside a record: no write may follow
 
     @property
     def _raw_socket(self) -> _stdsocket.socket:
@@ -153,15 +158,26 @@ class _Direct(SocketStream):
         raise anyio.EndOfStream  # for TLS also a ragged EOF (suppress_ragged_eofs)
 
     async def send(self, item: bytes) -> None:
-        await _checkpoint()
+        await _checkpoint()  # a cancellation here has written nothing
+        if self._torn:
+            raise anyio.BrokenResourceError(
+                "an earlier send was cancelled part-way through a TLS record; "
+                "this connection cannot send any more (receiving still works)"
+            )
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         self._sending = True
         try:
             view = memoryview(item)
             while view:
-                # TLS writes all or nothing, and a retry passes the same bytes again.
+                # TLS writes all or nothing, and a retry after SSLWantWriteError must
+                # pass the same bytes again.
                 view = view[await self._call(self._sock.send, view, _wait_writable) :]
+        except anyio.get_cancelled_exc_class():
+            # Cancelled while OpenSSL waited to write the rest of a record: the peer
+            # would see a cut record, so no other write may follow it.
+            self._torn = self._records
+            raise
         finally:
             self._sending = False
 
@@ -213,35 +229,9 @@ class FdTLSStream(_Direct):
     ``TLSStream``'s, plus the socket's.
     """
 
-    __slots__ = ("_torn",)
+    __slots__ = ()
     _sock: ssl.SSLSocket
-
-    def __init__(self, sock: ssl.SSLSocket) -> None:
-        super().__init__(sock)
-        self._torn = False  # a send was cancelled inside a record: no write may follow
-
-    async def send(self, item: bytes) -> None:
-        await _checkpoint()  # a cancellation here has written nothing
-        if self._torn:
-            raise anyio.BrokenResourceError(
-                "an earlier send was cancelled part-way through a TLS record; "
-                "this connection cannot send any more (receiving still works)"
-            )
-        if self._sending:
-            raise anyio.BusyResourceError("sending to")
-        self._sending = True
-        try:
-            view = memoryview(item)
-            while view:
-                # A retry after SSLWantWriteError must pass the same bytes again.
-                view = view[await self._call(self._sock.send, view, _wait_writable) :]
-        except anyio.get_cancelled_exc_class():
-            # Cancelled while OpenSSL waited to write the rest of a record: the peer
-            # would see a cut record, so no other write may follow it.
-            self._torn = True
-            raise
-        finally:
-            self._sending = False
+    _records = True
 
     @classmethod
     async def wrap(
