@@ -317,3 +317,42 @@ async def test_compat_ssl_on_codes_and_all(
         await sock_close(c)
         assert await sock_ssl_on(-1) == 0  # nothing relevant left
         await sock_close(-1)
+
+
+async def test_compat_concurrent_conn_past_the_numbers_closes_the_losers(
+    anyio_backend: str,
+) -> None:
+    port = ClientPort("RACE", max_sockets=8)
+    results: list[int] = []
+
+    async def conn() -> None:
+        results.append(await sock_conn(port, "127.0.0.1", number))
+
+    async with serve(echo) as number:
+        compat.registry.max_sockets = 2
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):  # all pass the "is a number free?" check at once
+                    tg.start_soon(conn)
+        finally:
+            compat.registry.max_sockets = None
+        assert sorted(results) == [ReturnCode.NO_FREE_SOCKET] * 2 + [2, 3]
+        assert port.open_sockets == 2  # the losers' connections were closed
+        await sock_close(-1)
+    assert port.open_sockets == 0
+
+
+async def test_compat_ssl_on_past_its_deadline_is_111(
+    anyio_backend: str, tls_pieces: tuple[ssl.SSLContext, ClientPort]
+) -> None:
+    _, port = tls_pieces
+
+    async def stall(stream: SocketStream) -> None:
+        await stream.receive()  # the ClientHello, never answered
+        await anyio.sleep(30)
+
+    async with serve(stall) as number:
+        num = await sock_conn(port, "localhost", number)
+        assert await sock_ssl_on(num, timeout=0.2) == ReturnCode.HANDSHAKE_FAILED
+        assert sock_info(num, "STAT") == "RESET"  # the deadline closed it
+        await sock_close(num)

@@ -116,9 +116,30 @@ async def test_group_ssl_on_all_failed_handshake_spares_the_others(
             assert await group.ssl_on_all() == {}  # nothing relevant is left
 
 
-async def test_group_ssl_on_all_refuses_bad_concurrency(anyio_backend: str) -> None:
+async def test_group_ssl_on_all_stalled_member_times_out_alone(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    async def stall(stream: SocketStream) -> None:
+        await stream.receive()  # the ClientHello, never answered
+        await anyio.sleep(30)
+
+    async with serve(tls_echo(server_context)) as good, serve(stall) as stalled:
+        async with SocketGroup() as group:
+            hung = await group.connect("localhost", stalled, client_port=port)
+            socks = [await group.connect("localhost", good, client_port=port) for _ in range(2)]
+
+            results = await group.ssl_on_all(max_concurrency=1, timeout=0.2)
+
+            assert results == {hung: -111, **dict.fromkeys(socks, ReturnCode.OK)}
+            assert hung.closed
+            for sock in socks:  # queued behind the stalled one, upgraded all the same
+                assert await roundtrip(sock, "fine") == b"fine"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", None, True])
+async def test_group_ssl_on_all_refuses_bad_concurrency(anyio_backend: str, bad: object) -> None:
     with pytest.raises(UsageError):
-        await SocketGroup().ssl_on_all(max_concurrency=0)
+        await SocketGroup().ssl_on_all(max_concurrency=bad)  # type: ignore[arg-type]
 
 
 async def test_group_membership_is_by_identity(anyio_backend: str) -> None:
@@ -159,6 +180,8 @@ async def test_group_select_by_state(anyio_backend: str) -> None:
         assert group.select(SocketState.CONNECTED) == [connected]
         assert group.select(SocketState.FIN_SENT, SocketState.RESET) == [fin_sent, reset]
         assert group.select(SocketState.FIN_BOTH) == []
+        with pytest.raises(UsageError, match="SocketState"):
+            group.select("CONNECTED")  # type: ignore[arg-type]
         assert group.select_open() == [connected, fin_sent]
         assert group.select(*OPEN_STATES) == [connected, fin_sent]
         assert "FINS" in repr(group)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from janusnet import Parsed, TokenSet, UsageError
+from janusnet import ClientPort, Parsed, TokenSet, UsageError
 from janusnet._scan import Scanner
 
 CRLF = TokenSet([b"\r\n"])
@@ -245,11 +245,15 @@ def test_token_set_from_prstok_error_shows_a_long_spec_shortened() -> None:
         pytest.param([b"a", b"a"], id="duplicate"),
         pytest.param(["\r\n"], id="str-token"),
         pytest.param(b"\r\n", id="bare-bytes"),
+        pytest.param(None, id="none"),
+        pytest.param(5, id="int"),
     ],
 )
 def test_token_set_list_rejects(tokens: object) -> None:
     with pytest.raises(UsageError):
         TokenSet(tokens)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        ClientPort(parse_tokens=tokens)  # type: ignore[arg-type]
 
 
 def test_token_set_list_allows_prefixes() -> None:

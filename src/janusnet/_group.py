@@ -29,7 +29,7 @@ import anyio
 from ._exceptions import JanusnetError, ReturnCode, SSLOnError, UsageError
 from ._ports import check_encoding
 from ._scan import TokenSet, as_token_set
-from ._socket import Socket, SocketState
+from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, Socket, SocketState
 
 if TYPE_CHECKING:
     import ssl
@@ -115,9 +115,18 @@ class SocketGroup:
 
         Returns:
             The matching sockets.
+
+        Raises:
+            UsageError: a state is not a :class:`SocketState` (``"CONN"`` would match
+                nothing; Janus's names are ``SocketState`` members here).
         """
         if not states:
             return list(self._members)
+        for state in states:
+            if not isinstance(state, SocketState):
+                raise UsageError(
+                    f"select() takes SocketState members (SocketState.CONNECTED...), not {state!r}"
+                )
         wanted = frozenset(states)
         return [sock for sock in self._members if sock.state in wanted]
 
@@ -183,6 +192,7 @@ class SocketGroup:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> dict[Socket, ReturnCode]:
         """Upgrade every relevant member to TLS, concurrently (Janus ``$Sock_SSL_On(-1)``).
 
@@ -196,20 +206,24 @@ class SocketGroup:
             server_hostname: passed to every ``ssl_on()``; by default each socket verifies
                 its own host name.
             ssl_context: passed to every ``ssl_on()``; by default each socket's port decides.
+            timeout: each handshake's deadline, in seconds (``None`` for none); a member
+                whose peer does not finish in time gets -111 and is closed, the others
+                go on.
 
         Returns:
             ``{socket: code}`` for every relevant socket, in membership order:
-            ``ReturnCode.OK`` or the ``SSLOnError`` code (``ReturnCode.OTHER`` for any other
-            janusnet error).
+            ``ReturnCode.OK`` or the ``SSLOnError`` code (``HANDSHAKE_FAILED`` for a
+            handshake past its deadline, ``ReturnCode.OTHER`` for any other janusnet
+            error).
 
         Raises:
-            UsageError: ``max_concurrency`` < 1.
+            UsageError: ``max_concurrency`` is not an int >= 1.
 
         Cancellation cancels the handshakes in flight (those sockets are closed, as
         ``ssl_on()`` does) and propagates; no result is returned.
         """
-        if isinstance(max_concurrency, bool) or max_concurrency < 1:
-            raise UsageError("max_concurrency must be >= 1")
+        if type(max_concurrency) is not int or max_concurrency < 1:
+            raise UsageError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
         relevant = [s for s in self._members if s.tls is None and s.state in OPEN_STATES]
         results: dict[Socket, ReturnCode] = dict.fromkeys(relevant, ReturnCode.OTHER)
         limiter = anyio.CapacityLimiter(max_concurrency)
@@ -217,9 +231,13 @@ class SocketGroup:
         async def upgrade(sock: Socket) -> None:
             async with limiter:
                 try:
-                    await sock.ssl_on(server_hostname=server_hostname, ssl_context=ssl_context)
+                    await sock.ssl_on(
+                        server_hostname=server_hostname, ssl_context=ssl_context, timeout=timeout
+                    )
                 except SSLOnError as exc:
                     results[sock] = exc.code
+                except TimeoutError:  # the peer did not finish the handshake; sock closed
+                    results[sock] = ReturnCode.HANDSHAKE_FAILED
                 except JanusnetError:
                     results[sock] = ReturnCode.OTHER
                 else:

@@ -98,8 +98,15 @@ class TokenSet:
     def __init__(self, tokens: Iterable[bytes]) -> None:
         if isinstance(tokens, (bytes, bytearray, memoryview, str)):
             raise UsageError("TokenSet takes a list of byte strings, not a single string")
+        try:
+            given = iter(tokens)
+        except TypeError:
+            raise UsageError(
+                "parse tokens are a list of byte strings, a TokenSet or a PRSTOK string, "
+                f"not {type(tokens).__name__}"
+            ) from None
         items: list[bytes] = []
-        for token in tokens:
+        for token in given:
             if not isinstance(token, (bytes, bytearray, memoryview)):
                 raise UsageError(f"parse tokens must be bytes, not {type(token).__name__}")
             token = bytes(token)

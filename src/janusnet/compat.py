@@ -64,7 +64,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
-from ._socket import Socket, SocketState
+from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, Socket, SocketState
 
 if TYPE_CHECKING:
     import ssl
@@ -175,6 +175,9 @@ async def sock_conn(
         return ReturnCode.CONNECT_FAILED
     except SSLOnError:
         return ReturnCode.CONNECT_TLS_FAILED
+    if registry.is_full:  # other sock_conn calls took the last numbers while we connected
+        await sock.aclose()
+        return ReturnCode.NO_FREE_SOCKET
     registry.add(sock)
     return registry.number_of(sock)
 
@@ -245,6 +248,7 @@ async def sock_ssl_on(
     *,
     server_hostname: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> int:
     """Upgrade to TLS in place (``$Sock_SSL_On``).
 
@@ -253,6 +257,9 @@ async def sock_ssl_on(
             concurrently by :meth:`SocketGroup.ssl_on_all`).
         server_hostname: the name to verify (default: the host given to ``sock_conn``).
         ssl_context: the context (default: the port's).
+        timeout: the handshake's deadline, in seconds (``None`` for none); a peer that
+            does not finish in time is -111 (the socket is closed), as ``$Sock_SSL_On``
+            answers with a code, never an exception.
 
     Returns:
         0, -110, -111, -112 or -149. For ``-1``: 0 when every relevant socket was upgraded
@@ -266,15 +273,19 @@ async def sock_ssl_on(
     """
     if num == -1:
         results = await registry.ssl_on_all(
-            server_hostname=server_hostname, ssl_context=ssl_context
+            server_hostname=server_hostname, ssl_context=ssl_context, timeout=timeout
         )
         failed = sorted((registry.number_of(s), code) for s, code in results.items() if code)
         return failed[0][1] if failed else ReturnCode.OK
     sock = registry.get(num)
     try:
-        await sock.ssl_on(server_hostname=server_hostname, ssl_context=ssl_context)
+        await sock.ssl_on(
+            server_hostname=server_hostname, ssl_context=ssl_context, timeout=timeout
+        )
     except SSLOnError as exc:
         return exc.code
+    except TimeoutError:  # the peer did not finish the handshake; the socket is closed
+        return ReturnCode.HANDSHAKE_FAILED
     except JanusnetError:
         return ReturnCode.OTHER
     return ReturnCode.OK
