@@ -1,9 +1,12 @@
 """The ``cp1047`` codec (EBCDIC Latin-1 "open systems"), which Python does not ship.
 
 z/OS and Model 204 peers commonly speak IBM-1047 rather than IBM-037. The two differ in
-eight code points: ``[ ] ^ ¬ Ý ¨`` and the NL/LF pair (IBM's CDRA mapping puts LF at 0x15
-in 1047, NEL at 0x25). The table is built from Python's own ``cp037`` with those swaps
-instead of being copied in full, so the difference stays auditable. The codec is
+six code points: ``[ ] ^ ¬ Ý ¨``. Like ``cp037`` (and glibc's ``iconv``, ICU and Java),
+LF is 0x25 and NEL 0x15; z/OS UNIX text files use 0x15 as their newline (ICU's
+``swaplfnl`` variant), so a peer that means 0x15 by "newline" should get ``line_end`` as
+raw bytes (``b"\x15"``), which is what ``send_line`` sends anyway. The table is built from
+Python's own ``cp037`` with the six swaps instead of being copied in full, so the
+difference stays auditable. The codec is
 registered under ``cp1047`` and ``ibm1047`` only when Python does not already know it.
 """
 
@@ -20,8 +23,6 @@ __all__ = ["register"]
 
 #: byte -> character where IBM-1047 differs from IBM-037 (IBM CDRA tables).
 CP1047_OVERRIDES: Final = {
-    0x15: "\n",
-    0x25: "\x85",
     0x5F: "^",
     0xAD: "[",
     0xB0: "\xac",
