@@ -534,3 +534,34 @@ def test_testing_helpers_without_trustme_name_the_extra(monkeypatch: pytest.Monk
         new_ca()
     with pytest.raises(ModuleNotFoundError, match=r"janusnet\.testing needs trustme"):
         TLSOrigin()
+
+
+def _janusnet_process(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "janusnet", *args], stderr=subprocess.PIPE, **kwargs
+    )
+
+
+def test_cli_reader_going_away_is_quiet() -> None:
+    """``janusnet demo | head -c 5``: no traceback when the pipe closes early."""
+    proc = _janusnet_process("demo", stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(5) == b"janus"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, stderr
+
+
+def test_cli_with_stdout_closed_is_quiet() -> None:
+    """``janusnet probe ... >&-``: the steps go nowhere, the exit status still tells."""
+    proc = subprocess.Popen(  # the shell closes fd 1 before janusnet starts
+        ["sh", "-c", 'exec "$0" -m janusnet probe 127.0.0.1:1 >&-', sys.executable],
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert b"Traceback" not in stderr, stderr

@@ -13,7 +13,9 @@ environment (``https_proxy``...), ``no_proxy`` applies, as with curl.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import ssl
@@ -587,7 +589,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     Returns:
         The exit status: 0 success, 1 a step failed, 2 bad usage.
     """
-    out = out or sys.stdout
+    if out is None:
+        # Started with stdout closed (``janusnet probe ... >&-``): run, print nowhere.
+        out = sys.stdout if sys.stdout is not None else io.StringIO()
+    try:
+        status = _run(argv, out)
+        out.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        # The reader went away (``janusnet demo | head``): stop quietly, as cat does, and
+        # point stdout at /dev/null so the interpreter's final flush does not complain.
+        if out is sys.stdout:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        return 1
+
+
+def _run(argv: Sequence[str] | None, out: TextIO) -> int:
+    """:func:`main` once ``out`` is known."""
     parser = argparse.ArgumentParser(
         prog="janusnet",
         description="Reach TLS servers through HTTP proxies, step by step.",
