@@ -76,7 +76,15 @@ RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
     ("v4-mapped v6, public", [D("127.0.0.0/8"), A("*")], "::ffff:192.0.2.1", 443, True),
     ("unspecified v4 is loopback", [D("127.0.0.0/8"), A("*")], "0.0.0.0", 80, False),
     ("unspecified v6 is loopback", [D("::1/128"), A("*")], "[::]", 80, False),
-    ("unspecified v6 reaches v4 too", [D("127.0.0.0/8"), A("*")], "::", 80, False),
+    ("mapped unspecified is v4 loopback", [D("127.0.0.0/8"), A("*")], "::ffff:0.0.0.0", 80, False),
+    ("mapped unspecified, hex", [A("*"), D("127.0.0.0/8")], "::ffff:0:0", 80, False),
+    # An allow rule judges only what the connection reaches: "::" reaches ::1, not
+    # 127.0.0.1, and a mapped address its IPv4 host.
+    ("allow v4 loopback, not ::", [A("127.0.0.1"), D("*")], "::", 80, False),
+    ("allow v6 loopback, ::", [A("::1"), D("*")], "::", 80, True),
+    ("unspecified v6 is v6 loopback", [D("127.0.0.0/8"), A("*")], "::", 80, True),
+    ("v6 deny-all leaves 0.0.0.0", [D("::/0"), A("*")], "0.0.0.0", 80, True),
+    ("allow v6 range, mapped v4", [A("::ffff:0:0/96"), D("*")], "::ffff:10.1.2.3", 443, False),
 ]
 
 

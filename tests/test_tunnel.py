@@ -548,3 +548,21 @@ async def test_tunnel_digest_stale_nonce_is_answered_once(
     assert b'nonce="n1"' in heads[1]
     if heads_sent == 3:
         assert b'nonce="n2"' in heads[2]
+
+
+@pytest.mark.parametrize("connect_timeout", [None, 300.0])
+async def test_tunnel_kernel_connect_timeout_is_connect_error(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, connect_timeout: float | None
+) -> None:
+    """The kernel giving up on a SYN (ETIMEDOUT, ~2 minutes, so simulated here: the error
+    as Python raises it) is a failed connect to the proxy, not our deadline."""
+    import errno
+
+    async def syn_unanswered(host: str, port: int) -> None:
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    monkeypatch.setattr("janusnet._transport.open_tcp", syn_unanswered)
+    tunnel = ProxyTunnel("http://127.0.0.1:9", connect_timeout=connect_timeout, timeout=None)
+    with pytest.raises(ConnectError, match="timed out") as info:
+        await tunnel.open("example.com", 443)
+    assert info.value.role == "proxy"

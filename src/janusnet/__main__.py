@@ -302,7 +302,7 @@ async def probe(
         proxy: the proxy URL, or ``None`` for a direct connection.
         context: the origin's TLS context.
         timeout: the deadline over all steps, in seconds (the diagnostic second handshake
-            after a certificate failure gets its own).
+            after a certificate failure included).
         proxy_context: the context for TLS to an ``https://`` proxy (default: verified,
             certifi).
 
@@ -399,7 +399,7 @@ async def probe(
                 peer=show_address(str(peer[0]), int(peer[1])) if peer else None,
             )
         try:
-            await sock.ssl_on(server_hostname=host, ssl_context=context)
+            await sock.ssl_on(server_hostname=host, ssl_context=context, timeout=None)  # ours
         except SSLOnError as exc:
             fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
             return "tls" if _is_certificate_failure(exc) else None
@@ -409,8 +409,9 @@ async def probe(
         return None
 
     certificate_failed: str | None = None
+    deadline = anyio.current_time() + timeout
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_at(deadline):
             certificate_failed = await run_steps()
     except TimeoutError as exc:
         done = {s.name for s in steps}
@@ -421,8 +422,8 @@ async def probe(
     finally:
         if sock is not None:
             await sock.aclose()
-    if certificate_failed is not None:  # outside the deadline's scope: it has its own
-        await _show_presented(steps[-1], host, port, url, tunnel, timeout)
+    if certificate_failed is not None:  # what is left of the deadline, outside its scope
+        await _show_presented(steps[-1], host, port, url, tunnel, deadline)
     return steps
 
 
@@ -432,14 +433,15 @@ async def _show_presented(
     port: int,
     url: ProxyURL | None,
     tunnel: ProxyTunnel | None,
-    timeout: float,
+    deadline: float,
 ) -> None:
     """Add the certificate the failed step's peer presented, from a second handshake
-    that verifies nothing and sends nothing after it, to ``step``."""
+    that verifies nothing and sends nothing after it, to ``step``, within what is left
+    of the probe's ``deadline``."""
     insecure = _unverified_context()
     presented: dict[str, object] = {}
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_at(deadline):
             if step.name == "proxy-tls" and url is not None:
                 stream = await open_hop(
                     url.host,

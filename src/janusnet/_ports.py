@@ -57,9 +57,10 @@ class AccessRule:
     Host patterns: ``"*"`` (any), an exact name (case-insensitive, trailing dot ignored),
     ``"*.example.com"`` (any subdomain, not ``example.com`` itself), an IP address, or a
     CIDR range (``"10.0.0.0/8"``, ``"::1/128"``). IP and CIDR patterns match IP-literal
-    targets, and for direct connects the addresses a name resolves to, as what they reach:
-    an IPv4-mapped address (``::ffff:10.1.2.3``) also as its IPv4 address, and the
-    unspecified address (``0.0.0.0``, ``::``) also as loopback.
+    targets, and for direct connects the addresses a name resolves to. A deny rule
+    matches any spelling of the destination (an IPv4-mapped ``::ffff:10.1.2.3`` also as
+    ``10.1.2.3``, the unspecified ``0.0.0.0`` / ``::`` also as that family's loopback); an
+    allow rule matches only the host the connection reaches.
 
     Attributes:
         allow: True to allow, False to deny.
@@ -107,30 +108,39 @@ class AccessRule:
                 address = ipaddress.ip_address(name.split("%", 1)[0])
             except ValueError:
                 return False
-            return any(each in self._network for each in _destinations(address))
+            # A deny rule matches any spelling of the destination; an allow rule only
+            # the host the connection really reaches.
+            candidates = (_reaches(address),) if self.allow else _spellings(address)
+            return any(each in self._network for each in candidates)
         if self.host.startswith("*."):
             return name.endswith(self.host[1:])
         return name == self.host
 
 
-_LOOPBACK: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_LOOPBACK_V4: Final = ipaddress.IPv4Address("127.0.0.1")
+_LOOPBACK_V6: Final = ipaddress.IPv6Address("::1")
 
 
-def _destinations(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    """Every address a rule must consider for a connection to ``address``.
+def _reaches(address: _IPAddress) -> _IPAddress:
+    """The host a connection to ``address`` reaches.
 
-    An IPv4-mapped IPv6 address (``::ffff:10.1.2.3``) reaches the IPv4 host, and the
-    unspecified address (``0.0.0.0``, ``::``) reaches this machine on Linux and BSD: a rule
-    about ``10.0.0.0/8`` or ``127.0.0.0/8`` must see them as what they reach, or it is
-    bypassed by spelling.
+    An IPv4-mapped IPv6 address (``::ffff:10.1.2.3``) reaches the IPv4 host, and an
+    unspecified address (``0.0.0.0``, ``::``, ``::ffff:0.0.0.0``) reaches this machine's
+    loopback of that family on Linux and BSD.
     """
-    if address.is_unspecified:
-        return (address, *_LOOPBACK)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return (address, address.ipv4_mapped)
-    return (address,)
+        address = address.ipv4_mapped
+    if address.is_unspecified:
+        return _LOOPBACK_V4 if address.version == 4 else _LOOPBACK_V6
+    return address
+
+
+def _spellings(address: _IPAddress) -> tuple[_IPAddress, ...]:
+    """``address`` as written, as IPv4 when it is IPv4-mapped, and what it reaches: a
+    rule about ``10.0.0.0/8`` or ``127.0.0.0/8`` is not bypassed by spelling."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return tuple(dict.fromkeys(a for a in (address, mapped, _reaches(address)) if a is not None))
 
 
 def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -881,7 +881,8 @@ class Socket:
                         tls_stream = await self._handshake(stream, hostname, tls_name, context)
                 except TimeoutError:
                     raise TimeoutError(
-                        f"TLS handshake with {hostname}: no answer within {timeout:g} s"
+                        f"TLS handshake with {hostname or 'the peer'}: "
+                        f"no answer within {timeout:g} s"
                     ) from None
         finally:
             self._receiving = self._sending = False

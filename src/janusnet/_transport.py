@@ -541,12 +541,13 @@ async def open_hop(
     try:
         with anyio.fail_after(connect_timeout):
             stream: ByteStream = await open_tcp(host, port)
-    except TimeoutError:
-        logger.warning("connecting to %s timed out", label)
-        raise TimeoutError(
-            f"connecting to {label} took longer than {connect_timeout:g} s"
-        ) from None
     except OSError as exc:
+        if isinstance(exc, TimeoutError) and not exc.args and connect_timeout is not None:
+            # Our deadline (the kernel's own ETIMEDOUT carries an errno: a ConnectError).
+            logger.warning("connecting to %s timed out", label)
+            raise TimeoutError(
+                f"connecting to {label} took longer than {connect_timeout:g} s"
+            ) from None
         logger.warning("cannot connect to %s: %s", label, str(exc))
         raise ConnectError(
             f"cannot connect to {label}: {exc}", host=host, port=port, role=role
