@@ -72,3 +72,17 @@ async def read_until_eof(stream: anyio.abc.ByteReceiveStream) -> bytes:
             data += await stream.receive()
     except anyio.EndOfStream:
         return bytes(data)
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ``::1`` can be bound here (containers often have no IPv6 loopback)."""
+    import socket
+
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

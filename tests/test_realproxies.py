@@ -8,7 +8,6 @@ origin is a local :class:`~janusnet.testing.TLSOrigin`; nothing leaves loopback.
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,7 @@ from janusnet import (
     ReturnCode,
 )
 from janusnet.testing import TLSOrigin, byte_pattern
+from loopback import has_ipv6_loopback
 from realproxies import RealProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realproxy]
@@ -43,18 +43,9 @@ def port(origin: TLSOrigin) -> ClientPort:
     return ClientPort("REALPROXY", ssl_context=origin.client_context())
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def origin6(origin: TLSOrigin) -> Iterator[TLSOrigin]:
-    if not _has_ipv6_loopback():
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback")
     with TLSOrigin(host="::1", ca=origin.ca) as server:
         yield server

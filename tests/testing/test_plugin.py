@@ -8,12 +8,13 @@ The subprocess does not read this project's ``pyproject.toml``, so each run gets
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from loopback import has_ipv6_loopback
 
 INI = """
 [pytest]
@@ -489,17 +490,6 @@ async def test_auth_as_a_list(anyio_backend, janusnet_proxy, janusnet_tls_server
 """
 
 
-def _has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture
 def user_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A fresh directory with the strict ini; nothing of this project's config applies."""
@@ -580,7 +570,7 @@ def test_plugin_session_fixtures_serve_wider_scoped_fixtures(
     result.assert_outcomes(passed=3 * 2)
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 def test_plugin_servers_listen_on_ipv6_loopback_too(user_project: pytest.Pytester) -> None:
     user_project.makepyfile(test_ipv6=IPV6)
     result = run(user_project)

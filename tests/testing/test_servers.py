@@ -28,24 +28,14 @@ from janusnet.testing import (
     byte_pattern,
 )
 from janusnet.testing._origin import GARBAGE
+from loopback import has_ipv6_loopback
 from realproxies import SQUID_DENIED_PORT, RealProxy
 
 TIMEOUT = 5.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-def _has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 
 
 # -- helpers ----------------------------------------------------------------------------------
