@@ -565,3 +565,17 @@ def test_cli_with_stdout_closed_is_quiet() -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 1
     assert b"Traceback" not in stderr, stderr
+
+
+def test_cli_unwritable_stdout_is_one_line() -> None:
+    """``janusnet probe ... > /dev/full``: one line on stderr, no traceback."""
+    if not pathlib.Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "wb") as full:
+        proc = _janusnet_process("probe", "127.0.0.1:1", stdout=full)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 1
+    assert b"Traceback" not in stderr, stderr
+    assert b"cannot write the output" in stderr

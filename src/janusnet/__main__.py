@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -606,6 +607,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 os.close(devnull)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
+            raise
+        # The output cannot be written (``> /dev/full``): say so once, without a traceback.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.write(f"janusnet: cannot write the output: {exc.strerror}\n")
         return 1
 
 
