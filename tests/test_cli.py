@@ -495,6 +495,14 @@ def test_cli_demo_without_trustme_names_the_extra(monkeypatch: pytest.MonkeyPatc
     assert "Traceback" not in text
 
 
+def test_cli_demo_trio_without_trio_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "trio", None)  # as on a machine without trio
+    status, text = run("demo", "--backend", "trio")
+    assert status == 2
+    assert "pip install trio" in text
+    assert "Traceback" not in text
+
+
 def test_cli_demo_runs_every_step() -> None:
     status, text = run("demo")
     assert status == 0, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import ssl
 
 import anyio
@@ -20,6 +21,7 @@ from janusnet import (
     PendingDataError,
     ReturnCode,
     Socket,
+    SocketResetError,
     SocketState,
     SSLOnOtherError,
     TLSMode,
@@ -505,3 +507,106 @@ async def test_sockets_never_share_received_bytes(anyio_backend: str) -> None:
         assert await first.recv_parsed() == (b"rest", None, 0)
         assert await second.recv_parsed() == (b"", None, 0)
     assert _NO_BYTES_YET.pending == 0 and _NO_BYTES_YET.ready is None
+
+
+async def test_socket_error_after_tls13_names_the_alert(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    """TLS 1.3: a server that wants a client certificate says so only after our handshake
+    is done, on the first receive; the error names the alert, not a bare wrapper."""
+    import socket
+    import threading
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    server_context.minimum_version = ssl.TLSVersion.TLSv1_3
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def wants_a_certificate() -> None:  # the stdlib server sends its alert before closing
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                server_context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=wants_a_certificate)
+    thread.start()
+    try:
+        number = listener.getsockname()[1]
+        sock = await Socket.connect("localhost", number, client_port=port, tls=True)
+        async with sock:
+            with anyio.fail_after(5), pytest.raises(SocketResetError) as info:
+                await sock.recv()
+    finally:
+        thread.join(5)
+        listener.close()
+    assert "CERTIFICATE_REQUIRED" in str(info.value)
+
+
+def _cn_only_certificate() -> tuple[bytes, bytes, bytes]:
+    """A root CA and a leaf naming ``cnonly.test`` in its subject CN only (no SAN):
+    ``(root_pem, leaf_pem, leaf_key_pem)``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janusnet test root")])
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cnonly.test")]))
+        .issuer_name(root_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(root_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = leaf_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return root.public_bytes(pem), leaf.public_bytes(pem), key_pem
+
+
+async def test_socket_default_context_ignores_the_common_name(
+    anyio_backend: str, tmp_path: pathlib.Path
+) -> None:
+    """No fallback to the subject CN (RFC 6125 §6.4.4): a SAN-less certificate names no
+    host, even when its CN is the host asked for."""
+    root_pem, leaf_pem, key_pem = _cn_only_certificate()
+    (tmp_path / "leaf.pem").write_bytes(leaf_pem + key_pem)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "leaf.pem")
+    assert janusnet.default_ssl_context().hostname_checks_common_name is False
+    client_context = janusnet.default_ssl_context.__wrapped__()  # a fresh one, same settings
+    client_context.load_verify_locations(cadata=root_pem.decode())
+    port = ClientPort("CN", ssl_context=client_context)
+
+    async def tls_echo(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server_context))
+
+    async with serve(tls_echo) as number:
+        with pytest.raises(HandshakeError, match=r"[Hh]ostname mismatch"):
+            await Socket.connect(
+                "127.0.0.1", number, client_port=port, tls=True, server_hostname="cnonly.test"
+            )

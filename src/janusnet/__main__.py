@@ -579,6 +579,12 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._demo import run_demo
 
+    if args.backend == "trio":
+        import importlib.util
+
+        if importlib.util.find_spec("trio") is None:
+            out.write("janusnet demo --backend trio needs trio: pip install trio\n")
+            return 2
     return run_demo(out, backend=args.backend)
 
 

@@ -105,6 +105,14 @@ class SocketState(enum.Enum):
     RESET = "RESET"
 
 
+def _why(exc: BaseException) -> str:
+    """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
+    cause = exc.__cause__
+    if isinstance(exc, anyio.BrokenResourceError) and not exc.args and cause is not None:
+        return repr(cause)
+    return repr(exc)
+
+
 def _validate_target(host: str, port: int) -> None:
     if not isinstance(host, str) or not host:
         raise UsageError("host must be a non-empty str")
@@ -482,7 +490,7 @@ class Socket:
             await stream.send(payload)
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
-            raise SocketResetError(f"connection broke while sending: {exc!r}") from exc
+            raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
         except anyio.BusyResourceError as exc:  # pragma: no cover - _sending guards it
@@ -533,7 +541,7 @@ class Socket:
             raise UsageError("a TLS stream cannot send FIN; close it instead") from exc
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
-            raise SocketResetError(f"connection broke while sending FIN: {exc!r}") from exc
+            raise SocketResetError(f"connection broke while sending FIN: {_why(exc)}") from exc
         self._fin_sent = True
 
     # ------------------------------------------------------------------ receiving
@@ -586,7 +594,7 @@ class Socket:
             return
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
-            raise SocketResetError(f"connection broke while receiving: {exc!r}") from exc
+            raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
         finally:

@@ -20,13 +20,17 @@ __all__ = ["CertInfo", "TLSInfo", "default_ssl_context"]
 
 @lru_cache(maxsize=1)
 def default_ssl_context() -> ssl.SSLContext:
-    """The shared client context: certifi's CA bundle, TLS >= 1.2, host names checked.
+    """The shared client context: certifi's CA bundle, TLS >= 1.2, host names checked
+    against subjectAltName only (no fallback to the subject's common name).
 
     Returns:
         A verified client ``SSLContext``. Treat it as read-only: it is shared.
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=certifi.where())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Names are matched against subjectAltName only, never the subject's CN (RFC 6125
+    # §6.4.4; urllib3 2 and browsers dropped the fallback too).
+    context.hostname_checks_common_name = False
     return context
 
 
