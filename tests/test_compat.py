@@ -356,3 +356,18 @@ async def test_compat_ssl_on_past_its_deadline_is_111(
         assert await sock_ssl_on(num, timeout=0.2) == ReturnCode.HANDSHAKE_FAILED
         assert sock_info(num, "STAT") == "RESET"  # the deadline closed it
         await sock_close(num)
+
+
+async def test_compat_conn_ssl_deadline_in_the_handshake_is_103(
+    anyio_backend: str, tls_pieces: tuple[ssl.SSLContext, ClientPort]
+) -> None:
+    _, port = tls_pieces
+
+    async def stall(stream: SocketStream) -> None:
+        await stream.receive()  # the ClientHello, never answered
+        await anyio.sleep(30)
+
+    async with serve(stall) as number:
+        # TCP connects at once; the deadline expires in the handshake: -103, not -102.
+        assert await sock_conn(port, "localhost", number, "SSL", timeout=0.3) == -103
+    assert sock_num() == ""

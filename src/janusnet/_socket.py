@@ -89,6 +89,10 @@ TLS_FULL_RECORD: Final = TLS_RECORD - 256
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
 #: Default deadline for ``ssl_on()``'s handshake: asyncio's ``start_tls`` default.
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 60.0
+
+#: How ``Socket.connect``'s deadline message names the handshake phase (compat reads it
+#: to answer -103 rather than -102).
+TLS_PHASE: Final = "TLS handshake"
 #: The buffer of every socket that has not received a byte yet, shared and never written
 #: to: ``_own_scanner()`` swaps in a socket's own before anything could change it. A
 #: service may hold thousands of idle tunnels (benchmarks/tunnel.py measures them).
@@ -295,7 +299,7 @@ class Socket:
                     raise
                 logger.debug("connected to %s:%s on port %s", host, port, client_port.name)
                 if want_tls:
-                    phase = "TLS handshake"
+                    phase = TLS_PHASE
                     try:
                         await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
                     except PendingDataError as exc:

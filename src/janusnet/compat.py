@@ -64,7 +64,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
-from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, Socket, SocketState
+from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, TLS_PHASE, Socket, SocketState
 
 if TYPE_CHECKING:
     import ssl
@@ -171,8 +171,11 @@ async def sock_conn(
         return ReturnCode.PORT_LIMIT
     except AccessDeniedError:
         return ReturnCode.ACCESS_DENIED
-    except (ConnectError, TimeoutError):
+    except ConnectError:
         return ReturnCode.CONNECT_FAILED
+    except TimeoutError as exc:  # -103 when the deadline expired during the handshake
+        tls_phase = f"during the {TLS_PHASE}" in str(exc)
+        return ReturnCode.CONNECT_TLS_FAILED if tls_phase else ReturnCode.CONNECT_FAILED
     except SSLOnError:
         return ReturnCode.CONNECT_TLS_FAILED
     if registry.is_full:  # other sock_conn calls took the last numbers while we connected
