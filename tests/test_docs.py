@@ -19,3 +19,47 @@ def test_api_reference_is_current() -> None:
     ).stdout
     committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert generated == committed, "run: python docs/gen_api.py > docs/api.md"
+
+
+def test_public_annotations_resolve_at_run_time() -> None:
+    """typing.get_type_hints() works on the public API (doc and validation tools use it)."""
+    import inspect
+    import typing
+
+    import janusnet
+    import janusnet.compat
+
+    checked = 0
+    for module in (janusnet, janusnet.compat):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            members = [obj]
+            if inspect.isclass(obj):
+                members += [
+                    m for n, m in vars(obj).items() if callable(m) and not n.startswith("_")
+                ]
+                members.append(obj.__init__)
+            for member in members:
+                if inspect.isfunction(member) or inspect.ismethod(member):
+                    typing.get_type_hints(member)
+                    checked += 1
+    assert checked > 50
+
+
+def test_certificate_descriptions_are_hashable() -> None:
+    import janusnet
+
+    cert = janusnet.CertInfo(subject={"commonName": "a"}, subject_alt_names=(("DNS", "a"),))
+    info = janusnet.TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", None, "a", cert, (cert,))
+    assert hash(info) == hash(
+        janusnet.TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", None, "a", cert, (cert,))
+    )
+    assert (
+        len(
+            {
+                cert,
+                janusnet.CertInfo(subject={"commonName": "a"}, subject_alt_names=(("DNS", "a"),)),
+            }
+        )
+        == 1
+    )

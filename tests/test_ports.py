@@ -311,3 +311,20 @@ async def test_receive_sizes_must_be_ints(anyio_backend: str, value: object) -> 
         with pytest.raises(UsageError, match="receive_window must be an int"):
             sock.receive_window = value  # type: ignore[assignment]
         assert await sock.recv_parsed() == (b"hello", b"\r\n", 1)  # nothing was lost
+
+
+def test_client_port_copies_have_their_own_socket_count() -> None:
+    import copy
+    import pickle
+
+    port = ClientPort("COPY", max_sockets=3, rules=[A("*.example"), D("*")])
+    for twin in (copy.copy(port), copy.deepcopy(port), pickle.loads(pickle.dumps(port))):
+        assert (twin.name, twin.max_sockets, twin.rules, twin.tokens.tokens) == (
+            port.name,
+            port.max_sockets,
+            port.rules,
+            port.tokens.tokens,
+        )
+        twin._acquire()  # counted on the twin only
+        assert twin.open_sockets == 1 and port.open_sockets == 0
+        twin._release()

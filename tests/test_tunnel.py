@@ -566,3 +566,28 @@ async def test_tunnel_kernel_connect_timeout_is_connect_error(
     with pytest.raises(ConnectError, match="timed out") as info:
         await tunnel.open("example.com", 443)
     assert info.value.role == "proxy"
+
+
+async def test_tunnel_port_tls_modes(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """ALWAYS: ``open()`` hands back a TLS socket, as ``Socket.connect`` does. NEVER:
+    ``open_tls()`` is refused before anything reaches the proxy."""
+    from janusnet import NotSSLPortError, TLSMode
+
+    always = ClientPort("ALWAYS", tls=TLSMode.ALWAYS, ssl_context=port.ssl_context)
+    async with await ProxyTunnel(proxy.url, client_port=always).open(
+        "localhost", origin.port
+    ) as sock:
+        assert sock.tls is not None and sock.proxy_reply is not None
+    never = ClientPort("NEVER", tls=TLSMode.NEVER)
+    before = len(proxy.log)
+    with pytest.raises(NotSSLPortError):
+        await ProxyTunnel(proxy.url, client_port=never).open_tls("localhost", origin.port)
+    assert len(proxy.log) == before
+
+
+@pytest.mark.parametrize("bad", ["64", 1.5, None, True, 0])
+def test_tunnel_max_head_bytes_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(UsageError):
+        ProxyTunnel("http://127.0.0.1:3128", max_head_bytes=bad)  # type: ignore[arg-type]

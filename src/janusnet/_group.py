@@ -20,21 +20,17 @@ shows as ``RESET``, like a Janus socket that is dead but not yet closed).
 
 from __future__ import annotations
 
+import ssl  # at run time: typing.get_type_hints() resolves hints
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 
 from ._exceptions import JanusnetError, ReturnCode, SSLOnError, UsageError
-from ._ports import check_encoding
+from ._ports import ClientPort, check_encoding
 from ._scan import TokenSet, as_token_set
 from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, Socket, SocketState
-
-if TYPE_CHECKING:
-    import ssl
-
-    from ._ports import ClientPort
 
 __all__ = ["OPEN_STATES", "SocketGroup"]
 
@@ -168,6 +164,7 @@ class SocketGroup:
             PortLimitError: as :meth:`Socket.connect`.
             ConnectError: as :meth:`Socket.connect`.
             HandshakeError: as :meth:`Socket.connect`.
+            SSLOnOtherError: as :meth:`Socket.connect`.
             TimeoutError: as :meth:`Socket.connect`.
 
         Cancellation closes whatever was opened; the group is unchanged.

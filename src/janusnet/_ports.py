@@ -13,11 +13,12 @@ denied target raises :class:`~janusnet.AccessDeniedError` before any packet is s
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import ssl
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from ._exceptions import (
@@ -218,6 +219,12 @@ class ClientPort:
         for rule in self.rules:
             if not isinstance(rule, AccessRule):
                 raise UsageError(f"rules must be AccessRule objects (allow/deny), not {rule!r}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Copy, deep-copy and pickle as the same settings with a socket count of its own
+        (the open-socket counter and its lock belong to one port object)."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return (functools.partial(ClientPort, **settings), ())
 
     @property
     def tokens(self) -> TokenSet:

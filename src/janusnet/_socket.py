@@ -29,14 +29,15 @@ import enum
 import logging
 import socket as _stdsocket
 import ssl
+from collections.abc import Iterable  # at run time: typing.get_type_hints() resolves hints
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
-from anyio.abc import SocketAttribute
+from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from ._connect import idna_host
+from ._connect import ProxyReply, idna_host
 from ._exceptions import (
     BusyError,
     HandshakeError,
@@ -66,13 +67,6 @@ from ._transport import (
     ssl_object_of,
     start_tls,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from anyio.abc import ByteStream
-
-    from ._connect import ProxyReply
 
 __all__ = ["Socket", "SocketState"]
 
@@ -271,7 +265,8 @@ class Socket:
             AccessDeniedError: the port's rules forbid the target (nothing was sent).
             PortLimitError: the port's ``max_sockets`` is reached.
             ConnectError: the TCP connection failed (``__cause__`` says why).
-            HandshakeError: the immediate TLS handshake failed.
+            HandshakeError: the immediate TLS handshake failed (-111).
+            SSLOnOtherError: the connection broke during that handshake (-149).
             TimeoutError: ``timeout`` expired; nothing is left open.
 
         Cancellation closes whatever was opened and propagates.

@@ -58,8 +58,9 @@ class CertInfo:
         serial_number: hex serial, when known.
     """
 
-    subject: dict[str, str] = field(default_factory=dict)
-    issuer: dict[str, str] = field(default_factory=dict)
+    # Compared but not hashed (a dict is unhashable): hash() works on CertInfo and TLSInfo.
+    subject: dict[str, str] = field(default_factory=dict, hash=False)
+    issuer: dict[str, str] = field(default_factory=dict, hash=False)
     subject_alt_names: tuple[tuple[str, str], ...] = ()
     not_before: _dt.datetime | None = None
     not_after: _dt.datetime | None = None

@@ -47,11 +47,12 @@ from ._connect import (
     validate_extra_header,
 )
 from ._exceptions import (
+    NotSSLPortError,
     ProxyProtocolError,
     SocketResetError,
     UsageError,
 )
-from ._ports import DEFAULT_PORT, ClientPort
+from ._ports import DEFAULT_PORT, ClientPort, TLSMode
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket
 from ._tls import default_ssl_context
@@ -141,7 +142,7 @@ class ProxyTunnel:
         self._proxy_ssl_context = proxy_ssl_context
         self._connect_timeout = connect_timeout
         self._timeout = timeout
-        if isinstance(max_head_bytes, bool) or max_head_bytes < 1:
+        if type(max_head_bytes) is not int or max_head_bytes < 1:
             raise UsageError("max_head_bytes must be a positive int")
         self._max_head_bytes = max_head_bytes
         self._preemptive_basic = preemptive_basic
@@ -202,21 +203,27 @@ class ProxyTunnel:
         Returns:
             A plain socket inside the tunnel, ready for ``ssl_on()`` (whose
             ``server_hostname`` defaults to ``host``), with ``proxy_reply`` set. Bytes the
-            proxy sent after its reply head are buffered (``ssl_on()`` refuses them).
+            proxy sent after its reply head are buffered (``ssl_on()`` refuses them). On a
+            ``TLSMode.ALWAYS`` client port the socket is TLS already: :meth:`open_tls`.
 
         Raises:
             UsageError: bad host, port or header (nothing was sent).
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
             PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
             ConnectError: the proxy could not be reached (``role == "proxy"``).
-            HandshakeError: TLS to an ``https://`` proxy failed.
+            HandshakeError: TLS to an ``https://`` proxy failed (-111).
+            SSLOnOtherError: the connection broke during TLS to an ``https://`` proxy
+                (-149).
             ProxyAuthenticationRequired: 407 that could not be answered.
             ProxyRefusedError: any other non-2xx reply.
-            ProxyProtocolError: a malformed, oversized or cut-short reply.
+            ProxyProtocolError: a malformed, oversized or cut-short reply, or the proxy
+                closed or reset the connection during the exchange.
             TimeoutError: the deadline expired; nothing is left open.
 
         Cancellation closes the socket and propagates.
         """
+        if self._client_port.tls is TLSMode.ALWAYS:  # TLS at connect, as Socket.connect
+            return await self.open_tls(host, port)
         authority, target = self._checked_target(host, port)
         phase = ["connecting to the proxy"]
         try:
@@ -241,6 +248,7 @@ class ProxyTunnel:
 
         Raises:
             UsageError: as :meth:`open`.
+            NotSSLPortError: the client port is ``TLSMode.NEVER`` (-110; nothing sent).
             AccessDeniedError: as :meth:`open`.
             PortLimitError: as :meth:`open`.
             ConnectError: as :meth:`open`.
@@ -248,9 +256,15 @@ class ProxyTunnel:
             ProxyRefusedError: as :meth:`open`.
             ProxyProtocolError: as :meth:`open`.
             PendingDataError: the proxy sent bytes after its reply (-112).
-            HandshakeError: the origin's handshake or certificate failed (-111).
+            HandshakeError: the origin's (or an ``https://`` proxy's) handshake or
+                certificate failed (-111).
+            SSLOnOtherError: the connection broke during a handshake (-149).
             TimeoutError: the deadline expired; nothing is left open.
         """
+        if self._client_port.tls is TLSMode.NEVER:
+            raise NotSSLPortError(
+                f"client port {self._client_port.name!r} does not allow TLS (nothing was sent)"
+            )
         authority, target = self._checked_target(host, port)
         phase = ["connecting to the proxy"]
         try:
@@ -340,7 +354,13 @@ class ProxyTunnel:
                         self._requests.clear()
                     if not answered:  # an answer to a challenge is single-use (nonce)
                         self._requests[key] = request
-                await sock.send(request)
+                try:
+                    await sock.send(request)
+                except SocketResetError as exc:
+                    raise ProxyProtocolError(
+                        f"proxy {self._address} reset the connection before CONNECT went out",
+                        proxy=self._address,
+                    ) from exc
                 reader = ConnectReplyReader(
                     max_head_bytes=self._max_head_bytes, proxy=self._address
                 )

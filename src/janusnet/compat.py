@@ -43,7 +43,7 @@ Janus documents only -100 and -109; the others are janusnet's choices (in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import ssl
 
 from ._compat_io import sock_recv, sock_recvprs, sock_send, sock_sendln
 from ._compat_registry import (
@@ -65,9 +65,6 @@ from ._exceptions import (
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
 from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, TLS_PHASE, Socket, SocketState
-
-if TYPE_CHECKING:
-    import ssl
 
 __all__ = [
     "SocketRegistry",
