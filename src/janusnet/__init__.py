@@ -83,10 +83,11 @@ __all__ = [
     "deny",
 ]
 
-# Tracebacks and reprs name the public path (janusnet.HandshakeError), not the private
-# module that defines the class; pickling finds the class there too.
+# Tracebacks, reprs and help() name the public path (janusnet.HandshakeError,
+# janusnet.ReturnCode), not the private module that defines the class; pickling finds
+# the class there too.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+    if isinstance(_obj, type):
         _obj.__module__ = __name__
 del _name, _obj
