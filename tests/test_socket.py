@@ -610,3 +610,38 @@ async def test_socket_default_context_ignores_the_common_name(
             await Socket.connect(
                 "127.0.0.1", number, client_port=port, tls=True, server_hostname="cnonly.test"
             )
+
+
+async def test_socket_ssl_on_after_the_peer_reset_leaks_nothing(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    """A reset that arrived before ``ssl_on()``: -149, the socket closed, and no
+    descriptor left behind (CPython's wrap_socket would strand it if asked to wrap it)."""
+    import gc
+    import socket
+    import struct
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    reset = threading.Event()
+
+    def reset_at_once() -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST, delivered on loopback before close() returns
+        reset.set()
+
+    thread = threading.Thread(target=reset_at_once)
+    thread.start()
+    try:
+        sock = await Socket.connect("127.0.0.1", listener.getsockname()[1], client_port=port)
+        await anyio.to_thread.run_sync(reset.wait, 5.0)
+        with pytest.raises(SSLOnOtherError) as info:
+            await sock.ssl_on(server_hostname="localhost")
+        assert info.value.code == ReturnCode.OTHER and sock.closed
+        del info
+        gc.collect()  # a stranded SSLSocket would warn here (filterwarnings = error)
+    finally:
+        thread.join(5)
+        listener.close()
+    assert port.open_sockets == 0

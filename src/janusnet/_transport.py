@@ -247,6 +247,14 @@ class FdTLSStream(_Direct):
         if plain._closed:
             raise anyio.ClosedResourceError
         try:
+            # CPython's wrap_socket() takes the descriptor over (detaching ``sock``) and
+            # then probes the connection; if that probe fails (a reset already arrived) it
+            # raises with the descriptor in an SSLSocket nobody can close. So probe first,
+            # while ``sock`` is still ours to close.
+            error = sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            sock.getpeername()  # ENOTCONN once the peer's reset has been taken
             tls = ssl_context.wrap_socket(
                 sock, server_hostname=hostname, do_handshake_on_connect=False
             )
