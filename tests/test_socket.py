@@ -179,6 +179,8 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
             if ok:
                 await sock.ssl_on(server_hostname="faß.test")
                 assert (await sock.recv_parsed()).data == b"hi"
+                assert sock.tls is not None
+                assert sock.tls.server_hostname == "xn--fa-hia.test"  # the name verified
             else:
                 with pytest.raises(HandshakeError):
                     await sock.ssl_on(server_hostname="faß.test")

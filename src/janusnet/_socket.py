@@ -901,7 +901,8 @@ class Socket:
         self._raw_socket = raw_socket_of(tls_stream)  # a direct socket's is now TLS's
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = ssl_object_of(tls_stream)
-        self._server_hostname = hostname
+        # What was verified: an international name as its A-label, no brackets or final dot.
+        self._server_hostname = tls_name if tls_name is not None else hostname
         self._ssl_object = ssl_object
         self._tls = TLSSnapshot(ssl_object)
         if logger.isEnabledFor(logging.DEBUG):  # version()/cipher() are not free

@@ -98,7 +98,8 @@ class TLSInfo:
         version: e.g. ``"TLSv1.3"``.
         cipher: the cipher suite name.
         alpn_protocol: the ALPN protocol agreed, or ``None``.
-        server_hostname: the name (or IP) the certificate was checked against.
+        server_hostname: the name (or IP) the certificate was checked against: an
+            international name as its IDNA 2008 A-label, without a final dot.
         peer_certificate: the leaf certificate's details, or ``None`` when the context did
             not verify it (``CERT_NONE`` hides it).
         chain: the verified chain, leaf first, on Python versions that expose it (3.13+);
