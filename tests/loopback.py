@@ -86,3 +86,9 @@ def has_ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+async def stall_after_hello(stream: anyio.abc.ByteReceiveStream) -> None:
+    """A peer that reads the ClientHello and never answers (a handshake that hangs)."""
+    await stream.receive()
+    await anyio.sleep(30)

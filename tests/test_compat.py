@@ -24,7 +24,15 @@ from janusnet.compat import (
     sock_ssl_on,
 )
 from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin
-from loopback import abort_on_close, echo, read_line, read_until_eof, serve, tls_server_side
+from loopback import (
+    abort_on_close,
+    echo,
+    read_line,
+    read_until_eof,
+    serve,
+    stall_after_hello,
+    tls_server_side,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -347,11 +355,7 @@ async def test_compat_ssl_on_past_its_deadline_is_111(
 ) -> None:
     _, port = tls_pieces
 
-    async def stall(stream: SocketStream) -> None:
-        await stream.receive()  # the ClientHello, never answered
-        await anyio.sleep(30)
-
-    async with serve(stall) as number:
+    async with serve(stall_after_hello) as number:
         num = await sock_conn(port, "localhost", number)
         assert await sock_ssl_on(num, timeout=0.2) == ReturnCode.HANDSHAKE_FAILED
         assert sock_info(num, "STAT") == "RESET"  # the deadline closed it
@@ -363,11 +367,7 @@ async def test_compat_conn_ssl_deadline_in_the_handshake_is_103(
 ) -> None:
     _, port = tls_pieces
 
-    async def stall(stream: SocketStream) -> None:
-        await stream.receive()  # the ClientHello, never answered
-        await anyio.sleep(30)
-
-    async with serve(stall) as number:
+    async with serve(stall_after_hello) as number:
         # TCP connects at once; the deadline expires in the handshake: -103, not -102.
         assert await sock_conn(port, "localhost", number, "SSL", timeout=0.3) == -103
     assert sock_num() == ""

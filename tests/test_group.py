@@ -20,7 +20,7 @@ from janusnet import (
     TokenSet,
     UsageError,
 )
-from loopback import Handler, echo, read_until_eof, serve, tls_server_side
+from loopback import Handler, echo, read_until_eof, serve, stall_after_hello, tls_server_side
 
 pytestmark = pytest.mark.anyio
 
@@ -119,11 +119,7 @@ async def test_group_ssl_on_all_failed_handshake_spares_the_others(
 async def test_group_ssl_on_all_stalled_member_times_out_alone(
     anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
 ) -> None:
-    async def stall(stream: SocketStream) -> None:
-        await stream.receive()  # the ClientHello, never answered
-        await anyio.sleep(30)
-
-    async with serve(tls_echo(server_context)) as good, serve(stall) as stalled:
+    async with serve(tls_echo(server_context)) as good, serve(stall_after_hello) as stalled:
         async with SocketGroup() as group:
             hung = await group.connect("localhost", stalled, client_port=port)
             socks = [await group.connect("localhost", good, client_port=port) for _ in range(2)]

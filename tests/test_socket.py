@@ -26,7 +26,7 @@ from janusnet import (
     SSLOnOtherError,
     TLSMode,
 )
-from loopback import echo, read_line, serve, tls_server_side
+from loopback import echo, read_line, serve, stall_after_hello, tls_server_side
 
 pytestmark = pytest.mark.anyio
 
@@ -335,7 +335,7 @@ async def test_socket_connect_deadline_covers_handshake(
     async def stall(stream: SocketStream) -> None:
         await anyio.sleep(30)
 
-    async with serve(stall) as number:
+    async with serve(stall_after_hello) as number:
         with anyio.fail_after(5):
             with pytest.raises(TimeoutError, match=r"0\.3 s deadline expired during the TLS"):
                 await Socket.connect("localhost", number, client_port=port, tls=True, timeout=0.3)
@@ -474,11 +474,7 @@ async def test_socket_ssl_on_leaves_caller_context_untouched(
 async def test_socket_ssl_on_deadline_closes_the_socket(
     anyio_backend: str, port: ClientPort
 ) -> None:
-    async def stall(stream: SocketStream) -> None:
-        await stream.receive()  # the ClientHello, never answered
-        await anyio.sleep(30)
-
-    async with serve(stall) as number:
+    async with serve(stall_after_hello) as number:
         sock = await Socket.connect("localhost", number, client_port=port)
         start = anyio.current_time()
         with pytest.raises(
@@ -625,10 +621,12 @@ async def test_socket_ssl_on_after_the_peer_reset_leaks_nothing(
     import threading
 
     listener = socket.create_server(("127.0.0.1", 0))
+    connected = threading.Event()
     reset = threading.Event()
 
     def reset_at_once() -> None:
         conn, _ = listener.accept()
+        connected.wait(5)  # not before the client's connect() has returned
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()  # RST, delivered on loopback before close() returns
         reset.set()
@@ -637,6 +635,7 @@ async def test_socket_ssl_on_after_the_peer_reset_leaks_nothing(
     thread.start()
     try:
         sock = await Socket.connect("127.0.0.1", listener.getsockname()[1], client_port=port)
+        connected.set()
         await anyio.to_thread.run_sync(reset.wait, 5.0)
         with pytest.raises(SSLOnOtherError) as info:
             await sock.ssl_on(server_hostname="localhost")
