@@ -160,6 +160,15 @@ class Recorder:
         await read_until_eof(stream)
 
 
+async def say_and_hang_up(sock: Socket, line: str) -> None:
+    """Send one line to a :class:`Recorder`, FIN, and wait for its close."""
+    async with sock:
+        await sock.send_line(line)
+        await sock.send_eof()
+        with anyio.fail_after(5):
+            assert await sock.recv() == b""
+
+
 async def test_denied_direct_connect_sends_nothing(anyio_backend: str) -> None:
     recorder = Recorder()
     async with serve(recorder) as number:
@@ -168,11 +177,7 @@ async def test_denied_direct_connect_sends_nothing(anyio_backend: str) -> None:
             await Socket.connect("127.0.0.1", number, client_port=guarded)
         assert info.value.host == "127.0.0.1" and info.value.port == number
         # The same listener does see an allowed connection: accepts are recorded in order.
-        async with await Socket.connect("127.0.0.1", number) as sock:
-            await sock.send_line("allowed")
-            await sock.send_eof()
-            with anyio.fail_after(5):
-                assert await sock.recv() == b""
+        await say_and_hang_up(await Socket.connect("127.0.0.1", number), "allowed")
     assert recorder.accepted == [b"allowed"]
 
 
@@ -210,11 +215,7 @@ async def test_mapped_address_cannot_reach_a_denied_ipv4_host(anyio_backend: str
             await Socket.connect("::ffff:127.0.0.1", number, client_port=guarded)
         with pytest.raises(AccessDeniedError):
             await Socket.connect("0.0.0.0", number, client_port=guarded)
-        async with await Socket.connect("::ffff:127.0.0.1", number) as sock:
-            await sock.send_line("mapped")
-            await sock.send_eof()
-            with anyio.fail_after(5):
-                assert await sock.recv() == b""
+        await say_and_hang_up(await Socket.connect("::ffff:127.0.0.1", number), "mapped")
     assert recorder.accepted == [b"mapped"]
 
 
@@ -228,11 +229,9 @@ async def test_dns_rebinding_guard_checks_resolved_addresses(anyio_backend: str)
         assert info.value.host == "127.0.0.1"  # names the address that was refused
         # Its twin: an IP rule that does not cover the resolved address lets it through.
         fine = ClientPort("DNS2", rules=[A("localhost"), D("10.0.0.0/8")])
-        async with await Socket.connect("localhost", number, client_port=fine) as sock:
-            await sock.send_line("via localhost")
-            await sock.send_eof()
-            with anyio.fail_after(5):
-                assert await sock.recv() == b""
+        await say_and_hang_up(
+            await Socket.connect("localhost", number, client_port=fine), "via localhost"
+        )
     assert recorder.accepted == [b"via localhost"]
 
 
