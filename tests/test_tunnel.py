@@ -371,6 +371,31 @@ def test_tunnel_from_env_cidr_no_proxy() -> None:
     assert ProxyTunnel.from_env("11.1.2.3", 443, environ=environ) is not None
 
 
+async def test_tunnel_from_env_passes_the_tunnel_arguments(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    with ConnectProxy(auth=("alice", PASSWORD)) as proxy:
+        environ = {"HTTPS_PROXY": proxy.url}
+        tunnel = ProxyTunnel.from_env(
+            origin.host,
+            origin.port,
+            environ=environ,
+            auth=("alice", PASSWORD),
+            client_port=port,
+            headers={"X-Trace": "from-env"},
+        )
+        assert tunnel is not None
+        async with await tunnel.open_tls(origin.host, origin.port) as sock:
+            assert sock.tls is not None
+        assert proxy.log[-1].header("x-trace") == "from-env"
+        assert proxy.log[-1].proxy_authorization
+
+
+def test_tunnel_from_env_rejects_unknown_arguments() -> None:
+    with pytest.raises(TypeError, match="colour"):
+        ProxyTunnel.from_env("example.com", 443, environ={}, colour="blue")  # type: ignore[call-arg]
+
+
 async def test_tunnel_https_proxy_tls_in_tls(
     anyio_backend: str, origin: TLSOrigin, port: ClientPort
 ) -> None:

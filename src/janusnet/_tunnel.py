@@ -159,7 +159,14 @@ class ProxyTunnel:
         port: int,
         *,
         environ: Mapping[str, str] | None = None,
-        **kwargs: object,
+        auth: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        client_port: ClientPort | None = None,
+        proxy_ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float | None = DEFAULT_PROXY_CONNECT_TIMEOUT,
+        timeout: float | None = DEFAULT_TUNNEL_TIMEOUT,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        preemptive_basic: bool = True,
     ) -> ProxyTunnel | None:
         """The tunnel the environment asks for to reach ``host:port``, or ``None``.
 
@@ -171,18 +178,35 @@ class ProxyTunnel:
             host: the target host.
             port: the target port.
             environ: the environment to read (default ``os.environ``).
-            **kwargs: passed to :class:`ProxyTunnel`.
+            auth: as for :class:`ProxyTunnel` (overrides credentials in the variable).
+            headers: as for :class:`ProxyTunnel`.
+            client_port: as for :class:`ProxyTunnel`.
+            proxy_ssl_context: as for :class:`ProxyTunnel` (``https://`` proxies).
+            connect_timeout: as for :class:`ProxyTunnel`.
+            timeout: as for :class:`ProxyTunnel`.
+            max_head_bytes: as for :class:`ProxyTunnel`.
+            preemptive_basic: as for :class:`ProxyTunnel`.
 
         Returns:
             A tunnel, or ``None`` when no proxy applies.
 
         Raises:
-            UsageError: the proxy variable holds a bad URL.
+            UsageError: the proxy variable holds a bad URL, or a bad argument.
         """
         url = proxy_from_env(host, port, os.environ if environ is None else environ)
         if url is None:
             return None
-        return cls(url, **kwargs)  # type: ignore[arg-type]
+        return cls(
+            url,
+            auth=auth,
+            headers=headers,
+            client_port=client_port,
+            proxy_ssl_context=proxy_ssl_context,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            max_head_bytes=max_head_bytes,
+            preemptive_basic=preemptive_basic,
+        )
 
     @property
     def proxy(self) -> str:
