@@ -126,7 +126,8 @@ def _render_section(header: str, block: list[str]) -> list[str]:
     for parts in items:
         first = parts[0]
         name, sep, rest = first.partition(":")
-        if sep and re.fullmatch(r"[\w*.()\[\], |]+", name):
+        # A name, or names joined by "|" ("UsageError", "a | b"); prose stays prose.
+        if sep and re.fullmatch(r"[\w*.()\[\],]+(?: ?\| ?[\w*.()\[\],]+)*", name.strip()):
             text = " ".join([rest.strip(), *parts[1:]]).strip()
             rendered.append(f"- `{name.strip()}`: {_inline(text)}")
         else:

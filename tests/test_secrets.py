@@ -365,6 +365,7 @@ def test_every_error_pickles_with_its_data() -> None:
         janusnet.SocketClosedError("closed"),
         janusnet.SocketResetError("reset"),
         janusnet.IncompleteReadError(b"ab", 5),
+        janusnet.IncompleteReadError(b"ab", 5, window_spent=True),
         janusnet.NotSSLPortError("never"),
         janusnet.HandshakeError("bad cert"),
         janusnet.PendingDataError("unread", pending=7),

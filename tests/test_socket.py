@@ -25,6 +25,7 @@ from janusnet import (
     SocketState,
     SSLOnOtherError,
     TLSMode,
+    UsageError,
 )
 from loopback import echo, read_line, serve, stall_after_hello, tls_server_side
 
@@ -384,6 +385,49 @@ async def test_socket_recv_exactly_and_incomplete(anyio_backend: str) -> None:
                 await sock.recv_exactly(10)
             assert info.value.partial == b"456789"
             assert info.value.expected == 10
+            assert not info.value.window_spent
+            assert str(info.value) == "connection closed after 6 of 10 bytes"
+
+
+async def test_socket_recv_exactly_says_when_the_window_ended_it(anyio_backend: str) -> None:
+    async def talk(stream: SocketStream) -> None:
+        await stream.send(b"0123456789")
+        await stream.receive()  # stays open until the client is done
+
+    async with serve(talk) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            sock.receive_window = 3
+            with pytest.raises(IncompleteReadError) as info:
+                await sock.recv_exactly(5)
+            assert info.value.partial == b"012"
+            assert info.value.window_spent
+            assert str(info.value) == "receive window spent after 3 of 5 bytes"
+            assert sock.state is SocketState.CONNECTED
+
+
+async def test_socket_per_call_encoding_and_line_end_are_checked(anyio_backend: str) -> None:
+    """A bad codec name is a UsageError (before anything is sent), like the settings; a
+    bad line end is refused when assigned, not at the next send_line()."""
+    ebcdic = ClientPort("EBCDIC", encoding="cp037")
+    async with serve(echo) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=ebcdic) as sock:
+            for call in (
+                lambda: sock.send("x", encoding="no-such-codec"),
+                lambda: sock.send_line("x", encoding="no-such-codec"),
+            ):
+                with pytest.raises(UsageError, match="no-such-codec"):
+                    await call()
+            with pytest.raises(UsageError, match="no-such-codec"):
+                sock.decode(b"x", encoding="no-such-codec")
+            with pytest.raises(UnicodeEncodeError):
+                await sock.send("\u20ac")  # no euro sign in cp037
+            for bad in (b"", "\n", 5):
+                with pytest.raises(UsageError, match="line_end"):
+                    sock.line_end = bad  # type: ignore[assignment]
+            assert sock.line_end == b"\r\n"
+            sock.line_end = b"\n"
+            await sock.send_line("ok", encoding="ascii")
+            assert await sock.recv_exactly(3) == b"ok\n"  # nothing else was sent
 
 
 async def test_socket_send_encodes_str_and_keeps_bytes(anyio_backend: str) -> None:
@@ -642,6 +686,43 @@ async def test_socket_ssl_on_after_the_peer_reset_leaks_nothing(
         assert info.value.code == ReturnCode.OTHER and sock.closed
         del info
         gc.collect()  # a stranded SSLSocket would warn here (filterwarnings = error)
+    finally:
+        thread.join(5)
+        listener.close()
+    assert port.open_sockets == 0
+
+
+async def test_socket_ssl_on_after_an_unread_fin_refuses_and_keeps_the_socket(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    """The peer closed before ``ssl_on()`` and nothing has read the FIN yet: -149 before
+    any handshake starts, the socket as it was (the FIN is still there to read)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    connected = threading.Event()
+    closed = threading.Event()
+
+    def close_at_once() -> None:
+        conn, _ = listener.accept()
+        connected.wait(5)
+        conn.close()  # FIN, delivered on loopback before close() returns
+        closed.set()
+
+    thread = threading.Thread(target=close_at_once)
+    thread.start()
+    try:
+        async with await Socket.connect(
+            "127.0.0.1", listener.getsockname()[1], client_port=port
+        ) as sock:
+            connected.set()
+            await anyio.to_thread.run_sync(closed.wait, 5.0)
+            with pytest.raises(SSLOnOtherError, match="peer has closed") as info:
+                await sock.ssl_on(server_hostname="localhost")
+            assert info.value.code == ReturnCode.OTHER
+            assert not sock.closed and sock.tls is None
+            assert await sock.recv() == b""
     finally:
         thread.join(5)
         listener.close()

@@ -204,17 +204,22 @@ class SocketResetError(JanusnetError, ConnectionResetError):
 
 
 class IncompleteReadError(JanusnetError):
-    """The peer closed the connection before ``recv_exactly`` got all its bytes.
+    """The stream ended before ``recv_exactly`` got all its bytes: the peer closed the
+    connection, or the socket's ``receive_window`` (Janus ``RECVLIM``) was spent.
 
     Attributes:
         partial: the bytes that did arrive (they are not lost).
         expected: how many bytes were asked for.
+        window_spent: ``True`` when the receive window ended it (the connection is
+            still open), ``False`` when the peer closed.
     """
 
-    def __init__(self, partial: bytes, expected: int) -> None:
-        super().__init__(f"connection closed after {len(partial)} of {expected} bytes")
+    def __init__(self, partial: bytes, expected: int, *, window_spent: bool = False) -> None:
+        why = "receive window spent" if window_spent else "connection closed"
+        super().__init__(f"{why} after {len(partial)} of {expected} bytes")
         self.partial = partial
         self.expected = expected
+        self.window_spent = window_spent
 
 
 class SSLOnError(JanusnetError):

@@ -61,6 +61,7 @@ from ._transport import (
     FdTLSStream,
     allowed_addresses,
     connect_tcp,
+    kernel_closed,
     kernel_pending,
     raise_handshake_error,
     raw_socket_of,
@@ -154,6 +155,11 @@ class Socket:
         client_port: the port definition; defaults to ``ClientPort()``.
         server_hostname: the name ``ssl_on()`` verifies by default.
 
+    Attributes:
+        proxy_reply: on a socket a :class:`ProxyTunnel` opened, the proxy's reply to
+            ``CONNECT`` (``ProxyReply``: status, reason, HTTP version, headers); else
+            ``None``.
+
     Raises:
         PortLimitError: the client port already has ``max_sockets`` open sockets.
     """
@@ -167,6 +173,7 @@ class Socket:
         "_eof",
         "_fin_sent",
         "_held",
+        "_line_end",
         "_port",
         "_raw_socket",
         "_ready",
@@ -179,7 +186,6 @@ class Socket:
         "_stream",
         "_tls",
         "_tokens",
-        "line_end",
         "proxy_reply",
     )
 
@@ -217,7 +223,7 @@ class Socket:
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
-        self.line_end: bytes = port.line_end
+        self._line_end: bytes = port.line_end
         self._tokens: TokenSet = port.tokens
         # Records cut ahead for the default tokens and limit (see recv_parsed).
         self._ready: Iterable[Parsed] = ()
@@ -336,6 +342,23 @@ class Socket:
         self._ready = ()
 
     @property
+    def line_end(self) -> bytes:
+        """The bytes ``send_line`` appends (Janus ``LINEND``; settable, non-empty bytes).
+
+        Raises:
+            UsageError: (on assignment) not bytes, or empty.
+        """
+        return self._line_end
+
+    @line_end.setter
+    def line_end(self, line_end: bytes) -> None:
+        if not isinstance(line_end, bytes) or not line_end:
+            raise UsageError(
+                f"line_end must be non-empty bytes such as b'\\r\\n', not {line_end!r}"
+            )
+        self._line_end = line_end
+
+    @property
     def encoding(self) -> str:
         """The codec for ``str`` payloads (settable)."""
         return self._encoding
@@ -421,7 +444,10 @@ class Socket:
 
     def _encode(self, data: str | bytes | bytearray | memoryview, encoding: str | None) -> bytes:
         if isinstance(data, str):
-            return data.encode(encoding or self._encoding)
+            if encoding is None:
+                return data.encode(self._encoding)
+            check_encoding(encoding)
+            return data.encode(encoding)
         if isinstance(data, (bytes, bytearray, memoryview)):
             return bytes(data)
         raise UsageError(f"send takes str or bytes, not {type(data).__name__}")
@@ -436,7 +462,9 @@ class Socket:
             encoding: overrides the socket's encoding for this call.
 
         Raises:
-            UsageError: ``data`` is neither str nor bytes.
+            UsageError: ``data`` is neither str nor bytes, or ``encoding`` is not a codec.
+            UnicodeEncodeError: ``data`` has characters the encoding cannot represent
+                (nothing is sent).
             BusyError: another task is sending on this socket, or ``ssl_on()`` is
                 handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
@@ -461,15 +489,17 @@ class Socket:
             encoding: overrides the socket's encoding for this call.
 
         Raises:
-            UsageError: bad payload or an empty line end.
+            UsageError: bad payload, an empty line end, or ``encoding`` is not a codec.
+            UnicodeEncodeError: ``data`` has characters the encoding cannot represent
+                (nothing is sent).
             BusyError: another task is sending on this socket, or ``ssl_on()`` is
                 handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
             SocketResetError: the connection broke.
         """
-        end = self.line_end if line_end is None else line_end
+        end = self._line_end if line_end is None else line_end
         if not isinstance(end, bytes) or not end:
-            raise UsageError("line_end must be non-empty bytes")
+            raise UsageError(f"line_end must be non-empty bytes, not {end!r}")
         await self._send(self._encode(data, encoding) + end)
 
     def _check_send(self) -> ByteStream:
@@ -685,7 +715,9 @@ class Socket:
         scanner = self._own_scanner()
         while scanner.pending < count:
             if self._at_end:
-                raise IncompleteReadError(scanner.take(scanner.pending), count)
+                raise IncompleteReadError(
+                    scanner.take(scanner.pending), count, window_spent=not self._eof
+                )
             await self._fill()
         return scanner.take(count)
 
@@ -765,10 +797,14 @@ class Socket:
         """Decode received bytes with the socket's encoding (Janus ``TranIn``).
 
         Raises:
+            UsageError: ``encoding`` is not a codec.
             UnicodeDecodeError: the bytes are not valid in that encoding (with
                 ``errors="strict"``).
         """
-        return data.decode(encoding or self._encoding, errors)
+        if encoding is None:
+            return data.decode(self._encoding, errors)
+        check_encoding(encoding)
+        return data.decode(encoding, errors)
 
     # ------------------------------------------------------------------ TLS
 
@@ -803,6 +839,13 @@ class Socket:
             return 0
         return kernel_pending(self._raw_socket)
 
+    def _peer_closed(self) -> bool:
+        """The peer's FIN is waiting in the kernel, unread (plain, direct sockets only)."""
+        raw = self._raw_socket
+        if raw is None or isinstance(self._stream, (TLSStream, FdTLSStream)):
+            return False
+        return kernel_closed(raw)
+
     async def ssl_on(
         self,
         *,
@@ -833,7 +876,8 @@ class Socket:
                 received by the transport); socket unchanged, drain it and retry.
             HandshakeError: (-111) the peer did not complete a handshake, or its
                 certificate or host name failed verification; the socket is closed.
-            SSLOnOtherError: (-149) already TLS, closed, another task receiving or
+            SSLOnOtherError: (-149) already TLS, closed (or the peer's FIN has arrived,
+                read or not), another task receiving or
                 sending, no host name to verify or one that is not a valid
                 international name (socket unchanged), or an I/O error during the
                 handshake or ``aclose()`` from another task (socket closed).
@@ -871,7 +915,7 @@ class Socket:
                 f"ssl_on: {pending} unread byte(s) arrived before TLS; read them first",
                 pending=pending,
             )
-        if self._eof or self._reset:
+        if self._eof or self._reset or self._peer_closed():
             raise SSLOnOtherError("ssl_on: the peer has closed the connection")
         hostname = server_hostname or self._server_hostname
         context = ssl_context or self._port.ssl_context or default_ssl_context()
@@ -907,7 +951,10 @@ class Socket:
         self._tls = TLSSnapshot(ssl_object)
         if logger.isEnabledFor(logging.DEBUG):  # version()/cipher() are not free
             logger.debug(
-                "TLS on with %s: %s %s", hostname, ssl_object.version(), ssl_object.cipher()
+                "TLS on with %s: %s %s",
+                hostname,
+                ssl_object.version(),
+                (ssl_object.cipher() or ("?",))[0],
             )
 
     # ------------------------------------------------------------------ closing

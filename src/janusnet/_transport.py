@@ -14,6 +14,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import socket as _stdsocket
 import ssl
 import struct
@@ -49,6 +50,7 @@ __all__ = [
     "WideReceive",
     "allowed_addresses",
     "connect_tcp",
+    "kernel_closed",
     "kernel_pending",
     "open_hop",
     "raise_handshake_error",
@@ -78,6 +80,9 @@ try:  # how many bytes the kernel holds for a socket, without reading them (Unix
 except ImportError:  # pragma: no cover - Windows
     _FIONREAD = None
 _unpack_int = struct.Struct("i").unpack
+#: ``poll()`` flags: the peer shut down its sending side (Linux), and a socket error.
+_POLLRDHUP: Final = int(getattr(select, "POLLRDHUP", 0))
+_POLLERR: Final = int(getattr(select, "POLLERR", 0))
 
 
 #: connect() on a non-blocking socket: "started". (Linux's EAGAIN, equal to EWOULDBLOCK
@@ -518,6 +523,27 @@ def kernel_pending(raw: _stdsocket.socket) -> int:
     finally:  # pragma: no cover
         probe.detach()
     return len(peeked)  # pragma: no cover
+
+
+def kernel_closed(raw: _stdsocket.socket) -> bool:
+    """Whether the peer's FIN has arrived and nothing has read it yet (looked at, not read).
+
+    A reset is not reported here (it is an error for the next operation to map). Best
+    effort: ``False`` where ``poll()`` cannot tell (no ``POLLRDHUP`` outside Linux).
+    """
+    if not _POLLRDHUP:  # pragma: no cover - not Linux
+        return False
+    try:
+        fileno = raw.fileno()
+    except OSError:
+        return False
+    if fileno < 0:
+        return False
+    poller = select.poll()
+    poller.register(fileno, _POLLRDHUP)
+    for _, events in poller.poll(0):
+        return bool(events & _POLLRDHUP) and not events & _POLLERR
+    return False
 
 
 async def open_hop(
