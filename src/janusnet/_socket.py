@@ -522,8 +522,14 @@ class Socket:
             raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
-        except anyio.BusyResourceError as exc:  # pragma: no cover - _sending guards it
-            raise BusyError("another task is already sending on this socket") from exc
+        except anyio.BusyResourceError as exc:
+            # _sending rules out a second sender, so this is the TLS layer of a stream
+            # passed to Socket() (anyio's TLSStream) needing to read for the send (a
+            # renegotiation) while another task is receiving.
+            raise BusyError(
+                "the TLS layer had to read to send (the peer is renegotiating) while "
+                "another task was receiving on this socket"
+            ) from exc
         finally:
             self._sending = False
         self._ack_promptly()
@@ -626,6 +632,11 @@ class Socket:
             raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
+        except anyio.BusyResourceError as exc:  # as in _send, the other way round
+            raise BusyError(
+                "the TLS layer had to write to receive (the peer is renegotiating or "
+                "updating keys) while another task was sending on this socket"
+            ) from exc
         finally:
             self._receiving = False
         if self._ssl_object is not None and TLS_FULL_RECORD <= len(data) < size:

@@ -67,6 +67,12 @@ logger = logging.getLogger("janusnet")
 TRANSPORT_READ: Final = 256 * 1024
 #: The most plaintext one TLS record carries (RFC 8446 §5.1), so one TLS read's worth.
 TLS_RECORD: Final = 16384
+#: Ciphertext read from the socket at once by :class:`FdTLSStream`: several records per
+#: system call, and below glibc's 128 KiB mmap threshold.
+TLS_READ: Final = 65536
+#: Plaintext handed to OpenSSL at once by :class:`FdTLSStream.send`: the outgoing memory
+#: BIO keeps its largest size for the life of the connection, so keep that small.
+TLS_WRITE: Final = 65536
 #: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
 QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 #: Bytes peeked at most where FIONREAD is missing.
@@ -223,20 +229,48 @@ class FdStream(_Direct):
 
 
 class FdTLSStream(_Direct):
-    """TLS run by OpenSSL directly on a :class:`FdStream`'s socket (``ssl.SSLSocket``).
+    """TLS by OpenSSL over memory BIOs, on a :class:`FdStream`'s socket.
 
     ``ssl_on()`` over a direct socket upgrades it here instead of through anyio's
-    ``TLSStream``: OpenSSL reads and writes the socket itself, so there are no memory
-    BIOs to copy through and no stream layers per call, and an idle tunnel is the
-    ``SSLSocket`` and this object. The behaviour is ``TLSStream``'s with
-    ``standard_compatible=False``: EOF without ``close_notify`` ends the stream, closing
-    sends no ``close_notify``, and there is no half-close. Its typed attributes are
-    ``TLSStream``'s, plus the socket's.
+    ``TLSStream``: the same ``SSLObject`` and memory BIOs, but the socket is read and
+    written directly (no stream layers per call), ciphertext is read 64 KiB at a time
+    (several records per system call), and an idle tunnel is the socket, the
+    ``SSLObject`` and this object.
+
+    Why memory BIOs and not OpenSSL on the descriptor (``SSLSocket``): a blocked
+    ``SSL_write`` leaves a half-written record inside OpenSSL, and a concurrent
+    ``SSL_read`` that must answer the peer (a TLS 1.3 KeyUpdate, a TLS 1.2
+    renegotiation) then fails with ``BAD_LENGTH`` and kills the connection. Here
+    OpenSSL only ever writes whole records into the outgoing BIO; whoever sends pushes
+    that ciphertext to the socket (``_unsent`` keeps a partly written chunk in order),
+    and a receiver that has to answer never waits for a blocked sender: the sender's
+    flush carries the answer too. One sender and one receiver may run at once; a
+    cancelled send never cuts a record (what OpenSSL encrypted is sent by the next
+    flush).
+
+    The behaviour is ``TLSStream``'s with ``standard_compatible=False``: EOF without
+    ``close_notify`` ends the stream, closing sends no ``close_notify``, and there is no
+    half-close. Its typed attributes are ``TLSStream``'s, plus the socket's.
     """
 
-    __slots__ = ()
-    _sock: ssl.SSLSocket
-    _records = True
+    __slots__ = ("_feeding", "_flushing", "_in", "_obj", "_out", "_progress", "_unsent")
+    _sock: _stdsocket.socket
+
+    def __init__(
+        self,
+        sock: _stdsocket.socket,
+        obj: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+    ) -> None:
+        super().__init__(sock)
+        self._obj = obj
+        self._in = incoming
+        self._out = outgoing
+        self._unsent: memoryview | None = None  # ciphertext taken from _out, not yet sent
+        self._flushing = False  # a task waits to write ciphertext
+        self._feeding = False  # a task waits to read ciphertext
+        self._progress: anyio.Event | None = None  # set when either of those moves on
 
     @classmethod
     async def wrap(
@@ -247,58 +281,177 @@ class FdTLSStream(_Direct):
         Raises:
             ssl.SSLError: the handshake or the certificate failed.
             OSError: the connection broke.
+            anyio.ClosedResourceError: ``plain`` was closed meanwhile.
         """
-        sock = plain._sock
         if plain._closed:
             raise anyio.ClosedResourceError
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
-            # CPython's wrap_socket() takes the descriptor over (detaching ``sock``) and
-            # then probes the connection; if that probe fails (a reset already arrived) it
-            # raises with the descriptor in an SSLSocket nobody can close. So probe first,
-            # while ``sock`` is still ours to close.
-            error = sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_ERROR)
-            if error:
-                raise OSError(error, os.strerror(error))
-            sock.getpeername()  # ENOTCONN once the peer's reset has been taken
-            tls = ssl_context.wrap_socket(
-                sock, server_hostname=hostname, do_handshake_on_connect=False
+            obj = ssl_context.wrap_bio(
+                incoming, outgoing, server_side=False, server_hostname=hostname
             )
         except BaseException:
-            plain._closed = True
-            sock.close()
+            await plain.aclose()
             raise
-        # Until the handshake is done, closing ``plain`` (another task's aclose()) closes
-        # the TLS socket and wakes the wait below with ClosedResourceError.
-        plain._sock = tls
+        # Until the handshake is done ``plain`` still owns the socket, so another task's
+        # aclose() closes it and wakes the waits below (ClosedResourceError).
+        stream = cls(plain._sock, obj, incoming, outgoing)
         try:
             while True:
                 if plain._closed:
                     raise anyio.ClosedResourceError
                 try:
-                    tls.do_handshake()
-                    plain._closed = True  # the socket now belongs to the TLS stream
-                    return cls(tls)
+                    obj.do_handshake()
+                    break
                 except ssl.SSLWantReadError:
-                    await _wait_readable(tls)
-                except ssl.SSLWantWriteError:
-                    await _wait_writable(tls)
+                    await stream._flush(raw=True)
+                    await stream._feed(raw=True)
+            await stream._flush(raw=True)  # the client's Finished
         except BaseException:
-            plain._closed = True
-            if tls.fileno() >= 0:
-                _notify_closing(tls)
-            tls.close()
+            await plain.aclose()
             raise
+        if plain._closed:
+            raise anyio.ClosedResourceError
+        plain._closed = True  # the socket now belongs to the TLS stream
+        return stream
 
     @property
-    def ssl_object(self) -> ssl.SSLSocket:
-        """The ``SSLSocket`` (it offers what ``SSLObject`` does: version, cipher, ...)."""
-        return self._sock
+    def ssl_object(self) -> ssl.SSLObject:
+        """The ``SSLObject`` (version, cipher, peer certificate, ...)."""
+        return self._obj
+
+    # -- moving ciphertext -----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        progress = self._progress
+        if progress is not None:
+            self._progress = None
+            progress.set()
+
+    async def _wait_progress(self) -> None:
+        if self._progress is None:
+            self._progress = anyio.Event()
+        await self._progress.wait()
+
+    def _flush_now(self) -> bool:
+        """Send what the kernel takes now; ``True`` when no ciphertext is left.
+
+        Raises:
+            OSError: the connection broke.
+        """
+        send = self._sock.send
+        out = self._out
+        view = self._unsent
+        while True:
+            if view is None:
+                if not out.pending:
+                    self._unsent = None
+                    return True
+                view = memoryview(out.read())
+            try:
+                sent = send(view)
+            except BlockingIOError:
+                self._unsent = view
+                return False
+            view = view[sent:] if sent < len(view) else None
+
+    async def _flush(self, raw: bool = False) -> None:
+        """Send all the ciphertext OpenSSL has produced, waiting for the socket.
+
+        One task at a time waits on the socket; another one waits for its progress.
+        ``raw``: let ``OSError`` through (the handshake maps it) instead of anyio's
+        ``BrokenResourceError``.
+        """
+        try:
+            while not self._flush_now():
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if self._flushing:
+                    await self._wait_progress()
+                    continue
+                self._flushing = True
+                try:
+                    await _wait_writable(self._sock)
+                finally:
+                    self._flushing = False
+                    self._wake()
+        except OSError as exc:
+            if raw or isinstance(exc, BlockingIOError):
+                raise
+            raise anyio.BrokenResourceError from exc
+
+    async def _feed(self, raw: bool = False) -> None:
+        """Read ciphertext from the socket into the incoming BIO (EOF included), waiting
+        for the socket if there is none yet; or wait while another task does that."""
+        if self._feeding:
+            await self._wait_progress()
+            return
+        self._feeding = True
+        try:
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    data = self._sock.recv(TLS_READ)
+                    break
+                except BlockingIOError:
+                    await _wait_readable(self._sock)
+        except OSError as exc:
+            if raw:
+                raise
+            raise anyio.BrokenResourceError from exc
+        finally:
+            self._feeding = False
+            self._wake()
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    async def _answer(self) -> None:
+        """Send what a read produced (a KeyUpdate's answer, a renegotiation's messages).
+
+        Never waits for a blocked sender: its flush sends this too.
+        """
+        if not self._flush_now() and not self._flushing:
+            await self._flush()
+
+    # -- the stream ------------------------------------------------------------------------
 
     async def receive(self, max_bytes: int = TLS_RECORD) -> bytes:
         # One read gives one record's plaintext at most: asking for more only allocates
         # a bigger buffer, and from 128 KiB on glibc gives each one its own mmap (page
         # faults on every read; 2.4x -> 3.3x asyncio in bulk when capped).
-        return await super().receive(max_bytes if max_bytes < TLS_RECORD else TLS_RECORD)
+        size = max_bytes if max_bytes < TLS_RECORD else TLS_RECORD
+        await _checkpoint()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            read = self._obj.read
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    data = read(size)
+                except ssl.SSLWantReadError:
+                    data = None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""  # close_notify, or a ragged EOF (standard_compatible=False)
+                except ssl.SSLError as exc:
+                    raise anyio.BrokenResourceError from exc
+                if self._unsent is not None or self._out.pending:
+                    await self._answer()
+                if data is not None:
+                    break
+                await self._feed()
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        finally:
+            self._receiving = False
+        if data:
+            return data
+        raise anyio.EndOfStream
 
     def receive_ready(self) -> tuple[bytes, bool]:
         """What can be read now without waiting: ``(data, at_eof)``; never blocks.
@@ -308,36 +461,76 @@ class FdTLSStream(_Direct):
         """
         chunks: list[bytes] = []
         eof = False
-        tls = self._sock
-        while not self._closed and not self._receiving:
+        while not self._closed and not self._receiving and not self._feeding:
             try:
-                data = tls.recv(65536)
-            except OSError:  # SSLWantReadError: nothing more yet; anything else: later
-                break
-            if not data:
+                data = self._obj.read(65536)
+            except ssl.SSLWantReadError:
+                try:
+                    more = self._sock.recv(TLS_READ)
+                except OSError:  # BlockingIOError: nothing more yet; anything else: later
+                    break
+                if more:
+                    self._in.write(more)
+                else:
+                    self._in.write_eof()
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 eof = True
+                break
+            except ssl.SSLError:  # for the next receive() to raise
                 break
             chunks.append(data)
         return b"".join(chunks), eof
+
+    async def send(self, item: bytes) -> None:
+        await _checkpoint()  # a cancellation here has written nothing
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            view = memoryview(item)
+            write = self._obj.write
+            while view:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                # A slice at a time, so the outgoing BIO never holds more than one
+                # slice's ciphertext (it keeps its largest size for the connection's life).
+                chunk = view[:TLS_WRITE]
+                try:
+                    write(chunk)
+                except ssl.SSLWantReadError:  # renegotiating: the peer's messages first
+                    await self._flush()
+                    await self._feed()
+                    continue
+                except ssl.SSLError as exc:
+                    raise anyio.BrokenResourceError from exc
+                view = view[len(chunk) :]
+                await self._flush()
+        finally:
+            self._sending = False
+
+    async def aclose(self) -> None:
+        self._wake()
+        await super().aclose()
 
     async def send_eof(self) -> None:
         raise NotImplementedError("TLS has no half-close; close the stream instead")
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        tls = self._sock
+        obj = self._obj
         return {
             **super().extra_attributes,
-            TLSAttribute.alpn_protocol: tls.selected_alpn_protocol,
-            TLSAttribute.channel_binding_tls_unique: tls.get_channel_binding,
-            TLSAttribute.cipher: tls.cipher,
-            TLSAttribute.peer_certificate: lambda: tls.getpeercert(False),
-            TLSAttribute.peer_certificate_binary: lambda: tls.getpeercert(True),
+            TLSAttribute.alpn_protocol: obj.selected_alpn_protocol,
+            TLSAttribute.channel_binding_tls_unique: obj.get_channel_binding,
+            TLSAttribute.cipher: obj.cipher,
+            TLSAttribute.peer_certificate: lambda: obj.getpeercert(False),
+            TLSAttribute.peer_certificate_binary: lambda: obj.getpeercert(True),
             TLSAttribute.server_side: lambda: False,
             TLSAttribute.shared_ciphers: lambda: None,
             TLSAttribute.standard_compatible: lambda: False,
-            TLSAttribute.ssl_object: lambda: tls,
-            TLSAttribute.tls_version: tls.version,
+            TLSAttribute.ssl_object: lambda: obj,
+            TLSAttribute.tls_version: obj.version,
         }
 
 
