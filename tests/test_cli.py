@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from janusnet.__main__ import main
-from janusnet.testing import ConnectProxy, OriginMode, TLSOrigin
+from janusnet.testing import ConnectProxy, OriginMode, ProxyBehaviour, TLSOrigin
 
 SECRET = "wr0ng-S3cret"
 
@@ -59,6 +59,10 @@ def test_cli_probe_through_proxy_prints_every_step(origin: TLSOrigin, cafile: st
     assert "TLSv1." in lines["tls"] and "alpn=" in lines["tls"]
     for detail in ("subject:", "issuer:", "not_after:", "subject_alt_names: DNS:localhost"):
         assert detail in text
+    # The summary line shows version, cipher and ALPN; they are not repeated below it.
+    assert text.count("TLSv1.") == 1
+    for repeated in ("version:", "cipher:", "alpn:"):
+        assert repeated not in text
     assert text.rstrip().endswith("result: ok")
 
 
@@ -92,6 +96,9 @@ def test_cli_probe_wrong_proxy_password_names_proxy_step_without_secret(
     assert "connect   FAIL" in text
     assert "407" in text and "ProxyAuthenticationRequired" in text
     assert "credentials rejected" in text and "no credentials given" not in text
+    assert "407 Proxy Authentication Required; credentials rejected\n" in text
+    assert "proxy requires authentication" not in text  # the 407 says it already
+    assert "credentials_given: yes\n" in text and "True" not in text
     assert "FAILED at step connect" in text
     failed = json.loads(text_json)["steps"][-1]
     assert failed["step"] == "connect"
@@ -291,7 +298,58 @@ def test_cli_probe_stalled_proxy_handshake_times_out_at_proxy_tls(origin: TLSOri
     assert status == 1
     assert step_names(report) == ["tcp", "proxy-tls"]
     assert report["steps"][-1]["error"] == "TimeoutError"
-    assert "timed out" in report["steps"][-1]["summary"]
+    summary = report["steps"][-1]["summary"]
+    assert summary.startswith("TimeoutError: ")
+    assert "0.5 s deadline expired during the TLS handshake with the proxy" in summary
+
+
+def test_cli_probe_timeout_says_what_it_waited_for(origin: TLSOrigin) -> None:
+    with ConnectProxy(behaviour=ProxyBehaviour.NEVER_ANSWER) as proxy:
+        status, text = run(
+            "probe", f"localhost:{origin.port}", "--proxy", proxy.url, "--timeout", "0.5"
+        )
+        authority = proxy.authority
+    assert status == 1
+    failed = next(line for line in text.splitlines() if " FAIL " in line)
+    assert failed.split()[0] == "connect"
+    assert (
+        f"TimeoutError: CONNECT localhost:{origin.port} via proxy {authority}: the 0.5 s "
+        "deadline expired while waiting for the proxy's reply"
+    ) in failed
+
+
+def test_cli_probe_direct_timeout_names_the_tls_handshake(cafile: str) -> None:
+    with TLSOrigin(mode=OriginMode.STALL) as stall:
+        target = f"localhost:{stall.port}"
+        status, report = probe_json(target, "--cafile", cafile, "--timeout", "0.5")
+    assert status == 1
+    failed = report["steps"][-1]
+    assert (failed["step"], failed["error"]) == ("tls", "TimeoutError")
+    assert failed["summary"] == (
+        f"TimeoutError: connecting to {target}: the 0.5 s deadline expired "
+        "during the TLS handshake"
+    )
+
+
+def test_cli_probe_injected_bytes_are_explained_for_a_cli_user(
+    origin: TLSOrigin, cafile: str
+) -> None:
+    with ConnectProxy(behaviour=ProxyBehaviour.EXTRA_BYTES) as proxy:
+        status, text = run(
+            "probe", f"localhost:{origin.port}", "--proxy", proxy.url, "--cafile", cafile
+        )
+        _, report = probe_json(
+            f"localhost:{origin.port}", "--proxy", proxy.url, "--cafile", cafile
+        )
+    assert status == 1
+    failed = next(line for line in text.splitlines() if " FAIL " in line)
+    assert failed.split()[0] == "tls"
+    assert "PendingDataError (-112): " in failed
+    assert "came through the tunnel after the proxy's 200 reply, before TLS started" in failed
+    assert "refused" in failed and "injected" in failed
+    assert "read them first" not in text  # advice for API callers, not for the CLI
+    step = report["steps"][-1]
+    assert (step["step"], step["error"], step["code"]) == ("tls", "PendingDataError", -112)
 
 
 def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigin) -> None:
@@ -302,6 +360,7 @@ def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigi
     assert status == 1
     assert "no credentials given" in text and "credentials rejected" not in text
     assert f"http://USER:PASSWORD@{authority}" in text
+    assert "credentials_given: no\n" in text and "False" not in text
     failed = report["steps"][-1]
     assert (failed["status"], failed["credentials_given"]) == (407, False)
 
@@ -446,6 +505,34 @@ def test_cli_probe_says_why_it_went_direct(
     assert "direct (NO_PROXY matches; proxy from HTTPS_PROXY not used)" in text.splitlines()[0]
 
 
+def test_cli_probe_says_why_empty_proxy_option_went_direct(
+    origin: TLSOrigin, cafile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    status, text = run("probe", f"localhost:{origin.port}", "--cafile", cafile, "--proxy", "")
+    assert status == 0, text
+    assert text.splitlines()[0] == (
+        f'janusnet probe localhost:{origin.port} direct (--proxy "" given; '
+        "proxy from https_proxy not used)"
+    )
+    status, report = probe_json(f"localhost:{origin.port}", "--cafile", cafile, "--proxy", "")
+    assert status == 0, report
+    assert (report["proxy"], report["proxy_from"], report["proxy_bypassed_by"]) == (
+        None,
+        "https_proxy",
+        "--proxy",
+    )
+
+
+def test_cli_probe_empty_proxy_option_without_environment_says_nothing(
+    origin: TLSOrigin, cafile: str
+) -> None:
+    status, report = probe_json(f"localhost:{origin.port}", "--cafile", cafile, "--proxy", "")
+    assert status == 0, report
+    assert (report["proxy"], report["proxy_from"]) == (None, None)
+    assert "proxy_bypassed_by" not in report
+
+
 def test_cli_probe_bad_proxy_in_environment_is_a_usage_error(
     origin: TLSOrigin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -483,6 +570,32 @@ def test_cli_probe_help_explains_target_options_and_exit_status(
         "1 a step failed",
         "2 usage error",
         "second, unverified handshake",
+        "SHA-256 fingerprint",
+    ):
+        assert needle in text, needle
+
+
+def test_cli_without_a_command_names_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: janusnet [-h] [--version] {probe,demo} ..." in err
+    assert "the following arguments are required: {probe,demo}" in err
+
+
+def test_cli_demo_help_describes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for needle in (
+        "$Sock_SSL_On flow",
+        "on loopback",
+        "pip install 'janusnet[testing]'",
+        "ProxyTunnel(...).open_tls()",
+        "--backend {asyncio,trio} the event loop the client runs on",
+        "trio needs trio installed",
     ):
         assert needle in text, needle
 
@@ -503,22 +616,31 @@ def test_cli_demo_trio_without_trio_says_so(monkeypatch: pytest.MonkeyPatch) -> 
     assert "Traceback" not in text
 
 
-def test_cli_demo_runs_every_step() -> None:
-    status, text = run("demo")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cli_demo_runs_every_step(backend: str) -> None:
+    status, text = run("demo", "--backend", backend)
     assert status == 0, text
     for step in (
+        f"backend: {backend}\n",
         "1. connect",
+        "with the client port definition 'DEMO' (a janusnet.ClientPort;",
         "2. set LINEND",
         "3. sent: CONNECT",
-        "4. status line",
+        "4. status line: 'HTTP/1.1 200 Connection established' (ended by parse token #1, CRLF)",
         "5. read headers",
         "6. ssl_on(): TLSv1.",
+        "; certificate verified for localhost\n",
+        "   certificate: no CN in the subject; subjectAltName: DNS:localhost",
+        "   issued by: O=trustme",
         "7. sent: GET",
         "8. reply:",
         "| HTTP/1.1 200 OK",
         "| hello from janusnet origin: GET /demo",
+        "ProxyTunnel(proxy_url).open_tls(host, port) does steps 1-6 in one call.",
     ):
-        assert step in text
+        assert step in text, step
+    assert "prsindx" not in text
+    assert "Testing cert" not in text  # the leaf's OU is not shown as if it were its name
 
 
 def test_cli_entry_point_runs_as_module() -> None:

@@ -34,13 +34,14 @@ from ._auth import parse_challenges
 from ._connect import format_authority
 from ._exceptions import (
     JanusnetError,
+    PendingDataError,
     ProxyAuthenticationRequired,
     SSLOnError,
     UsageError,
     show_address,
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
-from ._socket import Socket
+from ._socket import TLS_PHASE, Socket
 from ._tls import CertInfo, TLSInfo, _cert_from_der, default_ssl_context
 from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
 from ._tunnel import ProxyTunnel
@@ -53,8 +54,12 @@ __all__ = ["main"]
 #: Where the proxy comes from without ``--proxy``, in curl's order (lower case first).
 PROXY_VARIABLES: Final = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 NO_PROXY_VARIABLES: Final = ("no_proxy", "NO_PROXY")
+#: The subcommands, as the usage line and the missing-command error name them.
+COMMANDS: Final = ("probe", "demo")
 #: How the certificate shown after a verification failure was obtained.
 SECOND_HANDSHAKE: Final = "from a second, unverified handshake made only to show it"
+#: Details the text output leaves out because the step's summary line already shows them.
+IN_SUMMARY: Final = frozenset({"version", "cipher", "alpn"})
 
 PROBE_EPILOG: Final = """\
 proxy selection (as curl does):
@@ -65,7 +70,8 @@ proxy selection (as curl does):
 
 steps: tcp, proxy-tls (https:// proxy only), connect (proxy only), tls.
   When a certificate fails verification (-111), a second, unverified handshake is
-  made only to show what the server presented (subject, issuer, SANs, expiry).
+  made only to show what the server presented (subject, issuer, SANs, expiry,
+  SHA-256 fingerprint).
 
 exit status:
   0  every step succeeded
@@ -112,7 +118,9 @@ class ProxyChoice:
 
     url: str | None
     source: str | None = None  # "--proxy" or the environment variable it came from
-    bypassed_by: str | None = None  # the no-proxy list that sent it direct
+    #: What sent it direct: the no-proxy list ("--noproxy", "no_proxy", "NO_PROXY") that
+    #: matched, or "--proxy" for ``--proxy ""`` overriding the environment's proxy.
+    bypassed_by: str | None = None
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -166,7 +174,8 @@ def choose_proxy(
     no-proxy list (``--noproxy``, else ``no_proxy``/``NO_PROXY``) may send it direct."""
     if proxy is not None:
         if not proxy.strip():  # --proxy "": direct, whatever the environment says
-            return ProxyChoice(None)
+            found = _first_set(environ, PROXY_VARIABLES)
+            return ProxyChoice(None, found[0], "--proxy") if found else ProxyChoice(None)
         url, source = proxy, "--proxy"
     else:
         found = _first_set(environ, PROXY_VARIABLES)
@@ -256,16 +265,46 @@ def _auth_explanation(exc: ProxyAuthenticationRequired, proxy: ProxyURL) -> str:
     """Why a 407 happened: no credentials, rejected ones, or a scheme janusnet lacks."""
     if proxy.username is None:
         return (
-            "proxy requires authentication; no credentials given (put them in the proxy "
-            f"URL: {proxy.scheme}://USER:PASSWORD@{proxy.address})"
+            "no credentials given (put them in the proxy URL: "
+            f"{proxy.scheme}://USER:PASSWORD@{proxy.address})"
         )
     schemes = [c.scheme for c in parse_challenges(exc.challenges)]
     if schemes and not {"basic", "digest"} & set(schemes):
-        return (
-            f"proxy requires authentication; it offers only {', '.join(schemes)}, "
-            "janusnet speaks Basic and Digest"
+        return f"it offers only {', '.join(schemes)}; janusnet speaks Basic and Digest"
+    return "credentials rejected"
+
+
+def _pending_explanation(exc: PendingDataError, reply_status: int | None) -> str:
+    """-112 for someone at a command line: where the bytes came from, why they were refused."""
+    if reply_status is not None:
+        came = (
+            f"{exc.pending} byte(s) came through the tunnel after the proxy's {reply_status} "
+            "reply, before TLS started"
         )
-    return "proxy requires authentication; credentials rejected"
+        suspect = "the proxy, or something on the way, may have injected them"
+    else:
+        came = f"the server sent {exc.pending} byte(s) before TLS started"
+        suspect = "it may not speak TLS on this port, or something on the way injected them"
+    return f"{type(exc).__name__} ({int(exc.code)}): {came}; refused ({suspect})"
+
+
+def _timeout_explanation(
+    exc: TimeoutError, step: str, host: str, port: int, url: ProxyURL | None, timeout: float
+) -> str:
+    """What the probe was waiting for when its deadline expired, as the library says it."""
+    if exc.args:  # already says what timed out
+        return f"{type(exc).__name__}: {exc}"
+    expired = f"the {timeout:g} s deadline expired"
+    if url is not None:
+        phase = {
+            "tcp": "while connecting to the proxy",
+            "proxy-tls": "during the TLS handshake with the proxy",
+            "connect": "while waiting for the proxy's reply",
+        }.get(step, "during the TLS handshake with the target")
+        where = f"CONNECT {format_authority(host, port)} via proxy {url.address}"
+        return f"TimeoutError: {where}: {expired} {phase}"
+    phase = "TCP connect" if step == "tcp" else TLS_PHASE
+    return f"TimeoutError: connecting to {show_address(host, port)}: {expired} during the {phase}"
 
 
 async def _proxy_tls(stream: ByteStream, url: ProxyURL, context: ssl.SSLContext) -> ByteStream:
@@ -401,6 +440,10 @@ async def probe(
             )
         try:
             await sock.ssl_on(server_hostname=host, ssl_context=context, timeout=None)  # ours
+        except PendingDataError as exc:
+            reply_status = sock.proxy_reply.status if sock.proxy_reply else None
+            fail("tls", exc, _pending_explanation(exc, reply_status))
+            return None
         except SSLOnError as exc:
             fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
             return "tls" if _is_certificate_failure(exc) else None
@@ -419,7 +462,8 @@ async def probe(
         order = ["tcp", "connect", "tls"] if url else ["tcp", "tls"]
         if url is not None and url.scheme == "https":
             order.insert(1, "proxy-tls")
-        fail(next(n for n in order if n not in done), exc, f"timed out after {timeout:g} s")
+        step = next(n for n in order if n not in done)
+        fail(step, exc, _timeout_explanation(exc, step, host, port, url, timeout))
     finally:
         if sock is not None:
             await sock.aclose()
@@ -485,6 +529,8 @@ def _print_steps(steps: Sequence[Step], out: TextIO) -> None:
         elif isinstance(value, list):
             for item in value:
                 out.write(f"{pad}{key}: {item}\n" if key != "headers" else f"{pad}{item}\n")
+        elif isinstance(value, bool):
+            out.write(f"{pad}{key}: {'yes' if value else 'no'}\n")
         elif value is not None:
             out.write(f"{pad}{key}: {value}\n")
 
@@ -492,7 +538,8 @@ def _print_steps(steps: Sequence[Step], out: TextIO) -> None:
         status = "ok" if step.ok else "FAIL"
         out.write(f"  {step.name:<9} {status:<4} {step.ms:8.1f} ms  {step.summary}\n")
         for key, value in step.details.items():
-            detail(key, value, indent)
+            if key not in IN_SUMMARY:  # the summary line shows them; JSON keeps them
+                detail(key, value, indent)
 
 
 def _context(cafile: str | None, insecure: bool, *, alpn: bool) -> ssl.SSLContext:
@@ -563,6 +610,8 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
             via = f" via proxy {shown}"
             if choice.source != "--proxy":
                 via += f" (from {choice.source})"
+        elif choice.bypassed_by == "--proxy":
+            via = f' direct (--proxy "" given; proxy from {choice.source} not used)'
         elif choice.bypassed_by:
             via = f" direct ({choice.bypassed_by} matches; proxy from {choice.source} not used)"
         else:
@@ -631,7 +680,10 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
         epilog="exit status: 0 ok, 1 a probe step (or the demo) failed, 2 usage error",
     )
     parser.add_argument("--version", action="version", version=f"janusnet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # metavar: the usage line and the "required" error both name the commands.
+    commands = parser.add_subparsers(
+        dest="command", metavar=f"{{{','.join(COMMANDS)}}}", required=True
+    )
 
     p = commands.add_parser(
         "probe",
@@ -687,8 +739,22 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
 
-    d = commands.add_parser("demo", help="run the CONNECT + ssl_on() flow against local servers")
-    d.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    d = commands.add_parser(
+        "demo",
+        help="run the Janus $Sock_SSL_On flow step by step against local servers (offline)",
+        description="Start a CONNECT proxy and a TLS origin on loopback (janusnet.testing) "
+        "and run the Janus $Sock_SSL_On flow against them, printing every step: connect to "
+        "the proxy, send CONNECT by hand, parse the status line and headers with "
+        "recv_parsed(), ssl_on(), then GET over TLS. Offline; needs the testing extra: "
+        "pip install 'janusnet[testing]'. ProxyTunnel(...).open_tls() does the same in one "
+        "call.",
+    )
+    d.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop the client runs on (default: asyncio; trio needs trio installed)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "probe":

@@ -16,8 +16,37 @@ import anyio
 from ._exceptions import JanusnetError
 from ._ports import ClientPort, TLSMode
 from ._socket import Socket
+from ._tls import CertInfo
 
 __all__ = ["run_demo"]
+
+#: Short names for certificate name fields, as ``openssl x509 -subject`` writes them.
+_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "countryName": "C",
+}
+_TOKEN_NAMES = {b"\r\n": "CRLF", b"\n": "LF", b"\r": "CR"}
+
+
+def _name(fields: dict[str, str]) -> str:
+    return ", ".join(f"{_SHORT.get(k, k)}={v}" for k, v in fields.items()) or "(empty)"
+
+
+def _certificate_lines(cert: CertInfo | None) -> list[str]:
+    """The leaf's subject (CN and subjectAltNames) and its issuer."""
+    if cert is None:
+        return ["   certificate: not verified, so not shown"]
+    common_name = cert.subject.get("commonName")
+    subject = f"subject CN={common_name}" if common_name else "no CN in the subject"
+    names = ", ".join(f"{kind}:{value}" for kind, value in cert.subject_alt_names) or "none"
+    return [
+        f"   certificate: {subject}; subjectAltName: {names}",
+        f"   issued by: {_name(cert.issuer)}",
+    ]
 
 
 async def _seed_flow(
@@ -28,14 +57,18 @@ async def _seed_flow(
         say.flush()
 
     step(
-        f"1. connect to the proxy {proxy_host}:{proxy_port} on client port "
-        f"{port.name!r} (TLS {port.tls.name}: plain now, ssl_on() allowed later)"
+        f"1. connect to the proxy {proxy_host}:{proxy_port} with the client port definition "
+        f"{port.name!r} (a janusnet.ClientPort; TLS {port.tls.name}: plain now, ssl_on() "
+        "allowed later)"
     )
     sock = await Socket.connect(proxy_host, proxy_port, client_port=port)
     async with sock:
         sock.line_end = b"\r\n"
         sock.parse_tokens = "0D0A"
-        step("2. set LINEND 0D0A and PRSTOK 0D0A")
+        step(
+            '2. set LINEND 0D0A (sock.line_end = b"\\r\\n": what send_line() appends) and '
+            'PRSTOK 0D0A (sock.parse_tokens = "0D0A": where recv_parsed() splits)'
+        )
         target = f"localhost:{origin_port}"
         await sock.send("CONNECT ")
         await sock.send(target)
@@ -44,7 +77,11 @@ async def _seed_flow(
         step(f"3. sent: CONNECT {target} HTTP/1.0 + empty line")
         status = await sock.recv_parsed()
         words = status.data.split()
-        step(f"4. status line: {status.data.decode('latin-1')!r} (prsindx={status.index})")
+        token = _TOKEN_NAMES.get(status.token or b"", (status.token or b"").hex().upper())
+        step(
+            f"4. status line: {status.data.decode('latin-1')!r} "
+            f"(ended by parse token #{status.index}, {token or 'none: limit or EOF'})"
+        )
         if len(words) < 2 or words[1] != b"200":
             raise SystemExit(f"   the proxy refused the tunnel: {status.data!r}")
         while True:
@@ -56,12 +93,13 @@ async def _seed_flow(
         await sock.ssl_on(server_hostname="localhost")
         tls = sock.tls
         assert tls is not None
-        subject = tls.peer_certificate.subject if tls.peer_certificate else {}
+        verified = "verified" if tls.peer_certificate else "NOT verified"
         step(
-            f"6. ssl_on(): {tls.version}, {tls.cipher}, server certificate "
-            f"{subject.get('organizationalUnitName') or subject.get('commonName') or '?'} "
-            f"for {tls.server_hostname}"
+            f"6. ssl_on(): {tls.version}, {tls.cipher}; certificate {verified} for "
+            f"{tls.server_hostname}"
         )
+        for text in _certificate_lines(tls.peer_certificate):
+            step(text)
         await sock.send_line("GET /demo HTTP/1.1")
         await sock.send_line("Host: localhost")
         await sock.send_line("Connection: close")
@@ -97,11 +135,17 @@ def run_demo(out: TextIO, *, backend: str = "asyncio") -> int:
     )
     with TLSOrigin() as origin, ConnectProxy() as proxy:
         port = ClientPort("DEMO", tls=TLSMode.OPTIONAL, ssl_context=origin.client_context())
-        out.write(f"   origin: https://localhost:{origin.port}  proxy: {proxy.url}\n")
+        out.write(
+            f"   origin: https://localhost:{origin.port}  proxy: {proxy.url}  backend: {backend}\n"
+        )
         try:
             anyio.run(_seed_flow, proxy.host, proxy.port, origin.port, port, out, backend=backend)
         except JanusnetError as exc:
             out.write(f"FAILED: {type(exc).__name__}: {exc}\n")
             return 1
-    out.write("done: tunnel opened, upgraded in place with ssl_on(), reply read over TLS\n")
+    out.write(
+        "done: tunnel opened, upgraded in place with ssl_on(), reply read over TLS\n"
+        "This is the Janus flow written out with janusnet.Socket; "
+        "ProxyTunnel(proxy_url).open_tls(host, port) does steps 1-6 in one call.\n"
+    )
     return 0

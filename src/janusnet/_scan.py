@@ -84,7 +84,7 @@ class TokenSet:
 
     Raises:
         UsageError: no tokens, an empty or duplicated token, a non-bytes token, or a token
-            longer than ``MAX_TOKEN_BYTES``.
+            longer than 256 bytes.
     """
 
     __slots__ = ("_plan", "_prefixes", "max_len", "min_len", "tokens")

@@ -32,13 +32,11 @@ Translating the rest of the SOUL calling conventions
 Janus documents only -100 and -109; the others are janusnet's choices (in
 :class:`~janusnet.ReturnCode`), kept in the -1xx range ``$Sock_Conn`` uses:
 
-=====  ======================  =========================================================
- -100  ``NO_FREE_SOCKET``      the registry's ``max_sockets`` numbers are all in use
- -101  ``ACCESS_DENIED``       the port's access rules forbid the target (nothing sent)
- -102  ``CONNECT_FAILED``      name resolution or TCP connect failed, or timed out
- -103  ``CONNECT_TLS_FAILED``  the ``SSL`` handshake at connect failed (socket closed)
- -109  ``PORT_LIMIT``          the port's ``max_sockets`` (SOCKPMAX) is reached
-=====  ======================  =========================================================
+* ``-100`` ``NO_FREE_SOCKET``: the registry's ``max_sockets`` numbers are all in use.
+* ``-101`` ``ACCESS_DENIED``: the port's access rules forbid the target (nothing sent).
+* ``-102`` ``CONNECT_FAILED``: name resolution or TCP connect failed, or timed out.
+* ``-103`` ``CONNECT_TLS_FAILED``: the ``SSL`` handshake at connect failed (socket closed).
+* ``-109`` ``PORT_LIMIT``: the port's ``max_sockets`` (SOCKPMAX) is reached.
 """
 
 from __future__ import annotations
