@@ -383,3 +383,58 @@ def test_scanner_cuts_a_large_buffer_in_windows_within_the_limit() -> None:
         # Records cut ahead stay within one window of the limit (plus the shortest token).
         assert scanner.ready_max <= 60
     assert got == [Parsed(body, tokens[k % 3], k % 3 + 1) for k, body in enumerate(bodies)]
+
+
+def _cut_work(pattern: str, records: int) -> tuple[int, int]:
+    """Bytes the scanner cuts ahead while a caller reads ``records`` 10-byte records the
+    way ``pattern`` says, and the bytes fed."""
+    from janusnet._scan import as_token_set
+
+    cut = [0]
+
+    class CountingScanner(Scanner):
+        def _window(self, *args: int | None) -> tuple[bytes, int, int]:
+            buf, pos, stop = super()._window(*args)  # type: ignore[arg-type]
+            cut[0] += stop - pos
+            return buf, pos, stop
+
+    scanner = CountingScanner()
+    data = b"".join(b"rec%05d\r\n" % (k % 100000) for k in range(records))
+    scanner.feed(data)
+    crlf = TokenSet([b"\r\n"])
+    other = TokenSet([b"\r\n", b"|"])
+    for k in range(records):
+        if pattern == "list":
+            tokens = as_token_set([b"\r\n"])  # a new, equal list per call
+        elif pattern == "alternate":
+            tokens = crlf if k % 2 else other
+        else:
+            tokens = crlf
+        result = scanner.scan(tokens, 65536, eof=False)
+        assert result == Parsed(b"rec%05d" % (k % 100000), b"\r\n", 1)
+        if pattern == "pending":
+            assert scanner.pending == len(data) - 10 * (k + 1)
+        elif pattern == "take":
+            scanner.unread(scanner.take(3))  # recv_exactly-style reads in between
+    return cut[0], len(data)
+
+
+@pytest.mark.parametrize("pattern", ["same", "list", "pending", "take", "alternate"])
+def test_cut_ahead_work_stays_linear(pattern: str) -> None:
+    """Records cut ahead and thrown away (a new token list per call, ``pending`` or a
+    raw read between records, alternating token sets) cost no more than the records
+    used: the window starts small (512 bytes) and grows only while its records are all
+    used. It was a whole ``max_bytes`` window (64 KiB) per record: ~6500 bytes cut per
+    byte fed for 10-byte records, quadratic with a large limit."""
+    cut, fed = _cut_work(pattern, 20000)
+    assert cut <= 64 * fed, f"{cut} bytes cut for {fed} fed"
+    if pattern == "same":
+        assert cut <= 3 * fed  # nothing thrown away: each byte cut about once
+
+
+def test_equal_token_lists_share_one_token_set() -> None:
+    from janusnet._scan import as_token_set
+
+    assert as_token_set([b"\r\n", b"\n"]) is as_token_set([b"\r\n", b"\n"])
+    assert as_token_set("AMBIG|0D0A|0D") is as_token_set("AMBIG|0D0A|0D")
+    assert as_token_set([b"\r\n"]) is not as_token_set([b"\n"])

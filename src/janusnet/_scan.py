@@ -34,6 +34,7 @@ they are handed out. No record in the window can be over the limit, so none is m
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +48,12 @@ __all__ = ["Parsed", "Scanner", "TokenSet"]
 #: Janus PRSTOK strings are written in hex; a token longer than this is almost surely a
 #: typo, and the partial-match check costs O(longest token), so keep tokens short.
 MAX_TOKEN_BYTES: Final = 256
+#: The first cut-ahead window, in bytes. The window doubles each time a batch of records
+#: cut ahead is handed out completely, and falls back here whenever records cut ahead are
+#: put back unread (``_settle``), so the work thrown away is never more than what was
+#: used: a caller that interleaves ``pending``, ``take`` or another token set with
+#: ``scan`` pays O(record) per record instead of O(max_bytes).
+AHEAD_MIN: Final = 512
 
 
 class Parsed(NamedTuple):
@@ -216,8 +223,22 @@ class TokenSet:
         return f"TokenSet({list(self.tokens)!r})"
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_prstok(spec: str) -> TokenSet:
+    return TokenSet.from_prstok(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tokens(tokens: tuple[bytes, ...]) -> TokenSet:
+    return TokenSet(tokens)
+
+
 def as_token_set(tokens: TokenSet | Iterable[bytes] | str) -> TokenSet:
     """Accept a :class:`TokenSet`, a list of bytes, or a PRSTOK string.
+
+    The same list or string gives the same ``TokenSet`` object on every call (a small
+    cache), so ``recv_parsed([b"\\n"])`` in a loop keeps the records already cut ahead
+    and the split plan instead of rebuilding both for every record.
 
     Raises:
         UsageError: as :class:`TokenSet` and :meth:`TokenSet.from_prstok`.
@@ -225,7 +246,9 @@ def as_token_set(tokens: TokenSet | Iterable[bytes] | str) -> TokenSet:
     if isinstance(tokens, TokenSet):
         return tokens
     if isinstance(tokens, str):
-        return TokenSet.from_prstok(tokens)
+        return _cached_prstok(tokens)
+    if isinstance(tokens, (list, tuple)) and all(type(t) is bytes for t in tokens):
+        return _cached_tokens(tuple(tokens))
     return TokenSet(tokens)
 
 
@@ -351,6 +374,7 @@ class Scanner:
     """
 
     __slots__ = (
+        "_ahead",
         "_buf",
         "_found",
         "_pos",
@@ -364,6 +388,7 @@ class Scanner:
 
     def __init__(self) -> None:
         self._buf: bytes | bytearray = b""
+        self._ahead = AHEAD_MIN  # current cut-ahead window (see AHEAD_MIN)
         # Bytes before _pos are consumed.
         self._pos = 0
         self._tokens: TokenSet | None = None
@@ -397,7 +422,10 @@ class Scanner:
         ready = self.ready
         self.ready = self.ready_tokens = None
         if ready is not None:
-            self._pos -= sum(len(data) + len(token or b"") for data, token, _ in ready)
+            unread = sum(len(data) + len(token or b"") for data, token, _ in ready)
+            if unread:
+                self._pos -= unread
+                self._ahead = AHEAD_MIN  # cut-ahead work was wasted: start small again
         self._reset()
 
     def _reset(self) -> None:
@@ -486,27 +514,34 @@ class Scanner:
         self._pos = self._scan_from = end
         return buf[pos:end]
 
-    def _window(self, max_bytes: int | None, token_len: int) -> tuple[bytes, int, int]:
+    def _window(
+        self, max_bytes: int | None, min_len: int, max_len: int, need: int
+    ) -> tuple[bytes, int, int]:
         """The buffer, the read offset and the end of the window to cut records from.
 
-        A window of ``max_bytes + token_len`` bytes cannot hold a record over the limit
-        (its token at least ``token_len`` long), so records cut from it need no measuring.
+        A window of ``max_bytes + min_len`` bytes cannot hold a record over the limit
+        (its token at least ``min_len`` long), so records cut from it need no measuring.
+        Within that, it spans the adaptive ``_ahead`` bytes (at least the first record,
+        whose data is ``need`` bytes long) plus the longest token.
         """
         buf = self._as_bytes()
         pos = self._pos
         stop = len(buf)
-        if max_bytes is not None and pos + max_bytes + token_len < stop:
-            stop = pos + max_bytes + token_len
+        if max_bytes is not None and pos + max_bytes + min_len < stop:
+            stop = pos + max_bytes + min_len
+        span = (self._ahead if self._ahead > need else need) + max_len
+        if pos + span < stop:
+            stop = pos + span
         return buf, pos, stop
 
-    def _cut_ahead(self, token: bytes, max_bytes: int | None) -> Parsed | None:
+    def _cut_ahead(self, token: bytes, max_bytes: int | None, need: int) -> Parsed | None:
         """Cut every complete record ended by ``token`` (the only token) at once.
 
         Only a window of ``max_bytes + len(token)`` bytes is cut, so no record in it can
         be over the limit: measuring every record instead costs more than the extra
         calls (a window holds about a thousand small records).
         """
-        buf, pos, stop = self._window(max_bytes, len(token))
+        buf, pos, stop = self._window(max_bytes, len(token), len(token), need)
         parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
         tail = len(parts.pop())  # the unfinished tail
         if not parts:
@@ -525,7 +560,7 @@ class Scanner:
         self.ready_tokens = self._tokens
         return first
 
-    def _cut_ahead_many(self, tokens: TokenSet, max_bytes: int | None) -> Parsed | None:
+    def _cut_ahead_many(self, tokens: TokenSet, max_bytes: int | None, need: int) -> Parsed | None:
         """Cut every record that is already settled, for a set of several tokens.
 
         As with one token, only a window of ``max_bytes`` + the shortest token is cut, so
@@ -533,7 +568,7 @@ class Scanner:
         settled (the caller then takes the first record on its own).
         """
         plan = tokens._split_plan
-        buf, pos, stop = self._window(max_bytes, tokens.min_len)
+        buf, pos, stop = self._window(max_bytes, tokens.min_len, tokens.max_len, need)
         if plan.fast:
             # Leave out the start of a multi-byte token still arriving: cut, it would
             # look like a lone token byte and send the whole region to the regex.
@@ -653,6 +688,8 @@ class Scanner:
             result = next(ready, None)
             if result is not None:
                 return result
+            # The whole batch was used: cut a bigger one next time.
+            self._ahead = self._ahead * 2 if self._ahead < (1 << 24) else self._ahead
         return self._scan(tokens, max_bytes, eof)
 
     def _scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
@@ -693,12 +730,12 @@ class Scanner:
         if best >= 0 and len(toks) == 1:
             # One token: no partial match can start before a complete one. (The record at
             # `best` always fits in the window; the general path below would also do.)
-            first = self._cut_ahead(toks[0], max_bytes)
+            first = self._cut_ahead(toks[0], max_bytes, best - pos)
             if first is not None:
                 return first
         if best >= 0 and best + tokens.max_len <= size:
             # No partial match can start at or before `best`: cut ahead.
-            first = self._cut_ahead_many(tokens, max_bytes)
+            first = self._cut_ahead_many(tokens, max_bytes, best - pos)
             if first is not None:
                 return first
 
