@@ -727,3 +727,26 @@ async def test_socket_ssl_on_after_an_unread_fin_refuses_and_keeps_the_socket(
         thread.join(5)
         listener.close()
     assert port.open_sockets == 0
+
+
+async def test_socket_dropped_without_aclose_gives_its_port_slot_back(anyio_backend: str) -> None:
+    """A socket garbage-collected while open warns (ResourceWarning) and releases its
+    ``max_sockets`` slot, so a leak in the application cannot lock the port for good."""
+    capped = ClientPort("CAPPED", max_sockets=1)
+    async with serve(echo) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=capped)
+        assert capped.open_sockets == 1
+        with pytest.warns(ResourceWarning, match="unclosed janusnet.Socket on client port"):
+            del sock  # the last reference: finalized here
+        assert capped.open_sockets == 0
+        async with await Socket.connect("127.0.0.1", number, client_port=capped) as again:
+            await again.send_line("ok")
+            assert (await again.recv_parsed()).data == b"ok"
+
+
+async def test_socket_recv_with_a_huge_limit_reads_what_is_there(anyio_backend: str) -> None:
+    """``recv(2**40)`` returns what arrived; it does not try to allocate the limit."""
+    async with serve(echo) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            await sock.send(b"small")
+            assert await sock.recv(2**40) == b"small"

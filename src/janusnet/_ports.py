@@ -203,7 +203,9 @@ class ClientPort:
     rules: Sequence[AccessRule] = ()
     max_sockets: int | None = None
     _open: list[int] = field(default_factory=lambda: [0], init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # Reentrant: a Socket's finalizer (garbage collection may run it anywhere, even while
+    # this thread holds the lock) releases its slot through it.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tls, TLSMode):

@@ -29,6 +29,7 @@ import enum
 import logging
 import socket as _stdsocket
 import ssl
+import warnings
 from collections.abc import Iterable  # at run time: typing.get_type_hints() resolves hints
 from types import TracebackType
 from typing import Final
@@ -58,6 +59,7 @@ from ._transport import (
     QUICKACK,
     TLS_RECORD,
     TRANSPORT_READ,
+    FdStream,
     FdTLSStream,
     allowed_addresses,
     connect_tcp,
@@ -231,6 +233,27 @@ class Socket:
         #: The proxy's reply to CONNECT when a :class:`~janusnet.ProxyTunnel` made this
         #: socket, else ``None``.
         self.proxy_reply: ProxyReply | None = None
+
+    def __del__(self) -> None:
+        # Dropped without aclose(): the client port would count this socket as open for
+        # ever (max_sockets). janusnet's own streams are closed here (no task can be
+        # waiting on a socket nobody holds); others are left to their own finalizers.
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            self._stream = None
+            self._port._release()
+            if isinstance(stream, (FdStream, FdTLSStream)):
+                stream._closed = True
+                stream._sock.close()
+            try:
+                warnings.warn(
+                    f"unclosed janusnet.Socket on client port {self._port.name!r}",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=2,
+                )
+            except Exception:  # noqa: S110 - interpreter shutdown: nothing left to warn with
+                pass
 
     # ------------------------------------------------------------------ construction
 
@@ -696,9 +719,11 @@ class Socket:
         while not scanner.pending:
             if self._at_end:
                 return b""
-            # Read no more than asked (at least RECEIVE_SIZE): the bytes read are then
+            # Read no more than asked (at least RECEIVE_SIZE, at most one transport read:
+            # the read's buffer is allocated at the size asked): the bytes read are then
             # usually the result itself, with no slice copied out of a bigger buffer.
-            await self._fill(max_bytes if max_bytes > RECEIVE_SIZE else RECEIVE_SIZE)
+            size = max_bytes if max_bytes > RECEIVE_SIZE else RECEIVE_SIZE
+            await self._fill(size if size < TRANSPORT_READ else TRANSPORT_READ)
         return scanner.take(max_bytes)
 
     async def recv_exactly(self, count: int) -> bytes:
