@@ -709,3 +709,38 @@ def test_cli_unwritable_stdout_is_one_line() -> None:
         assert proc.wait(timeout=60) == 1
     assert b"Traceback" not in stderr, stderr
     assert b"cannot write the output" in stderr
+
+
+def test_cli_probe_escapes_what_a_hostile_proxy_sends(origin: TLSOrigin) -> None:
+    """Reason phrase and headers from the proxy are printed escaped: an escape sequence
+    in them cannot retitle, clear or repaint the operator's terminal."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(
+                b"HTTP/1.1 403 Forbidden \x1b]0;PWNED\x07\x1b[2J\r\n"
+                b"X-Evil: \x1b[1;31mred\x1b[0m\r\nContent-Length: 0\r\n\r\n"
+            )
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        status, text = run(
+            "probe", f"localhost:{origin.port}", "--proxy", f"http://127.0.0.1:{port}"
+        )
+    finally:
+        thread.join(5)
+        listener.close()
+    assert status == 1
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J" in text
+    assert "X-Evil: \\x1b[1;31mred\\x1b[0m" in text
+    assert not any(ch in text for ch in "\x1b\x07")

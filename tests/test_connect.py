@@ -1716,3 +1716,26 @@ def test_reply_reader_refuses_other_major_versions(version: str) -> None:
     reader = ConnectReplyReader()
     with pytest.raises(ProxyProtocolError):
         reader.feed(f"HTTP/{version} 200 OK\r\n\r\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("head", "ok"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", False),
+    ],
+    ids=["both-well-formed", "huge-length", "te-gzip", "negative-length"],
+)
+def test_reply_reader_2xx_framing_headers(head: bytes, ok: bool) -> None:
+    """Well-formed Content-Length / Transfer-Encoding on a 2xx are ignored (RFC 9110
+    §9.3.6: what follows is the tunnel); malformed ones make the head malformed."""
+    reader = ConnectReplyReader()
+    if ok:
+        reply = reader.feed(head + b"tunnel")
+        assert reply is not None and reply.status == 200
+        assert reader.leftover == b"tunnel"
+    else:
+        with pytest.raises(ProxyProtocolError, match="malformed"):
+            reader.feed(head)

@@ -616,3 +616,106 @@ async def test_tunnel_port_tls_modes(
 def test_tunnel_max_head_bytes_must_be_a_positive_int(bad: object) -> None:
     with pytest.raises(UsageError):
         ProxyTunnel("http://127.0.0.1:3128", max_head_bytes=bad)  # type: ignore[arg-type]
+
+
+HOSTILE_REASON = b"Forbidden \x1b]0;PWNED\x07\x1b[2J\x1b[31mTLS verified OK\x1b[0m\x08\x7f"
+
+
+async def test_tunnel_proxy_text_cannot_drive_a_terminal(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Control characters in a proxy's reason phrase reach messages and log records
+    escaped (``\\x1b``), never raw; the exception keeps the reason as sent, and a huge
+    one is cut in the message."""
+    import logging
+
+    from loopback import serve
+
+    async def refuse(stream: anyio.abc.ByteStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive()
+        await stream.send(b"HTTP/1.1 403 " + HOSTILE_REASON + b"x" * 5000 + b"\r\n\r\n")
+        await anyio.sleep(1)
+
+    caplog.set_level(logging.INFO, logger="janusnet")
+    async with serve(refuse) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}")
+        with anyio.fail_after(5), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    text = str(info.value) + "".join(record.getMessage() for record in caplog.records)
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J" in text
+    assert not any(ch in text for ch in "\x1b\x07\x08\x7f")
+    assert info.value.reason.startswith(HOSTILE_REASON.decode("latin-1"))
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("auth", "challenge", "detail"),
+    [
+        (None, b'Basic realm="r"', "no credentials were given"),
+        (("alice", PASSWORD), b'Basic realm="r"', "the credentials sent (Basic) were rejected"),
+        (("alice", PASSWORD), b"NTLM, Negotiate", "it offers ntlm, negotiate; janusnet answers"),
+    ],
+    ids=["no-credentials", "rejected", "unanswerable-scheme"],
+)
+async def test_tunnel_407_says_why(
+    anyio_backend: str, auth: tuple[str, str] | None, challenge: bytes, detail: str
+) -> None:
+    from loopback import serve
+
+    async def refuse(stream: anyio.abc.ByteStream) -> None:
+        while True:  # every request on the connection: the same 407
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = await stream.receive()
+                head += data
+            await stream.send(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: "
+                + challenge
+                + b"\r\nContent-Length: 0\r\n\r\n"
+            )
+
+    async with serve(refuse) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=auth)
+        with anyio.fail_after(5), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("localhost", 443)
+    assert info.value.detail.startswith(detail)
+    assert str(info.value).endswith(info.value.detail)
+    assert PASSWORD not in str(info.value) + repr(info.value)
+
+
+async def test_tunnel_407_body_that_stalls_costs_a_second_then_a_new_connection(
+    anyio_backend: str,
+) -> None:
+    """A Digest 407 whose body never finishes: after ``DRAIN_TIMEOUT`` the answer goes on
+    a new connection, instead of the whole deadline going by."""
+    from janusnet._tunnel import DRAIN_TIMEOUT
+    from loopback import serve
+
+    answers: list[bytes] = []
+
+    async def proxy(stream: anyio.abc.ByteStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive()
+        if b"Proxy-Authorization: Digest" in head:
+            answers.append(head)
+            await stream.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            await stream.send(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b'Proxy-Authenticate: Digest realm="r", nonce="n", qop="auth"\r\n'
+                b"Content-Length: 10\r\n\r\nabc"  # 7 bytes short, for ever
+            )
+        await anyio.sleep(30)
+
+    async with serve(proxy) as port:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{port}", auth=("alice", PASSWORD), preemptive_basic=False,
+            timeout=DRAIN_TIMEOUT * 10,
+        )  # fmt: skip
+        with anyio.fail_after(DRAIN_TIMEOUT * 5):
+            async with await tunnel.open("localhost", 443) as sock:
+                assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+    assert len(answers) == 1

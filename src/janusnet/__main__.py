@@ -36,8 +36,10 @@ from ._exceptions import (
     JanusnetError,
     PendingDataError,
     ProxyAuthenticationRequired,
+    ProxyRefusedError,
     SSLOnError,
     UsageError,
+    printable,
     show_address,
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
@@ -411,7 +413,9 @@ async def probe(
                 sock = None  # _exchange closed it
                 headers = [f"{k}: {v}" for k, v in getattr(exc, "headers", ())]
                 if isinstance(exc, ProxyAuthenticationRequired):
-                    explained = f"{type(exc).__name__}: {exc}; {_auth_explanation(exc, url)}"
+                    # The probe's own explanation (it knows the URL) instead of exc.detail.
+                    refused = ProxyRefusedError(exc.status, exc.reason, proxy=exc.proxy)
+                    explained = f"{type(exc).__name__}: {refused}; {_auth_explanation(exc, url)}"
                     given = url.username is not None
                     fail("connect", exc, explained, headers=headers, credentials_given=given)
                 else:
@@ -518,25 +522,35 @@ async def _show_presented(
         step.details["presented_certificate"] = {"note": SECOND_HANDSHAKE, **presented}
 
 
+#: Longest peer-supplied text printed as it is (a 60 KB reason phrase is cut).
+SHOWN: Final = 2000
+
+
 def _print_steps(steps: Sequence[Step], out: TextIO) -> None:
     indent = " " * 30
 
+    # Reason phrases, headers and certificate names come from the peers: escaped, so a
+    # hostile proxy or origin cannot drive the terminal (JSON output escapes by itself).
     def detail(key: str, value: object, pad: str) -> None:
         if isinstance(value, dict):
-            out.write(f"{pad}{key}:\n")
+            out.write(f"{pad}{printable(key)}:\n")
             for sub_key, sub_value in value.items():
                 detail(str(sub_key), sub_value, pad + "  ")
         elif isinstance(value, list):
             for item in value:
-                out.write(f"{pad}{key}: {item}\n" if key != "headers" else f"{pad}{item}\n")
+                text = printable(str(item), SHOWN)
+                out.write(
+                    f"{pad}{printable(key)}: {text}\n" if key != "headers" else f"{pad}{text}\n"
+                )
         elif isinstance(value, bool):
-            out.write(f"{pad}{key}: {'yes' if value else 'no'}\n")
+            out.write(f"{pad}{printable(key)}: {'yes' if value else 'no'}\n")
         elif value is not None:
-            out.write(f"{pad}{key}: {value}\n")
+            out.write(f"{pad}{printable(key)}: {printable(str(value), SHOWN)}\n")
 
     for step in steps:
         status = "ok" if step.ok else "FAIL"
-        out.write(f"  {step.name:<9} {status:<4} {step.ms:8.1f} ms  {step.summary}\n")
+        summary = printable(step.summary, SHOWN)
+        out.write(f"  {step.name:<9} {status:<4} {step.ms:8.1f} ms  {summary}\n")
         for key, value in step.details.items():
             if key not in IN_SUMMARY:  # the summary line shows them; JSON keeps them
                 detail(key, value, indent)

@@ -32,7 +32,9 @@ port only.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
+from typing import Final
 
 __all__ = [
     "AccessDeniedError",
@@ -112,6 +114,17 @@ class UsageError(JanusnetError, ValueError):
 
     Raised before anything is sent, so nothing is lost.
     """
+
+
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text a peer sent (a reason phrase, a header), safe for a message, a log line or a
+    terminal: control characters (C0 but tab, DEL, C1) as ``\\xNN`` escapes, so an escape
+    sequence cannot retitle, clear or repaint an operator's terminal; cut at ``limit``."""
+    text = _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def show_address(host: str, port: int) -> str:
@@ -275,6 +288,9 @@ class ProxyRefusedError(JanusnetError):
         reason: the reason phrase (may be empty).
         headers: the reply's headers as ``(name, value)`` string pairs, in order.
         proxy: ``host:port`` of the proxy (never with credentials).
+        detail: janusnet's explanation, when it has one (for a 407: no credentials
+            given, the credentials sent were rejected, or a scheme janusnet does not
+            answer); never contains credentials.
     """
 
     def __init__(
@@ -284,9 +300,12 @@ class ProxyRefusedError(JanusnetError):
         headers: Sequence[tuple[str, str]] = (),
         *,
         proxy: str = "",
+        detail: str = "",
     ) -> None:
         where = f" {proxy}" if proxy else ""
-        super().__init__(f"proxy{where} refused CONNECT: {status} {reason}".rstrip())
+        message = f"proxy{where} refused CONNECT: {status} {printable(reason)}".rstrip()
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.detail = detail
         self.status = status
         self.reason = reason
         self.headers: tuple[tuple[str, str], ...] = tuple(headers)

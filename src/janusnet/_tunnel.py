@@ -48,9 +48,11 @@ from ._connect import (
 )
 from ._exceptions import (
     NotSSLPortError,
+    ProxyAuthenticationRequired,
     ProxyProtocolError,
     SocketResetError,
     UsageError,
+    printable,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
@@ -66,6 +68,8 @@ logger = logging.getLogger("janusnet")
 DEFAULT_PROXY_CONNECT_TIMEOUT: Final = 10.0
 #: Default deadline over connect + CONNECT exchange (+ the handshake in ``open_tls``).
 DEFAULT_TUNNEL_TIMEOUT: Final = 30.0
+#: How long a 407's body may take to arrive before the answer goes on a new connection.
+DRAIN_TIMEOUT: Final = 1.0
 #: CONNECT requests kept serialised per tunnel object: far more targets than a program
 #: talks to at once, small enough (~100 bytes each) never to matter for memory.
 REQUEST_CACHE_SIZE: Final = 256
@@ -350,9 +354,11 @@ class ProxyTunnel:
     async def _open(self, authority: str, target: str, phase: list[str]) -> Socket:
         sock = await self._connect_proxy(target)
         phase[0] = "waiting for the proxy's reply"
-        return await self._exchange(sock, authority, target)
+        return await self._exchange(sock, authority, target, phase)
 
-    async def _exchange(self, sock: Socket, authority: str, target: str) -> Socket:
+    async def _exchange(
+        self, sock: Socket, authority: str, target: str, phase: list[str] | None = None
+    ) -> Socket:
         """Run CONNECT on ``sock`` (a fresh connection to the proxy); close it on failure.
 
         Returns the tunnel socket: ``sock``, or a new connection when the proxy closed the
@@ -394,7 +400,7 @@ class ProxyTunnel:
                     authority,
                     self._address,
                     reply.status,
-                    reply.reason,
+                    printable(reply.reason),
                 )
                 if 200 <= reply.status < 300:
                     sock._unread(reader.leftover)
@@ -413,13 +419,27 @@ class ProxyTunnel:
                 if answer is not None:
                     answered = True
                     authorization = answer
+                    if phase is not None:
+                        phase[0] = "reading the body of the proxy's 407, to answer it"
                     if not await self._drain(sock, reader):
                         await sock.aclose()
+                        if phase is not None:
+                            phase[0] = "connecting to the proxy again, to answer its 407"
                         sock = await self._connect_proxy(target)
+                    if phase is not None:
+                        phase[0] = "waiting for the proxy's reply to the answer to its 407"
                     continue
                 logger.warning(
                     "proxy %s refused CONNECT %s: %s", self._address, authority, reply.status
                 )
+                if reply.status == 407:
+                    raise ProxyAuthenticationRequired(
+                        reply.status,
+                        reply.reason,
+                        reply.headers,
+                        proxy=self._address,
+                        detail=self._why_407(reply, authorization),
+                    )
                 check_reply(reply, proxy=self._address)
                 raise ProxyProtocolError(  # pragma: no cover - check_reply raised
                     f"unexpected reply {reply.status}", proxy=self._address
@@ -427,6 +447,18 @@ class ProxyTunnel:
         except BaseException:
             await sock.aclose()
             raise
+
+    def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
+        """Why a 407 ends the exchange, in words that never include the credentials."""
+        if not self._credentials:
+            return "no credentials were given (auth=, or user:password@ in the proxy URL)"
+        schemes = [c.scheme for c in parse_challenges(reply.get_all("proxy-authenticate"))]
+        if sent is not None:
+            scheme = sent.split(b" ", 1)[0].decode("ascii", "replace")
+            if not schemes or scheme.lower() in schemes:
+                return f"the credentials sent ({scheme}) were rejected"
+        offered = ", ".join(printable(scheme, 40) for scheme in schemes) or "no scheme"
+        return f"it offers {offered}; janusnet answers Basic and Digest"
 
     def _answer(self, reply: ProxyReply, authority: str, *, sent_basic: bool) -> bytes | None:
         """The ``Proxy-Authorization`` answering a 407, or None when there is none to try.
@@ -463,13 +495,17 @@ class ProxyTunnel:
         """Drain a 407 body so the connection can carry the retry; False = reconnect."""
         if not reader.reusable:
             return False
-        try:
-            done = reader.drain_body(b"")
-            while not done:
-                data = await sock.recv(RECEIVE_SIZE)
-                if not data:
-                    return False
-                done = reader.drain_body(data)
-        except (ProxyProtocolError, SocketResetError, UsageError):
-            return False
-        return not reader.leftover
+        # A body that stalls costs at most DRAIN_TIMEOUT of the deadline, then a new
+        # connection carries the answer.
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            try:
+                done = reader.drain_body(b"")
+                while not done:
+                    data = await sock.recv(RECEIVE_SIZE)
+                    if not data:
+                        return False
+                    done = reader.drain_body(data)
+            except (ProxyProtocolError, SocketResetError, UsageError):
+                return False
+            return not reader.leftover
+        return False
