@@ -132,6 +132,30 @@ async def test_group_ssl_on_all_stalled_member_times_out_alone(
                 assert await roundtrip(sock, "fine") == b"fine"
 
 
+async def test_group_ssl_on_all_total_timeout_bounds_the_whole_call(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    """Stalling peers hold every slot: ``total_timeout`` ends the call anyway, with a code
+    for every member: -111 (closed) for those in flight, -149 (unchanged) for the one that
+    never got a slot (which one that is, the scheduler decides)."""
+    async with serve(stall_after_hello) as stalled:
+        async with SocketGroup() as group:
+            socks = [await group.connect("localhost", stalled, client_port=port) for _ in range(3)]
+
+            with anyio.fail_after(5):
+                results = await group.ssl_on_all(
+                    max_concurrency=2, timeout=None, total_timeout=0.3
+                )
+
+            assert set(results) == set(socks)
+            assert sorted(results.values()) == [-149, -111, -111]
+            for sock, code in results.items():
+                if code == ReturnCode.HANDSHAKE_FAILED:
+                    assert sock.closed
+                else:
+                    assert not sock.closed and sock.tls is None
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", None, True])
 async def test_group_ssl_on_all_refuses_bad_concurrency(anyio_backend: str, bad: object) -> None:
     with pytest.raises(UsageError):

@@ -190,6 +190,7 @@ class SocketGroup:
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        total_timeout: float | None = None,
     ) -> dict[Socket, ReturnCode]:
         """Upgrade every relevant member to TLS, concurrently (Janus ``$Sock_SSL_On(-1)``).
 
@@ -205,7 +206,12 @@ class SocketGroup:
             ssl_context: passed to every ``ssl_on()``; by default each socket's port decides.
             timeout: each handshake's deadline, in seconds (``None`` for none); a member
                 whose peer does not finish in time gets -111 and is closed, the others
-                go on.
+                go on. It starts when that handshake starts: with ``max_concurrency``
+                slots taken by stalling peers the call can last many times ``timeout``.
+            total_timeout: one deadline over the whole call, in seconds (``None``, the
+                default, for none). When it expires, handshakes in flight are stopped
+                (-111, closed) and members still waiting for a slot are left as they
+                were (-149); every relevant member still gets its code.
 
         Returns:
             ``{socket: code}`` for every relevant socket, in membership order:
@@ -231,6 +237,10 @@ class SocketGroup:
                     await sock.ssl_on(
                         server_hostname=server_hostname, ssl_context=ssl_context, timeout=timeout
                     )
+                except anyio.get_cancelled_exc_class():
+                    # total_timeout (or the caller's cancellation): ssl_on() closed it.
+                    results[sock] = ReturnCode.HANDSHAKE_FAILED
+                    raise
                 except SSLOnError as exc:
                     results[sock] = exc.code
                 except TimeoutError:  # the peer did not finish the handshake; sock closed
@@ -240,9 +250,10 @@ class SocketGroup:
                 else:
                     results[sock] = ReturnCode.OK
 
-        async with anyio.create_task_group() as tg:
-            for sock in relevant:
-                tg.start_soon(upgrade, sock)
+        with anyio.move_on_after(total_timeout):
+            async with anyio.create_task_group() as tg:
+                for sock in relevant:
+                    tg.start_soon(upgrade, sock)
         return results
 
     def apply_settings(
