@@ -204,8 +204,12 @@ def _quoted(value: str) -> str:
 _ECHOED: Final = ("realm", "nonce", "opaque", "algorithm")
 
 
+#: C0 (TAB included), DEL and C1: never echoed into a Digest answer.
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(value: str) -> bool:
-    return any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value)
+    return _CONTROL_RE.search(value) is not None
 
 
 def _echoable(value: str) -> bool:
