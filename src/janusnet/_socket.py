@@ -30,7 +30,7 @@ import logging
 import socket as _stdsocket
 import ssl
 import warnings
-from collections.abc import Iterable  # at run time: typing.get_type_hints() resolves hints
+from collections.abc import Callable, Iterable  # at run time: get_type_hints() needs them
 from types import TracebackType
 from typing import Final
 
@@ -234,26 +234,30 @@ class Socket:
         #: socket, else ``None``.
         self.proxy_reply: ProxyReply | None = None
 
-    def __del__(self) -> None:
+    def __del__(
+        self,
+        _warn: Callable[..., None] = warnings.warn,
+        _direct: tuple[type[FdStream], type[FdTLSStream]] = (FdStream, FdTLSStream),
+    ) -> None:
         # Dropped without aclose(): the client port would count this socket as open for
         # ever (max_sockets). janusnet's own streams are closed here (no task can be
         # waiting on a socket nobody holds); others are left to their own finalizers.
+        # (``_warn`` and ``_direct`` are bound at definition, as the socket module does:
+        # at interpreter shutdown module globals may already be gone.)
         stream = getattr(self, "_stream", None)
-        if stream is not None:
-            self._stream = None
-            self._port._release()
-            if isinstance(stream, (FdStream, FdTLSStream)):
-                stream._closed = True
-                stream._sock.close()
-            try:
-                warnings.warn(
-                    f"unclosed janusnet.Socket on client port {self._port.name!r}",
-                    ResourceWarning,
-                    source=self,
-                    stacklevel=2,
-                )
-            except Exception:  # noqa: S110 - interpreter shutdown: nothing left to warn with
-                pass
+        if stream is None:
+            return
+        self._stream = None
+        self._port._release()
+        if isinstance(stream, _direct):
+            stream._closed = True
+            stream._sock.close()
+        _warn(
+            f"unclosed janusnet.Socket on client port {self._port.name!r}",
+            ResourceWarning,
+            source=self,
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------------ construction
 

@@ -363,9 +363,11 @@ class FdTLSStream(_Direct):
         ``BrokenResourceError``.
         """
         try:
-            while not self._flush_now():
+            while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
+                if self._flush_now():
+                    return
                 if self._flushing:
                     await self._wait_progress()
                     continue
