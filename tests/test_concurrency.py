@@ -328,3 +328,73 @@ async def test_a_cancelled_send_cuts_no_record_and_the_connection_goes_on(
                 await done.wait()
     assert received.endswith(b"xEND")
     assert received[:-3].count(b"x") == len(received) - 3 >= 1024 * 1024
+
+
+async def test_close_right_after_a_large_send_delivers_all_of_it(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    """``send()`` then ``aclose()`` at once, while the peer is still reading: the peer gets
+    every byte. The server's TLS 1.3 session tickets sit unread in our kernel buffer; a
+    close with unread bytes is a reset on Linux, and a reset makes the peer's kernel drop
+    what it had not read yet (it lost megabytes before janusnet read them first)."""
+    total = 20 * 1024 * 1024
+    received = [0]
+    done = anyio.Event()
+
+    async def sink(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, server_context)
+        try:
+            while True:
+                received[0] += len(await tls.receive())
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            done.set()
+
+    port = client_port(ca)
+    async with serve(sink) as number:
+        sock = await Socket.connect("localhost", number, client_port=port, tls=True)
+        await sock.send(b"x" * total)
+        await sock.aclose()
+        with anyio.fail_after(10):
+            await done.wait()
+    assert received[0] == total
+
+
+async def test_receive_after_a_cancelled_send_does_not_wait_to_write(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    """A send cancelled while the peer read nothing leaves encrypted bytes to send. A
+    receive must still return what the peer sent, without first waiting for the socket
+    to take those bytes: this peer reads nothing until the client has its line (an echo
+    server blocked on its own write behaves the same)."""
+    got_line = anyio.Event()
+    received = bytearray()
+    done = anyio.Event()
+
+    async def peer(stream: SocketStream) -> None:
+        tls = await tls_server_side(stream, server_context)
+        await tls.send(b"hello\r\n")
+        await got_line.wait()
+        while not received.endswith(b"END"):
+            received.extend(await tls.receive())
+        done.set()
+        await anyio.sleep_forever()
+
+    port = client_port(ca)
+    async with serve(peer) as number:
+        async with await Socket.connect("localhost", number, client_port=port, tls=True) as sock:
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_blocked() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when_blocked)
+                    while True:
+                        await sock.send(b"x" * 1024 * 1024)
+            with anyio.fail_after(5):
+                assert (await sock.recv_parsed()).data == b"hello"
+                got_line.set()
+                await sock.send(b"END")
+                await done.wait()
+    assert received.endswith(b"xEND") and received[:-3].count(b"x") == len(received) - 3

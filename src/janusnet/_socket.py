@@ -250,8 +250,7 @@ class Socket:
         self._stream = None
         self._port._release()
         if isinstance(stream, _direct):
-            stream._closed = True
-            stream._sock.close()
+            stream._close_now(notify=False)  # nobody can be waiting on it
         _warn(
             f"unclosed janusnet.Socket on client port {self._port.name!r}",
             ResourceWarning,

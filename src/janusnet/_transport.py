@@ -75,6 +75,9 @@ TLS_READ: Final = 65536
 TLS_WRITE: Final = 65536
 #: Linux's ``TCP_QUICKACK`` (0 where it does not exist): see ``Socket._ack_promptly``.
 QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
+#: Unread received bytes read and dropped at most when a direct socket closes (see
+#: ``_Direct._close_now``); past that the close is a reset.
+CLOSE_DRAIN: Final = 1 << 20
 #: Bytes peeked at most where FIONREAD is missing.
 _PEEK_BYTES: Final = 65536
 
@@ -192,14 +195,37 @@ class _Direct(SocketStream):
         finally:
             self._sending = False
 
+    def _close_now(self, notify: bool = True) -> None:
+        """Close the socket at once (idempotent).
+
+        Bytes the kernel received that nobody read (a TLS 1.3 server's session tickets
+        after an upload, say) are read first, up to ``CLOSE_DRAIN``: closing a socket with
+        unread bytes makes Linux send a reset instead of a FIN, and a reset makes the
+        peer's kernel throw away what we sent that the peer had not read yet. (An event
+        loop's transport reads continuously, so its close never meets unread bytes.)
+        """
+        if self._closed:  # closed, or its socket handed over (FdTLSStream.wrap)
+            return
+        self._closed = True
+        sock = self._sock
+        if sock.fileno() < 0:
+            return
+        if notify:
+            _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
+        drained = 0
+        try:
+            while drained < CLOSE_DRAIN:
+                data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:  # BlockingIOError: nothing unread; anything else: closing anyway
+            pass
+        sock.close()
+
     async def aclose(self) -> None:
         # Closed at once (no await first), so a cancelled or forceful close still closes.
-        if not self._closed:
-            self._closed = True
-            sock = self._sock
-            if sock.fileno() >= 0:
-                _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
-                sock.close()
+        self._close_now()
         await _checkpoint()
 
 
@@ -410,13 +436,40 @@ class FdTLSStream(_Direct):
         else:
             self._in.write_eof()
 
-    async def _answer(self) -> None:
-        """Send what a read produced (a KeyUpdate's answer, a renegotiation's messages).
+    def _push_now(self) -> bool:
+        """:meth:`_flush_now` for a receiver: an error sending is left for the sender (or
+        the receive itself) to meet; ``True`` when no ciphertext is left."""
+        try:
+            return self._flush_now()
+        except OSError:
+            return True
 
-        Never waits for a blocked sender: its flush sends this too.
-        """
-        if not self._flush_now() and not self._flushing:
-            await self._flush()
+    async def _feed_or_push(self) -> None:
+        """For a receiver: wait for ciphertext to read (:meth:`_feed`) and, while output is
+        waiting that nobody else is sending (a KeyUpdate's answer, a renegotiation's
+        messages, what a cancelled send had encrypted), push it whenever the socket takes
+        it. A receiver never waits on writing alone: a peer that stops reading until it is
+        read from would then wait for ever."""
+        if self._flushing or self._push_now():
+            await self._feed()
+            return
+
+        async def push() -> None:
+            try:
+                await self._flush()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # for the sender, or the read, to meet
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(push)
+            try:
+                await self._feed()
+            except Exception as exc:  # raised below, not wrapped in an exception group
+                failure = exc
+            tg.cancel_scope.cancel()  # data came first: the rest waits in _unsent
+        if failure is not None:
+            raise failure
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -443,10 +496,10 @@ class FdTLSStream(_Direct):
                 except ssl.SSLError as exc:
                     raise anyio.BrokenResourceError from exc
                 if self._unsent is not None or self._out.pending:
-                    await self._answer()
+                    self._push_now()  # what the socket takes now; never wait to write here
                 if data is not None:
                     break
-                await self._feed()
+                await self._feed_or_push()
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
         finally:
