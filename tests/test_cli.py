@@ -553,13 +553,18 @@ def test_cli_probe_unusable_proxy_cafile_is_a_usage_error(
     assert text.startswith("janusnet probe: cannot load --proxy-cafile")
 
 
+def help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """A ``--help`` output, exit status checked, on one line (argparse wraps lines)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_probe_help_explains_target_options_and_exit_status(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["probe", "--help"])
-    assert info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    text = help_text(["probe", "--help"], capsys)
     for needle in (
         "[::1]:443",
         "--proxy-cafile FILE",
@@ -585,10 +590,7 @@ def test_cli_without_a_command_names_the_commands(capsys: pytest.CaptureFixture[
 
 
 def test_cli_demo_help_describes_it(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["demo", "--help"])
-    assert info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    text = help_text(["demo", "--help"], capsys)
     for needle in (
         "$Sock_SSL_On flow",
         "on loopback",
