@@ -288,6 +288,22 @@ async def test_tls_description_outlives_the_session(
         assert "tls=TLSv1." in repr(sock)
 
 
+async def send_until_blocked_then_cancel(sock: Socket) -> bool:
+    """Send 1 MiB at a time until every task is blocked (the peer reads nothing), then
+    cancel the send; whether the cancellation was caught."""
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_blocked() -> None:
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_blocked)
+            while True:
+                await sock.send(b"x" * 1024 * 1024)
+    return scope.cancelled_caught
+
+
 async def test_a_cancelled_send_cuts_no_record_and_the_connection_goes_on(
     anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
 ) -> None:
@@ -310,17 +326,7 @@ async def test_a_cancelled_send_cuts_no_record_and_the_connection_goes_on(
     port = client_port(ca)
     async with serve(peer) as number:
         async with await Socket.connect("localhost", number, client_port=port, tls=True) as sock:
-            with anyio.CancelScope() as scope:
-
-                async def cancel_when_blocked() -> None:
-                    await anyio.wait_all_tasks_blocked()
-                    scope.cancel()
-
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(cancel_when_blocked)
-                    while True:
-                        await sock.send(b"x" * 1024 * 1024)
-            assert scope.cancelled_caught
+            assert await send_until_blocked_then_cancel(sock)
             go.set()
             with anyio.fail_after(10):
                 assert (await sock.recv_parsed()).data == b"still here"
@@ -382,16 +388,7 @@ async def test_receive_after_a_cancelled_send_does_not_wait_to_write(
     port = client_port(ca)
     async with serve(peer) as number:
         async with await Socket.connect("localhost", number, client_port=port, tls=True) as sock:
-            with anyio.CancelScope() as scope:
-
-                async def cancel_when_blocked() -> None:
-                    await anyio.wait_all_tasks_blocked()
-                    scope.cancel()
-
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(cancel_when_blocked)
-                    while True:
-                        await sock.send(b"x" * 1024 * 1024)
+            await send_until_blocked_then_cancel(sock)
             with anyio.fail_after(5):
                 assert (await sock.recv_parsed()).data == b"hello"
                 got_line.set()

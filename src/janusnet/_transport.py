@@ -18,7 +18,7 @@ import select
 import socket as _stdsocket
 import ssl
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -111,7 +111,7 @@ _checkpoint = anyio.lowlevel.checkpoint
 
 class _Direct(SocketStream):
     """What :class:`FdStream` and :class:`FdTLSStream` share: a non-blocking socket
-    (or ``SSLSocket``) called directly, waited on with anyio only when it would block.
+    called directly, waited on with anyio only when it would block.
 
     Like anyio's own streams, every call is a checkpoint (before it touches the socket, so
     a cancelled call has taken nothing), a second concurrent receive or send raises
@@ -119,18 +119,13 @@ class _Direct(SocketStream):
     (``ClosedResourceError``).
     """
 
-    __slots__ = ("_closed", "_receiving", "_sending", "_sock", "_torn")
-
-    #: Whether a write that stopped half-way leaves the stream unusable (a cut TLS
-    #: record) rather than just shorter (plain TCP).
-    _records: ClassVar[bool] = False
+    __slots__ = ("_closed", "_receiving", "_sending", "_sock")
 
     def __init__(self, sock: _stdsocket.socket) -> None:
         self._sock = sock
         self._closed = False
         self._receiving = False
         self._sending = False
-        self._torn = False  # a send was cancelled inside a record: no write may follow
 
     @property
     def _raw_socket(self) -> _stdsocket.socket:
@@ -139,21 +134,16 @@ class _Direct(SocketStream):
     async def _call(
         self, op: Callable[[Any], Any], arg: Any, blocked: Callable[[Any], Awaitable[None]]
     ) -> Any:
-        """``op(arg)``, waiting while it would block (``blocked`` for a plain socket's
-        ``BlockingIOError``; a TLS socket says which way it waits)."""
+        """``op(arg)``, waiting with ``blocked`` while it would block."""
         sock = self._sock
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
                 return op(arg)
-            except ssl.SSLWantReadError:
-                await _wait_readable(sock)
-            except ssl.SSLWantWriteError:  # e.g. a post-handshake message to answer first
-                await _wait_writable(sock)
             except BlockingIOError:
                 await blocked(sock)
-            except OSError as exc:  # ssl.SSLError included
+            except OSError as exc:
                 if self._closed:
                     raise anyio.ClosedResourceError from None
                 raise anyio.BrokenResourceError from exc
@@ -169,29 +159,17 @@ class _Direct(SocketStream):
             self._receiving = False
         if data:
             return data
-        raise anyio.EndOfStream  # for TLS also a ragged EOF (suppress_ragged_eofs)
+        raise anyio.EndOfStream
 
     async def send(self, item: bytes) -> None:
         await _checkpoint()  # a cancellation here has written nothing
-        if self._torn:
-            raise anyio.BrokenResourceError(
-                "an earlier send was cancelled part-way through a TLS record; "
-                "this connection cannot send any more (receiving still works)"
-            )
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         self._sending = True
         try:
             view = memoryview(item)
             while view:
-                # TLS writes all or nothing, and a retry after SSLWantWriteError must
-                # pass the same bytes again.
                 view = view[await self._call(self._sock.send, view, _wait_writable) :]
-        except anyio.get_cancelled_exc_class():
-            # Cancelled while OpenSSL waited to write the rest of a record: the peer
-            # would see a cut record, so no other write may follow it.
-            self._torn = self._records
-            raise
         finally:
             self._sending = False
 
