@@ -156,6 +156,7 @@ def _records_columns(
         column("asyncio readuntil" if not three else "asyncio (hand-written)", "asyncio_streams"),
         column("janusnet (asyncio) recv_parsed", "janusnet_asyncio"),
         column("janusnet (trio) recv_parsed", "janusnet_trio"),
+        column("janusnet (asyncio) tokens per call", "janusnet_per_call"),
         column("anyio receive_until" if not three else "anyio (hand-written)", "anyio_streams"),
         column("trio (hand-written)", "trio_handwritten"),
         column("blocking socket" + hand, "blocking_socket"),

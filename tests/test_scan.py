@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from janusnet import ClientPort, Parsed, TokenSet, UsageError
-from janusnet._scan import Scanner
+from janusnet._scan import MEASURE_BELOW, Scanner
 
 CRLF = TokenSet([b"\r\n"])
 AMBIG = TokenSet([b"\r\n", b"\r"])
@@ -329,8 +329,8 @@ def test_fast_cut_gives_the_regex_cut_or_declines(case: tuple[TokenSet, bytes, b
     plan = tokens._split_plan
     if not plan.fast:
         return
-    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), tokens.max_len)
-    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), tokens.max_len)
+    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), tokens.max_len, None)
+    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), tokens.max_len, None)
     if fast is not None:
         assert slow is not None
         assert (list(fast), fast_end) == (list(slow), slow_end)
@@ -352,8 +352,8 @@ def test_fast_cut_takes_clean_records(tokens: list[bytes]) -> None:
     stream = b"".join(
         bytes([0x61 + k % 26]) * (k % 7) + tokens[k % len(tokens)] for k in range(3000)
     )
-    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), token_set.max_len)
-    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), token_set.max_len)
+    fast, fast_end = Scanner._cut_fast(plan, stream, len(stream), token_set.max_len, None)
+    slow, slow_end = Scanner._cut_regex(plan, stream, len(stream), token_set.max_len, None)
     assert fast is not None and slow is not None
     fast_records = list(fast)
     assert (fast_records, fast_end) == (list(slow), slow_end)
@@ -385,6 +385,41 @@ def test_scanner_cuts_a_large_buffer_in_windows_within_the_limit() -> None:
     assert got == [Parsed(body, tokens[k % 3], k % 3 + 1) for k, body in enumerate(bodies)]
 
 
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pytest.param([b"\r\n"], id="one-token"),
+        pytest.param([b"\r\n", b"\n", b"|"], id="fast-cut"),
+        pytest.param([b"ab", b"bc"], id="regex-cut"),
+    ],
+)
+@pytest.mark.parametrize("limit", [1, 5, 40, 700, MEASURE_BELOW - 1, MEASURE_BELOW])
+def test_records_over_a_small_limit_inside_a_wide_window(tokens: list[bytes], limit: int) -> None:
+    """Below MEASURE_BELOW the window is wider than the limit and its records are
+    measured: a record over the limit, anywhere in it, still comes back cut at the limit."""
+    token_set = TokenSet(tokens)
+    bodies = [b"x" * (k % 30) for k in range(400)]
+    bodies[150] = b"y" * (limit + 1)  # one record just over the limit
+    bodies[300] = b"z" * (limit + 3000)
+    stream = b"".join(body + tokens[k % len(tokens)] for k, body in enumerate(bodies))
+    assert drive([stream], token_set, limit) == oracle(stream, token_set, limit)
+    assert drive([stream[:5000], stream[5000:]], token_set, limit) == oracle(
+        stream, token_set, limit
+    )
+
+
+def test_a_wide_window_declines_a_record_over_the_limit() -> None:
+    """The measured cuts say so (end -1) instead of handing out a record over the limit."""
+    token_set = TokenSet([b"\r\n", b"\n", b"|"])
+    plan = token_set._split_plan
+    stream = b"ab|cdef\r\ng\n"
+    for cut in (Scanner._cut_fast, Scanner._cut_regex):
+        assert cut(plan, stream, len(stream), token_set.max_len, 3) == (None, -1)
+        ready, end = cut(plan, stream, len(stream), token_set.max_len, 4)
+        assert ready is not None and end == len(stream) - 2  # b"\n" could be b"\n..."
+        assert [record.data for record in ready] == [b"ab", b"cdef"]
+
+
 def _cut_work(pattern: str, records: int) -> tuple[int, int]:
     """Bytes the scanner cuts ahead while a caller reads ``records`` 10-byte records the
     way ``pattern`` says, and the bytes fed."""
@@ -393,10 +428,10 @@ def _cut_work(pattern: str, records: int) -> tuple[int, int]:
     cut = [0]
 
     class CountingScanner(Scanner):
-        def _window(self, *args: int | None) -> tuple[bytes, int, int]:
-            buf, pos, stop = super()._window(*args)  # type: ignore[arg-type]
+        def _window(self, *args: int | None) -> tuple[bytes, int, int, int | None]:
+            buf, pos, stop, limit = super()._window(*args)  # type: ignore[arg-type]
             cut[0] += stop - pos
-            return buf, pos, stop
+            return buf, pos, stop, limit
 
     scanner = CountingScanner()
     data = b"".join(b"rec%05d\r\n" % (k % 100000) for k in range(records))

@@ -374,6 +374,59 @@ async def test_socket_recv_parsed_across_segments_and_eof(anyio_backend: str) ->
             assert sock.state is SocketState.FIN_RECEIVED
 
 
+async def test_recv_parsed_arguments_that_change_between_calls(anyio_backend: str) -> None:
+    """Records cut ahead for one call's arguments go only to calls with equal ones: a
+    mutated list, a smaller limit, another token set or a bad limit each get their own
+    answer, as if nothing had been cut ahead."""
+    records = b"".join(b"r%02d|%d\r\n" % (k, k % 10) for k in range(60))
+
+    async def burst(stream: SocketStream) -> None:
+        await stream.send(records + b"a\r\nb\r\nc\r\nd\r\ne\r\n")
+        await stream.receive()  # stays open until the client is done
+
+    async with serve(burst) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            # Let the burst arrive whole, so the first call cuts records ahead (the
+            # answers must be the same if it does not).
+            await anyio.sleep(0.1)
+            tokens = [b"\r\n"]
+            assert await sock.recv_parsed(tokens) == (b"r00|0", b"\r\n", 1)
+            assert await sock.recv_parsed([b"\r\n"]) == (b"r01|1", b"\r\n", 1)
+            tokens[0] = b"|"  # the caller's list changes: so do the records
+            assert await sock.recv_parsed(tokens) == (b"r02", b"|", 1)
+            assert await sock.recv_parsed(tokens) == (b"2\r\nr03", b"|", 1)
+            assert await sock.recv_parsed("0D0A") == (b"3", b"\r\n", 1)
+            assert await sock.recv_parsed(janusnet.TokenSet([b"|", b"\r\n"])) == (
+                b"r04",
+                b"|",
+                1,
+            )
+            crlf_bar = janusnet.TokenSet([b"|", b"\r\n"])  # equal, not the same object
+            assert await sock.recv_parsed(crlf_bar) == (b"4", b"\r\n", 2)
+            assert await sock.recv_parsed(max_bytes=100) == (b"r05|5", b"\r\n", 1)
+            assert await sock.recv_parsed(max_bytes=2) == (b"r0", None, 0)  # smaller
+            assert await sock.recv_parsed(max_bytes=100) == (b"6|6", b"\r\n", 1)
+            separator = [bytearray(b"\r\n")]
+            assert await sock.recv_parsed(separator) == (b"r07|7", b"\r\n", 1)
+            separator[0][:] = b"|"  # a token changed in place
+            assert await sock.recv_parsed(separator) == (b"r08", b"|", 1)
+            assert await sock.recv_parsed(max_bytes=100) == (b"8", b"\r\n", 1)
+            for k in range(9, 60):
+                assert await sock.recv_parsed(max_bytes=100) == (
+                    b"r%02d|%d" % (k, k % 10),
+                    b"\r\n",
+                    1,
+                )
+            assert await sock.recv_parsed(max_bytes=1) == (b"a", b"\r\n", 1)
+            for bad in (True, 1.0):
+                with pytest.raises(UsageError, match="max_bytes"):
+                    await sock.recv_parsed(max_bytes=bad)  # type: ignore[arg-type]
+            assert await sock.recv_parsed(max_bytes=1) == (b"b", b"\r\n", 1)
+            assert await sock.recv_parsed(tokens=(b"\r\n",)) == (b"c", b"\r\n", 1)
+            assert await sock.recv_parsed(tokens=(b"\r\n",)) == (b"d", b"\r\n", 1)
+            assert await sock.recv_parsed(tokens=[b"\r\n"]) == (b"e", b"\r\n", 1)
+
+
 async def test_socket_recv_exactly_and_incomplete(anyio_backend: str) -> None:
     async def short(stream: SocketStream) -> None:
         await stream.send(b"0123456789")

@@ -54,6 +54,12 @@ MAX_TOKEN_BYTES: Final = 256
 #: used: a caller that interleaves ``pending``, ``take`` or another token set with
 #: ``scan`` pays O(record) per record instead of O(max_bytes).
 AHEAD_MIN: Final = 512
+#: A limit this small would make the cut-ahead window small too (a window of
+#: ``max_bytes`` plus the shortest token cannot hold a record over the limit), and every
+#: window costs a fixed set-up: below this, the window may grow to :data:`MEASURED_WINDOW`
+#: and the records cut from it are measured against the limit instead.
+MEASURE_BELOW: Final = 16384
+MEASURED_WINDOW: Final = 65536
 
 
 class Parsed(NamedTuple):
@@ -516,23 +522,29 @@ class Scanner:
 
     def _window(
         self, max_bytes: int | None, min_len: int, max_len: int, need: int
-    ) -> tuple[bytes, int, int]:
-        """The buffer, the read offset and the end of the window to cut records from.
+    ) -> tuple[bytes, int, int, int | None]:
+        """The buffer, the read offset, the end of the window to cut records from, and
+        the limit to measure the records cut from it against (``None``: no need).
 
-        A window of ``max_bytes + min_len`` bytes cannot hold a record over the limit
-        (its token at least ``min_len`` long), so records cut from it need no measuring.
-        Within that, it spans the adaptive ``_ahead`` bytes (at least the first record,
-        whose data is ``need`` bytes long) plus the longest token.
+        The window spans the adaptive ``_ahead`` bytes (at least the first record, whose
+        data is ``need`` bytes long) plus the longest token. A window of
+        ``max_bytes + min_len`` bytes cannot hold a record over the limit (its token is at
+        least ``min_len`` long), so it is cut to that and needs no measuring, unless that
+        would make it small (see :data:`MEASURE_BELOW`).
         """
         buf = self._as_bytes()
         pos = self._pos
         stop = len(buf)
-        if max_bytes is not None and pos + max_bytes + min_len < stop:
-            stop = pos + max_bytes + min_len
         span = (self._ahead if self._ahead > need else need) + max_len
         if pos + span < stop:
             stop = pos + span
-        return buf, pos, stop
+        if max_bytes is not None and pos + max_bytes + min_len < stop:
+            if max_bytes >= MEASURE_BELOW:
+                return buf, pos, pos + max_bytes + min_len, None
+            if pos + MEASURED_WINDOW < stop:
+                stop = pos + MEASURED_WINDOW
+            return buf, pos, stop, max_bytes
+        return buf, pos, stop, None
 
     def _cut_ahead(self, token: bytes, max_bytes: int | None, need: int) -> Parsed | None:
         """Cut every complete record ended by ``token`` (the only token) at once.
@@ -541,9 +553,14 @@ class Scanner:
         be over the limit: measuring every record instead costs more than the extra
         calls (a window holds about a thousand small records).
         """
-        buf, pos, stop = self._window(max_bytes, len(token), len(token), need)
+        buf, pos, stop, limit = self._window(max_bytes, len(token), len(token), need)
         parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
         tail = len(parts.pop())  # the unfinished tail
+        if limit is not None and parts and max(map(len, parts)) > limit:
+            # A record over the limit: cut the window that cannot hold one instead.
+            stop = pos + limit + len(token)
+            parts = buf[pos:stop].split(token)
+            tail = len(parts.pop())
         if not parts:
             return None
         end = stop - tail
@@ -567,8 +584,31 @@ class Scanner:
         no record in it is over the limit. ``None`` when no record in the window is
         settled (the caller then takes the first record on its own).
         """
+        buf, pos, stop, limit = self._window(max_bytes, tokens.min_len, tokens.max_len, need)
+        ready, end = self._cut_many(tokens, buf, pos, stop, limit)
+        if end < 0:
+            # A record over the limit: cut the window that cannot hold one instead.
+            assert limit is not None
+            ready, end = self._cut_many(tokens, buf, pos, pos + limit + tokens.min_len, None)
+        if ready is None:
+            return None
+        first = next(ready)
+        self._pos = self._scan_from = end
+        self.ready = ready
+        self.ready_max = end - pos if max_bytes is None else max_bytes
+        self.ready_tokens = tokens
+        return first
+
+    @classmethod
+    def _cut_many(
+        cls, tokens: TokenSet, buf: bytes, pos: int, stop: int, limit: int | None
+    ) -> tuple[Iterator[Parsed] | None, int]:
+        """The records settled in ``buf[pos:stop]`` and where the last one ends.
+
+        ``(None, 0)`` when there are none; ``(None, -1)`` when a record's data is longer
+        than ``limit`` (``None``: do not measure).
+        """
         plan = tokens._split_plan
-        buf, pos, stop = self._window(max_bytes, tokens.min_len, tokens.max_len, need)
         if plan.fast:
             # Leave out the start of a multi-byte token still arriving: cut, it would
             # look like a lone token byte and send the whole region to the regex.
@@ -579,21 +619,15 @@ class Scanner:
                     stop -= len(partial)
                     break
         region = buf[pos:stop] if pos or stop < len(buf) else buf
-        ready, end = self._cut_fast(plan, region, stop, tokens.max_len) if plan.fast else (None, 0)
-        if ready is None:
-            ready, end = self._cut_regex(plan, region, stop, tokens.max_len)
-            if ready is None:
-                return None
-        first = next(ready)
-        self._pos = self._scan_from = end
-        self.ready = ready
-        self.ready_max = end - pos if max_bytes is None else max_bytes
-        self.ready_tokens = tokens
-        return first
+        if plan.fast:
+            ready, end = cls._cut_fast(plan, region, stop, tokens.max_len, limit)
+            if ready is not None or end < 0:
+                return ready, end
+        return cls._cut_regex(plan, region, stop, tokens.max_len, limit)
 
     @staticmethod
     def _cut_fast(
-        plan: _SplitPlan, region: bytes, stop: int, max_len: int
+        plan: _SplitPlan, region: bytes, stop: int, max_len: int, limit: int | None
     ) -> tuple[Iterator[Parsed] | None, int]:
         """The ``bytes``-method cut (see :class:`_SplitPlan`); ``None`` if it cannot."""
         split_region = region
@@ -601,6 +635,8 @@ class Scanner:
             split_region = split_region.replace(byte, plan.mark)
         runs = split_region.split(plan.mark)
         end = stop - len(runs.pop())  # after the last token
+        if limit is not None and runs and max(map(len, runs)) > limit:
+            return None, -1  # every record's data is a run (and so are the gaps)
         codes = region.translate(None, plan.delete)
         per_record = codes
         for token, marker in plan.replacements:
@@ -648,7 +684,7 @@ class Scanner:
 
     @staticmethod
     def _cut_regex(
-        plan: _SplitPlan, region: bytes, stop: int, max_len: int
+        plan: _SplitPlan, region: bytes, stop: int, max_len: int, limit: int | None
     ) -> tuple[Iterator[Parsed] | None, int]:
         """The general cut: one regex split over ``region`` (which ends at ``stop``)."""
         pieces = plan.pattern.split(region)
@@ -659,6 +695,8 @@ class Scanner:
             end -= len(seps.pop()) + len(datas.pop())
         if not seps:
             return None, 0
+        if limit is not None and max(map(len, datas)) > limit:
+            return None, -1
         return (
             map(
                 _new_parsed,

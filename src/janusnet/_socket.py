@@ -179,6 +179,10 @@ class Socket:
         "_port",
         "_raw_socket",
         "_ready",
+        "_ready_args",
+        "_ready_key",
+        "_ready_limit",
+        "_ready_type",
         "_receiving",
         "_reset",
         "_scanner",
@@ -229,6 +233,12 @@ class Socket:
         self._tokens: TokenSet = port.tokens
         # Records cut ahead for the default tokens and limit (see recv_parsed).
         self._ready: Iterable[Parsed] = ()
+        # Records cut ahead for the arguments the last call passed (tokens of type
+        # _ready_type equal to _ready_key, max_bytes equal to _ready_limit).
+        self._ready_args: Iterable[Parsed] = ()
+        self._ready_type: type = type(None)
+        self._ready_key: object = None
+        self._ready_limit: int | None = None
         self._encoding: str = port.encoding
         #: The proxy's reply to CONNECT when a :class:`~janusnet.ProxyTunnel` made this
         #: socket, else ``None``.
@@ -365,7 +375,7 @@ class Socket:
     @parse_tokens.setter
     def parse_tokens(self, tokens: TokenSet | Iterable[bytes] | str) -> None:
         self._tokens = as_token_set(tokens)
-        self._ready = ()
+        self._ready = self._ready_args = ()
 
     @property
     def line_end(self) -> bytes:
@@ -619,7 +629,7 @@ class Socket:
         scanner = self._scanner
         if scanner is not _NO_BYTES_YET and not scanner.pending:
             self._scanner = _NO_BYTES_YET
-            self._ready = ()
+            self._ready = self._ready_args = ()
 
     def _feed(self, data: bytes) -> None:
         allot = self._allot
@@ -803,13 +813,26 @@ class Socket:
             # handed out here is always the next one.
             for record in self._ready:
                 return record
+        elif (
+            (
+                tokens is self._ready_key
+                or (type(tokens) is self._ready_type and tokens == self._ready_key)
+            )
+            and max_bytes == self._ready_limit
+            and (max_bytes is None or type(max_bytes) is int)
+        ):
+            # The same for the arguments of the call that cut them, such as
+            # recv_parsed([b"\r\n"]) in a loop: equal tokens (compared by value, with a
+            # private copy of a list) and an equal limit give the same records.
+            for record in self._ready_args:
+                return record
         return await self._recv_parsed(tokens, max_bytes)
 
     async def _recv_parsed(
         self, tokens: TokenSet | Iterable[bytes] | str | None, max_bytes: int | None
     ) -> Parsed:
         """``recv_parsed`` beyond the records already cut (a separate, larger frame)."""
-        self._ready = ()
+        self._ready = self._ready_args = ()
         if self._receiving or self._stream is None:
             self._check_receive()
         token_set = self._tokens if tokens is None else as_token_set(tokens)
@@ -822,15 +845,31 @@ class Socket:
             await self._fill()
             result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         ready = scanner.ready
-        if (
-            ready is not None
-            and tokens is None
-            and max_bytes is None
-            and scanner.ready_tokens is token_set
-            and scanner.ready_max <= limit
-        ):
-            self._ready = ready
+        if ready is not None and scanner.ready_tokens is token_set and scanner.ready_max <= limit:
+            if tokens is None and max_bytes is None:
+                self._ready = ready
+            else:
+                self._keep_ready(ready, tokens, max_bytes)
         return result
+
+    def _keep_ready(
+        self,
+        ready: Iterable[Parsed],
+        tokens: TokenSet | Iterable[bytes] | str | None,
+        max_bytes: int | None,
+    ) -> None:
+        """Hand out ``ready`` to the next calls that pass arguments equal to these."""
+        key: object = tokens
+        if type(tokens) is list or type(tokens) is tuple:
+            if not all(type(token) is bytes for token in tokens):
+                return  # a bytearray could change under us
+            key = list(tokens) if type(tokens) is list else tokens
+        elif not (tokens is None or type(tokens) is str or type(tokens) is TokenSet):
+            return  # any other iterable (a generator, a subclass): no fast path
+        self._ready_args = ready
+        self._ready_type = type(tokens)
+        self._ready_key = key
+        self._ready_limit = max_bytes
 
     def decode(self, data: bytes, *, encoding: str | None = None, errors: str = "strict") -> str:
         """Decode received bytes with the socket's encoding (Janus ``TranIn``).
@@ -999,7 +1038,7 @@ class Socket:
     # ------------------------------------------------------------------ closing
 
     async def _close_stream(self) -> None:
-        self._ready = ()
+        self._ready = self._ready_args = ()
         stream, self._stream = self._stream, None
         if stream is None:
             return
