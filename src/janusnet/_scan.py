@@ -503,11 +503,22 @@ class Scanner:
             buf = self._buf = bytes(buf)
         return buf
 
-    def take(self, max_bytes: int) -> bytes:
-        """Remove and return up to ``max_bytes`` unread bytes."""
+    def take_exactly(self, count: int) -> bytes | None:
+        """Remove and return ``count`` unread bytes, or ``None`` (nothing removed) when
+        fewer are buffered."""
         if self.ready is not None:
             self._settle()
-        buf = self._as_bytes()
+        if len(self._buf) - self._pos < count:
+            return None
+        return self.take(count)
+
+    def take(self, max_bytes: int) -> bytes:
+        """Remove and return up to ``max_bytes`` unread bytes (``b""`` when none)."""
+        if self.ready is not None:
+            self._settle()
+        buf = self._buf
+        if type(buf) is not bytes:
+            buf = self._as_bytes()
         pos = self._pos
         if pos == 0 and max_bytes >= len(buf):
             self._buf = b""  # hand over the whole buffer, no copy

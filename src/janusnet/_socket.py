@@ -727,17 +727,20 @@ class Socket:
         """
         if type(max_bytes) is not int or max_bytes < 1:
             check_size(max_bytes, "max_bytes", 1)
-        self._check_receive()
-        scanner = self._own_scanner()
-        while not scanner.pending:
-            if self._at_end:
+        if self._receiving or self._stream is None:
+            self._check_receive()
+        # Taking from the shared empty buffer (_NO_BYTES_YET) changes nothing in it.
+        data = self._scanner.take(max_bytes)
+        while not data:
+            if self._eof or self._allot == 0:
                 return b""
             # Read no more than asked (at least RECEIVE_SIZE, at most one transport read:
             # the read's buffer is allocated at the size asked): the bytes read are then
             # usually the result itself, with no slice copied out of a bigger buffer.
             size = max_bytes if max_bytes > RECEIVE_SIZE else RECEIVE_SIZE
             await self._fill(size if size < TRANSPORT_READ else TRANSPORT_READ)
-        return scanner.take(max_bytes)
+            data = self._scanner.take(max_bytes)
+        return data
 
     async def recv_exactly(self, count: int) -> bytes:
         """Return exactly ``count`` bytes.
@@ -760,15 +763,18 @@ class Socket:
         """
         if type(count) is not int or count < 0:
             check_size(count, "count")
-        self._check_receive()
-        scanner = self._own_scanner()
-        while scanner.pending < count:
-            if self._at_end:
+        if self._receiving or self._stream is None:
+            self._check_receive()
+        data = self._scanner.take_exactly(count)
+        while data is None:
+            if self._eof or self._allot == 0:
+                scanner = self._scanner
                 raise IncompleteReadError(
                     scanner.take(scanner.pending), count, window_spent=not self._eof
                 )
             await self._fill()
-        return scanner.take(count)
+            data = self._scanner.take_exactly(count)
+        return data
 
     async def recv_parsed(
         self,
