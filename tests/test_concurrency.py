@@ -7,6 +7,7 @@ the order of events is set by the peer, not by timing.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,7 @@ from janusnet import (
     SSLOnOtherError,
     TLSMode,
 )
+from janusnet._transport import SEND_YIELD_EVERY
 from janusnet.testing import ConnectProxy
 from loopback import read_line, serve, tls_server_side
 
@@ -395,3 +397,73 @@ async def test_receive_after_a_cancelled_send_does_not_wait_to_write(
                 await sock.send(b"END")
                 await done.wait()
     assert received.endswith(b"xEND") and received[:-3].count(b"x") == len(received) - 3
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_sends_in_a_cancelled_scope_write_nothing(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, tls: bool
+) -> None:
+    """Every send is a cancellation point, including the ones that do not yield to
+    other tasks (SEND_YIELD_EVERY): in a cancelled scope it raises before writing."""
+    received = bytearray()
+    done = anyio.Event()
+
+    async def sink(stream: SocketStream) -> None:
+        peer = await tls_server_side(stream, server_context) if tls else stream
+        with anyio.fail_after(10):
+            while not received.endswith(b"END"):
+                received.extend(await peer.receive())
+        done.set()
+        await anyio.sleep_forever()
+
+    async with serve(sink) as number:
+        async with await Socket.connect(
+            "localhost", number, client_port=client_port(ca), tls=tls
+        ) as sock:
+            for k in range(2 * SEND_YIELD_EVERY + 1):
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await sock.send(b"lost")
+                assert scope.cancelled_caught, f"send {k} wrote in a cancelled scope"
+                await sock.send(b"%d," % k)
+            await sock.send(b"END")
+            with anyio.fail_after(10):
+                await done.wait()
+    expected = b"".join(b"%d," % k for k in range(2 * SEND_YIELD_EVERY + 1)) + b"END"
+    assert bytes(received) == expected
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_task_that_sends_without_waiting_still_lets_others_run(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, tls: bool
+) -> None:
+    """Sends that never wait (the peer keeps up) yield to other tasks once every
+    SEND_YIELD_EVERY calls, so a busy sender cannot starve its neighbours."""
+
+    async def sink(stream: SocketStream) -> None:
+        peer = await tls_server_side(stream, server_context) if tls else stream
+        with (
+            anyio.CancelScope(),
+            contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError),
+        ):
+            while True:
+                await peer.receive()
+
+    ran = anyio.Event()
+
+    async def neighbour() -> None:
+        ran.set()
+
+    async with serve(sink) as number:
+        async with await Socket.connect(
+            "localhost", number, client_port=client_port(ca), tls=tls
+        ) as sock:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(neighbour)  # runs only when the sender yields
+                sends = 0
+                while not ran.is_set():
+                    # trio may run the sender again first in the batch after its yield
+                    assert sends <= 2 * SEND_YIELD_EVERY, "the sender never yielded"
+                    await sock.send(b"tick")
+                    sends += 1
+    assert 1 <= sends <= 2 * SEND_YIELD_EVERY
