@@ -427,6 +427,39 @@ async def test_recv_parsed_arguments_that_change_between_calls(anyio_backend: st
             assert await sock.recv_parsed(tokens=[b"\r\n"]) == (b"e", b"\r\n", 1)
 
 
+@pytest.mark.parametrize("change", ["list", "parse_tokens"])
+async def test_recv_parsed_tokens_changed_while_it_waits(anyio_backend: str, change: str) -> None:
+    """A call answers for the tokens it started with; the records it cut ahead do not go
+    to a later call after the caller's list or ``parse_tokens`` changed meanwhile."""
+    go = anyio.Event()
+
+    async def late(stream: SocketStream) -> None:
+        await go.wait()
+        await stream.send(b"a|b\nc|d\ne|f\n")
+        await stream.receive()  # stays open until the client is done
+
+    async with serve(late) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            sock.parse_tokens = [b"\n"]
+            tokens = [b"\n"]
+
+            async def change_tokens() -> None:  # runs once recv_parsed waits
+                if change == "list":
+                    tokens[0] = b"|"
+                else:
+                    sock.parse_tokens = [b"|"]
+                go.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(change_tokens)
+                if change == "list":
+                    assert await sock.recv_parsed(tokens) == (b"a|b", b"\n", 1)
+                    assert await sock.recv_parsed(tokens) == (b"c", b"|", 1)
+                else:
+                    assert await sock.recv_parsed() == (b"a|b", b"\n", 1)
+                    assert await sock.recv_parsed() == (b"c", b"|", 1)
+
+
 async def test_socket_recv_exactly_and_incomplete(anyio_backend: str) -> None:
     async def short(stream: SocketStream) -> None:
         await stream.send(b"0123456789")

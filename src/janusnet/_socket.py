@@ -94,6 +94,24 @@ TLS_PHASE: Final = "TLS handshake"
 #: to: ``_own_scanner()`` swaps in a socket's own before anything could change it. A
 #: service may hold thousands of idle tunnels (benchmarks/tunnel.py measures them).
 _NO_BYTES_YET: Final = Scanner()
+#: _ready_key() for ``tokens=None``: the key is None itself.
+_NO_KEY: Final = object()
+
+
+def _ready_key(tokens: TokenSet | Iterable[bytes] | str) -> object:
+    """What later ``recv_parsed`` arguments must equal to get records cut for these
+    (``None``: no fast path for them).
+
+    A list is copied (the caller may change it); one holding anything but ``bytes`` (a
+    ``bytearray`` could change in place), and any other iterable or subclass, get none.
+    """
+    if type(tokens) is list or type(tokens) is tuple:
+        if not all(type(token) is bytes for token in tokens):
+            return None
+        return list(tokens) if type(tokens) is list else tokens
+    if type(tokens) is str or type(tokens) is TokenSet:
+        return tokens
+    return None
 
 
 class SocketState(enum.Enum):
@@ -854,37 +872,30 @@ class Socket:
         limit = self._port.max_parse_bytes if max_bytes is None else max_bytes
         if type(limit) is not int or limit < 0:
             check_size(limit, "max_bytes")
+        # Taken now: the caller's list may change while this call waits.
+        key = _NO_KEY if tokens is None else _ready_key(tokens)
         scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         while result is None:
             await self._fill()
             result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         ready = scanner.ready
-        if ready is not None and scanner.ready_tokens is token_set and scanner.ready_max <= limit:
-            if tokens is None and max_bytes is None:
-                self._ready = ready
-            else:
-                self._keep_ready(ready, tokens, max_bytes)
+        if (
+            ready is None
+            or scanner.ready_tokens is not token_set
+            or scanner.ready_max > limit
+            or key is None
+            or (tokens is None and token_set is not self._tokens)  # changed while waiting
+        ):
+            return result
+        if tokens is None and max_bytes is None:
+            self._ready = ready
+        else:
+            self._ready_args = ready
+            self._ready_type = type(tokens)
+            self._ready_key = tokens if key is _NO_KEY else key
+            self._ready_limit = max_bytes
         return result
-
-    def _keep_ready(
-        self,
-        ready: Iterable[Parsed],
-        tokens: TokenSet | Iterable[bytes] | str | None,
-        max_bytes: int | None,
-    ) -> None:
-        """Hand out ``ready`` to the next calls that pass arguments equal to these."""
-        key: object = tokens
-        if type(tokens) is list or type(tokens) is tuple:
-            if not all(type(token) is bytes for token in tokens):
-                return  # a bytearray could change under us
-            key = list(tokens) if type(tokens) is list else tokens
-        elif not (tokens is None or type(tokens) is str or type(tokens) is TokenSet):
-            return  # any other iterable (a generator, a subclass): no fast path
-        self._ready_args = ready
-        self._ready_type = type(tokens)
-        self._ready_key = key
-        self._ready_limit = max_bytes
 
     def decode(self, data: bytes, *, encoding: str | None = None, errors: str = "strict") -> str:
         """Decode received bytes with the socket's encoding (Janus ``TranIn``).
