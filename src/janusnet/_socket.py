@@ -590,7 +590,10 @@ class Socket:
             ) from exc
         finally:
             self._sending = False
-        self._ack_due = True  # set before the next read waits (_fill)
+        if self._receiving:
+            self._ack_promptly()  # a read already waits (full duplex): now
+        else:
+            self._ack_due = True  # before the next read waits (_fill)
 
     def _ack_promptly(self) -> None:
         """Have the kernel ACK the peer's next segments at once (Linux ``TCPQUICKACK``).
