@@ -335,6 +335,7 @@ class FdTLSStream(_Direct):
         # Until the handshake is done ``plain`` still owns the socket, so another task's
         # aclose() closes it and wakes the waits below (ClosedResourceError).
         stream = cls(plain._sock, obj, incoming, outgoing)
+        hello = True
         try:
             while True:
                 if plain._closed:
@@ -344,6 +345,11 @@ class FdTLSStream(_Direct):
                     break
                 except ssl.SSLWantReadError:
                     await stream._flush(raw=True)
+                    if hello:
+                        # Yield once, after the ClientHello: the handshake is then always
+                        # a checkpoint, even when every answer is there at once.
+                        hello = False
+                        await _checkpoint()
                     await stream._feed(raw=True)
             await stream._flush(raw=True)  # the client's Finished
         except BaseException:
