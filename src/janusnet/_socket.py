@@ -675,10 +675,6 @@ class Socket:
         """Put bytes back in front of the buffer (they count as already received)."""
         self._own_scanner().unread(data)
 
-    @property
-    def _at_end(self) -> bool:
-        return self._eof or self._allot == 0
-
     async def _fill(self, size: int = TRANSPORT_READ) -> None:
         """Read once from the stream into the buffer, up to ``size`` bytes (or note EOF)."""
         stream = self._stream
