@@ -558,12 +558,8 @@ class Scanner:
         return buf, pos, stop, None
 
     def _cut_ahead(self, token: bytes, max_bytes: int | None, need: int) -> Parsed | None:
-        """Cut every complete record ended by ``token`` (the only token) at once.
-
-        Only a window of ``max_bytes + len(token)`` bytes is cut, so no record in it can
-        be over the limit: measuring every record instead costs more than the extra
-        calls (a window holds about a thousand small records).
-        """
+        """Cut every complete record ended by ``token`` (the only token) at once, from
+        the window :meth:`_window` gives (records over the limit: see there)."""
         buf, pos, stop, limit = self._window(max_bytes, len(token), len(token), need)
         parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
         tail = len(parts.pop())  # the unfinished tail
@@ -591,9 +587,8 @@ class Scanner:
     def _cut_ahead_many(self, tokens: TokenSet, max_bytes: int | None, need: int) -> Parsed | None:
         """Cut every record that is already settled, for a set of several tokens.
 
-        As with one token, only a window of ``max_bytes`` + the shortest token is cut, so
-        no record in it is over the limit. ``None`` when no record in the window is
-        settled (the caller then takes the first record on its own).
+        As with one token, the window comes from :meth:`_window`. ``None`` when no record
+        in it is settled (the caller then takes the first record on its own).
         """
         buf, pos, stop, limit = self._window(max_bytes, tokens.min_len, tokens.max_len, need)
         ready, end = self._cut_many(tokens, buf, pos, stop, limit)

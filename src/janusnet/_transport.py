@@ -181,12 +181,7 @@ class _Direct(SocketStream):
         raise anyio.EndOfStream
 
     async def send(self, item: bytes) -> None:
-        # A cancellation here has written nothing (see _send_checkpoint; inlined).
-        self._sends += 1
-        if self._sends & (SEND_YIELD_EVERY - 1):
-            await _checkpoint_if_cancelled()
-        else:
-            await _checkpoint()
+        await self._send_checkpoint()  # a cancellation here has written nothing
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         if self._closed:
