@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import ssl
+from typing import Any
 
 import anyio
 import pytest
@@ -425,6 +426,62 @@ async def test_recv_parsed_arguments_that_change_between_calls(anyio_backend: st
             assert await sock.recv_parsed(tokens=(b"\r\n",)) == (b"c", b"\r\n", 1)
             assert await sock.recv_parsed(tokens=(b"\r\n",)) == (b"d", b"\r\n", 1)
             assert await sock.recv_parsed(tokens=[b"\r\n"]) == (b"e", b"\r\n", 1)
+
+
+async def test_recv_parsed_one_reply_per_read(anyio_backend: str) -> None:
+    """Request/response: when the buffer is empty, one read that holds exactly one
+    record is handed out whole (without buffering it). Every other shape of read --
+    two records, an unfinished one, a token split across reads, a record over the limit,
+    a token seen earlier in the read -- gets the same answers as buffered bytes would."""
+    replies = [
+        b"one\r\n",
+        b"\r\n",
+        b"two\r\nthree\r\n",
+        b"fou",
+        b"r\r\n",
+        b"five\r",
+        b"\nsix\r\n",
+        b"sevenx\r\n",
+        b"eight\r\n",
+        b"nine|\r\n|",
+        b"ten\r\n",
+    ]
+
+    async def lockstep(stream: SocketStream) -> None:
+        buf = bytearray()
+        for reply in replies:
+            await read_line(stream, buf)  # one request, then one reply in one write
+            await stream.send(reply)
+        await stream.receive()
+
+    async with serve(lockstep) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+
+            async def ask(*args: Any, **kwargs: Any) -> janusnet.Parsed:
+                await sock.send_line(b"next")
+                return await sock.recv_parsed(*args, **kwargs)
+
+            assert await ask() == (b"one", b"\r\n", 1)
+            assert sock.pending == 0
+            assert await ask() == (b"", b"\r\n", 1)
+            assert await ask() == (b"two", b"\r\n", 1)
+            assert sock.pending == len(b"three\r\n")
+            assert await sock.recv_parsed() == (b"three", b"\r\n", 1)
+            await sock.send_line(b"next")  # "fou" then, after another request, "r\r\n"
+            with anyio.move_on_after(0.2):
+                await sock.recv_parsed()
+            assert sock.pending == 3
+            assert await ask() == (b"four", b"\r\n", 1)
+            await sock.send_line(b"next")  # "five\r", then "\nsix\r\n"
+            assert await ask() == (b"five", b"\r\n", 1)
+            assert await sock.recv_parsed() == (b"six", b"\r\n", 1)
+            assert await ask(max_bytes=5) == (b"seven", None, 0)  # over the limit
+            assert await sock.recv_parsed() == (b"x", b"\r\n", 1)
+            assert await ask(max_bytes=5) == (b"eight", b"\r\n", 1)  # exactly at it
+            assert await ask([b"|"]) == (b"nine", b"|", 1)  # the token twice
+            assert await sock.recv_parsed([b"|"]) == (b"\r\n", b"|", 1)
+            assert await ask(janusnet.TokenSet([b"\r\n"])) == (b"ten", b"\r\n", 1)
+            assert sock.pending == 0
 
 
 @pytest.mark.parametrize("change", ["list", "parse_tokens"])

@@ -53,7 +53,7 @@ from ._exceptions import (
     show_address,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
-from ._scan import Parsed, Scanner, TokenSet, as_token_set
+from ._scan import Parsed, Scanner, TokenSet, _new_parsed, as_token_set
 from ._tls import TLSInfo, TLSSnapshot, default_ssl_context
 from ._transport import (
     QUICKACK,
@@ -189,6 +189,7 @@ class Socket:
     __slots__ = (
         "__weakref__",
         "_ack_due",
+        "_acks",
         "_allot",
         "_encoding",
         "_eof",
@@ -234,8 +235,10 @@ class Socket:
         self._reset = False
         self._receiving = False
         # A send happened since the last read: ask for prompt ACKs before the next read
-        # waits (see _ack_promptly).
+        # (see _ack_promptly). janusnet's own streams do it themselves, and only when the
+        # read has to wait (no system call when the answer is already there).
         self._ack_due = False
+        self._acks = not isinstance(stream, (FdStream, FdTLSStream))
         # Set while a send or the TLS handshake writes: nothing may interleave with them
         # (a send during ssl_on() would go out in clear; in TLS-in-TLS a refused write
         # would already have been encrypted).
@@ -590,10 +593,11 @@ class Socket:
             ) from exc
         finally:
             self._sending = False
-        if self._receiving:
-            self._ack_promptly()  # a read already waits (full duplex): now
-        else:
-            self._ack_due = True  # before the next read waits (_fill)
+        if self._acks:
+            if self._receiving:
+                self._ack_promptly()  # a read already waits (full duplex): now
+            else:
+                self._ack_due = True  # before the next read (_fill)
 
     def _ack_promptly(self) -> None:
         """Have the kernel ACK the peer's next segments at once (Linux ``TCPQUICKACK``).
@@ -677,6 +681,13 @@ class Socket:
 
     async def _fill(self, size: int = TRANSPORT_READ) -> None:
         """Read once from the stream into the buffer, up to ``size`` bytes (or note EOF)."""
+        data = await self._read(size)
+        if data:
+            self._feed(data)
+
+    async def _read(self, size: int = TRANSPORT_READ) -> bytes:
+        """Read once from the stream, up to ``size`` bytes; ``b""`` (and ``_eof`` set)
+        at end of stream. The caller buffers what it does not hand out."""
         stream = self._stream
         if stream is None:
             raise SocketClosedError("the socket is closed")
@@ -688,7 +699,7 @@ class Socket:
             data = await stream.receive(size)
         except anyio.EndOfStream:
             self._eof = True
-            return
+            return b""
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
             raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
@@ -703,7 +714,7 @@ class Socket:
             self._receiving = False
         if self._ssl_object is not None and TLS_FULL_RECORD <= len(data) < size:
             data = self._drain_tls(data, size)
-        self._feed(data)
+        return data
 
     def _drain_tls(self, data: bytes, size: int) -> bytes:
         """Add the plaintext the TLS engine can already give without more I/O.
@@ -873,7 +884,25 @@ class Socket:
             check_size(limit, "max_bytes")
         # Taken now: the caller's list may change while this call waits.
         key = _NO_KEY if tokens is None else _ready_key(tokens)
-        scanner = self._own_scanner()
+        scanner = self._scanner
+        if (
+            len(token_set.tokens) == 1
+            and self._allot is None
+            and not self._eof
+            and not scanner.pending  # (hands a spent batch back: cheap)
+        ):
+            # Nothing buffered: read. When what arrives is one whole record (request/
+            # response, one message per read), hand it out without buffering it.
+            data = await self._read()
+            if data:
+                token = token_set.tokens[0]
+                end = len(data) - len(token)
+                if 0 <= end <= limit and data.find(token) == end:
+                    return _new_parsed(Parsed, (data[:end], token, 1))
+                self._feed(data)
+            scanner = self._scanner
+        else:
+            scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         while result is None:
             await self._fill()
@@ -1046,6 +1075,7 @@ class Socket:
             raise SSLOnOtherError("ssl_on: the socket was closed during the handshake")
         self._stream = tls_stream
         self._raw_socket = raw_socket_of(tls_stream)  # a direct socket's is now TLS's
+        self._acks = not isinstance(tls_stream, FdTLSStream)
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
         ssl_object = ssl_object_of(tls_stream)
         # What was verified: an international name as its A-label, no brackets or final dot.

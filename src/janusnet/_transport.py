@@ -10,7 +10,9 @@ and the mapping of handshake failures to the ``SSLOn`` codes.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -117,6 +119,39 @@ _checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
 #: budget is.
 SEND_YIELD_EVERY: Final = 16
 
+_current_library: Callable[[], str] | None
+try:  # which library runs the current task (trio depends on sniffio; anyio may not)
+    from sniffio import current_async_library as _current_library
+except ImportError:  # pragma: no cover - without sniffio only asyncio can be running
+    _current_library = None
+
+
+def _backend_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """``(checkpoint, checkpoint_if_cancelled)`` of the backend running this task, to be
+    called directly.
+
+    anyio's ``lowlevel`` functions look the backend up on every call (~1.2 us, through
+    sniffio), which a stream knows when it is made. What they then run is public API
+    of the backend: ``asyncio.sleep(0)`` is anyio's asyncio checkpoint, and trio has
+    both. anyio's asyncio ``checkpoint_if_cancelled`` reads anyio's cancel scopes, which
+    only anyio can do, so that one stays anyio's.
+    """
+    library: str | None
+    if _current_library is not None:
+        try:
+            library = _current_library()
+        except Exception:  # sniffio.AsyncLibraryNotFoundError: no async library runs
+            library = None
+    else:  # pragma: no cover
+        library = "asyncio"
+    if library == "asyncio":
+        return functools.partial(asyncio.sleep, 0), _checkpoint_if_cancelled
+    if library == "trio":
+        import trio.lowlevel
+
+        return trio.lowlevel.checkpoint, trio.lowlevel.checkpoint_if_cancelled
+    return _checkpoint, _checkpoint_if_cancelled
+
 
 class _Direct(SocketStream):
     """What :class:`FdStream` and :class:`FdTLSStream` share: a non-blocking socket
@@ -127,9 +162,22 @@ class _Direct(SocketStream):
     raises ``BusyResourceError``, and closing wakes a task waiting on the socket
     (``ClosedResourceError``). Every receive yields to other tasks; a send yields when it
     waits, and otherwise once every :data:`SEND_YIELD_EVERY` calls.
+
+    After a send, the next read that has to wait first asks the kernel for prompt ACKs
+    (``TCP_QUICKACK``; see ``Socket._ack_promptly`` for why), and at once when a read
+    already waits.
     """
 
-    __slots__ = ("_closed", "_receiving", "_sending", "_sends", "_sock")
+    __slots__ = (
+        "_ack_due",
+        "_checkpoint",
+        "_checkpoint_if_cancelled",
+        "_closed",
+        "_receiving",
+        "_sending",
+        "_sends",
+        "_sock",
+    )
 
     def __init__(self, sock: _stdsocket.socket) -> None:
         self._sock = sock
@@ -137,14 +185,32 @@ class _Direct(SocketStream):
         self._receiving = False
         self._sending = False
         self._sends = 0
+        self._ack_due = False  # sent since the last wait to read
+        self._checkpoint, self._checkpoint_if_cancelled = _backend_checkpoints()
 
     async def _send_checkpoint(self) -> None:
         """Raise in a cancelled scope; yield once every SEND_YIELD_EVERY sends."""
         self._sends += 1
         if self._sends & (SEND_YIELD_EVERY - 1):
-            await _checkpoint_if_cancelled()
+            await self._checkpoint_if_cancelled()
         else:
-            await _checkpoint()
+            await self._checkpoint()
+
+    def _sent(self, reading: bool) -> None:
+        """After a send: prompt ACKs before the next read waits, or now if one waits."""
+        if reading:
+            self._quickack()
+        else:
+            self._ack_due = True
+
+    def _quickack(self) -> None:
+        """Set ``TCP_QUICKACK`` (best effort; it also sends an ACK the kernel held back)."""
+        self._ack_due = False
+        if QUICKACK:
+            try:
+                self._sock.setsockopt(_stdsocket.IPPROTO_TCP, QUICKACK, 1)
+            except OSError:  # closed, or not TCP
+                pass
 
     @property
     def _raw_socket(self) -> _stdsocket.socket:
@@ -161,6 +227,8 @@ class _Direct(SocketStream):
             try:
                 return op(arg)
             except BlockingIOError:
+                if self._ack_due and blocked is _wait_readable:
+                    self._quickack()
                 await blocked(sock)
             except OSError as exc:
                 if self._closed:
@@ -168,7 +236,7 @@ class _Direct(SocketStream):
                 raise anyio.BrokenResourceError from exc
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        await _checkpoint()
+        await self._checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
         self._receiving = True
@@ -202,6 +270,7 @@ class _Direct(SocketStream):
                     view = view[await self._call(self._sock.send, view, _wait_writable) :]
         finally:
             self._sending = False
+        self._sent(self._receiving)
 
     def _close_now(self, notify: bool = True) -> None:
         """Close the socket at once (idempotent).
@@ -234,7 +303,7 @@ class _Direct(SocketStream):
     async def aclose(self) -> None:
         # Closed at once (no await first), so a cancelled or forceful close still closes.
         self._close_now()
-        await _checkpoint()
+        await self._checkpoint()
 
 
 class FdStream(_Direct):
@@ -344,7 +413,7 @@ class FdTLSStream(_Direct):
                         # Yield once, after the ClientHello: the handshake is then always
                         # a checkpoint, even when every answer is there at once.
                         hello = False
-                        await _checkpoint()
+                        await stream._checkpoint()
                     await stream._feed(raw=True)
             await stream._flush(raw=True)  # the client's Finished
         except BaseException:
@@ -437,6 +506,8 @@ class FdTLSStream(_Direct):
                     data = self._sock.recv(TLS_READ)
                     break
                 except BlockingIOError:
+                    if self._ack_due:
+                        self._quickack()
                     await _wait_readable(self._sock)
         except OSError as exc:
             if raw:
@@ -492,7 +563,7 @@ class FdTLSStream(_Direct):
         # a bigger buffer, and from 128 KiB on glibc gives each one its own mmap (page
         # faults on every read; 2.4x -> 3.3x asyncio in bulk when capped).
         size = max_bytes if max_bytes < TLS_RECORD else TLS_RECORD
-        await _checkpoint()
+        await self._checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
         self._receiving = True
@@ -577,6 +648,7 @@ class FdTLSStream(_Direct):
                 await self._flush()
         finally:
             self._sending = False
+        self._sent(self._feeding or self._receiving)
 
     async def aclose(self) -> None:
         self._wake()
