@@ -417,6 +417,11 @@ class Scanner:
         self.ready_tokens: TokenSet | None = None
 
     @property
+    def idle(self) -> bool:
+        """Nothing unread: no bytes, and no batch of records cut ahead (spent or not)."""
+        return self.ready is None and self._pos == len(self._buf)
+
+    @property
     def pending(self) -> int:
         """How many received bytes are buffered and unread."""
         if self.ready is not None:
@@ -573,12 +578,16 @@ class Scanner:
         end = stop - tail
         # The split found no token in the tail, so no token starts before `done`.
         done = stop - len(token) + 1
-        ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
-        first = next(ready)
         self._pos = end
         self._scan_from = end
         self._found[0] = -1
         self._searched[0] = done if done > end else end
+        if len(parts) == 1 and end == len(buf):
+            # The one record that was buffered (request/response): no batch, so the
+            # scanner is idle again (Socket.recv_parsed then reads without buffering).
+            return _new_parsed(Parsed, (parts[0], token, 1))
+        ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
+        first = next(ready)
         self.ready = ready
         self.ready_max = end - pos if max_bytes is None else max_bytes
         self.ready_tokens = self._tokens

@@ -885,12 +885,7 @@ class Socket:
         # Taken now: the caller's list may change while this call waits.
         key = _NO_KEY if tokens is None else _ready_key(tokens)
         scanner = self._scanner
-        if (
-            len(token_set.tokens) == 1
-            and self._allot is None
-            and not self._eof
-            and not scanner.pending  # (hands a spent batch back: cheap)
-        ):
+        if len(token_set.tokens) == 1 and scanner.idle and self._allot is None and not self._eof:
             # Nothing buffered: read. When what arrives is one whole record (request/
             # response, one message per read), hand it out without buffering it.
             data = await self._read()
