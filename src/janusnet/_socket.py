@@ -441,7 +441,7 @@ class Socket:
         if not isinstance(tls, TLSSnapshot):
             return tls
         info = None
-        if self._stream is not None and self._ssl_object is not None:  # the live session
+        if self._ssl_object is not None:  # the session; closing the socket leaves it be
             try:
                 info = TLSInfo.from_ssl_object(self._ssl_object, self._server_hostname)
             except (ValueError, OSError):  # gone after a ragged EOF: use the snapshot
