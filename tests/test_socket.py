@@ -532,6 +532,65 @@ async def test_socket_recv_exactly_and_incomplete(anyio_backend: str) -> None:
             assert str(info.value) == "connection closed after 6 of 10 bytes"
 
 
+BIG_COUNT = 1024 * 1024 + 3  # more than a read's worth: recv_exactly keeps the reads apart
+
+
+def big_pattern(size: int) -> bytes:
+    return bytes(range(251)) * (size // 251) + bytes(range(size % 251))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_recv_exactly_larger_than_a_read(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, tls: bool
+) -> None:
+    """recv_exactly of 1 MiB in uneven writes: exactly the bytes, in order, whatever was
+    buffered before; what follows stays for the next receive. A cancelled one puts back
+    what it had read (the next call gets all of it), and the end of the stream gives
+    everything that arrived as ``partial``."""
+    data = big_pattern(BIG_COUNT)
+    rest = big_pattern(300_000)
+
+    async def peer(stream: SocketStream) -> None:
+        out: anyio.abc.ByteStream = stream
+        buf = bytearray()
+        if tls:
+            await read_line(stream, buf)
+            await stream.send(b"go\r\n")
+            out = await tls_server_side(stream, server_context)
+        await out.send(b"head\r\n" + data[:10])
+        for piece in (data[10:70_000], data[70_000:500_001], data[500_001:]):
+            await out.send(piece)
+        await out.send(b"tail\r\n" + rest[:100_000])
+        await read_line(out, buf)  # the client cancelled a read: now the rest
+        await out.send(rest[100_000:200_000])
+        await read_line(out, buf)
+        await out.send(rest[200_000:])  # then the end of the stream, 100 000 short
+
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with serve(peer) as number:
+        async with await Socket.connect("localhost", number) as sock:
+            if tls:
+                await sock.send_line(b"STARTTLS")
+                assert (await sock.recv_parsed()).data == b"go"
+                await sock.ssl_on(ssl_context=context)
+            assert await sock.recv_parsed() == (b"head", b"\r\n", 1)
+            assert await sock.recv_exactly(BIG_COUNT) == data
+            assert await sock.recv_parsed() == (b"tail", b"\r\n", 1)
+            with anyio.move_on_after(0.5) as scope:
+                await sock.recv_exactly(200_000)
+            assert scope.cancelled_caught
+            assert sock.pending == 100_000  # read, then put back: nothing lost
+            await sock.send_line(b"more")
+            assert await sock.recv_exactly(200_000) == rest[:200_000]
+            await sock.send_line(b"last")
+            with pytest.raises(IncompleteReadError) as info:
+                await sock.recv_exactly(200_000)
+            assert info.value.partial == rest[200_000:]
+            assert info.value.expected == 200_000
+            assert sock.pending == 0
+
+
 async def test_socket_recv_exactly_says_when_the_window_ended_it(anyio_backend: str) -> None:
     async def talk(stream: SocketStream) -> None:
         await stream.send(b"0123456789")

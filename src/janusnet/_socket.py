@@ -803,6 +803,8 @@ class Socket:
         if self._receiving or self._stream is None:
             self._check_receive()
         data = self._scanner.take_exactly(count)
+        if data is None and count > RECEIVE_SIZE and self._allot is None:
+            return await self._recv_large(count)
         while data is None:
             if self._eof or self._allot == 0:
                 scanner = self._scanner
@@ -811,6 +813,37 @@ class Socket:
                 )
             await self._fill()
             data = self._scanner.take_exactly(count)
+        return data
+
+    async def _recv_large(self, count: int) -> bytes:
+        """``recv_exactly`` of more than a read's worth that is not all buffered yet.
+
+        The reads are kept as they arrive, each no larger than what is still missing, and
+        joined once at the end: one copy of the result. Appending them to the buffer
+        instead copied the growing buffer again and again (0.63x asyncio's
+        ``readexactly`` at 1-4 MiB). On any failure but the end of the stream the bytes
+        go back into the buffer, so nothing is lost.
+        """
+        scanner = self._scanner
+        chunks = [scanner.take(scanner.pending)]
+        got = len(chunks[0])
+        try:
+            while got < count:
+                if self._eof:
+                    raise IncompleteReadError(b"".join(chunks), count, window_spent=False)
+                left = count - got
+                data = await self._read(left if left < TRANSPORT_READ else TRANSPORT_READ)
+                chunks.append(data)
+                got += len(data)
+        except IncompleteReadError:
+            raise
+        except BaseException:
+            self._unread(b"".join(chunks))
+            raise
+        data = b"".join(chunks)
+        if got > count:  # a stream that gave more than asked (anyio's contract says no)
+            self._unread(data[count:])
+            data = data[:count]
         return data
 
     async def recv_parsed(
