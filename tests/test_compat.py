@@ -281,6 +281,40 @@ async def test_compat_recv_min_and_max(anyio_backend: str) -> None:
         await sock_close(num)
 
 
+async def test_compat_options_checked_on_every_call(anyio_backend: str) -> None:
+    """Options are case-blind and checked on every call, the same string twice too (they
+    are remembered once checked); anything but a str is refused."""
+
+    heard: list[bytes] = []
+
+    async def lines(stream: SocketStream) -> None:
+        await stream.send(b"caf\xc3\xa9\r\nraw\r\nlast\r\n")
+        heard.append(await read_line(stream, bytearray()))
+
+    async with serve(lines) as number:
+        num = await sock_conn(None, "127.0.0.1", number, "nossl")
+        for _ in range(2):
+            with pytest.raises(UsageError, match="unknown option"):
+                await sock_recvprs(num, -1, "BINARY FIN")
+            for bad in (["BINARY"], b"BINARY", None):
+                with pytest.raises(UsageError, match="options must be a str"):
+                    await sock_recvprs(num, -1, bad)  # type: ignore[arg-type]
+        assert await sock_recvprs(num, -1, "char") == (7, "café", 1)
+        assert await sock_recvprs(num, -1, " binary ") == (5, b"raw", 1)
+        assert await sock_recvprs(num, -1, "") == (6, "last", 1)
+        with pytest.raises(UsageError, match="unknown option"):
+            await sock_send(num, "x", "BINARY NOPE")
+        with pytest.raises(UsageError, match="options must be a str"):
+            await sock_sendln(num, "x", None)  # type: ignore[arg-type]
+        assert await sock_sendln(num, "é", "linend 0A binary") == 0  # latin-1, LF
+        assert await sock_sendln(num, "done", "Char") == 0
+        with anyio.fail_after(5):
+            while not heard:
+                await anyio.sleep(0.01)
+        assert heard == [b"\xe9\ndone"]
+        await sock_close(num)
+
+
 @pytest.fixture(scope="module")
 def tls_pieces() -> tuple[ssl.SSLContext, ClientPort]:
     ca = trustme.CA()

@@ -10,7 +10,7 @@ from typing import Final
 
 from ._compat_registry import parse_options, registry
 from ._exceptions import SocketClosedError, SocketResetError, UsageError
-from ._socket import SocketState
+from ._socket import Socket
 
 __all__ = ["sock_recv", "sock_recvprs", "sock_send", "sock_sendln"]
 
@@ -18,12 +18,14 @@ __all__ = ["sock_recv", "sock_recvprs", "sock_send", "sock_sendln"]
 LONGSTRING_MAX: Final = 2_147_483_647
 #: Largest single read a ``$Sock_Recv`` asks for: bounds one step's memory, not the total.
 RECV_STEP: Final = 1 << 20
+#: The options each call takes.
+SEND_OPTIONS: Final = frozenset({"BINARY", "CHAR", "FIN", "PUSH"})
+RECV_OPTIONS: Final = frozenset({"BINARY", "CHAR"})
 
 
-def _payload(num: int, data: str | bytes, flags: set[str]) -> bytes:
-    sock = registry.get(num)
+def _payload(sock: Socket, binary_mode: bool, data: str | bytes, flags: frozenset[str]) -> bytes:
     if isinstance(data, str):
-        binary = "BINARY" in flags or (registry.is_binary(sock) and "CHAR" not in flags)
+        binary = "BINARY" in flags or (binary_mode and "CHAR" not in flags)
         try:
             return data.encode("latin-1" if binary else sock.encoding)
         except UnicodeEncodeError as exc:
@@ -33,9 +35,13 @@ def _payload(num: int, data: str | bytes, flags: set[str]) -> bytes:
     raise UsageError(f"send takes str or bytes, not {type(data).__name__}")
 
 
-async def _send(num: int, payload: bytes, fin: bool) -> int:
-    sock = registry.get(num)
-    if sock.state is SocketState.RESET:
+def _is_reset(sock: Socket) -> bool:
+    """``sock.state is SocketState.RESET``, without building the state."""
+    return sock._stream is None or sock._reset
+
+
+async def _send(sock: Socket, payload: bytes, fin: bool) -> int:
+    if _is_reset(sock):
         return -1
     try:
         if payload:
@@ -64,8 +70,9 @@ async def sock_send(num: int, data: str | bytes, opts: str = "") -> int:
 
     Cancellation may leave part of ``data`` sent.
     """
-    flags = parse_options(opts, {"BINARY", "CHAR", "FIN", "PUSH"})
-    return await _send(num, _payload(num, data, flags), "FIN" in flags)
+    flags = parse_options(opts, SEND_OPTIONS)
+    sock, modes = registry._lookup(num)
+    return await _send(sock, _payload(sock, modes.binary, data, flags), "FIN" in flags)
 
 
 async def sock_sendln(num: int, data: str | bytes = "", opts: str = "") -> int:
@@ -84,18 +91,21 @@ async def sock_sendln(num: int, data: str | bytes = "", opts: str = "") -> int:
 
     Cancellation may leave part of the line sent.
     """
-    words = opts.split()
-    line_end = registry.line_end(registry.get(num))
-    for i, word in enumerate(words[:-1]):
-        if word.upper() == "LINEND":
-            hex_end = words.pop(i + 1)
-            words.pop(i)
-            line_end = None if hex_end.upper() == "NONE" else _hex(hex_end)
-            break
+    sock, modes = registry._lookup(num)
+    line_end = None if modes.line_end_none else sock.line_end
+    if isinstance(opts, str) and "LINEND" in opts.upper():
+        words = opts.split()
+        for i, word in enumerate(words[:-1]):
+            if word.upper() == "LINEND":
+                hex_end = words.pop(i + 1)
+                words.pop(i)
+                line_end = None if hex_end.upper() == "NONE" else _hex(hex_end)
+                break
+        opts = " ".join(words)
     if not line_end:
         raise UsageError("$Sock_SendLn: LINEND is NONE; set one or pass 'LINEND hex'")
-    flags = parse_options(" ".join(words), {"BINARY", "CHAR", "FIN", "PUSH"})
-    return await _send(num, _payload(num, data, flags) + line_end, "FIN" in flags)
+    flags = parse_options(opts, SEND_OPTIONS)
+    return await _send(sock, _payload(sock, modes.binary, data, flags) + line_end, "FIN" in flags)
 
 
 def _hex(text: str) -> bytes:
@@ -108,9 +118,8 @@ def _hex(text: str) -> bytes:
     return value
 
 
-def _received(num: int, data: bytes, flags: set[str]) -> bytes | str:
-    sock = registry.get(num)
-    binary = "BINARY" in flags or (registry.is_binary(sock) and "CHAR" not in flags)
+def _received(sock: Socket, binary_mode: bool, data: bytes, flags: frozenset[str]) -> bytes | str:
+    binary = "BINARY" in flags or (binary_mode and "CHAR" not in flags)
     return data if binary else sock.decode(data)
 
 
@@ -141,16 +150,16 @@ async def sock_recv(
 
     Cancellation loses the bytes this call had already taken; the rest stay buffered.
     """
-    flags = parse_options(opts, {"BINARY", "CHAR"})
-    sock = registry.get(num)
+    flags = parse_options(opts, RECV_OPTIONS)
+    sock, modes = registry._lookup(num)
     if maxbytes < 0 or minbytes < 0:
         raise UsageError("$Sock_Recv: maxbytes and minbytes must be >= 0")
     most = maxbytes or max(minbytes, LONGSTRING_MAX)
     least = minbytes or most
     if least > most:
         raise UsageError("$Sock_Recv: minbytes must not exceed maxbytes")
-    if sock.state is SocketState.RESET:
-        return -1, _received(num, b"", flags)
+    if _is_reset(sock):
+        return -1, _received(sock, modes.binary, b"", flags)
     data = bytearray()
     try:
         while len(data) < least:
@@ -165,8 +174,8 @@ async def sock_recv(
             data += chunk
     except (SocketClosedError, SocketResetError):
         if not data:
-            return -1, _received(num, b"", flags)
-    return len(data), _received(num, bytes(data), flags)
+            return -1, _received(sock, modes.binary, b"", flags)
+    return len(data), _received(sock, modes.binary, bytes(data), flags)
 
 
 async def sock_recvprs(
@@ -194,17 +203,18 @@ async def sock_recvprs(
 
     Cancellation loses no bytes: they stay buffered.
     """
-    flags = parse_options(opts, {"BINARY", "CHAR"})
-    sock = registry.get(num)
-    if registry.prstok_none(sock):
+    flags = parse_options(opts, RECV_OPTIONS)
+    sock, modes = registry._lookup(num)
+    if modes.prstok_none:
         raise UsageError("$Sock_RecvPrs: PRSTOK is NONE; set parse tokens first")
     limit = LONGSTRING_MAX if maxbytes in (-1, 0) else maxbytes
     if limit < 0:
         raise UsageError("$Sock_RecvPrs: maxbytes must be -1, 0 or positive")
-    if sock.state is SocketState.RESET:
-        return -1, _received(num, b"", flags), 0
+    binary = "BINARY" in flags or (modes.binary and "CHAR" not in flags)
+    if _is_reset(sock):
+        return -1, b"" if binary else "", 0
     try:
         data, token, index = await sock.recv_parsed(max_bytes=limit)
     except (SocketClosedError, SocketResetError):
-        return -1, _received(num, b"", flags), 0
-    return len(data) + len(token or b""), _received(num, data, flags), index
+        return -1, b"" if binary else "", 0
+    return len(data) + len(token or b""), data if binary else sock.decode(data), index

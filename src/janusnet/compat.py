@@ -42,6 +42,7 @@ Janus documents only -100 and -109; the others are janusnet's choices (in
 from __future__ import annotations
 
 import ssl
+from typing import Final
 
 from ._compat_io import sock_recv, sock_recvprs, sock_send, sock_sendln
 from ._compat_registry import (
@@ -63,6 +64,9 @@ from ._exceptions import (
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
 from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, TLS_PHASE, Socket, SocketState
+
+#: The options ``$Sock_Conn`` takes.
+CONN_OPTIONS: Final = frozenset({"SSL", "NOSSL", "NOFINCLOSE"})
 
 __all__ = [
     "SocketRegistry",
@@ -148,7 +152,7 @@ async def sock_conn(
     Cancellation closes whatever was opened and propagates.
     """
     client_port = _resolve_port(port_or_name)
-    flags = parse_options(options, {"SSL", "NOSSL", "NOFINCLOSE"})
+    flags = parse_options(options, CONN_OPTIONS)
     if {"SSL", "NOSSL"} <= flags:
         raise UsageError("$Sock_Conn: SSL and NOSSL contradict each other")
     tls = True if "SSL" in flags else False if "NOSSL" in flags else None
