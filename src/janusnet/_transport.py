@@ -235,19 +235,6 @@ class _Direct(SocketStream):
                     raise anyio.ClosedResourceError from None
                 raise anyio.BrokenResourceError from exc
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        await self._checkpoint()
-        if self._receiving:
-            raise anyio.BusyResourceError("receiving from")
-        self._receiving = True
-        try:
-            data: bytes = await self._call(self._sock.recv, max_bytes, _wait_readable)
-        finally:
-            self._receiving = False
-        if data:
-            return data
-        raise anyio.EndOfStream
-
     async def send(self, item: bytes) -> None:
         await self._send_checkpoint()  # a cancellation here has written nothing
         if self._sending:
@@ -320,7 +307,26 @@ class FdStream(_Direct):
     __slots__ = ()
 
     async def receive(self, max_bytes: int = TRANSPORT_READ) -> bytes:
-        return await super().receive(max_bytes)
+        await self._checkpoint()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._receiving = True
+        try:
+            try:
+                data: bytes = self._sock.recv(max_bytes)  # usually there after the yield
+            except BlockingIOError:
+                data = await self._call(self._sock.recv, max_bytes, _wait_readable)
+            except OSError as exc:
+                if self._closed:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from exc
+        finally:
+            self._receiving = False
+        if data:
+            return data
+        raise anyio.EndOfStream
 
     async def send_eof(self) -> None:
         if self._closed:
