@@ -775,7 +775,14 @@ class Socket:
             # the read's buffer is allocated at the size asked): the bytes read are then
             # usually the result itself, with no slice copied out of a bigger buffer.
             size = max_bytes if max_bytes > RECEIVE_SIZE else RECEIVE_SIZE
-            await self._fill(size if size < TRANSPORT_READ else TRANSPORT_READ)
+            size = size if size < TRANSPORT_READ else TRANSPORT_READ
+            if self._allot is None and self._scanner.idle:
+                data = await self._read(size)
+                if 0 < len(data) <= max_bytes:
+                    return data  # all of it: nothing to buffer
+                self._feed(data)
+            else:
+                await self._fill(size)
             data = self._scanner.take(max_bytes)
         return data
 
