@@ -286,10 +286,12 @@ async def test_compat_options_checked_on_every_call(anyio_backend: str) -> None:
     are remembered once checked); anything but a str is refused."""
 
     heard: list[bytes] = []
+    done = anyio.Event()
 
     async def lines(stream: SocketStream) -> None:
         await stream.send(b"caf\xc3\xa9\r\nraw\r\nlast\r\n")
         heard.append(await read_line(stream, bytearray()))
+        done.set()
 
     async with serve(lines) as number:
         num = await sock_conn(None, "127.0.0.1", number, "nossl")
@@ -309,8 +311,7 @@ async def test_compat_options_checked_on_every_call(anyio_backend: str) -> None:
         assert await sock_sendln(num, "é", "linend 0A binary") == 0  # latin-1, LF
         assert await sock_sendln(num, "done", "Char") == 0
         with anyio.fail_after(5):
-            while not heard:
-                await anyio.sleep(0.01)
+            await done.wait()
         assert heard == [b"\xe9\ndone"]
         await sock_close(num)
 

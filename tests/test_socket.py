@@ -10,6 +10,7 @@ import anyio
 import pytest
 import trustme
 from anyio.abc import SocketStream
+from anyio.streams.tls import TLSStream
 
 import janusnet
 from janusnet import (
@@ -589,6 +590,86 @@ async def test_recv_exactly_larger_than_a_read(
             assert info.value.partial == rest[200_000:]
             assert info.value.expected == 200_000
             assert sock.pending == 0
+
+
+@pytest.mark.parametrize("read", ["loop", "full-record-then-recv"])
+async def test_tls_read_to_the_end_from_a_peer_that_sends_close_notify(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext, read: str
+) -> None:
+    """A peer that ends TLS the standard way (close_notify, then it waits for our close):
+    reading to the end returns b"" at once. A receive that drains whole 16 KiB records
+    meets the close_notify behind the last one and leaves it for the next receive, which
+    must still see it rather than wait on the socket for ever."""
+    body = b"b" * (1 << 20) if read == "loop" else b"r" * 16384
+
+    async def peer(stream: SocketStream) -> None:
+        buf = bytearray()
+        await read_line(stream, buf)
+        await stream.send(b"go\r\n")
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server_context)
+        await read_line(tls, buf)
+        await tls.send(body)
+        await tls.aclose()  # close_notify; anyio then waits for ours
+
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with serve(peer) as number:
+        async with await Socket.connect("localhost", number) as sock:
+            await sock.send_line(b"STARTTLS")
+            assert (await sock.recv_parsed()).data == b"go"
+            await sock.ssl_on(ssl_context=context)
+            await sock.send_line(b"send")
+            with anyio.fail_after(10):
+                if read == "loop":
+                    got = bytearray()
+                    while data := await sock.recv():
+                        got += data
+                    assert got == body
+                else:
+                    await anyio.sleep(0.3)  # the record and close_notify arrive together
+                    assert await sock.recv_exactly(len(body)) == body
+                    assert await sock.recv() == b""
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_parsed", "recv_exactly"])
+async def test_receive_window_set_while_a_receive_waits(anyio_backend: str, call: str) -> None:
+    """Another task sets ``receive_window`` while a receive waits on an empty buffer:
+    what arrives then is counted against the window, the bytes past it are held."""
+    payload = b"hello\r\n" if call != "recv_exactly" else b"x" * 100_000
+    go = anyio.Event()
+
+    async def peer(stream: SocketStream) -> None:
+        await go.wait()
+        await stream.send(payload)
+        await stream.receive()
+
+    async with serve(peer) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            got: list[object] = []
+
+            async def receive() -> None:
+                if call == "recv":
+                    got.append(await sock.recv())
+                elif call == "recv_parsed":
+                    got.append(await sock.recv_parsed())
+                else:
+                    with pytest.raises(IncompleteReadError) as info:
+                        await sock.recv_exactly(100_000)
+                    got.append(info.value)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                await anyio.wait_all_tasks_blocked()
+                sock.receive_window = 3  # from another task, while the receive waits
+                go.set()
+            if call == "recv":
+                assert got == [b"hel"]
+            elif call == "recv_parsed":
+                assert got == [(b"hel", None, 0)]
+            else:
+                error = got[0]
+                assert isinstance(error, IncompleteReadError)
+                assert error.partial == b"xxx" and error.window_spent
 
 
 async def test_socket_recv_exactly_says_when_the_window_ended_it(anyio_backend: str) -> None:

@@ -18,6 +18,7 @@ from janusnet import (
     ProxyProtocolError,
     ProxyRefusedError,
     ProxyTunnel,
+    SSLOnOtherError,
     UsageError,
 )
 from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin, byte_pattern
@@ -408,6 +409,40 @@ async def test_tunnel_https_proxy_tls_in_tls(
         async with await tunnel.open_tls("localhost", origin.port) as sock:
             assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
         assert tls_proxy.log[0].target == f"localhost:{origin.port}"
+
+
+async def test_tunnel_https_proxy_that_ends_tls_after_its_reply(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """An ``https://`` proxy that answers 200 and ends its TLS at once (close_notify,
+    then it waits for ours): ``ssl_on()`` sees the end (-149) at once and closes nothing
+    it should not; reading gives the end of stream."""
+    from anyio.streams.tls import TLSStream
+
+    from loopback import read_line, serve
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=origin.server_context)
+        buf = bytearray()
+        while await read_line(tls, buf):
+            pass
+        await tls.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await tls.aclose()  # close_notify right behind the reply
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(
+            f"https://localhost:{number}",
+            client_port=port,
+            proxy_ssl_context=origin.client_context(),
+        )
+        for step in ("ssl_on", "recv"):
+            with anyio.fail_after(10):
+                async with await tunnel.open("localhost", origin.port) as sock:
+                    await anyio.sleep(0.2)  # the close_notify is there before we look
+                    if step == "ssl_on":
+                        with pytest.raises(SSLOnOtherError, match="closed"):
+                            await sock.ssl_on()
+                    assert await sock.recv() == b""
 
 
 def test_tunnel_context_not_mutated(origin: TLSOrigin) -> None:

@@ -712,6 +712,8 @@ class Socket:
             ) from exc
         finally:
             self._receiving = False
+        if type(data) is not bytes:  # a stream of the caller's may hand out a bytearray
+            data = bytes(data)
         if self._ssl_object is not None and TLS_FULL_RECORD <= len(data) < size:
             data = self._drain_tls(data, size)
         return data
@@ -731,13 +733,24 @@ class Socket:
         try:
             while total < size:
                 more = read(min(TLS_RECORD, size - total))  # a record's worth at most
-                if not more:
+                if not more:  # close_notify (the ssl module's b"")
+                    self._read_again()
                     break
                 chunks.append(more)
                 total += len(more)
-        except OSError:  # SSLWantReadError: nothing more without I/O; errors: next receive
+        except ssl.SSLWantReadError:  # nothing more without I/O
             pass
+        except OSError:  # a ragged EOF or an error
+            self._read_again()
         return data if len(chunks) == 1 else b"".join(chunks)
+
+    def _read_again(self) -> None:
+        """``_drain_tls`` met the end of TLS or an error: the next receive must meet it
+        too. OpenSSL says it again when asked, but janusnet's own TLS stream skips asking
+        when it has no ciphertext to give (see ``FdTLSStream.receive``): tell it."""
+        stream = self._stream
+        if isinstance(stream, FdTLSStream):
+            stream.read_again()
 
     def _check_receive(self) -> None:
         if self._receiving:
@@ -778,7 +791,7 @@ class Socket:
             size = size if size < TRANSPORT_READ else TRANSPORT_READ
             if self._allot is None and self._scanner.idle:
                 data = await self._read(size)
-                if 0 < len(data) <= max_bytes:
+                if 0 < len(data) <= max_bytes and self._allot is None:  # (window set meanwhile?)
                     return data  # all of it: nothing to buffer
                 self._feed(data)
             else:
@@ -811,7 +824,10 @@ class Socket:
             self._check_receive()
         data = self._scanner.take_exactly(count)
         if data is None and count > RECEIVE_SIZE and self._allot is None:
-            return await self._recv_large(count)
+            data = await self._recv_large(count)
+            if data is not None:
+                return data
+            data = self._scanner.take_exactly(count)
         while data is None:
             if self._eof or self._allot == 0:
                 scanner = self._scanner
@@ -822,14 +838,16 @@ class Socket:
             data = self._scanner.take_exactly(count)
         return data
 
-    async def _recv_large(self, count: int) -> bytes:
+    async def _recv_large(self, count: int) -> bytes | None:
         """``recv_exactly`` of more than a read's worth that is not all buffered yet.
 
         The reads are kept as they arrive, each no larger than what is still missing, and
         joined once at the end: one copy of the result. Appending them to the buffer
         instead copied the growing buffer again and again (0.63x asyncio's
         ``readexactly`` at 1-4 MiB). On any failure but the end of the stream the bytes
-        go back into the buffer, so nothing is lost.
+        go back into the buffer, so nothing is lost. ``None`` when another task set
+        ``receive_window`` meanwhile: the bytes are then buffered as the window says, for
+        the caller's usual loop.
         """
         scanner = self._scanner
         chunks = [scanner.take(scanner.pending)]
@@ -842,6 +860,11 @@ class Socket:
                 data = await self._read(left if left < TRANSPORT_READ else TRANSPORT_READ)
                 chunks.append(data)
                 got += len(data)
+                if self._allot is not None:  # receive_window set meanwhile
+                    self._unread(chunks[0])  # (already counted when it was received)
+                    for chunk in chunks[1:]:
+                        self._feed(chunk)
+                    return None
         except IncompleteReadError:
             raise
         except BaseException:
@@ -932,10 +955,11 @@ class Socket:
             if data:
                 token = token_set.tokens[0]
                 end = len(data) - len(token)
-                if 0 <= end <= limit and data.find(token) == end:
+                # (receive_window may have been set by another task meanwhile)
+                if 0 <= end <= limit and self._allot is None and data.find(token) == end:
                     return _new_parsed(Parsed, (data[:end], token, 1))
                 self._feed(data)
-            scanner = self._scanner
+            scanner = self._own_scanner()
         else:
             scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)

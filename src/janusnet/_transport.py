@@ -362,7 +362,16 @@ class FdTLSStream(_Direct):
     half-close. Its typed attributes are ``TLSStream``'s, plus the socket's.
     """
 
-    __slots__ = ("_feeding", "_flushing", "_in", "_obj", "_out", "_progress", "_unsent")
+    __slots__ = (
+        "_feeding",
+        "_flushing",
+        "_in",
+        "_obj",
+        "_out",
+        "_progress",
+        "_read_again",
+        "_unsent",
+    )
     _sock: _stdsocket.socket
 
     def __init__(
@@ -380,6 +389,9 @@ class FdTLSStream(_Direct):
         self._flushing = False  # a task waits to write ciphertext
         self._feeding = False  # a task waits to read ciphertext
         self._progress: anyio.Event | None = None  # set when either of those moves on
+        # Someone else read the SSLObject into close_notify, EOF or an error and left it
+        # for the next receive: that one must ask OpenSSL (see receive).
+        self._read_again = False
 
     @classmethod
     async def wrap(
@@ -583,8 +595,14 @@ class FdTLSStream(_Direct):
                 try:
                     # With no ciphertext (nor its end) to give OpenSSL and no plaintext
                     # left from a record, a read can only say "want read", through an
-                    # exception that costs more than the read (~1.4 us): skip it.
-                    data = read(size) if incoming.pending or incoming.eof or decrypted() else None
+                    # exception that costs more than the read (~1.4 us): skip it. Unless
+                    # another reader met the end or an error there and left it for us:
+                    # OpenSSL says it again, and only if asked.
+                    if incoming.pending or incoming.eof or decrypted() or self._read_again:
+                        self._read_again = False
+                        data = read(size)
+                    else:
+                        data = None
                 except ssl.SSLWantReadError:
                     data = None
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -603,6 +621,11 @@ class FdTLSStream(_Direct):
         if data:
             return data
         raise anyio.EndOfStream
+
+    def read_again(self) -> None:
+        """The caller read the ``SSLObject`` into close_notify, EOF or an error and left
+        it for the next :meth:`receive`, which then asks OpenSSL again."""
+        self._read_again = True
 
     def receive_ready(self) -> tuple[bytes, bool]:
         """What can be read now without waiting: ``(data, at_eof)``; never blocks.
@@ -627,8 +650,14 @@ class FdTLSStream(_Direct):
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 eof = True
+                self._read_again = True
                 break
             except ssl.SSLError:  # for the next receive() to raise
+                self._read_again = True
+                break
+            if not data:  # close_notify: the ssl module's b"" (again on every read)
+                eof = True
+                self._read_again = True
                 break
             chunks.append(data)
         return b"".join(chunks), eof
