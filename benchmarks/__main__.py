@@ -1,4 +1,5 @@
-"""``python -m benchmarks [parse|tls|tunnel|all] [--quick]``: janusnet beside its peers.
+"""``python -m benchmarks [parse|tls|pingpong|tunnel|all] [--quick]``: janusnet beside its
+peers.
 
 Benchmarks are not tests: this prints figures and ratios and asserts nothing about time.
 A client that reads the wrong records or bytes is reported as WRONG in the table.
@@ -83,7 +84,9 @@ def _fmt_rate(rate: float, unit: str) -> str:
     return f"{rate:7.0f}  "
 
 
-def run_rounds(title: str, unit: str, columns: list[Column], rounds: int, target: float) -> None:
+def run_rounds(
+    title: str, unit: str, columns: list[Column], rounds: int, target: float | None
+) -> None:
     """Warm up, run ``rounds`` interleaved rounds, print each round and the summary."""
     order = ", ".join(chr(65 + k) for k in range(len(columns)))
     print(f"\n== {title} ({unit}; {rounds} rounds after 1 warm-up, order {order})")
@@ -120,7 +123,7 @@ def run_rounds(title: str, unit: str, columns: list[Column], rounds: int, target
             f"{ratio:>10.2f}x{status}"
         )
     janus = [c for c in columns if c.name.startswith("janusnet (asyncio")]
-    if janus:
+    if janus and target is not None:
         got = statistics.median(ratios[janus[0].name])
         verdict = "met" if got >= target else "NOT met"
         print(f"   target: janusnet (asyncio) >= {target:.1f}x asyncio -> {got:.2f}x, {verdict}")
@@ -131,14 +134,14 @@ def table(
     unit: str,
     make_columns: Callable[[Callable[[str, tuple[Any, ...]], Worker]], list[Column]],
     rounds: int,
-    target: str,
+    target: str | None,
     *,
     reference: bool = True,
 ) -> None:
     """One table: its clients in worker processes of their own, stopped afterwards."""
     with workers() as start:
-        run_rounds(title, unit, make_columns(start), rounds, TARGETS[target])
-    if reference:
+        run_rounds(title, unit, make_columns(start), rounds, TARGETS[target] if target else None)
+    if reference and target:
         print(f"   issue's pre-janusnet figures: {REFERENCE[target]}")
 
 
@@ -188,6 +191,21 @@ def _tls_columns(
     ]
 
 
+def _pingpong_columns(
+    start: Callable[[str, tuple[Any, ...]], Worker], port: int, ca_pem: str | None
+) -> list[Column]:
+    def column(name: str, client: str) -> Column:
+        worker = start("pingpong", (port, ca_pem, client))
+        return Column(name, lambda: worker.run("wall"))
+
+    return [
+        column("asyncio streams", "asyncio_streams"),
+        column("janusnet (asyncio)", "janusnet_asyncio"),
+        column("janusnet (trio)", "janusnet_trio"),
+        column("anyio streams", "anyio_streams"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -195,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["all", "parse", "tls", "tunnel"]
+        "which", nargs="?", default="all", choices=["all", "parse", "tls", "pingpong", "tunnel"]
     )
     parser.add_argument("--quick", action="store_true", help="a short run (< 30 s)")
     parser.add_argument("--rounds", type=int, help="timed rounds (default 9, quick 5)")
@@ -230,6 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     server = mp.Process(target=serve, args=(child_end, cert_chain_pem, server_cpu), daemon=True)
     server.start()
     records_port, tls_port = parent_end.recv()
+    pingpong_end = None
+    if args.which in ("all", "pingpong"):
+        from . import _pingpong
+
+        pingpong_end, child_end = mp.Pipe()
+        pingpong_server = mp.Process(
+            target=_pingpong.serve, args=(child_end, cert_chain_pem, server_cpu), daemon=True
+        )
+        pingpong_server.start()
+        pingpong_ports = pingpong_end.recv()
     print(
         f"janusnet benchmarks -- Python {platform.python_version()} on {platform.machine()}, "
         f"{ssl.OPENSSL_VERSION}, {len(cpus) or '?'} CPUs"
@@ -269,7 +297,24 @@ def main(argv: list[str] | None = None) -> int:
                     "tls",
                     reference=clock == "wall",
                 )
+        if args.which in ("all", "pingpong"):
+            for tls, pem in (("plain", None), ("TLS", ca_pem)):
+                table(
+                    f"request/response, {_pingpong.CONNS} connections at once, "
+                    f"{_pingpong.ROUND_TRIPS} round trips each, {tls}",
+                    "round trips/s",
+                    lambda start, tls=tls, pem=pem: _pingpong_columns(
+                        start, pingpong_ports[tls == "TLS"], pem
+                    ),
+                    rounds,
+                    None,
+                )
     finally:
+        if pingpong_end is not None:
+            pingpong_end.send("stop")
+            pingpong_server.join(5)
+            if pingpong_server.is_alive():
+                pingpong_server.kill()
         parent_end.send("stop")
         server.join(5)
         if server.is_alive():

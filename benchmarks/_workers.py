@@ -66,7 +66,19 @@ def _ceiling_runner(nbytes: int, ca_pem: str, cert_chain_pem: bytes) -> Runner:
     return run
 
 
+def _pingpong_runner(port: int, ca_pem: str | None, client: str) -> Runner:
+    from . import _pingpong
+
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
+
+    def run(clock: str) -> tuple[float, str | None]:
+        return _pingpong.run(port, context, client)
+
+    return run
+
+
 RUNNERS: dict[str, Callable[..., Runner]] = {
+    "pingpong": _pingpong_runner,
     "records": _records_runner,
     "tls": _tls_runner,
     "ceiling": _ceiling_runner,
