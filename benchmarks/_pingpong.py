@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import tempfile
 import time
 from multiprocessing.connection import Connection
 
@@ -24,6 +22,8 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import janusnet
+
+from ._server import server_process_setup
 
 HOST = "127.0.0.1"
 PING = b"PING 1234567890"
@@ -46,14 +46,7 @@ class _LineAnswer(asyncio.Protocol):
 
 def serve(pipe: Connection, cert_chain_pem: bytes, cpu: int | None) -> None:
     """Listen on loopback (plain and TLS), report both ports, serve until told to stop."""
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {cpu})
-    with tempfile.NamedTemporaryFile(suffix=".pem", delete=False) as pem:
-        pem.write(cert_chain_pem)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pem.name)
-    os.unlink(pem.name)
+    context = server_process_setup(cert_chain_pem, cpu)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -119,16 +119,22 @@ def _serve_tls(conn: socket.socket, bulk: dict[int, bytes], tls_context: ssl.SSL
             tls.sendall(view[start : start + BULK_CHUNK])
 
 
-def serve(pipe: Connection, cert_chain_pem: bytes, cpu: int | None) -> None:
-    """Listen on loopback, report the port through ``pipe``, serve until told to stop."""
+def server_process_setup(cert_chain_pem: bytes, cpu: int | None) -> ssl.SSLContext:
+    """In a server process: pin it to ``cpu`` (when given), return its TLS context."""
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
     with tempfile.NamedTemporaryFile(suffix=".pem", delete=False) as pem:
         pem.write(cert_chain_pem)
-    tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls_context.load_cert_chain(pem.name)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pem.name)
     os.unlink(pem.name)
+    return context
+
+
+def serve(pipe: Connection, cert_chain_pem: bytes, cpu: int | None) -> None:
+    """Listen on loopback, report the port through ``pipe``, serve until told to stop."""
+    tls_context = server_process_setup(cert_chain_pem, cpu)
     records: dict[tuple[str, int], bytes] = {}
     bulk: dict[int, bytes] = {}
     records_listener = socket.create_server(("127.0.0.1", 0), backlog=16)

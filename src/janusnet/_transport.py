@@ -224,16 +224,28 @@ class _Direct(SocketStream):
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
-            try:
-                return op(arg)
-            except BlockingIOError:
-                if self._ack_due and blocked is _wait_readable:
-                    self._quickack()
-                await blocked(sock)
-            except OSError as exc:
-                if self._closed:
-                    raise anyio.ClosedResourceError from None
-                raise anyio.BrokenResourceError from exc
+            result = self._now(op, arg)
+            if result is not None:
+                return result
+            if self._ack_due and blocked is _wait_readable:
+                self._quickack()
+            await blocked(sock)
+
+    def _now(self, op: Callable[[Any], Any], arg: Any) -> Any:
+        """``op(arg)`` if the socket can do it at once, else ``None`` (it would block).
+
+        Raises:
+            anyio.ClosedResourceError: the socket was closed.
+            anyio.BrokenResourceError: the connection broke.
+        """
+        try:
+            return op(arg)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if self._closed:
+                raise anyio.ClosedResourceError from None
+            raise anyio.BrokenResourceError from exc
 
     async def send(self, item: bytes) -> None:
         await self._send_checkpoint()  # a cancellation here has written nothing
@@ -243,14 +255,7 @@ class _Direct(SocketStream):
             raise anyio.ClosedResourceError
         self._sending = True
         try:
-            try:
-                sent = self._sock.send(item)  # usually all of it, with no wait
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                if self._closed:
-                    raise anyio.ClosedResourceError from None
-                raise anyio.BrokenResourceError from exc
+            sent = self._now(self._sock.send, item) or 0  # usually all of it, with no wait
             if sent < len(item):
                 view = memoryview(item)[sent:]
                 while view:
@@ -314,14 +319,9 @@ class FdStream(_Direct):
             raise anyio.ClosedResourceError
         self._receiving = True
         try:
-            try:
-                data: bytes = self._sock.recv(max_bytes)  # usually there after the yield
-            except BlockingIOError:
+            data: bytes | None = self._now(self._sock.recv, max_bytes)  # there after the yield
+            if data is None:
                 data = await self._call(self._sock.recv, max_bytes, _wait_readable)
-            except OSError as exc:
-                if self._closed:
-                    raise anyio.ClosedResourceError from None
-                raise anyio.BrokenResourceError from exc
         finally:
             self._receiving = False
         if data:
