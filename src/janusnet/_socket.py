@@ -947,8 +947,12 @@ class Socket:
             check_size(limit, "max_bytes")
         # Taken now: the caller's list may change while this call waits.
         key = _NO_KEY if tokens is None else _ready_key(tokens)
-        scanner = self._scanner
-        if len(token_set.tokens) == 1 and scanner.idle and self._allot is None and not self._eof:
+        if (
+            len(token_set.tokens) == 1
+            and self._scanner.idle
+            and self._allot is None
+            and not self._eof
+        ):
             # Nothing buffered: read. When what arrives is one whole record (request/
             # response, one message per read), hand it out without buffering it.
             data = await self._read()
@@ -959,9 +963,7 @@ class Socket:
                 if 0 <= end <= limit and self._allot is None and data.find(token) == end:
                     return _new_parsed(Parsed, (data[:end], token, 1))
                 self._feed(data)
-            scanner = self._own_scanner()
-        else:
-            scanner = self._own_scanner()
+        scanner = self._own_scanner()
         result = scanner.scan(token_set, limit, self._eof or self._allot == 0)
         while result is None:
             await self._fill()
