@@ -672,6 +672,50 @@ async def test_receive_window_set_while_a_receive_waits(anyio_backend: str, call
                 assert error.partial == b"xxx" and error.window_spent
 
 
+@pytest.mark.parametrize("count", [50_000, 200_000])
+@pytest.mark.parametrize("then", ["more-arrives", "cancelled"])
+async def test_receive_window_set_while_recv_exactly_waits_counts_the_buffer(
+    anyio_backend: str, count: int, then: str
+) -> None:
+    """With bytes already buffered, another task sets ``receive_window = 3`` while
+    ``recv_exactly`` waits for the rest: the window counts the buffered bytes too (as
+    its setter does), for a count above and below a read's worth, whether more bytes
+    arrive or the call is cancelled."""
+    go = anyio.Event()
+
+    async def peer(stream: SocketStream) -> None:
+        await stream.send(b"a" * 10_000)
+        await go.wait()
+        await stream.send(b"b" * 10_000)
+        await stream.receive()
+
+    async with serve(peer) as number:
+        async with await Socket.connect("127.0.0.1", number) as sock:
+            assert await sock.recv(100) == b"a" * 100  # the rest of the 10 000 is buffered
+            failures: list[IncompleteReadError] = []
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+
+                    async def receive() -> None:
+                        with pytest.raises(IncompleteReadError) as info:
+                            await sock.recv_exactly(count)
+                        failures.append(info.value)
+
+                    tg.start_soon(receive)
+                    await anyio.wait_all_tasks_blocked()
+                    sock.receive_window = 3
+                    if then == "cancelled":
+                        tg.cancel_scope.cancel()
+                    else:
+                        go.set()
+            if then == "cancelled":
+                assert await sock.recv() == b"aaa"
+            else:
+                assert failures[0].partial == b"aaa"
+                assert failures[0].window_spent
+            assert await sock.recv() == b""  # the window is spent
+
+
 async def test_socket_recv_exactly_says_when_the_window_ended_it(anyio_backend: str) -> None:
     async def talk(stream: SocketStream) -> None:
         await stream.send(b"0123456789")

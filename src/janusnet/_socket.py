@@ -211,6 +211,7 @@ class Socket:
         "_ssl_object",
         "_stream",
         "_tls",
+        "_tls_error",
         "_tokens",
         "proxy_reply",
     )
@@ -251,6 +252,10 @@ class Socket:
         # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
         # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
+        # The TLS layer's error (a bad record), met by a read or by _drain_tls after bytes
+        # it returned: every later read raises it (OpenSSL would answer a later read with a
+        # mere EOF, and anyio's TLSStream would pass that on as the end of the stream).
+        self._tls_error: ssl.SSLError | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
@@ -691,6 +696,11 @@ class Socket:
         stream = self._stream
         if stream is None:
             raise SocketClosedError("the socket is closed")
+        if self._tls_error is not None:
+            self._reset = True
+            raise SocketResetError(
+                f"connection broke while receiving: {_why(self._tls_error)}"
+            ) from self._tls_error
         if self._ack_due:
             self._ack_due = False
             self._ack_promptly()
@@ -702,6 +712,9 @@ class Socket:
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
+            cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+            if isinstance(cause, ssl.SSLError):  # sticky: OpenSSL would say EOF next time
+                self._tls_error = cause
             raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
@@ -740,13 +753,15 @@ class Socket:
                 total += len(more)
         except ssl.SSLWantReadError:  # nothing more without I/O
             pass
-        except OSError:  # a ragged EOF or an error
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # the end: OpenSSL says it again
             self._read_again()
+        except ssl.SSLError as exc:  # a bad record: the next read raises it, not an EOF
+            self._tls_error = exc
         return data if len(chunks) == 1 else b"".join(chunks)
 
     def _read_again(self) -> None:
-        """``_drain_tls`` met the end of TLS or an error: the next receive must meet it
-        too. OpenSSL says it again when asked, but janusnet's own TLS stream skips asking
+        """``_drain_tls`` met the end of TLS: the next receive must meet it too. OpenSSL
+        says it again when asked, but janusnet's own TLS stream skips asking
         when it has no ciphertext to give (see ``FdTLSStream.receive``): tell it."""
         stream = self._stream
         if isinstance(stream, FdTLSStream):
@@ -861,14 +876,15 @@ class Socket:
                 chunks.append(data)
                 got += len(data)
                 if self._allot is not None:  # receive_window set meanwhile
-                    self._unread(chunks[0])  # (already counted when it was received)
-                    for chunk in chunks[1:]:
-                        self._feed(chunk)
+                    self._feed(b"".join(chunks))  # all counted, as the window's setter does
                     return None
         except IncompleteReadError:
             raise
         except BaseException:
-            self._unread(b"".join(chunks))
+            if self._allot is None:
+                self._unread(b"".join(chunks))
+            else:  # a window set meanwhile counts them all (the buffer is empty here)
+                self._feed(b"".join(chunks))
             raise
         data = b"".join(chunks)
         if got > count:  # a stream that gave more than asked (anyio's contract says no)

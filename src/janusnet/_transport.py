@@ -363,6 +363,7 @@ class FdTLSStream(_Direct):
     """
 
     __slots__ = (
+        "_failure",
         "_feeding",
         "_flushing",
         "_in",
@@ -392,6 +393,9 @@ class FdTLSStream(_Direct):
         # Someone else read the SSLObject into close_notify, EOF or an error and left it
         # for the next receive: that one must ask OpenSSL (see receive).
         self._read_again = False
+        # The TLS error that broke the stream: every later receive and send raise it
+        # (OpenSSL itself would answer a later read with a mere EOF).
+        self._failure: ssl.SSLError | None = None
 
     @classmethod
     async def wrap(
@@ -584,6 +588,8 @@ class FdTLSStream(_Direct):
         await self._checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
+        if self._failure is not None:
+            raise anyio.BrokenResourceError from self._failure
         self._receiving = True
         try:
             read = self._obj.read
@@ -608,6 +614,8 @@ class FdTLSStream(_Direct):
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     data = b""  # close_notify, or a ragged EOF (standard_compatible=False)
                 except ssl.SSLError as exc:
+                    self._failure = exc
+                    self._push_now()  # OpenSSL's alert, as far as the socket takes it now
                     raise anyio.BrokenResourceError from exc
                 if self._unsent is not None or self._out.pending:
                     self._push_now()  # what the socket takes now; never wait to write here
@@ -666,6 +674,8 @@ class FdTLSStream(_Direct):
         await self._send_checkpoint()  # a cancellation here has written nothing
         if self._sending:
             raise anyio.BusyResourceError("sending to")
+        if self._failure is not None:
+            raise anyio.BrokenResourceError from self._failure
         self._sending = True
         try:
             view = memoryview(item)
@@ -679,10 +689,17 @@ class FdTLSStream(_Direct):
                 try:
                     write(chunk)
                 except ssl.SSLWantReadError:  # renegotiating: the peer's messages first
+                    # OpenSSL reads records itself here, an end of TLS among them: the
+                    # next receive must ask it (see receive).
+                    self._read_again = True
                     await self._flush()
                     await self._feed()
                     continue
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
+                    self._read_again = True  # the end, for the next receive to meet too
+                    raise anyio.BrokenResourceError from exc
                 except ssl.SSLError as exc:
+                    self._failure = exc
                     raise anyio.BrokenResourceError from exc
                 view = view[len(chunk) :]
                 await self._flush()
