@@ -1,31 +1,42 @@
-"""A peer whose TLS records fail to decrypt (a flipped tag byte): the receive that meets
-the bad record raises ``SocketResetError``, every later receive too, and the answer never
-depends on how the bytes were split into segments -- it is never a clean end of stream,
-which would let a tampered body that is read to its end pass for a whole one."""
+"""A peer whose TLS records fail to decrypt (a flipped tag byte), or that ends TLS without
+close_notify: the receive that meets a bad record raises ``SocketResetError``, every
+later receive and send too, and the answer never depends on how the bytes were split
+into segments -- it is never a clean end of stream, which would let a tampered body that
+is read to its end pass for a whole one."""
 
 from __future__ import annotations
 
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 import anyio
 import pytest
 import trustme
 
-from janusnet import ClientPort, Socket, SocketResetError, TLSMode
+from janusnet import (
+    ClientPort,
+    PendingDataError,
+    ProxyTunnel,
+    Socket,
+    SocketResetError,
+    TLSMode,
+    compat,
+)
 
 pytestmark = pytest.mark.anyio
 
+Script = Callable[[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, socket.socket], None]
 
-class BadRecordPeer:
-    """A TLS server in a thread (memory BIOs, so it can corrupt what it sends): after the
-    handshake it sends ``good`` bytes as records, then one record with a flipped tag byte,
-    in the same segment (``together``) or a moment later; then it keeps TCP open until the
-    client closes."""
 
-    def __init__(self, context: ssl.SSLContext, good: bytes, *, together: bool) -> None:
-        self.context, self.good, self.together = context, good, together
+class ScriptedTLSPeer:
+    """A TLS server in a thread over memory BIOs, so it can corrupt what it sends: after
+    the handshake it runs ``script(tls, incoming, outgoing, conn)``, then keeps TCP open
+    until the client closes."""
+
+    def __init__(self, context: ssl.SSLContext, script: Script) -> None:
+        self.context, self.script = context, script
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -45,18 +56,7 @@ class BadRecordPeer:
                     conn.sendall(outgoing.read())
                     incoming.write(conn.recv(65536))
             conn.sendall(outgoing.read())
-            if self.good:
-                tls.write(self.good)
-            good = outgoing.read()
-            tls.write(b"tampered\r\n")
-            bad = bytearray(outgoing.read())
-            bad[-1] ^= 0xFF
-            if self.together:
-                conn.sendall(good + bytes(bad))
-            else:
-                conn.sendall(good)
-                threading.Event().wait(0.3)
-                conn.sendall(bytes(bad))
+            self.script(tls, incoming, outgoing, conn)
             try:
                 while conn.recv(65536):
                     pass
@@ -64,15 +64,53 @@ class BadRecordPeer:
                 pass
 
 
+def record(
+    tls: ssl.SSLObject, outgoing: ssl.MemoryBIO, data: bytes, *, bad: bool = False
+) -> bytes:
+    """``data`` as TLS records on the wire; ``bad``: with the last tag byte flipped."""
+    tls.write(data)
+    wire = bytearray(outgoing.read())
+    if bad:
+        wire[-1] ^= 0xFF
+    return bytes(wire)
+
+
+def good_then_bad(good: bytes, *, together: bool) -> Script:
+    def script(
+        tls: ssl.SSLObject, _: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+    ) -> None:
+        first = record(tls, out, good) if good else b""
+        bad = record(tls, out, b"tampered\r\n", bad=True)
+        if together:
+            conn.sendall(first + bad)
+        else:
+            conn.sendall(first)
+            threading.Event().wait(0.3)
+            conn.sendall(bad)
+
+    return script
+
+
+def ragged_end(
+    tls: ssl.SSLObject, _: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+) -> None:
+    conn.sendall(record(tls, out, b"hello\r\n"))
+    conn.shutdown(socket.SHUT_RDWR)  # FIN without close_notify, as many HTTP servers do
+
+
 @pytest.fixture(scope="module")
-def pieces() -> tuple[trustme.CA, ClientPort]:
-    ca = trustme.CA()
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def port(ca: trustme.CA) -> ClientPort:
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    return ca, ClientPort("BADTLS", tls=TLSMode.OPTIONAL, ssl_context=client)
+    return ClientPort("BADTLS", tls=TLSMode.OPTIONAL, ssl_context=client)
 
 
-def server_context(ca: trustme.CA, version: str) -> ssl.SSLContext:
+def server_context(ca: trustme.CA, version: str = "1.3") -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(context)
     pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
@@ -80,30 +118,31 @@ def server_context(ca: trustme.CA, version: str) -> ssl.SSLContext:
     return context
 
 
+async def connect(peer: ScriptedTLSPeer, port: ClientPort, stack: str) -> Socket:
+    """Over janusnet's own TLS stream, or over anyio's ``TLSStream`` on a caller's stream
+    (what the origin's layer of TLS in TLS is)."""
+    if stack == "direct":
+        return await Socket.connect(
+            "127.0.0.1", peer.port, client_port=port, tls=True, server_hostname="localhost"
+        )
+    sock = Socket(await anyio.connect_tcp("127.0.0.1", peer.port), client_port=port)
+    await sock.ssl_on(server_hostname="localhost")
+    return sock
+
+
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 @pytest.mark.parametrize("together", [False, True], ids=["bad-later", "bad-same-segment"])
 @pytest.mark.parametrize("stack", ["direct", "anyio-stream"])
 async def test_a_bad_record_behind_a_full_one_is_an_error_not_an_end(
-    anyio_backend: str,
-    pieces: tuple[trustme.CA, ClientPort],
-    version: str,
-    together: bool,
-    stack: str,
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, version: str, together: bool, stack: str
 ) -> None:
     """A full 16 KiB record, then a bad one: reading to the end gives the 16 KiB, then
-    ``SocketResetError`` (twice), whether the bad record came with the good one -- the
-    read that drains full records meets it -- or later; over janusnet's own stream and
-    over anyio's ``TLSStream`` (a caller's stream, as under TLS-in-TLS)."""
-    ca, port = pieces
-    peer = BadRecordPeer(server_context(ca, version), b"A" * 16384, together=together)
-    if stack == "direct":
-        sock = await Socket.connect(
-            "127.0.0.1", peer.port, client_port=port, tls=True, server_hostname="localhost"
-        )
-    else:
-        sock = Socket(await anyio.connect_tcp("127.0.0.1", peer.port), client_port=port)
-        await sock.ssl_on(server_hostname="localhost")
-    async with sock:
+    ``SocketResetError`` (again at once, and for a send), whether the bad record came
+    with the good one -- the read that drains full records meets it -- or later."""
+    peer = ScriptedTLSPeer(
+        server_context(ca, version), good_then_bad(b"A" * 16384, together=together)
+    )
+    async with await connect(peer, port, stack) as sock:
         if together:
             await anyio.sleep(0.3)  # everything is in the kernel before the first read
         got = bytearray()
@@ -118,20 +157,88 @@ async def test_a_bad_record_behind_a_full_one_is_an_error_not_an_end(
             assert got == b"A" * 16384
             with pytest.raises(SocketResetError):
                 await sock.recv()  # again at once: no wait for the peer to close
+            with pytest.raises(SocketResetError):
+                await sock.send(b"more\r\n")
     peer.thread.join(10)
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 async def test_every_receive_after_a_bad_record_fails_at_once(
-    anyio_backend: str, pieces: tuple[trustme.CA, ClientPort], version: str
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, version: str
 ) -> None:
-    ca, port = pieces
-    peer = BadRecordPeer(server_context(ca, version), b"", together=True)
-    async with await Socket.connect(
-        "127.0.0.1", peer.port, client_port=port, tls=True, server_hostname="localhost"
-    ) as sock:
+    peer = ScriptedTLSPeer(server_context(ca, version), good_then_bad(b"", together=True))
+    async with await connect(peer, port, "direct") as sock:
         with anyio.fail_after(10):
             for _ in range(3):
                 with pytest.raises(SocketResetError, match=r"BAD_RECORD_MAC|DECRYPT"):
                     await sock.recv()
+    peer.thread.join(10)
+
+
+@pytest.mark.parametrize("stack", ["direct", "anyio-stream"])
+async def test_a_send_after_a_ragged_end_is_a_reset(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, stack: str
+) -> None:
+    """The peer ends TCP without close_notify: the reads give its bytes and then the end;
+    a send after that is ``SocketResetError`` (anyio's ``TLSStream`` says ``EndOfStream``
+    there), and compat's ``$Sock_Send`` answers -1."""
+    peer = ScriptedTLSPeer(server_context(ca), ragged_end)
+    sock = await connect(peer, port, stack)
+    compat.registry.add(sock)
+    num = compat.registry.number_of(sock)
+    try:
+        with anyio.fail_after(10):
+            assert await sock.recv() == b"hello\r\n"
+            assert await sock.recv() == b""
+            with pytest.raises(SocketResetError):
+                await sock.send(b"after\r\n")
+            assert await compat.sock_send(num, b"after") == -1
+    finally:
+        await compat.sock_close(num)
+    peer.thread.join(10)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["bad-later", "bad-same-segment"])
+async def test_a_bad_record_from_an_https_proxy_behind_injected_bytes(
+    anyio_backend: str, ca: trustme.CA, together: bool
+) -> None:
+    """An ``https://`` proxy answers 200, injects bytes and then a bad record. ``ssl_on``
+    refuses the bytes (-112), the caller drains them, and the next receive is
+    ``SocketResetError`` -- also when ``ssl_on``'s look at what arrived met the bad
+    record first."""
+
+    def proxy(
+        tls: ssl.SSLObject, incoming: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+    ) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            try:
+                head += tls.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(conn.recv(65536))
+        good = record(tls, out, b"HTTP/1.1 200 OK\r\n\r\n") + record(tls, out, b"junk")
+        bad = record(tls, out, b"tampered", bad=True)
+        if together:
+            conn.sendall(good + bad)
+        else:
+            conn.sendall(good)
+            threading.Event().wait(0.3)
+            conn.sendall(bad)
+
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    peer = ScriptedTLSPeer(server_context(ca), proxy)
+    tunnel = ProxyTunnel(
+        f"https://localhost:{peer.port}",
+        client_port=ClientPort("HOP", tls=TLSMode.OPTIONAL),
+        proxy_ssl_context=client,
+    )
+    async with await tunnel.open("origin.example", 443) as sock:
+        await anyio.sleep(0.2)  # the reply, the junk and (same segment) the bad record
+        with pytest.raises(PendingDataError):
+            await sock.ssl_on(server_hostname="origin.example")
+        with anyio.fail_after(10):
+            assert await sock.recv() == b"junk"
+            with pytest.raises(SocketResetError):
+                await sock.recv()
     peer.thread.join(10)

@@ -583,7 +583,9 @@ class Socket:
         self._sending = True
         try:
             await stream.send(payload)
-        except (anyio.BrokenResourceError, OSError) as exc:
+        except (anyio.BrokenResourceError, OSError, anyio.EndOfStream) as exc:
+            # (anyio's TLSStream says EndOfStream when OpenSSL's write meets the end of a
+            # broken or raggedly ended TLS session)
             self._reset = True
             raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
@@ -757,6 +759,9 @@ class Socket:
             self._read_again()
         except ssl.SSLError as exc:  # a bad record: the next read raises it, not an EOF
             self._tls_error = exc
+            stream = self._stream
+            if isinstance(stream, FdTLSStream):
+                stream.fail(exc)  # broken for sends too, and OpenSSL's alert goes out
         return data if len(chunks) == 1 else b"".join(chunks)
 
     def _read_again(self) -> None:
@@ -1118,6 +1123,7 @@ class Socket:
                 self._feed(data)
             if eof:
                 self._eof = True
+
         pending = self.pending or self._transport_pending()
         if pending:
             raise PendingDataError(

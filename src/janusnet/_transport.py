@@ -588,8 +588,6 @@ class FdTLSStream(_Direct):
         await self._checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
-        if self._failure is not None:
-            raise anyio.BrokenResourceError from self._failure
         self._receiving = True
         try:
             read = self._obj.read
@@ -598,6 +596,8 @@ class FdTLSStream(_Direct):
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
+                if self._failure is not None:  # (a concurrent send met it)
+                    raise anyio.BrokenResourceError from self._failure
                 try:
                     # With no ciphertext (nor its end) to give OpenSSL and no plaintext
                     # left from a record, a read can only say "want read", through an
@@ -614,8 +614,7 @@ class FdTLSStream(_Direct):
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     data = b""  # close_notify, or a ragged EOF (standard_compatible=False)
                 except ssl.SSLError as exc:
-                    self._failure = exc
-                    self._push_now()  # OpenSSL's alert, as far as the socket takes it now
+                    self.fail(exc)
                     raise anyio.BrokenResourceError from exc
                 if self._unsent is not None or self._out.pending:
                     self._push_now()  # what the socket takes now; never wait to write here
@@ -629,6 +628,13 @@ class FdTLSStream(_Direct):
         if data:
             return data
         raise anyio.EndOfStream
+
+    def fail(self, exc: ssl.SSLError) -> None:
+        """A reader of the ``SSLObject`` met this error: the stream is broken (every
+        later receive and send raise it), and OpenSSL's alert is sent if the socket
+        takes it now."""
+        self._failure = exc
+        self._push_now()
 
     def read_again(self) -> None:
         """The caller read the ``SSLObject`` into close_notify, EOF or an error and left
@@ -660,8 +666,8 @@ class FdTLSStream(_Direct):
                 eof = True
                 self._read_again = True
                 break
-            except ssl.SSLError:  # for the next receive() to raise
-                self._read_again = True
+            except ssl.SSLError as exc:  # for every later receive and send to raise
+                self.fail(exc)
                 break
             if not data:  # close_notify: the ssl module's b"" (again on every read)
                 eof = True
