@@ -75,18 +75,24 @@ def record(
     return bytes(wire)
 
 
+def send_then_bad(
+    tls: ssl.SSLObject, out: ssl.MemoryBIO, conn: socket.socket, good: bytes, together: bool
+) -> None:
+    """``good`` (already on the wire), then a bad record: in one segment or 0.3 s later."""
+    bad = record(tls, out, b"tampered\r\n", bad=True)
+    if together:
+        conn.sendall(good + bad)
+    else:
+        conn.sendall(good)
+        threading.Event().wait(0.3)
+        conn.sendall(bad)
+
+
 def good_then_bad(good: bytes, *, together: bool) -> Script:
     def script(
         tls: ssl.SSLObject, _: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
     ) -> None:
-        first = record(tls, out, good) if good else b""
-        bad = record(tls, out, b"tampered\r\n", bad=True)
-        if together:
-            conn.sendall(first + bad)
-        else:
-            conn.sendall(first)
-            threading.Event().wait(0.3)
-            conn.sendall(bad)
+        send_then_bad(tls, out, conn, record(tls, out, good) if good else b"", together)
 
     return script
 
@@ -217,13 +223,7 @@ async def test_a_bad_record_from_an_https_proxy_behind_injected_bytes(
             except ssl.SSLWantReadError:
                 incoming.write(conn.recv(65536))
         good = record(tls, out, b"HTTP/1.1 200 OK\r\n\r\n") + record(tls, out, b"junk")
-        bad = record(tls, out, b"tampered", bad=True)
-        if together:
-            conn.sendall(good + bad)
-        else:
-            conn.sendall(good)
-            threading.Event().wait(0.3)
-            conn.sendall(bad)
+        send_then_bad(tls, out, conn, good, together)
 
     client = ssl.create_default_context()
     ca.configure_trust(client)
