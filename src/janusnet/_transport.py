@@ -705,7 +705,7 @@ class FdTLSStream(_Direct):
                     self._read_again = True  # the end, for the next receive to meet too
                     raise anyio.BrokenResourceError from exc
                 except ssl.SSLError as exc:
-                    self._failure = exc
+                    self.fail(exc)
                     raise anyio.BrokenResourceError from exc
                 view = view[len(chunk) :]
                 await self._flush()
