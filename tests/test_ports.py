@@ -85,6 +85,17 @@ RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
     ("unspecified v6 is v6 loopback", [D("127.0.0.0/8"), A("*")], "::", 80, True),
     ("v6 deny-all leaves 0.0.0.0", [D("::/0"), A("*")], "0.0.0.0", 80, True),
     ("allow v6 range, mapped v4", [A("::ffff:0:0/96"), D("*")], "::ffff:10.1.2.3", 443, False),
+    # Names are judged as the name that goes on the wire (UTS #46 mapping, then the IDNA
+    # 2008 A-label): no bypass by spelling there either.
+    ("full-width letters", [D("secret.example"), A("*")], "ｓｅｃｒｅｔ.example", 443, False),
+    ("ideographic full stop", [D("secret.example"), A("*")], "secret。example", 443, False),
+    ("full-width in a suffix", [D("*.corp.example"), A("*")], "a.ｃｏｒｐ.example", 443, False),
+    ("a-label vs u-label rule", [D("bücher.example"), A("*")], "xn--bcher-kva.example", 1, False),
+    ("u-label vs a-label rule", [D("xn--bcher-kva.example"), A("*")], "BÜCHER.example", 1, False),
+    ("combining mark, NFC", [D("bücher.example"), A("*")], "bu\u0308cher.example", 443, False),
+    ("u-label suffix rule", [A("*.bücher.example"), D("*")], "www.xn--bcher-kva.example", 1, True),
+    ("full-width ip, ip deny", [D("127.0.0.0/8"), A("*")], "１２７.０.０.１", 80, False),
+    ("invalid name, rules given", [A("*.example")], "a\u0378.example", 443, False),
 ]
 
 
@@ -118,8 +129,9 @@ def test_rules_address_guard_applies_only_ip_rules() -> None:
         lambda: allow("*", 0),
         lambda: deny("*", (10, 5)),
         lambda: allow("*", 70000),
+        lambda: deny("a\u0378.example"),
     ],
-    ids=["empty-host", "port-0", "reversed-range", "port-too-big"],
+    ids=["empty-host", "port-0", "reversed-range", "port-too-big", "invalid-idna"],
 )
 def test_rules_refuse_bad_patterns(bad: object) -> None:
     with pytest.raises(UsageError):
@@ -187,8 +199,9 @@ async def test_denied_direct_connect_sends_nothing(anyio_backend: str) -> None:
         ("denied.example", [D("denied.example"), A("*")]),
         ("10.9.8.7", [A("*"), D("10.0.0.0/8")]),  # an IP target: IP rules apply, too
         ("::ffff:10.9.8.7", [A("*"), D("10.0.0.0/8")]),  # the same host, IPv4-mapped
+        ("ｄｅｎｉｅｄ.example", [D("denied.example"), A("*")]),  # sent as denied.example
     ],
-    ids=["name", "ip-literal", "v4-mapped"],
+    ids=["name", "ip-literal", "v4-mapped", "full-width-name"],
 )
 async def test_denied_tunnel_target_never_reaches_the_proxy(
     anyio_backend: str, target: str, rules: list[AccessRule]
@@ -204,6 +217,20 @@ async def test_denied_tunnel_target_never_reaches_the_proxy(
         async with await tunnel.open("allowed.example", 443) as sock:
             assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
     assert proxy.accepted == [b"CONNECT allowed.example:443 HTTP/1.1"]
+
+
+async def test_another_spelling_cannot_reach_a_denied_name(anyio_backend: str) -> None:
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        guarded = ClientPort("SPELLING", rules=[D("localhost"), A("*")])
+        # The resolver maps both to localhost, which reaches the recorder.
+        for spelling in ("ｌｏｃａｌｈｏｓｔ", "LOCALHOST。"):
+            with pytest.raises(AccessDeniedError):
+                await Socket.connect(spelling, number, client_port=guarded)
+        with pytest.raises(UsageError):  # not a valid name: refused as such, before the rules
+            await Socket.connect("local\u0378host", number, client_port=guarded)
+        await say_and_hang_up(await Socket.connect("ｌｏｃａｌｈｏｓｔ", number), "spelled")
+    assert recorder.accepted == [b"spelled"]
 
 
 async def test_mapped_address_cannot_reach_a_denied_ipv4_host(anyio_backend: str) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Final
 
+from ._connect import idna_host
 from ._exceptions import (
     AccessDeniedError,
     PortLimitError,
@@ -78,6 +79,11 @@ class AccessRule:
         host = self.host.strip().lower().rstrip(".")
         if not host:
             raise UsageError("an access rule needs a host pattern ('*' for any)")
+        wildcard = "*." if host.startswith("*.") else ""
+        name = _canonical_host(host[len(wildcard) :])
+        if name is None:
+            raise UsageError(f"access rule host {self.host!r} is not a valid international name")
+        host = wildcard + name if name or not wildcard else host
         object.__setattr__(self, "host", host)
         if host != "*" and not host.startswith("*."):
             try:
@@ -100,10 +106,17 @@ class AccessRule:
         return self.ports is None or self.ports[0] <= port <= self.ports[1]
 
     def matches_host(self, host: str) -> bool:
-        """True when ``host`` (a name or an IP literal) matches the pattern."""
-        name = host.strip().lower().rstrip(".").strip("[]")
+        """True when ``host`` (a name or an IP literal) matches the pattern.
+
+        The host is compared as the name a connection reaches (see
+        :func:`_canonical_host`), so ``ＥＸＡＭＰＬＥ.com`` or ``example。com`` meet a rule
+        about ``example.com``; a host that is not a valid name matches no pattern but ``*``.
+        """
         if self.host == "*":
             return True
+        name = _canonical_host(host)
+        if name is None:
+            return False
         if self._network is not None:
             try:
                 address = ipaddress.ip_address(name.split("%", 1)[0])
@@ -116,6 +129,25 @@ class AccessRule:
         if self.host.startswith("*."):
             return name.endswith(self.host[1:])
         return name == self.host
+
+
+def _canonical_host(host: str) -> str | None:
+    """``host`` as the name a connection to it reaches, for the access rules.
+
+    Brackets, surrounding space, letter case and a final dot go; an international name
+    becomes the IDNA 2008 A-label that janusnet puts on the wire, in DNS and in SNI
+    (UTS #46 mapping first: full-width letters and digits, ideographic full stops and
+    upper case all map to the ASCII name). Judging the host as written instead would let
+    ``ｓｅｃｒｅｔ.example`` past a rule about ``secret.example`` and then connect to it.
+    ``None`` when the host is not a valid international name.
+    """
+    name = host.strip().strip("[]").rstrip(".")
+    if not name.isascii():
+        try:
+            name = idna_host(name).rstrip(".")
+        except UnicodeError:
+            return None
+    return name.lower()
 
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -251,11 +283,14 @@ class ClientPort:
         """
         if not self.rules:
             return True
+        name = _canonical_host(host)
+        if name is None:
+            return False  # not a name any connection could reach: nothing to allow
         for rule in self.rules:
-            if rule.matches_port(port) and rule.matches_host(host):
+            if rule.matches_port(port) and rule.matches_host(name):
                 if not rule.allow:
                     return False
-                return not _is_ip_literal(host) or self.is_address_allowed(host, port)
+                return not _is_ip_literal(name) or self.is_address_allowed(name, port)
         return False
 
     def is_address_allowed(self, address: str, port: int) -> bool:

@@ -137,6 +137,11 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError("host must be a non-empty str")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
         raise UsageError(f"host {host!r} contains a control character or a space")
+    if not host.isascii():
+        try:
+            idna_host(host.strip("[]"))
+        except UnicodeError as exc:
+            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
 

@@ -1068,8 +1068,14 @@ async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[st
     """
     if not any(rule.is_ip_rule for rule in port.rules):
         return [host]
+    name = host.strip("[]")
+    if not name.isascii():  # the name open_tcp() would connect to, not IDNA 2003's
+        try:
+            name = idna_host(name)
+        except UnicodeError as exc:
+            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
     try:
-        infos = await anyio.getaddrinfo(host.strip("[]"), number, type=_stdsocket.SOCK_STREAM)
+        infos = await anyio.getaddrinfo(name, number, type=_stdsocket.SOCK_STREAM)
     except OSError as exc:
         raise ConnectError(f"cannot resolve {host}: {exc}", host=host, port=number) from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
