@@ -42,6 +42,8 @@ from urllib.parse import quote
 import pytest
 
 USER = "alice"
+#: A second Digest user, whose name is not ASCII (its UTF-8 bytes go on the wire).
+NON_ASCII_USER = "j\u00fcrgen"
 PASSWORD = "s3:cr3t@x"
 REALM = "janusnet"
 SQUID_DENIED_PORT = 9
@@ -259,8 +261,11 @@ def _basic_password_file(path: Path) -> None:
 def _digest_password_file(path: Path) -> None:
     # digest_file_auth splits lines at every ':', so "alice:s3:cr3t@x" would read as realm "s3",
     # password "cr3t@x". The user:realm:{HHA1}<md5> form stores the hash, colons and all.
-    ha1 = hashlib.md5(f"{USER}:{REALM}:{PASSWORD}".encode()).hexdigest()
-    path.write_text(f"{USER}:{REALM}:{{HHA1}}{ha1}\n")
+    lines = []
+    for user in (USER, NON_ASCII_USER):
+        ha1 = hashlib.md5(f"{user}:{REALM}:{PASSWORD}".encode()).hexdigest()
+        lines.append(f"{user}:{REALM}:{{HHA1}}{ha1}\n")
+    path.write_text("".join(lines), encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import quote
 
 from ._exceptions import UsageError
 
@@ -233,8 +232,12 @@ def digest_proxy_authorization(
 ) -> bytes:
     """Answer a Digest challenge (RFC 7616; RFC 2069 form when the proxy sends no ``qop``).
 
-    Strings are hashed as UTF-8. A non-ASCII user name is sent as ``username*``
-    (RFC 7616 §3.4.4). ``opaque`` is echoed. ``userhash`` is not used (it is optional).
+    Strings are hashed as UTF-8. A non-ASCII user name goes as its UTF-8 bytes inside
+    the quoted ``username`` (``obs-text`` in the quoted-string grammar), as curl and the
+    browsers send it: squid, for one, accepts that and refuses the ``username*``
+    extended form (RFC 7616 §3.4.4 makes that form optional, for names a quoted string
+    cannot hold, and janusnet refuses those: control characters). ``opaque`` is echoed.
+    ``userhash`` is not used (it is optional).
     Challenges this cannot answer raise :class:`UsageError`; check them first with
     :func:`digest_supported` (or pick one with :func:`choose_challenge`).
 
@@ -302,10 +305,8 @@ def digest_proxy_authorization(
     else:
         response = digest(f"{ha1}:{nonce}:{ha2}")
 
-    if username.isascii():
-        parts = [f"username={_quoted(username)}"]
-    else:
-        parts = [f"username*=UTF-8''{quote(username, safe='')}"]
+    # The header is built as latin-1 text: a UTF-8 byte per character.
+    parts = [f"username={_quoted(username.encode().decode('latin-1'))}"]
     parts += [f"realm={_quoted(realm)}", f"uri={_quoted(uri)}"]
     if "algorithm" in params:
         parts.append(f"algorithm={params['algorithm']}")
