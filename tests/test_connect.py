@@ -617,6 +617,16 @@ def test_reply_reader_rejects_malformed(data: bytes, message: str, step: int | N
         assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
 
 
+def test_reply_reader_error_text_is_capped() -> None:
+    """A malformed head as big as the cap: h11 quotes the whole line; the message
+    quotes the start of it, escaped (the whole text stays on ``__cause__``)."""
+    for data in (b"HTTP/1.1 2OO " + b"\x1b" * 60000, b"HTTP/1.1 200 OK\r\nX: \x00" + b"a" * 60000):
+        with pytest.raises(ProxyProtocolError, match="malformed reply") as caught:
+            read_reply(data + b"\r\n\r\n")
+        assert len(str(caught.value)) < 400
+        assert "\x1b" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -12,6 +12,7 @@ are checked the same way: ``repr`` of the tunnel, its ``ProxyURL``, the socket a
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import ssl
 import traceback
@@ -256,6 +257,70 @@ async def test_secrets_digest_407(
         )
     assert isinstance(exc, ProxyAuthenticationRequired)
     assert exc.challenges[0].startswith("Digest")
+
+
+def echoing_proxy(reply: bytes) -> Any:
+    """A loopback proxy that answers CONNECT with ``reply``, in which ``{auth}`` stands for
+    the ``Proxy-Authorization`` value it was sent (a proxy quoting the request back)."""
+
+    async def handler(client: SocketStream) -> None:
+        buf = bytearray()
+        authorization = b""
+        while line := await read_line(client, buf):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"proxy-authorization":
+                authorization = value.strip()
+        assert authorization.startswith(b"Basic ")
+        await client.send(reply.replace(b"{auth}", authorization))
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            await client.receive()
+
+    return serve(handler)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            b"HTTP/1.1 400 Bad header: Proxy-Authorization: {auth}\r\nX-Seen: {auth}\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            ProxyRefusedError,
+        ),
+        (
+            b'HTTP/1.1 407 Rejected {auth}\r\nProxy-Authenticate: Basic realm="{auth}"\r\n'
+            b"Content-Length: 0\r\n\r\n",
+            ProxyAuthenticationRequired,
+        ),
+        (b"HTTP/1.1 999999 {auth}\r\n\r\n", ProxyProtocolError),  # h11 quotes the line
+    ],
+    ids=["reason-and-header", "407", "malformed"],
+)
+async def test_secrets_proxy_that_sends_them_back(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    reply: bytes,
+    expected: type[BaseException],
+) -> None:
+    async with echoing_proxy(reply) as port:
+        tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
+        exc = await check_failure(caplog, "echo", expected, lambda: tunnel.open("localhost", 443))
+    assert "[credentials withheld]" in str(exc)
+
+
+async def test_secrets_sent_back_in_a_2xx_reply(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    reply = b"HTTP/1.1 200 OK {auth}\r\nX-Seen: {auth}\r\n\r\n"
+    async with echoing_proxy(reply) as port:
+        tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
+        async with await tunnel.open("localhost", 443) as sock:
+            reply_seen = sock.proxy_reply
+    assert reply_seen is not None and reply_seen.status == 200
+    assert reply_seen.reason == "OK [credentials withheld]"
+    assert reply_seen.get_all("x-seen") == ("[credentials withheld]",)
+    assert_no_secret([repr(reply_seen)], "2xx echo")
+    assert_clean_logs(caplog, "2xx echo")
 
 
 @pytest.mark.parametrize(

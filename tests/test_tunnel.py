@@ -691,8 +691,18 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
         (None, b'Basic realm="r"', "no credentials were given"),
         (("alice", PASSWORD), b'Basic realm="r"', "the credentials sent (Basic) were rejected"),
         (("alice", PASSWORD), b"NTLM, Negotiate", "it offers ntlm, negotiate; janusnet answers"),
+        (
+            ("alice", PASSWORD),
+            b'Digest realm="r", nonce="n", qop="auth-int"',
+            "its Digest challenge asks for what janusnet does not answer",
+        ),
+        (
+            ("alice", PASSWORD),
+            b", ".join(b"S%d" % k for k in range(3000)),
+            "it offers s0, s1, s2, s3, s4 and 2995 more; janusnet answers",
+        ),
     ],
-    ids=["no-credentials", "rejected", "unanswerable-scheme"],
+    ids=["no-credentials", "rejected", "unanswerable-scheme", "auth-int-only", "many-schemes"],
 )
 async def test_tunnel_407_says_why(
     anyio_backend: str, auth: tuple[str, str] | None, challenge: bytes, detail: str
@@ -717,6 +727,7 @@ async def test_tunnel_407_says_why(
             await tunnel.open("localhost", 443)
     assert info.value.detail.startswith(detail)
     assert str(info.value).endswith(info.value.detail)
+    assert len(str(info.value)) < 400
     assert PASSWORD not in str(info.value) + repr(info.value)
 
 

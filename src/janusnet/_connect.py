@@ -39,6 +39,7 @@ from ._exceptions import (
     ProxyProtocolError,
     ProxyRefusedError,
     UsageError,
+    printable,
 )
 
 __all__ = [
@@ -578,7 +579,8 @@ class ConnectReplyReader:
                     proxy=self._proxy,
                 ) from exc
             raise ProxyProtocolError(
-                f"{self._where()} sent a malformed reply to CONNECT: {exc}", proxy=self._proxy
+                f"{self._where()} sent a malformed reply to CONNECT: {printable(str(exc))}",
+                proxy=self._proxy,
             ) from exc
 
     def _complete(self, event: h11.Response) -> ProxyReply:
@@ -652,7 +654,8 @@ class ConnectReplyReader:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise ProxyProtocolError(
-                    f"{self._where()} sent a malformed reply body: {exc}", proxy=self._proxy
+                    f"{self._where()} sent a malformed reply body: {printable(str(exc))}",
+                    proxy=self._proxy,
                 ) from exc
             drained = self._received - self._head_bytes - len(self._conn.trailing_data[0])
             if drained > MAX_DRAIN_BYTES:

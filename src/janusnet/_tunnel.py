@@ -23,11 +23,14 @@ object's private attributes: never in a ``repr``, an exception or a log record.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import logging
 import os
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Final
+from urllib.parse import quote
 
 import anyio
 
@@ -47,6 +50,7 @@ from ._connect import (
     validate_extra_header,
 )
 from ._exceptions import (
+    JanusnetError,
     NotSSLPortError,
     ProxyAuthenticationRequired,
     ProxyProtocolError,
@@ -73,6 +77,57 @@ DRAIN_TIMEOUT: Final = 1.0
 #: CONNECT requests kept serialised per tunnel object: far more targets than a program
 #: talks to at once, small enough (~100 bytes each) never to matter for memory.
 REQUEST_CACHE_SIZE: Final = 256
+
+
+#: How many of the schemes a 407 offers its error names.
+_SHOWN_SCHEMES: Final = 5
+#: What stands in for credentials in text a proxy sent back.
+WITHHELD: Final = "[credentials withheld]"
+#: Shorter forms are not looked for on their own: a 5-letter password would be "found"
+#: in every other reason phrase, and where the cuts fell would spell it out. A proxy
+#: cannot send back what it never saw, and what it sees is the Basic header value.
+_MIN_FORM: Final = 8
+
+
+def _secret_forms(user: str, password: str) -> tuple[str, ...]:
+    """The forms in which a proxy could send the credentials back, longest first: the
+    Basic header value (``Basic <token>``), and the token and the password (as text and
+    percent-encoded) when long enough to be told from chance."""
+    token = base64.b64encode(f"{user}:{password}".encode("utf-8", "replace")).decode("ascii")
+    forms = {token, password, quote(password, safe="")}
+    kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
+    return tuple(sorted(kept, key=len, reverse=True))
+
+
+def _withhold(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` with every credential form in it replaced by :data:`WITHHELD`."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, WITHHELD)
+    return text
+
+
+def _withhold_from_reply(reply: ProxyReply, forms: tuple[str, ...]) -> ProxyReply:
+    """``reply`` as given, or a copy without the credentials a proxy sent back in it
+    (a reason phrase or a header that echoes the request's ``Proxy-Authorization``)."""
+    reason = _withhold(reply.reason, forms)
+    headers = tuple((name, _withhold(value, forms)) for name, value in reply.headers)
+    if reason == reply.reason and headers == reply.headers:
+        return reply
+    return dataclasses.replace(reply, reason=reason, headers=headers)
+
+
+def _withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
+    """Cut the credentials out of an error and its chain (their text may quote what the
+    proxy sent, such as a malformed status line that echoes them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(
+            _withhold(arg, forms) if isinstance(arg, str) else arg for arg in current.args
+        )
+        current = current.__cause__ or current.__context__
 
 
 def _stale(reply: ProxyReply) -> bool:
@@ -138,6 +193,9 @@ class ProxyTunnel:
             self._credentials = None
         if self._credentials is not None:
             basic_proxy_authorization(*self._credentials)  # refuse ':' in the user now
+            self._secrets = _secret_forms(*self._credentials)
+        else:
+            self._secrets = ()
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
         for name, value in items:
             validate_extra_header(name, value)
@@ -395,6 +453,8 @@ class ProxyTunnel:
                     max_head_bytes=self._max_head_bytes, proxy=self._address
                 )
                 reply = await self._read_reply(sock, reader)
+                if self._secrets:
+                    reply = _withhold_from_reply(reply, self._secrets)
                 logger.info(
                     "CONNECT %s via proxy %s: %s %s",
                     authority,
@@ -444,20 +504,32 @@ class ProxyTunnel:
                 raise ProxyProtocolError(  # pragma: no cover - check_reply raised
                     f"unexpected reply {reply.status}", proxy=self._address
                 )
-        except BaseException:
+        except BaseException as exc:
             await sock.aclose()
+            if self._secrets and isinstance(exc, JanusnetError):
+                _withhold_from_error(exc, self._secrets)
             raise
 
     def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
         """Why a 407 ends the exchange, in words that never include the credentials."""
         if not self._credentials:
             return "no credentials were given (auth=, or user:password@ in the proxy URL)"
-        schemes = [c.scheme for c in parse_challenges(reply.get_all("proxy-authenticate"))]
+        challenges = parse_challenges(reply.get_all("proxy-authenticate"))
+        schemes = list(dict.fromkeys(c.scheme for c in challenges))
         if sent is not None:
             scheme = sent.split(b" ", 1)[0].decode("ascii", "replace")
             if not schemes or scheme.lower() in schemes:
                 return f"the credentials sent ({scheme}) were rejected"
-        offered = ", ".join(printable(scheme, 40) for scheme in schemes) or "no scheme"
+        if "digest" in schemes:
+            # Offered, but not in a form janusnet answers (see digest_supported).
+            return (
+                "its Digest challenge asks for what janusnet does not answer (janusnet "
+                "answers Basic, and Digest with MD5 or SHA-256, qop=auth or no qop)"
+            )
+        shown = ", ".join(printable(scheme, 40) for scheme in schemes[:_SHOWN_SCHEMES])
+        hidden = len(schemes) - _SHOWN_SCHEMES
+        more = f" and {hidden} more" if hidden > 0 else ""
+        offered = shown + more if schemes else "no scheme"
         return f"it offers {offered}; janusnet answers Basic and Digest"
 
     def _answer(self, reply: ProxyReply, authority: str, *, sent_basic: bool) -> bytes | None:
