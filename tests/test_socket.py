@@ -190,13 +190,41 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
     assert names == ["xn--fa-hia.test"]
 
 
-async def test_socket_ssl_on_invalid_international_name_changes_nothing(
-    anyio_backend: str, port: ClientPort
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("\u2603.test", "not a valid international"),
+        ("a..test", "not a valid host name"),
+        ("x" * 64 + ".test", "not a valid host name"),
+        (".test", "not a valid host name"),
+        ("a\x00b.test", "not a valid host name"),
+    ],
+    ids=["bad-idna", "empty-label", "long-label", "leading-dot", "nul"],
+)
+async def test_socket_ssl_on_invalid_name_changes_nothing(
+    anyio_backend: str, port: ClientPort, name: str, message: str
 ) -> None:
     async with serve(echo) as number, await Socket.connect("127.0.0.1", number) as sock:
-        with pytest.raises(SSLOnOtherError, match="not a valid international"):
-            await sock.ssl_on(server_hostname="\u2603.test")
+        with pytest.raises(SSLOnOtherError, match=message):
+            await sock.ssl_on(server_hostname=name)
         await sock.send_line("still plain")
+        assert (await sock.recv_parsed()).data == b"still plain"
+        # Asked for TLS at connect: refused before any packet.
+        with pytest.raises(SSLOnOtherError, match=message):
+            await Socket.connect("127.0.0.1", number, tls=True, server_hostname=name)
+
+
+async def test_socket_ssl_on_in_a_cancelled_scope_changes_nothing(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    """A cancelled scope stops ssl_on() before its ClientHello: the socket stays plain
+    and open, and the peer saw nothing."""
+    async with serve(echo) as number, await Socket.connect("127.0.0.1", number) as sock:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sock.ssl_on(server_hostname="localhost")
+        assert scope.cancelled_caught and not sock.closed and sock.tls is None
+        await sock.send_line("still plain")  # the echo's first bytes: no ClientHello
         assert (await sock.recv_parsed()).data == b"still plain"
 
 
@@ -1077,3 +1105,41 @@ async def test_socket_recv_with_a_huge_limit_reads_what_is_there(anyio_backend: 
         async with await Socket.connect("127.0.0.1", number) as sock:
             await sock.send(b"small")
             assert await sock.recv(2**40) == b"small"
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "wrapped"])
+async def test_socket_reset_stays_a_reset(anyio_backend: str, wrapped: bool) -> None:
+    """After a reset every receive says so again: the OS would report end of stream on
+    the next read, and a buffered fragment would pass for a complete last record."""
+    from loopback import abort_on_close
+
+    closed = anyio.Event()
+
+    async def send_then_reset(stream: SocketStream) -> None:
+        await stream.send(b"hello\r\npartial")
+        abort_on_close(stream)
+        await stream.aclose()
+        closed.set()
+
+    async with serve(send_then_reset) as number:
+        if wrapped:
+            sock = Socket(await anyio.connect_tcp("127.0.0.1", number))
+        else:
+            sock = await Socket.connect("127.0.0.1", number)
+        async with sock:
+            with anyio.fail_after(5):
+                await closed.wait()
+                # (Linux keeps the bytes queued before the RST readable.)
+                assert await sock.recv_parsed() == (b"hello", b"\r\n", 1)
+                with pytest.raises(SocketResetError):
+                    await sock.recv_parsed()
+                with pytest.raises(SocketResetError):
+                    await sock.recv_parsed()
+                # What was buffered before the reset is not lost, and nothing more comes.
+                assert sock.pending == 7
+                assert await sock.recv() == b"partial"
+                for receive in (sock.recv_parsed, sock.recv, lambda: sock.recv_exactly(1)):
+                    with pytest.raises(SocketResetError) as info:
+                        await receive()
+                    assert info.value.__cause__ is not None
+            assert sock.state is janusnet.SocketState.RESET

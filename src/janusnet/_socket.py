@@ -26,6 +26,7 @@ socket, because a half-done handshake cannot be resumed.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import socket as _stdsocket
 import ssl
@@ -146,6 +147,19 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _valid_ascii_name(name: str) -> bool:
+    """Whether the ``ssl`` module takes ``name`` as a server name: it encodes it with
+    the ``idna`` codec (labels of 1-63 characters) and refuses NUL."""
+    if not name or any(char <= " " or char == "\x7f" for char in name):
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _tls_name(hostname: str) -> str:
     """The name TLS verifies and sends as SNI for ``hostname``.
 
@@ -159,6 +173,11 @@ def _tls_name(hostname: str) -> str:
     """
     name = hostname.strip("[]").rstrip(".")
     if name.isascii():
+        if not _valid_ascii_name(name):
+            raise SSLOnOtherError(
+                f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
+                "over 63 characters, a space or a control character)"
+            )
         return name
     try:
         return idna_host(name)
@@ -208,6 +227,7 @@ class Socket:
         "_ready_key",
         "_ready_limit",
         "_ready_type",
+        "_receive_error",
         "_receiving",
         "_reset",
         "_scanner",
@@ -216,7 +236,6 @@ class Socket:
         "_ssl_object",
         "_stream",
         "_tls",
-        "_tls_error",
         "_tokens",
         "proxy_reply",
     )
@@ -260,7 +279,7 @@ class Socket:
         # The TLS layer's error (a bad record), met by a read or by _drain_tls after bytes
         # it returned: every later read raises it (OpenSSL would answer a later read with a
         # mere EOF, and anyio's TLSStream would pass that on as the end of the stream).
-        self._tls_error: ssl.SSLError | None = None
+        self._receive_error: BaseException | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
@@ -343,7 +362,9 @@ class Socket:
             PortLimitError: the port's ``max_sockets`` is reached.
             ConnectError: the TCP connection failed (``__cause__`` says why).
             HandshakeError: the immediate TLS handshake failed (-111).
-            SSLOnOtherError: the connection broke during that handshake (-149).
+            SSLOnOtherError: the connection broke during that handshake (-149), or TLS
+                is wanted and the host name (or ``server_hostname``) is not one TLS can
+                verify (nothing was sent).
             TimeoutError: ``timeout`` expired; nothing is left open.
 
         Cancellation closes whatever was opened and propagates.
@@ -355,6 +376,8 @@ class Socket:
         if tls is False and client_port.tls is TLSMode.ALWAYS:
             raise UsageError(f"client port {client_port.name!r} always uses TLS")
         want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
+        if want_tls:
+            _tls_name(server_hostname or host)  # a name TLS cannot verify: before any packet
         client_port.check_access(host, port)
         client_port._check_capacity()  # -109 before any packet; __init__ still reserves
         phase = "TCP connect"
@@ -703,11 +726,13 @@ class Socket:
         stream = self._stream
         if stream is None:
             raise SocketClosedError("the socket is closed")
-        if self._tls_error is not None:
+        if self._receive_error is not None:
+            # Sticky: after a reset the OS (or OpenSSL after a bad record) would say end
+            # of stream next time, and truncated data would pass for complete.
             self._reset = True
             raise SocketResetError(
-                f"connection broke while receiving: {_why(self._tls_error)}"
-            ) from self._tls_error
+                f"connection broke while receiving: {_why(self._receive_error)}"
+            ) from self._receive_error
         if self._ack_due:
             self._ack_due = False
             self._ack_promptly()
@@ -720,8 +745,7 @@ class Socket:
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
             cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
-            if isinstance(cause, ssl.SSLError):  # sticky: OpenSSL would say EOF next time
-                self._tls_error = cause
+            self._receive_error = cause if isinstance(cause, ssl.SSLError) else exc
             raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
@@ -763,7 +787,7 @@ class Socket:
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # the end: OpenSSL says it again
             self._read_again()
         except ssl.SSLError as exc:  # a bad record: the next read raises it, not an EOF
-            self._tls_error = exc
+            self._receive_error = exc
             stream = self._stream
             if isinstance(stream, FdTLSStream):
                 stream.fail(exc)  # broken for sends too, and OpenSSL's alert goes out
@@ -1101,8 +1125,10 @@ class Socket:
                 international name (socket unchanged), or an I/O error during the
                 handshake or ``aclose()`` from another task (socket closed).
 
-        Cancellation during the handshake closes the socket and propagates.
+        Cancellation during the handshake closes the socket and propagates; in a scope
+        already cancelled it raises before the handshake starts, the socket unchanged.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")
