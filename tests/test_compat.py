@@ -316,6 +316,35 @@ async def test_compat_options_checked_on_every_call(anyio_backend: str) -> None:
         await sock_close(num)
 
 
+async def test_compat_arguments_of_the_wrong_type_are_usage_errors(anyio_backend: str) -> None:
+    """Where Janus would cancel the request, compat raises UsageError: never an
+    AttributeError from inside, and never a value quietly cut (RECVLIM 2.9 is not 2)."""
+    async with serve(echo) as number:
+        num = await sock_conn(None, "127.0.0.1", number)
+        bad_calls = [
+            lambda: sock_conn(42, "127.0.0.1", number),  # type: ignore[arg-type]
+            lambda: sock_recv(num, "5"),  # type: ignore[arg-type]
+            lambda: sock_recv(num, 5, 1.5),  # type: ignore[arg-type]
+            lambda: sock_recvprs(num, "5"),  # type: ignore[arg-type]
+        ]
+        for call in bad_calls:
+            with pytest.raises(UsageError):
+                await call()
+        for value in (2.9, True, "2.9", "", None):
+            with pytest.raises(UsageError, match="RECVLIM"):
+                sock_set(num, "RECVLIM", value)  # type: ignore[arg-type]
+        assert sock_set(num, "RECVLIM", " 100 ") == "0"
+        for sync_call in (
+            lambda: sock_info(num, 5),  # type: ignore[arg-type]
+            lambda: sock_num(5),  # type: ignore[arg-type]
+            lambda: compat.define_port("WEBDROPS"),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(UsageError):
+                sync_call()
+        assert sock_num() == str(num)  # nothing was opened on the way
+        await sock_close(num)
+
+
 @pytest.fixture(scope="module")
 def tls_pieces() -> tuple[ssl.SSLContext, ClientPort]:
     ca = trustme.CA()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import anyio
 import pytest
@@ -226,3 +227,25 @@ async def test_group_apply_settings_counts_changed_open_sockets(anyio_backend: s
             group.apply_settings(line_end=b"")
         await a.send_line("x")
         assert await a.recv_exactly(2) == "x".encode("cp037") + b"\n"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ssl_context": "x"},
+        {"server_hostname": 5},
+        {"timeout": "1"},
+        {"total_timeout": float("nan")},
+    ],
+    ids=["context-str", "hostname-int", "timeout-str", "total-nan"],
+)
+async def test_group_ssl_on_all_wrong_argument_types_touch_no_member(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort, kwargs: dict[str, Any]
+) -> None:
+    async with serve(tls_echo(server_context)) as good:
+        async with SocketGroup() as group:
+            socks = [await group.connect("localhost", good, client_port=port) for _ in range(2)]
+            with pytest.raises(UsageError):
+                await group.ssl_on_all(**kwargs)
+            assert all(sock.tls is None and not sock.closed for sock in socks)
+            assert await group.ssl_on_all() == dict.fromkeys(socks, ReturnCode.OK)

@@ -130,8 +130,39 @@ def test_rules_address_guard_applies_only_ip_rules() -> None:
         lambda: deny("*", (10, 5)),
         lambda: allow("*", 70000),
         lambda: deny("a\u0378.example"),
+        # A deny rule that cannot match what it was meant to would fail open.
+        lambda: deny("127.0.0.0/33"),
+        lambda: deny("127.0.0.*"),
+        lambda: deny("127.0.0.256"),
+        lambda: deny("::g"),
+        lambda: deny("a*b.example"),
+        lambda: deny("exa mple.com"),
+        lambda: deny("*."),
+        lambda: deny(None),  # type: ignore[arg-type]
+        lambda: deny("127.0.0.1", "34567"),  # type: ignore[arg-type]
+        lambda: deny("127.0.0.1", (443,)),  # type: ignore[arg-type]
+        lambda: deny("127.0.0.1", True),
+        lambda: AccessRule(False, "h.example", (1.5, 2)),  # type: ignore[arg-type]
     ],
-    ids=["empty-host", "port-0", "reversed-range", "port-too-big", "invalid-idna"],
+    ids=[
+        "empty-host",
+        "port-0",
+        "reversed-range",
+        "port-too-big",
+        "invalid-idna",
+        "cidr-33",
+        "glob",
+        "bad-ipv4",
+        "bad-ipv6",
+        "inner-star",
+        "space",
+        "star-dot",
+        "none",
+        "port-str",
+        "port-1-tuple",
+        "port-bool",
+        "port-float",
+    ],
 )
 def test_rules_refuse_bad_patterns(bad: object) -> None:
     with pytest.raises(UsageError):

@@ -1143,3 +1143,59 @@ async def test_socket_reset_stays_a_reset(anyio_backend: str, wrapped: bool) -> 
                         await receive()
                     assert info.value.__cause__ is not None
             assert sock.state is janusnet.SocketState.RESET
+
+
+@pytest.mark.parametrize("stream", [None, "x", 42, b"bytes"], ids=["none", "str", "int", "bytes"])
+def test_socket_wrapping_a_non_stream_takes_no_slot(stream: object) -> None:
+    one = ClientPort("ONE", max_sockets=1)
+    with pytest.raises(UsageError, match="anyio byte stream"):
+        Socket(stream, client_port=one)  # type: ignore[arg-type]
+    assert one.open_sockets == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"client_port": "WEBDROPS"},
+        {"ssl_context": "ctx", "tls": True},
+        {"server_hostname": 5},
+        {"timeout": "3"},
+        {"timeout": float("nan")},
+        {"timeout": -1},
+        {"timeout": True},
+    ],
+    ids=["port-name", "context-str", "hostname-int", "timeout-str", "nan", "negative", "bool"],
+)
+async def test_socket_connect_refuses_wrong_argument_types(
+    anyio_backend: str, kwargs: dict[str, Any]
+) -> None:
+    accepted: list[int] = []
+
+    async def count(stream: SocketStream) -> None:
+        accepted.append(1)
+
+    async with serve(count) as number:
+        with pytest.raises(UsageError):
+            await Socket.connect("127.0.0.1", number, **kwargs)
+    assert accepted == []  # refused before any packet
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"ssl_context": "x"}, {"server_hostname": 5}, {"timeout": "1"}, {"timeout": -0.5}],
+    ids=["context-str", "hostname-int", "timeout-str", "negative"],
+)
+async def test_socket_ssl_on_wrong_argument_types_change_nothing(
+    anyio_backend: str, kwargs: dict[str, Any]
+) -> None:
+    async with serve(echo) as number, await Socket.connect("127.0.0.1", number) as sock:
+        with pytest.raises(UsageError):
+            await sock.ssl_on(**kwargs)
+        assert not sock.closed and sock.tls is None
+        await sock.send_line("still plain")
+        assert (await sock.recv_parsed()).data == b"still plain"
+
+
+def test_client_port_refuses_a_context_that_is_not_one() -> None:
+    with pytest.raises(UsageError, match="ssl_context"):
+        ClientPort("BAD", ssl_context="x")  # type: ignore[arg-type]

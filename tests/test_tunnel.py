@@ -647,6 +647,33 @@ async def test_tunnel_port_tls_modes(
     assert len(proxy.log) == before
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"timeout": "3"},
+        {"timeout": -1},
+        {"connect_timeout": float("nan")},
+        {"client_port": "P"},
+        {"headers": "X-A: b"},
+        {"headers": [("X-A",)]},
+        {"proxy_ssl_context": "ctx"},
+    ],
+    ids=["timeout-str", "timeout-negative", "nan", "port-name", "headers-str", "pair", "ctx"],
+)
+def test_tunnel_refuses_wrong_argument_types_at_construction(kwargs: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        ProxyTunnel("http://127.0.0.1:3128", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_tunnel_open_tls_refuses_a_context_that_is_not_one(
+    anyio_backend: str, proxy: ConnectProxy
+) -> None:
+    before = len(proxy.log)
+    with pytest.raises(UsageError, match="ssl_context"):
+        await ProxyTunnel(proxy.url).open_tls("localhost", 443, ssl_context="x")  # type: ignore[arg-type]
+    assert len(proxy.log) == before
+
+
 @pytest.mark.parametrize("bad", ["64", 1.5, None, True, 0])
 def test_tunnel_max_head_bytes_must_be_a_positive_int(bad: object) -> None:
     with pytest.raises(UsageError):

@@ -152,6 +152,8 @@ async def sock_recv(
     """
     flags = parse_options(opts, RECV_OPTIONS)
     sock, modes = registry._lookup(num)
+    if type(maxbytes) is not int or type(minbytes) is not int:
+        raise UsageError("$Sock_Recv: maxbytes and minbytes must be ints")
     if maxbytes < 0 or minbytes < 0:
         raise UsageError("$Sock_Recv: maxbytes and minbytes must be >= 0")
     most = maxbytes or max(minbytes, LONGSTRING_MAX)
@@ -207,6 +209,8 @@ async def sock_recvprs(
     sock, modes = registry._lookup(num)
     if modes.prstok_none:
         raise UsageError("$Sock_RecvPrs: PRSTOK is NONE; set parse tokens first")
+    if type(maxbytes) is not int:
+        raise UsageError(f"$Sock_RecvPrs: maxbytes must be an int, not {maxbytes!r}")
     limit = LONGSTRING_MAX if maxbytes in (-1, 0) else maxbytes
     if limit < 0:
         raise UsageError("$Sock_RecvPrs: maxbytes must be -1, 0 or positive")

@@ -125,6 +125,8 @@ class SocketRegistry(SocketGroup):
         Raises:
             UsageError: a malformed selection.
         """
+        if not isinstance(selection, str):
+            raise UsageError(f"$Sock_Num needs a selection such as 'OPEN', not {selection!r}")
         words = selection.upper().split() or ["ANY"]
         terms: list[tuple[bool, frozenset[SocketState]]] = []
         negate = False
@@ -231,10 +233,12 @@ def parse_setting(keyword: str, value: str | int | None) -> tuple[str, Setting]:
             raise UsageError("CHAR and BINARY take no value")
         return key, None
     if key == "RECVLIM":
-        try:
-            limit = int(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"RECVLIM needs a number of bytes, not {value!r}") from exc
+        if type(value) is int:
+            limit = value
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            limit = int(value)
+        else:  # 2.9 or True would be cut to a number nobody asked for
+            raise UsageError(f"RECVLIM needs a whole number of bytes, not {value!r}")
         if not 0 <= limit <= RECVLIM_MAX:
             raise UsageError(f"RECVLIM must be within 0-{RECVLIM_MAX}")
         return key, limit

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import re
+import ssl
 from collections.abc import Sequence
 from typing import Final
 
@@ -140,6 +141,28 @@ def check_size(value: object, what: str, minimum: int = 0) -> None:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{what} must be an int >= {minimum}, not {value!r}")
+
+
+def check_ssl_context(context: object, what: str = "ssl_context") -> None:
+    """Refuse anything but an :class:`ssl.SSLContext` or ``None``.
+
+    Raises:
+        UsageError: naming ``what`` and the value.
+    """
+    if context is not None and not isinstance(context, ssl.SSLContext):
+        raise UsageError(f"{what} must be an ssl.SSLContext or None, not {context!r}")
+
+
+def check_timeout(value: object, what: str = "timeout") -> None:
+    """Refuse anything but ``None`` or a number of seconds >= 0 (not NaN, not ``bool``).
+
+    Raises:
+        UsageError: naming ``what`` and the value.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UsageError(f"{what} must be a number of seconds >= 0 or None, not {value!r}")
 
 
 class BusyError(UsageError):

@@ -27,7 +27,14 @@ from typing import Final
 
 import anyio
 
-from ._exceptions import JanusnetError, ReturnCode, SSLOnError, UsageError
+from ._exceptions import (
+    JanusnetError,
+    ReturnCode,
+    SSLOnError,
+    UsageError,
+    check_ssl_context,
+    check_timeout,
+)
 from ._ports import ClientPort, check_encoding
 from ._scan import TokenSet, as_token_set
 from ._socket import DEFAULT_HANDSHAKE_TIMEOUT, Socket, SocketState
@@ -220,13 +227,20 @@ class SocketGroup:
             error).
 
         Raises:
-            UsageError: ``max_concurrency`` is not an int >= 1.
+            UsageError: ``max_concurrency`` is not an int >= 1, or ``ssl_context``,
+                ``server_hostname``, ``timeout`` or ``total_timeout`` is of the wrong type
+                (no member is touched).
 
         Cancellation cancels the handshakes in flight (those sockets are closed, as
         ``ssl_on()`` does) and propagates; no result is returned.
         """
         if type(max_concurrency) is not int or max_concurrency < 1:
             raise UsageError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
+        check_ssl_context(ssl_context)
+        check_timeout(timeout)
+        check_timeout(total_timeout, "total_timeout")
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
         relevant = [s for s in self._members if s.tls is None and s.state in OPEN_STATES]
         results: dict[Socket, ReturnCode] = dict.fromkeys(relevant, ReturnCode.OTHER)
         limiter = anyio.CapacityLimiter(max_concurrency)

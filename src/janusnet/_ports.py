@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import re
 import ssl
 import threading
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from ._exceptions import (
     PortLimitError,
     UsageError,
     check_size,
+    check_ssl_context,
     show_address,
 )
 from ._scan import TokenSet, as_token_set
@@ -76,25 +78,36 @@ class AccessRule:
     _network: IPNetwork | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # A pattern that cannot match what it was meant to would make a deny rule fail
+        # open: every malformed one is refused.
+        if not isinstance(self.host, str):
+            raise UsageError(f"an access rule's host pattern must be a str, not {self.host!r}")
         host = self.host.strip().lower().rstrip(".")
         if not host:
             raise UsageError("an access rule needs a host pattern ('*' for any)")
+        if host == "*" and self.host.strip() != "*":
+            raise UsageError(f"access rule host {self.host!r}: write '*' for any host")
         wildcard = "*." if host.startswith("*.") else ""
         name = _canonical_host(host[len(wildcard) :])
         if name is None:
             raise UsageError(f"access rule host {self.host!r} is not a valid international name")
-        host = wildcard + name if name or not wildcard else host
+        network = None
+        if host != "*":
+            host = wildcard + name
+            network = _rule_network(self.host, host, wildcard)
         object.__setattr__(self, "host", host)
-        if host != "*" and not host.startswith("*."):
-            try:
-                network = ipaddress.ip_network(host.strip("[]"), strict=False)
-            except ValueError:
-                network = None
-            object.__setattr__(self, "_network", network)
-        if self.ports is not None:
-            first, last = self.ports
+        object.__setattr__(self, "_network", network)
+        ports = self.ports
+        if ports is not None:
+            if not (
+                isinstance(ports, tuple)
+                and len(ports) == 2
+                and all(type(each) is int for each in ports)
+            ):
+                raise UsageError(f"access rule ports must be (first, last) ints, not {ports!r}")
+            first, last = ports
             if not (1 <= first <= last <= 65535):
-                raise UsageError(f"access rule port range {self.ports!r} is not within 1-65535")
+                raise UsageError(f"access rule port range {ports!r} is not within 1-65535")
 
     @property
     def is_ip_rule(self) -> bool:
@@ -129,6 +142,37 @@ class AccessRule:
         if self.host.startswith("*."):
             return name.endswith(self.host[1:])
         return name == self.host
+
+
+_RULE_NAME_RE: Final = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
+)
+_NUMERIC_RE: Final = re.compile(r"[0-9.]+")
+
+
+def _rule_network(pattern: str, host: str, wildcard: str) -> IPNetwork | None:
+    """The address range of an IP or CIDR pattern, ``None`` for a name pattern.
+
+    Raises:
+        UsageError: the pattern is neither: a CIDR range that does not parse
+            (``10.0.0.0/33``), a dotted number that is no IPv4 address (``127.0.0.256``),
+            an IPv6-looking pattern that does not parse, a ``*`` anywhere but in a
+            leading ``*.``, or characters no host name has.
+    """
+    if not wildcard:
+        try:
+            return ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            pass
+    name = host[len(wildcard) :]
+    if "/" in name or ":" in name or (_NUMERIC_RE.fullmatch(name) and not wildcard):
+        raise UsageError(f"access rule host {pattern!r} is not a valid IP address or CIDR range")
+    if _RULE_NAME_RE.fullmatch(name) is None:
+        raise UsageError(
+            f"access rule host {pattern!r} is not '*', a host name, '*.' and a domain, an "
+            "IP address or a CIDR range"
+        )
+    return None
 
 
 def _canonical_host(host: str) -> str | None:
@@ -179,9 +223,11 @@ def _spellings(address: _IPAddress) -> tuple[_IPAddress, ...]:
 def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if ports is None:
         return None
-    if isinstance(ports, int):
+    if type(ports) is int:
         return (ports, ports)
-    return (int(ports[0]), int(ports[1]))
+    if isinstance(ports, (tuple, list)) and len(ports) == 2:
+        return (ports[0], ports[1])  # checked by AccessRule
+    raise UsageError(f"access rule ports must be an int or a (first, last) pair, not {ports!r}")
 
 
 def allow(host: str = "*", ports: int | tuple[int, int] | None = None) -> AccessRule:
@@ -242,6 +288,7 @@ class ClientPort:
     def __post_init__(self) -> None:
         if not isinstance(self.tls, TLSMode):
             raise UsageError(f"tls must be a TLSMode, not {self.tls!r}")
+        check_ssl_context(self.ssl_context)
         if not isinstance(self.line_end, bytes) or not self.line_end:
             raise UsageError("line_end must be non-empty bytes such as b'\\r\\n'")
         object.__setattr__(self, "parse_tokens", as_token_set(self.parse_tokens))

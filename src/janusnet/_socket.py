@@ -51,6 +51,8 @@ from ._exceptions import (
     SSLOnOtherError,
     UsageError,
     check_size,
+    check_ssl_context,
+    check_timeout,
     show_address,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
@@ -133,6 +135,19 @@ def _why(exc: BaseException) -> str:
     return repr(exc)
 
 
+def _client_port(client_port: object) -> ClientPort:
+    """``client_port``, or the default port for ``None``.
+
+    Raises:
+        UsageError: not a :class:`ClientPort` (a port's name, say).
+    """
+    if client_port is None:
+        return DEFAULT_PORT
+    if not isinstance(client_port, ClientPort):
+        raise UsageError(f"client_port must be a ClientPort or None, not {client_port!r}")
+    return client_port
+
+
 def _validate_target(host: str, port: int) -> None:
     if not isinstance(host, str) or not host:
         raise UsageError("host must be a non-empty str")
@@ -205,6 +220,8 @@ class Socket:
             ``None``.
 
     Raises:
+        UsageError: ``stream`` is not an anyio byte stream, or ``client_port`` or
+            ``server_hostname`` is of the wrong type (nothing is taken or counted).
         PortLimitError: the client port already has ``max_sockets`` open sockets.
     """
 
@@ -247,7 +264,11 @@ class Socket:
         client_port: ClientPort | None = None,
         server_hostname: str | None = None,
     ) -> None:
-        port = client_port if client_port is not None else DEFAULT_PORT
+        if not isinstance(stream, ByteStream):
+            raise UsageError(f"stream must be an anyio byte stream, not {stream!r}")
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
+        port = _client_port(client_port)
         port._acquire()
         self._port = port
         self._stream: ByteStream | None = stream
@@ -276,9 +297,10 @@ class Socket:
         # The TLS engine once ssl_on() succeeded: _fill drains it (see _drain_tls), and
         # ``tls`` is described from it (with _server_hostname, then the verified name).
         self._ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
-        # The TLS layer's error (a bad record), met by a read or by _drain_tls after bytes
-        # it returned: every later read raises it (OpenSSL would answer a later read with a
-        # mere EOF, and anyio's TLSStream would pass that on as the end of the stream).
+        # What broke receiving (a reset, or the TLS layer's error: a bad record, met by a
+        # read or by _drain_tls after bytes it returned): every later read raises it (the
+        # OS, or OpenSSL, would answer a later read with a mere EOF, and anyio's TLSStream
+        # would pass that on as the end of the stream).
         self._receive_error: BaseException | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
@@ -356,7 +378,9 @@ class Socket:
             The connected socket.
 
         Raises:
-            UsageError: bad host or port, or ``tls=False`` on an ``ALWAYS`` port.
+            UsageError: bad host or port, ``tls=False`` on an ``ALWAYS`` port, or an
+                argument of the wrong type (``client_port``, ``ssl_context``,
+                ``server_hostname``, ``timeout``).
             NotSSLPortError: ``tls=True`` on a ``NEVER`` port.
             AccessDeniedError: the port's rules forbid the target (nothing was sent).
             PortLimitError: the port's ``max_sockets`` is reached.
@@ -369,8 +393,12 @@ class Socket:
 
         Cancellation closes whatever was opened and propagates.
         """
-        client_port = client_port if client_port is not None else DEFAULT_PORT
+        client_port = _client_port(client_port)
         _validate_target(host, port)
+        check_timeout(timeout)
+        check_ssl_context(ssl_context)
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
         if tls and client_port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"client port {client_port.name!r} does not allow TLS")
         if tls is False and client_port.tls is TLSMode.ALWAYS:
@@ -1110,6 +1138,8 @@ class Socket:
                 ``start_tls`` uses the same 60 s).
 
         Raises:
+            UsageError: ``ssl_context``, ``server_hostname`` or ``timeout`` of the wrong
+                type (or a negative ``timeout``); socket unchanged.
             TimeoutError: the handshake did not finish within ``timeout``; the socket is
                 closed.
             NotSSLPortError: (-110) the port does not allow an upgrade (Janus: it lacks
@@ -1129,6 +1159,10 @@ class Socket:
         already cancelled it raises before the handshake starts, the socket unchanged.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
+        check_ssl_context(ssl_context)
+        check_timeout(timeout)
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")

@@ -56,6 +56,8 @@ from ._exceptions import (
     ProxyProtocolError,
     SocketResetError,
     UsageError,
+    check_ssl_context,
+    check_timeout,
     printable,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode
@@ -162,7 +164,9 @@ class ProxyTunnel:
             the password in (base64-encoded) clear text.
 
     Raises:
-        UsageError: a bad proxy URL, a header with a control character, bad credentials.
+        UsageError: a bad proxy URL, a header with a control character, bad credentials,
+            or an argument of the wrong type (``headers``, ``client_port``,
+            ``proxy_ssl_context``, a negative or non-numeric timeout).
     """
 
     def __init__(
@@ -196,12 +200,26 @@ class ProxyTunnel:
             self._secrets = _secret_forms(*self._credentials)
         else:
             self._secrets = ()
-        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+        if isinstance(headers, Mapping):
+            items = list(headers.items())
+        elif headers is None:
+            items = []
+        elif isinstance(headers, (list, tuple)) and all(
+            isinstance(item, tuple) and len(item) == 2 for item in headers
+        ):
+            items = list(headers)
+        else:
+            raise UsageError("headers must be a mapping or a sequence of (name, value) pairs")
         for name, value in items:
             validate_extra_header(name, value)
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
+        if client_port is not None and not isinstance(client_port, ClientPort):
+            raise UsageError(f"client_port must be a ClientPort or None, not {client_port!r}")
         self._client_port = client_port if client_port is not None else DEFAULT_PORT
+        check_ssl_context(proxy_ssl_context, "proxy_ssl_context")
         self._proxy_ssl_context = proxy_ssl_context
+        check_timeout(connect_timeout, "connect_timeout")
+        check_timeout(timeout)
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         if type(max_head_bytes) is not int or max_head_bytes < 1:
@@ -333,7 +351,7 @@ class ProxyTunnel:
             A TLS socket to the target.
 
         Raises:
-            UsageError: as :meth:`open`.
+            UsageError: as :meth:`open`, or ``ssl_context`` is not an ``SSLContext``.
             NotSSLPortError: the client port is ``TLSMode.NEVER`` (-110; nothing sent).
             AccessDeniedError: as :meth:`open`.
             PortLimitError: as :meth:`open`.
@@ -347,6 +365,7 @@ class ProxyTunnel:
             SSLOnOtherError: the connection broke during a handshake (-149).
             TimeoutError: the deadline expired; nothing is left open.
         """
+        check_ssl_context(ssl_context)
         if self._client_port.tls is TLSMode.NEVER:
             raise NotSSLPortError(
                 f"client port {self._client_port.name!r} does not allow TLS (nothing was sent)"

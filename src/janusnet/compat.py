@@ -95,7 +95,12 @@ def define_port(port: ClientPort, *, master: bool = False) -> None:
     Args:
         port: the port; its ``name`` is matched case-insensitively.
         master: make it the default port (``MASTER``), used when no port is named.
+
+    Raises:
+        UsageError: ``port`` is not a :class:`~janusnet.ClientPort`.
     """
+    if not isinstance(port, ClientPort):
+        raise UsageError(f"define_port needs a ClientPort, not {port!r}")
     _ports[port.name.upper()] = port
     if master:
         _master[0] = port
@@ -115,6 +120,8 @@ def _resolve_port(port_or_name: ClientPort | str | None) -> ClientPort:
         return port_or_name
     if not port_or_name:
         return _master[0]
+    if not isinstance(port_or_name, str):
+        raise UsageError(f"a client port or its name is needed, not {port_or_name!r}")
     try:
         return _ports[port_or_name.upper()]
     except KeyError:
@@ -233,6 +240,8 @@ def sock_info(num: int, keyword: str) -> str:
         UsageError: unknown number or keyword.
     """
     sock = registry.get(num)
+    if not isinstance(keyword, str):
+        raise UsageError(f"$Sock_Info needs a keyword, not {keyword!r}")
     key = keyword.strip().upper()
     if key == "STAT":
         return sock.state.value
