@@ -1033,7 +1033,7 @@ SECRET = "s3cr3t-PW"
         ("http://u:s3cr3t-PW@::1:3128", "in brackets"),
         ("http://u:s3cr3t-PW@[::1", "without ']'"),
         ("http://u:s3cr3t-PW@[::1]x", "between ']'"),
-        ("http://u:s3cr3t-PW@[fe80::1%25eth0]:1", "zone ID"),
+        ("http://u:s3cr3t-PW@[fe80::1%25eth0]:1", "zone ID: a link-local proxy"),
         ("http://u:s3cr3t-PW@[10.0.0.1]:1", "not a valid IPv6"),
         ("http://u:s3cr3t-PW@bad_host!:1", "'!'"),
         ("http://u:s3cr3t-PW@h\r\n:1", "control character at index"),

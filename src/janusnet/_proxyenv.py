@@ -56,6 +56,11 @@ class ProxyURL:
     def __post_init__(self) -> None:
         if self.scheme not in DEFAULT_PORTS:
             raise UsageError(f"proxy scheme {self.scheme!r} is not supported: use http or https")
+        if "%" in self.host and ":" in self.host:
+            raise UsageError(
+                f"proxy host {self.host!r} has an IPv6 zone ID: a link-local proxy address "
+                "is not supported; use its global or unique-local address"
+            )
         authority = format_authority(self.host, self.port)
         object.__setattr__(self, "host", authority.rpartition(":")[0].strip("[]"))
 
