@@ -1199,3 +1199,36 @@ async def test_socket_ssl_on_wrong_argument_types_change_nothing(
 def test_client_port_refuses_a_context_that_is_not_one() -> None:
     with pytest.raises(UsageError, match="ssl_context"):
         ClientPort("BAD", ssl_context="x")  # type: ignore[arg-type]
+
+
+async def test_socket_tls_close_sends_close_notify(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    """aclose() ends TLS with close_notify (RFC 8446 §6.1): a strict peer (anyio's
+    standard-compatible TLSStream) reads a clean end, not a truncation. (janusnet's own
+    TLS layer; over anyio's TLSStream, on wrapped streams, anyio closes without one.)"""
+    ends: list[str] = []
+    done = anyio.Event()
+
+    async def strict_peer(stream: SocketStream) -> None:
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server_context)
+        try:
+            while await tls.receive():
+                pass
+        except anyio.EndOfStream:
+            ends.append("close_notify")
+        except anyio.BrokenResourceError as exc:
+            ends.append(f"truncated: {exc.__cause__!r}")
+        finally:
+            await anyio.aclose_forcefully(tls)
+            done.set()
+
+    async with serve(strict_peer) as number:
+        sock = await Socket.connect("127.0.0.1", number, client_port=port)
+        async with sock:
+            await sock.ssl_on(server_hostname="localhost")
+            await sock.send(b"bye")
+        with anyio.fail_after(5):
+            await done.wait()
+        assert sock.tls is not None and sock.tls.version  # still described after close
+    assert ends == ["close_notify"]

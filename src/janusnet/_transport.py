@@ -717,6 +717,22 @@ class FdTLSStream(_Direct):
         self._wake()
         await super().aclose()
 
+    def _close_now(self, notify: bool = True) -> None:
+        """Close, sending close_notify first when the socket takes it now (RFC 8446
+        §6.1: each party MUST send one before closing its write side; without it the
+        peer cannot tell our close from a truncation, and servers log "unexpected eof").
+
+        Never waits: when the kernel's buffer is full the alert is not sent. Not after a
+        TLS error (its alert went out instead) nor behind a partly written record.
+        """
+        if not self._closed and self._failure is None and self._unsent is None:
+            try:
+                self._obj.unwrap()  # writes close_notify; then wants the peer's: not waited for
+            except (ssl.SSLError, ValueError):
+                pass
+            self._push_now()
+        super()._close_now(notify)
+
     async def send_eof(self) -> None:
         raise NotImplementedError("TLS has no half-close; close the stream instead")
 
