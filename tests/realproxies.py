@@ -42,8 +42,9 @@ from urllib.parse import quote
 import pytest
 
 USER = "alice"
-#: A second Digest user, whose name is not ASCII (its UTF-8 bytes go on the wire).
-NON_ASCII_USER = "j\u00fcrgen"
+#: Digest users whose names are not ASCII (their UTF-8 bytes go on the wire; ß is C3 9F,
+#: a byte that as latin-1 text would be a C1 control character).
+NON_ASCII_USERS = ("j\u00fcrgen", "stra\u00dfe")
 PASSWORD = "s3:cr3t@x"
 REALM = "janusnet"
 SQUID_DENIED_PORT = 9
@@ -262,7 +263,7 @@ def _digest_password_file(path: Path) -> None:
     # digest_file_auth splits lines at every ':', so "alice:s3:cr3t@x" would read as realm "s3",
     # password "cr3t@x". The user:realm:{HHA1}<md5> form stores the hash, colons and all.
     lines = []
-    for user in (USER, NON_ASCII_USER):
+    for user in (USER, *NON_ASCII_USERS):
         ha1 = hashlib.md5(f"{user}:{REALM}:{PASSWORD}".encode()).hexdigest()
         lines.append(f"{user}:{REALM}:{{HHA1}}{ha1}\n")
     path.write_text("".join(lines), encoding="utf-8")

@@ -74,6 +74,9 @@ def test_cli_probe_json(origin: TLSOrigin, cafile: str) -> None:
     assert [step["step"] for step in report["steps"]] == ["tcp", "tls"]
     assert report["steps"][1]["version"].startswith("TLSv1.")
     assert all(step["ms"] >= 0 for step in report["steps"])
+    # Every documented key is there, null when it does not apply.
+    assert report["proxy"] is None and report["proxy_from"] is None
+    assert report["proxy_bypassed_by"] is None
 
 
 def test_cli_probe_plaintext_port_names_the_tls_step(cafile: str) -> None:
@@ -133,6 +136,9 @@ def test_cli_probe_unreachable_names_tcp_step() -> None:
         (["localhost:99999"], "port"),
         (["localhost:0"], "port"),
         (["bad host:443"], "space"),
+        (["localhost:\uff11\uff12\uff13"], "HOST:PORT"),  # full-width digits
+        (["localhost:\u00b2"], "HOST:PORT"),
+        (["[zz]:443"], "IPv6 addresses only"),
         (["localhost:443", "--timeout", "-1"], "positive number of seconds"),
         (["localhost:443", "--timeout", "nan"], "positive number of seconds"),
     ],
@@ -530,7 +536,7 @@ def test_cli_probe_empty_proxy_option_without_environment_says_nothing(
     status, report = probe_json(f"localhost:{origin.port}", "--cafile", cafile, "--proxy", "")
     assert status == 0, report
     assert (report["proxy"], report["proxy_from"]) == (None, None)
-    assert "proxy_bypassed_by" not in report
+    assert report["proxy_bypassed_by"] is None  # nothing was bypassed: null, as documented
 
 
 def test_cli_probe_bad_proxy_in_environment_is_a_usage_error(
@@ -746,3 +752,29 @@ def test_cli_probe_escapes_what_a_hostile_proxy_sends(origin: TLSOrigin) -> None
     assert "\\x1b]0;PWNED\\x07\\x1b[2J" in text
     assert "X-Evil: \\x1b[1;31mred\\x1b[0m" in text
     assert not any(ch in text for ch in "\x1b\x07")
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
+    """Ctrl-C during a step: the steps done so far, then exit 130, no traceback."""
+    import signal
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        number = silent.getsockname()[1]
+        args = ["probe", f"127.0.0.1:{number}", "--timeout", "30"]
+        proc = _janusnet_process(*args, *(["--json"] if as_json else []), stdout=subprocess.PIPE)
+        conn, _ = silent.accept()  # TCP done: the probe now waits in its TLS step
+        with conn:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
+    if as_json:
+        report = json.loads(out)
+        assert report["interrupted"] is True and report["ok"] is False
+        assert [step["step"] for step in report["steps"]] == ["tcp"]
+    else:
+        assert b"tcp       ok" in out and b"result: INTERRUPTED" in out, out

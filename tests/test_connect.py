@@ -1571,6 +1571,13 @@ def test_digest_proxy_authorization_non_ascii_username() -> None:
     # Its UTF-8 bytes, in the quoted string (what curl sends, and squid accepts).
     assert value.startswith(b'Digest username="J\xc3\xa4s\xc3\xb8n", ')
     assert b"username*" not in value
+    # Bytes 0x80-0x9F (the 9F of ß) are obs-text on the wire, not control characters.
+    answer = digest_proxy_authorization(challenge, "stra\u00dfe", "p", method="CONNECT", uri="h:1")
+    request = build_connect_request("h:1", proxy_authorization=answer)
+    assert b'Proxy-Authorization: Digest username="stra\xc3\x9fe", ' in request
+    for control in (b"\r", b"\n", b"\x00", b"\x7f"):
+        with pytest.raises(UsageError, match="control character"):
+            build_connect_request("h:1", proxy_authorization=b"Basic a" + control + b"b")
 
 
 def test_digest_proxy_authorization_quotes_username() -> None:

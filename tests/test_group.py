@@ -249,3 +249,27 @@ async def test_group_ssl_on_all_wrong_argument_types_touch_no_member(
                 await group.ssl_on_all(**kwargs)
             assert all(sock.tls is None and not sock.closed for sock in socks)
             assert await group.ssl_on_all() == dict.fromkeys(socks, ReturnCode.OK)
+
+
+async def test_group_ssl_on_all_codes_match_what_happened_as_the_deadline_falls(
+    anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
+) -> None:
+    """Whatever point a tiny ``total_timeout`` reaches (before a slot, between the slot
+    and the handshake, during it), each code tells the truth: -111 only for a member
+    that was closed, -149 only for one left open and plain, 0 only for one upgraded."""
+
+    async with serve(tls_echo(server_context)) as good:
+        for attempt in range(40):
+            async with SocketGroup() as group:
+                socks = [
+                    await group.connect("localhost", good, client_port=port) for _ in range(4)
+                ]
+                results = await group.ssl_on_all(total_timeout=0.00002 * attempt)
+                for sock in socks:
+                    code = results[sock]
+                    if code == ReturnCode.HANDSHAKE_FAILED:
+                        assert sock.closed, attempt
+                    elif code == ReturnCode.OTHER:
+                        assert not sock.closed and sock.tls is None, attempt
+                    else:
+                        assert code == ReturnCode.OK and sock.tls is not None, attempt

@@ -22,7 +22,7 @@ from janusnet import (
 )
 from janusnet.testing import TLSOrigin, byte_pattern
 from loopback import has_ipv6_loopback
-from realproxies import NON_ASCII_USER, RealProxy
+from realproxies import NON_ASCII_USERS, RealProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realproxy]
 
@@ -126,11 +126,12 @@ async def test_realproxy_squid_digest_auth_is_answered(
     await fetch_hello(squid_digest, squid_digest.url_with_auth(), port, origin)
 
 
+@pytest.mark.parametrize("user", NON_ASCII_USERS)
 async def test_realproxy_squid_digest_auth_with_a_non_ascii_user_name(
-    anyio_backend: str, squid_digest: RealProxy, origin: TLSOrigin, port: ClientPort
+    anyio_backend: str, squid_digest: RealProxy, origin: TLSOrigin, port: ClientPort, user: str
 ) -> None:
     # squid refuses RFC 7616's username*=UTF-8''... form; the UTF-8 bytes it takes.
-    await fetch_hello(squid_digest, squid_digest.url_with_auth(user=NON_ASCII_USER), port, origin)
+    await fetch_hello(squid_digest, squid_digest.url_with_auth(user=user), port, origin)
 
 
 @pytest.mark.parametrize("scheme", ["basic", "digest"])

@@ -271,7 +271,8 @@ def echoing_proxy(reply: bytes) -> Any:
             if name.lower() == b"proxy-authorization":
                 authorization = value.strip()
         assert authorization.startswith(b"Basic ")
-        await client.send(reply.replace(b"{auth}", authorization))
+        pair = base64.b64decode(authorization.split()[1])
+        await client.send(reply.replace(b"{auth}", authorization).replace(b"{pair}", pair))
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
 
@@ -306,6 +307,34 @@ async def test_secrets_proxy_that_sends_them_back(
         tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
         exc = await check_failure(caplog, "echo", expected, lambda: tunnel.open("localhost", 443))
     assert "[credentials withheld]" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("password", "reply"),
+    [
+        # A long password (an API token): h11's text quotes the line and the message is
+        # cut at 200 characters, which must not leave the start of the token in it.
+        ("eyJhbGciOiJIUzI1NiJ9." + "A1b2C3d4E5" * 12, b"HTTP/1.1 999999 {auth}\r\n\r\n"),
+        # A short one, quoted back decoded: user:password is withheld all the same.
+        ("hunter2", b"HTTP/1.1 403 Forbidden for {pair}\r\nContent-Length: 0\r\n\r\n"),
+    ],
+    ids=["long-password-cut-message", "short-password-decoded"],
+)
+async def test_secrets_sent_back_whatever_their_length(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, password: str, reply: bytes
+) -> None:
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    async with echoing_proxy(reply) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
+        with anyio.fail_after(10), pytest.raises(JanusnetError) as info:
+            await tunnel.open("localhost", 443)
+    texts = list(exception_texts(info.value))
+    texts += [record.getMessage() for record in caplog.records]
+    pieces = [token[i : i + 12] for i in range(0, len(token) - 12)] + [f"{USER}:{password}"]
+    for text in texts:
+        for piece in pieces:
+            assert piece not in text, f"{piece!r} leaked into {text!r}"
+    assert "[credentials withheld]" in str(info.value)
 
 
 async def test_secrets_sent_back_in_a_2xx_reply(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -234,7 +235,7 @@ async def test_tunnel_open_tls_deadline_names_the_handshake(
 ) -> None:
     with TLSOrigin(mode="stall") as stalling:
         tunnel = ProxyTunnel(proxy.url, timeout=0.5)
-        with pytest.raises(TimeoutError, match="while TLS handshake with the target"):
+        with pytest.raises(TimeoutError, match="while doing the TLS handshake with the target"):
             await tunnel.open_tls("localhost", stalling.port)
 
 
@@ -656,13 +657,46 @@ async def test_tunnel_port_tls_modes(
         {"client_port": "P"},
         {"headers": "X-A: b"},
         {"headers": [("X-A",)]},
+        {"headers": ["X-A"]},
+        {"headers": [("X-A", "b", "c")]},
+        {"headers": 5},
         {"proxy_ssl_context": "ctx"},
     ],
-    ids=["timeout-str", "timeout-negative", "nan", "port-name", "headers-str", "pair", "ctx"],
+    ids=[
+        "timeout-str",
+        "timeout-negative",
+        "nan",
+        "port-name",
+        "headers-str",
+        "one-item",
+        "str-item",
+        "three-items",
+        "headers-int",
+        "ctx",
+    ],
 )
 def test_tunnel_refuses_wrong_argument_types_at_construction(kwargs: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         ProxyTunnel("http://127.0.0.1:3128", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "make_headers",
+    [
+        lambda: [["X-A", "b"]],  # what a JSON or YAML configuration gives
+        lambda: {"X-A": "b"}.items(),
+        lambda: (pair for pair in [("X-A", "b")]),
+        lambda: (["X-A", "b"],),
+    ],
+    ids=["list-of-lists", "dict-items", "generator", "tuple-of-lists"],
+)
+async def test_tunnel_takes_header_pairs_in_any_iterable(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, make_headers: Any
+) -> None:
+    tunnel = ProxyTunnel(proxy.url, headers=make_headers())
+    async with await tunnel.open("localhost", origin.port) as sock:
+        assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+    assert proxy.log[-1].header("X-A") == "b"
 
 
 async def test_tunnel_open_tls_refuses_a_context_that_is_not_one(

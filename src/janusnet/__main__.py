@@ -128,10 +128,12 @@ class ProxyChoice:
 def _target(text: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if ":" not in host:
+            raise argparse.ArgumentTypeError(f"brackets are for IPv6 addresses only, got {text!r}")
     elif ":" in host:
         raise argparse.ArgumentTypeError("write IPv6 addresses in brackets: [::1]:443")
     try:
@@ -335,6 +337,7 @@ async def probe(
     context: ssl.SSLContext,
     timeout: float,
     proxy_context: ssl.SSLContext | None = None,
+    into: list[Step] | None = None,
 ) -> list[Step]:
     """Run the probe and return its steps (the last one failed if any did).
 
@@ -347,11 +350,13 @@ async def probe(
             after a certificate failure included).
         proxy_context: the context for TLS to an ``https://`` proxy (default: verified,
             certifi).
+        into: the list to record the steps in, as they finish (the caller still has
+            them when the probe is interrupted); default: a new one.
 
     Raises:
         UsageError: a bad proxy URL (nothing was sent).
     """
-    steps: list[Step] = []
+    steps: list[Step] = into if into is not None else []
     url = parse_proxy_url(proxy) if proxy else None
     proxy_context = proxy_context or default_ssl_context()
     tunnel = (
@@ -577,6 +582,10 @@ def _certifi_where() -> str:
     return certifi.where()
 
 
+#: The exit status after Ctrl-C, as a shell reports a command killed by SIGINT.
+EXIT_INTERRUPTED: Final = 130
+
+
 def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.target
     contexts: list[ssl.SSLContext] = []
@@ -591,9 +600,11 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
             return 2
     context, proxy_context = contexts
     choice = choose_proxy(host, port, proxy=args.proxy, noproxy=args.noproxy, environ=os.environ)
+    steps: list[Step] = []
+    interrupted = False
     try:
         shown = parse_proxy_url(choice.url).address if choice.url else None
-        steps = anyio.run(
+        anyio.run(
             lambda: probe(
                 host,
                 port,
@@ -601,21 +612,25 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
                 context=context,
                 timeout=args.timeout,
                 proxy_context=proxy_context,
+                into=steps,
             )
         )
     except UsageError as exc:
         where = f"{choice.source}: " if choice.source else ""
         out.write(f"janusnet probe: {where}{exc}\n")
         return 2
-    ok = bool(steps) and all(s.ok for s in steps)
+    except KeyboardInterrupt:  # Ctrl-C: report the steps done so far, no traceback
+        interrupted = True
+    ok = bool(steps) and all(s.ok for s in steps) and not interrupted
     if args.json:
         report: dict[str, object] = {
             "target": show_address(host, port),
             "proxy": shown,
             "proxy_from": choice.source,
+            "proxy_bypassed_by": choice.bypassed_by,
         }
-        if choice.bypassed_by:
-            report["proxy_bypassed_by"] = choice.bypassed_by
+        if interrupted:
+            report["interrupted"] = True
         report.update(ok=ok, steps=[s.as_json() for s in steps])
         json.dump(report, out, indent=2, default=str)
         out.write("\n")
@@ -633,9 +648,16 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"janusnet probe {show_address(host, port)}{via}\n")
         _print_steps(steps, out)
         failed = next((s for s in steps if not s.ok), None)
-        out.write(
-            "result: ok\n" if ok else f"result: FAILED at step {failed.name if failed else '?'}\n"
-        )
+        if interrupted:
+            out.write("result: INTERRUPTED (Ctrl-C) after the steps above\n")
+        else:
+            out.write(
+                "result: ok\n"
+                if ok
+                else f"result: FAILED at step {failed.name if failed else '?'}\n"
+            )
+    if interrupted:
+        return EXIT_INTERRUPTED
     return 0 if ok else 1
 
 
@@ -659,7 +681,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         out: where to print (default ``sys.stdout``).
 
     Returns:
-        The exit status: 0 success, 1 a step failed, 2 bad usage.
+        The exit status: 0 success, 1 a step failed, 2 bad usage, 130 interrupted
+        (Ctrl-C).
     """
     if out is None:
         # Started with stdout closed (``janusnet probe ... >&-``): run, print nowhere.
@@ -668,6 +691,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         status = _run(argv, out)
         out.flush()  # here, not at interpreter exit, so a closed pipe is caught below
         return status
+    except KeyboardInterrupt:  # Ctrl-C (the demo; the probe reports its steps itself)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.write("janusnet: interrupted\n")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``janusnet demo | head``): stop quietly, as cat does, and
         # point stdout at /dev/null so the interpreter's final flush does not complain.
@@ -691,7 +718,10 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     parser = argparse.ArgumentParser(
         prog="janusnet",
         description="Reach TLS servers through HTTP proxies, step by step.",
-        epilog="exit status: 0 ok, 1 a probe step (or the demo) failed, 2 usage error",
+        epilog=(
+            "exit status: 0 ok, 1 a probe step (or the demo) failed, 2 usage error, "
+            "130 interrupted"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"janusnet {__version__}")
     # metavar: the usage line and the "required" error both name the commands.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -207,6 +207,8 @@ def format_authority(host: str, port: int) -> str:
 
 #: Control characters a header value may not hold: C0 but TAB, DEL, C1.
 _HEADER_CONTROL_RE: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: The same for a value janusnet built as bytes (C0 but TAB, DEL): 0x80-0xFF is obs-text.
+_RAW_CONTROL_RE: Final = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def validate_header(name: str, value: str) -> tuple[bytes, bytes]:
@@ -305,7 +307,15 @@ def build_connect_request(
     if proxy_authorization is not None:
         if not isinstance(proxy_authorization, bytes):
             raise UsageError("proxy_authorization must be bytes")
-        items.append(validate_header("Proxy-Authorization", proxy_authorization.decode("latin-1")))
+        # Bytes 0x80-0xFF are obs-text here, not C1 controls: a Digest answer carries a
+        # non-ASCII user name as its UTF-8 bytes (ß is C3 9F).
+        bad = _RAW_CONTROL_RE.search(proxy_authorization)
+        if bad is not None:
+            raise UsageError(
+                f"the Proxy-Authorization value contains the control character {bad.group()!r} "
+                f"at index {bad.start()}"
+            )
+        items.append((b"Proxy-Authorization", proxy_authorization.strip(b" \t")))
     replaced: set[bytes] = set()
     for name, value in headers:
         raw_name, raw_value = validate_extra_header(name, value)
@@ -394,18 +404,27 @@ class ConnectReplyReader:
     Args:
         max_head_bytes: the cap on the whole reply head.
         proxy: ``host:port`` of the proxy, for error messages.
+        redact: applied to text the proxy sent before it is quoted (and cut short) in an
+            error message: the tunnel withholds its credentials with it.
 
     Raises:
         UsageError: ``max_head_bytes`` is not a positive int.
     """
 
-    def __init__(self, *, max_head_bytes: int = MAX_HEAD_BYTES, proxy: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        proxy: str = "",
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         if isinstance(max_head_bytes, bool) or not isinstance(max_head_bytes, int):
             raise UsageError("max_head_bytes must be an int")
         if max_head_bytes < 1:
             raise UsageError(f"max_head_bytes must be positive, not {max_head_bytes}")
         self._max_head_bytes = max_head_bytes
         self._proxy = proxy
+        self._redact = redact
         self._h11: h11.Connection | None = None  # made on first use (see _conn)
         self._shortcut_leftover: bytes | None = None  # set when a known head was reused
         self._received = 0  # every byte fed so far
@@ -464,6 +483,11 @@ class ConnectReplyReader:
         if self._body_length is None or self._body_length > MAX_DRAIN_BYTES:
             return False
         return not (self._body_done and self.leftover)
+
+    def _quote(self, exc: BaseException) -> str:
+        """h11's words about what the proxy sent, redacted, then escaped and cut short."""
+        text = str(exc)
+        return printable(self._redact(text) if self._redact is not None else text)
 
     def _where(self) -> str:
         return f"proxy {self._proxy}" if self._proxy else "the proxy"
@@ -579,7 +603,7 @@ class ConnectReplyReader:
                     proxy=self._proxy,
                 ) from exc
             raise ProxyProtocolError(
-                f"{self._where()} sent a malformed reply to CONNECT: {printable(str(exc))}",
+                f"{self._where()} sent a malformed reply to CONNECT: {self._quote(exc)}",
                 proxy=self._proxy,
             ) from exc
 
@@ -654,7 +678,7 @@ class ConnectReplyReader:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise ProxyProtocolError(
-                    f"{self._where()} sent a malformed reply body: {printable(str(exc))}",
+                    f"{self._where()} sent a malformed reply body: {self._quote(exc)}",
                     proxy=self._proxy,
                 ) from exc
             drained = self._received - self._head_bytes - len(self._conn.trailing_data[0])

@@ -252,8 +252,11 @@ class SocketGroup:
                         server_hostname=server_hostname, ssl_context=ssl_context, timeout=timeout
                     )
                 except anyio.get_cancelled_exc_class():
-                    # total_timeout (or the caller's cancellation): ssl_on() closed it.
-                    results[sock] = ReturnCode.HANDSHAKE_FAILED
+                    # total_timeout (or the caller's cancellation): ssl_on() closed it if
+                    # its handshake had started; if not, it is as it was (-149).
+                    results[sock] = (
+                        ReturnCode.HANDSHAKE_FAILED if sock.closed else ReturnCode.OTHER
+                    )
                     raise
                 except SSLOnError as exc:
                     results[sock] = exc.code

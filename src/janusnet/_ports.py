@@ -98,6 +98,9 @@ class AccessRule:
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "_network", network)
         ports = self.ports
+        if isinstance(ports, list):  # [80, 443] from a configuration file
+            ports = tuple(ports)
+            object.__setattr__(self, "ports", ports)
         if ports is not None:
             if not (
                 isinstance(ports, tuple)

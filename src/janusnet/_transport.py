@@ -357,9 +357,10 @@ class FdTLSStream(_Direct):
     cancelled send never cuts a record (what OpenSSL encrypted is sent by the next
     flush).
 
-    The behaviour is ``TLSStream``'s with ``standard_compatible=False``: EOF without
-    ``close_notify`` ends the stream, closing sends no ``close_notify``, and there is no
-    half-close. Its typed attributes are ``TLSStream``'s, plus the socket's.
+    The behaviour is ``TLSStream``'s with ``standard_compatible=False`` (EOF without
+    ``close_notify`` ends the stream, there is no half-close), except that closing sends
+    ``close_notify`` when the socket takes it at once (never waiting for it, nor for the
+    peer's). Its typed attributes are ``TLSStream``'s, plus the socket's.
     """
 
     __slots__ = (

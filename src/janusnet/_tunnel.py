@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 from urllib.parse import quote
 
@@ -93,11 +93,15 @@ _MIN_FORM: Final = 8
 
 def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     """The forms in which a proxy could send the credentials back, longest first: the
-    Basic header value (``Basic <token>``), and the token and the password (as text and
-    percent-encoded) when long enough to be told from chance."""
-    token = base64.b64encode(f"{user}:{password}".encode("utf-8", "replace")).decode("ascii")
+    Basic header value (``Basic <token>``), ``user:password`` (decoded), and the token
+    and the password (as text and percent-encoded) when long enough to be told from
+    chance."""
+    pair = f"{user}:{password}"
+    token = base64.b64encode(pair.encode("utf-8", "replace")).decode("ascii")
     forms = {token, password, quote(password, safe="")}
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
+    if password:
+        kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
     return tuple(sorted(kept, key=len, reverse=True))
 
 
@@ -130,6 +134,31 @@ def _withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
             _withhold(arg, forms) if isinstance(arg, str) else arg for arg in current.args
         )
         current = current.__cause__ or current.__context__
+
+
+def _header_items(headers: object) -> list[tuple[str, str]]:
+    """``headers`` (a mapping, or (name, value) pairs in any iterable: lists from a
+    configuration file, ``dict.items()``, a generator) as a list of pairs.
+
+    Raises:
+        UsageError: anything else (a string, pairs that are not pairs).
+    """
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    problem = "headers must be a mapping or (name, value) pairs"
+    if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
+        raise UsageError(f"{problem}, not {type(headers).__name__}")
+    items = []
+    for pair in headers:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable):
+            raise UsageError(f"{problem}; one of them is {type(pair).__name__}")
+        name_value = tuple(pair)
+        if len(name_value) != 2:
+            raise UsageError(f"{problem}; one of them has {len(name_value)} items")
+        items.append((name_value[0], name_value[1]))
+    return items
 
 
 def _stale(reply: ProxyReply) -> bool:
@@ -200,16 +229,7 @@ class ProxyTunnel:
             self._secrets = _secret_forms(*self._credentials)
         else:
             self._secrets = ()
-        if isinstance(headers, Mapping):
-            items = list(headers.items())
-        elif headers is None:
-            items = []
-        elif isinstance(headers, (list, tuple)) and all(
-            isinstance(item, tuple) and len(item) == 2 for item in headers
-        ):
-            items = list(headers)
-        else:
-            raise UsageError("headers must be a mapping or a sequence of (name, value) pairs")
+        items = _header_items(headers)
         for name, value in items:
             validate_extra_header(name, value)
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
@@ -329,7 +349,7 @@ class ProxyTunnel:
         if self._client_port.tls is TLSMode.ALWAYS:  # TLS at connect, as Socket.connect
             return await self.open_tls(host, port)
         authority, target = self._checked_target(host, port)
-        phase = ["connecting to the proxy"]
+        phase = [self._connect_phase()]
         try:
             with anyio.fail_after(self._timeout):
                 return await self._open(authority, target, phase)
@@ -371,11 +391,11 @@ class ProxyTunnel:
                 f"client port {self._client_port.name!r} does not allow TLS (nothing was sent)"
             )
         authority, target = self._checked_target(host, port)
-        phase = ["connecting to the proxy"]
+        phase = [self._connect_phase()]
         try:
             with anyio.fail_after(self._timeout):
                 sock = await self._open(authority, target, phase)
-                phase[0] = "TLS handshake with the target"
+                phase[0] = "doing the TLS handshake with the target"
                 try:
                     await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
                 except BaseException:
@@ -384,6 +404,14 @@ class ProxyTunnel:
                 return sock
         except TimeoutError as exc:
             raise self._timed_out(exc, authority, phase[0]) from None
+
+    def _redact(self, text: str) -> str:
+        return _withhold(text, self._secrets) if self._secrets else text
+
+    def _connect_phase(self) -> str:
+        if self._url.scheme == "https":
+            return "connecting to the proxy or doing the TLS handshake with it"
+        return "connecting to the proxy"
 
     def _timed_out(self, exc: TimeoutError, authority: str, phase: str) -> TimeoutError:
         """The deadline's ``TimeoutError``, saying what it was waiting for."""
@@ -469,7 +497,7 @@ class ProxyTunnel:
                         proxy=self._address,
                     ) from exc
                 reader = ConnectReplyReader(
-                    max_head_bytes=self._max_head_bytes, proxy=self._address
+                    max_head_bytes=self._max_head_bytes, proxy=self._address, redact=self._redact
                 )
                 reply = await self._read_reply(sock, reader)
                 if self._secrets:
@@ -503,7 +531,7 @@ class ProxyTunnel:
                     if not await self._drain(sock, reader):
                         await sock.aclose()
                         if phase is not None:
-                            phase[0] = "connecting to the proxy again, to answer its 407"
+                            phase[0] = self._connect_phase() + " again, to answer its 407"
                         sock = await self._connect_proxy(target)
                     if phase is not None:
                         phase[0] = "waiting for the proxy's reply to the answer to its 407"
