@@ -64,6 +64,7 @@ def check_fixtures(ca, server, proxy, client_port):
     assert isinstance(client_port, janusnet.ClientPort)
     assert client_port.tls is janusnet.TLSMode.OPTIONAL
     assert isinstance(client_port.ssl_context, ssl.SSLContext)
+    assert client_port.ssl_context.cert_store_stats()["x509_ca"] == 1  # the test CA only
     assert proxy.log == []
     assert proxy.behaviour.value == "normal"
     assert server.host == "127.0.0.1" and server.address == (server.host, server.port)

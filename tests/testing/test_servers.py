@@ -207,6 +207,44 @@ def test_origin_certificate_covers_loopback_names_only(origin: TLSOrigin) -> Non
         ).close()
 
 
+def test_origin_client_context_trusts_its_ca_and_nothing_else(origin: TLSOrigin) -> None:
+    """No system store: a test cannot pass on a certificate from the machine it runs on."""
+    context = origin.client_context()
+    assert context.cert_store_stats()["x509_ca"] == 1
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_a_failed_handshake_is_no_longer_active_at_once() -> None:
+    """The connection stops counting as active when the handshake fails, not
+    ``CLOSE_TIMEOUT`` later: a test may assert ``active == 0`` right after a failure."""
+    from janusnet.testing._servers import CLOSE_TIMEOUT
+
+    with TLSOrigin() as origin:
+        with connect(origin.address) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plain text where TLS was due
+            while raw.recv(4096):  # the server's alert, then its close
+                pass
+        started = time.monotonic()
+        assert wait_until(lambda: origin.active == 0)
+        assert time.monotonic() - started < CLOSE_TIMEOUT / 2
+
+
+def test_proxy_log_records_keep_credentials_out_of_their_repr() -> None:
+    with ConnectProxy(auth=("alice", "pa:ss-word")) as proxy:
+        with socket.create_connection(proxy.address) as raw:
+            token = base64.b64encode(b"alice:pa:ss-word")
+            raw.sendall(
+                b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"
+                b"Proxy-Authorization: Basic " + token + b"\r\n\r\n"
+            )
+            raw.recv(4096)
+        assert wait_until(lambda: len(proxy.log) == 1)
+        record = proxy.log[0]
+    assert record.header("Proxy-Authorization") == "Basic " + token.decode()
+    assert token.decode() not in repr(record) and "<hidden>" in repr(record)
+
+
 def test_origin_plain_mode_speaks_http_and_echo_without_tls(plain_origin: TLSOrigin) -> None:
     with connect(plain_origin.address) as sock:
         head, body = get(sock, "/")

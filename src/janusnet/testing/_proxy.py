@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import enum
 import hmac
 import ipaddress
@@ -145,6 +146,19 @@ class ProxyLogRecord:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
         wanted = name.lower()
         return next((v for k, v in self.headers if k.lower() == wanted), None)
+
+    def __repr__(self) -> str:
+        # A failing assertion prints records: the credentials stay out of test reports
+        # (``header("Proxy-Authorization")`` still gives the value to a test that checks it).
+        headers = tuple(
+            (name, "<hidden>" if name.lower() == "proxy-authorization" else value)
+            for name, value in self.headers
+        )
+        shown = ", ".join(
+            f"{f.name}={headers if f.name == 'headers' else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
+        return f"ProxyLogRecord({shown})"
 
 
 class ConnectProxy(BackgroundServer):
