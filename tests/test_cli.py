@@ -778,3 +778,14 @@ def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
         assert [step["step"] for step in report["steps"]] == ["tcp"]
     else:
         assert b"tcp       ok" in out and b"result: INTERRUPTED" in out, out
+
+
+def test_cli_probe_direct_to_a_zone_id_address_is_no_usage_error() -> None:
+    """A zone ID cannot go to a proxy, but a direct probe may use one: it fails (or not)
+    at its TCP step, like any address."""
+    status, text = run("probe", "[fe80::1%lo]:9", "--timeout", "3", "--proxy", "")
+    assert status == 1, text
+    assert "tcp       FAIL" in text and "zone" not in text
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "[fe80::zz%lo]:9"])
+    assert info.value.code == 2

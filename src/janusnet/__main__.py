@@ -17,6 +17,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import ssl
@@ -136,6 +137,16 @@ def _target(text: str) -> tuple[str, int]:
             raise argparse.ArgumentTypeError(f"brackets are for IPv6 addresses only, got {text!r}")
     elif ":" in host:
         raise argparse.ArgumentTypeError("write IPv6 addresses in brackets: [::1]:443")
+    if "%" in host and ":" in host:
+        # A zone ID (fe80::1%eth0) is fine for a direct probe; through a proxy the tunnel
+        # refuses it (it cannot be sent to a proxy), and the probe reports that.
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{host!r} is not an IPv6 address") from None
+        if not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+        return host, int(port)
     try:
         format_authority(host, int(port))  # the checks a connect would make
     except UsageError as exc:
