@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -756,7 +757,7 @@ def test_cli_probe_escapes_what_a_hostile_proxy_sends(origin: TLSOrigin) -> None
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
-    """Ctrl-C during a step: the steps done so far, then exit 130, no traceback."""
+    """Ctrl-C during a step: the steps done so far, no traceback, then the end by SIGINT."""
     import signal
     import socket
     import time
@@ -770,7 +771,8 @@ def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    # Ended by SIGINT itself (after its report), so a shell loop stops too (bash: 130).
+    assert proc.returncode == -signal.SIGINT
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     if as_json:
         report = json.loads(out)
@@ -789,3 +791,30 @@ def test_cli_probe_direct_to_a_zone_id_address_is_no_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["probe", "[fe80::zz%lo]:9"])
     assert info.value.code == 2
+
+
+def test_cli_ctrl_c_stops_a_shell_loop_of_probes() -> None:
+    """bash stops ``for ...; do janusnet probe ...; done`` at Ctrl-C only when the command
+    died by SIGINT (a command that returns 130 "handled" it, and the loop goes on)."""
+    import signal
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        number = silent.getsockname()[1]
+        script = (
+            f'for i in 1 2 3; do "$0" -m janusnet probe 127.0.0.1:{number} --timeout 30; '
+            'echo "after $i: $?"; done; echo finished'
+        )
+        shell = subprocess.Popen(
+            ["bash", "-c", script, sys.executable],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, as a terminal's job is
+        )
+        conn, _ = silent.accept()
+        with conn:
+            time.sleep(0.5)
+            os.killpg(shell.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+            out, _ = shell.communicate(timeout=30)
+    assert b"after 2" not in out and b"finished" not in out, out

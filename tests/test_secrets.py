@@ -317,8 +317,21 @@ async def test_secrets_proxy_that_sends_them_back(
         ("eyJhbGciOiJIUzI1NiJ9." + "A1b2C3d4E5" * 12, b"HTTP/1.1 999999 {auth}\r\n\r\n"),
         # A short one, quoted back decoded: user:password is withheld all the same.
         ("hunter2", b"HTTP/1.1 403 Forbidden for {pair}\r\nContent-Length: 0\r\n\r\n"),
+        # Spelled as the text reaches janusnet: latin-1 (ö reads Ã¶), or a bytes literal
+        # in h11's words about a malformed line (\xc3\xb6, \\, \').
+        ("geheim-w\u00f6rt", b"HTTP/1.1 403 Forbidden for {pair}\r\nContent-Length: 0\r\n\r\n"),
+        ("geheim-w\u00f6rt", b"HTTP/1.1 999999 {pair}\r\n\r\n"),
+        ("C:\\keys\\k1", b"HTTP/1.1 999999 {pair}\r\n\r\n"),
+        ("it's-secret", b"HTTP/1.1 999999 {pair}\r\n\r\n"),
     ],
-    ids=["long-password-cut-message", "short-password-decoded"],
+    ids=[
+        "long-password-cut-message",
+        "short-password-decoded",
+        "non-ascii-latin-1",
+        "non-ascii-bytes-literal",
+        "backslashes",
+        "quote",
+    ],
 )
 async def test_secrets_sent_back_whatever_their_length(
     anyio_backend: str, caplog: pytest.LogCaptureFixture, password: str, reply: bytes
@@ -330,7 +343,10 @@ async def test_secrets_sent_back_whatever_their_length(
             await tunnel.open("localhost", 443)
     texts = list(exception_texts(info.value))
     texts += [record.getMessage() for record in caplog.records]
-    pieces = [token[i : i + 12] for i in range(0, len(token) - 12)] + [f"{USER}:{password}"]
+    pair = f"{USER}:{password}".encode()
+    pieces = [token[i : i + 12] for i in range(0, len(token) - 12)]
+    pieces += [pair.decode(), pair.decode("latin-1"), repr(pair)[2:-1]]
+    pieces += [repr(pair)[2:-1].replace("'", "\\'")]
     for text in texts:
         for piece in pieces:
             assert piece not in text, f"{piece!r} leaked into {text!r}"

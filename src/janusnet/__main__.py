@@ -693,7 +693,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
     Returns:
         The exit status: 0 success, 1 a step failed, 2 bad usage, 130 interrupted
-        (Ctrl-C).
+        (Ctrl-C). Run as the program (``argv`` None), an interrupted run ends by SIGINT
+        itself once it has printed what it has, as Python does, so that a shell loop of
+        ``janusnet`` commands stops too (the shell reports 130).
     """
     if out is None:
         # Started with stdout closed (``janusnet probe ... >&-``): run, print nowhere.
@@ -701,11 +703,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         status = _run(argv, out)
         out.flush()  # here, not at interpreter exit, so a closed pipe is caught below
-        return status
     except KeyboardInterrupt:  # Ctrl-C (the demo; the probe reports its steps itself)
         with contextlib.suppress(OSError, ValueError, AttributeError):
             sys.stderr.write("janusnet: interrupted\n")
-        return EXIT_INTERRUPTED
+        status = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``janusnet demo | head``): stop quietly, as cat does, and
         # point stdout at /dev/null so the interpreter's final flush does not complain.
@@ -722,6 +723,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             sys.stderr.write(f"janusnet: cannot write the output: {exc.strerror}\n")
         return 1
+    if status == EXIT_INTERRUPTED and argv is None:
+        _end_by_sigint()
+    return status
+
+
+def _end_by_sigint() -> None:
+    """End this process by SIGINT: a shell sees a command Ctrl-C killed and stops the
+    loop or script it runs (returning 130 would say the command handled the signal)."""
+    import signal
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if hasattr(signal, "SIGINT") and hasattr(os, "kill"):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _run(argv: Sequence[str] | None, out: TextIO) -> int:

@@ -102,6 +102,13 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
     if password:
         kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
+    # As the text reaches us: a reply is decoded as latin-1 (UTF-8 "ö" reads "Ã¶"), and
+    # h11 quotes a malformed line as a bytes literal (\xc3\xb6, \\, \').
+    for form in list(kept):
+        raw = form.encode("utf-8", "replace")
+        literal = repr(raw)[2:-1]
+        kept.update({raw.decode("latin-1"), literal, literal.replace("'", "\\'")})
+        kept.add(literal.replace('"', '\\"'))
     return tuple(sorted(kept, key=len, reverse=True))
 
 
