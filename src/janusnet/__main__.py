@@ -32,7 +32,7 @@ from anyio.abc import SocketAttribute
 
 from . import __version__
 from ._auth import parse_challenges
-from ._connect import format_authority
+from ._connect import _check_port, format_authority
 from ._exceptions import (
     JanusnetError,
     PendingDataError,
@@ -142,10 +142,9 @@ def _target(text: str) -> tuple[str, int]:
         # refuses it (it cannot be sent to a proxy), and the probe reports that.
         try:
             ipaddress.IPv6Address(host)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{host!r} is not an IPv6 address") from None
-        if not 1 <= int(port) <= 65535:
-            raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+            _check_port(int(port))
+        except (ValueError, UsageError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return host, int(port)
     try:
         format_authority(host, int(port))  # the checks a connect would make
@@ -736,7 +735,7 @@ def _end_by_sigint() -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         sys.stdout.flush()
         sys.stderr.flush()
-    if hasattr(signal, "SIGINT") and hasattr(os, "kill"):
+    if os.name == "posix":  # on Windows os.kill() would end it with status 2 (usage)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
 

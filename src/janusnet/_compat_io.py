@@ -145,7 +145,8 @@ async def sock_recv(
         open.
 
     Raises:
-        UsageError: unknown number or option, ``minbytes`` > ``maxbytes``, negative sizes.
+        UsageError: unknown number or option, ``minbytes`` > ``maxbytes``, negative sizes
+            or sizes that are not ints.
         UnicodeDecodeError: ``CHAR`` mode and the bytes are not valid in the codec.
 
     Cancellation loses the bytes this call had already taken; the rest stay buffered.
@@ -200,7 +201,8 @@ async def sock_recvprs(
         could be received (FIN, window spent); -1 when the socket is not open.
 
     Raises:
-        UsageError: unknown number or option; PRSTOK is ``NONE``.
+        UsageError: unknown number or option; PRSTOK is ``NONE``; ``maxbytes`` is not an
+            int.
         UnicodeDecodeError: ``CHAR`` mode and the bytes are not valid in the codec.
 
     Cancellation loses no bytes: they stay buffered.

@@ -153,6 +153,16 @@ def check_ssl_context(context: object, what: str = "ssl_context") -> None:
         raise UsageError(f"{what} must be an ssl.SSLContext or None, not {context!r}")
 
 
+def check_server_hostname(value: object) -> None:
+    """Refuse a ``server_hostname`` that is neither a ``str`` nor ``None``.
+
+    Raises:
+        UsageError: naming the value.
+    """
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"server_hostname must be a str or None, not {value!r}")
+
+
 def check_timeout(value: object, what: str = "timeout") -> None:
     """Refuse anything but ``None`` or a number of seconds >= 0 (not NaN, not ``bool``).
 

@@ -32,6 +32,7 @@ from ._exceptions import (
     ReturnCode,
     SSLOnError,
     UsageError,
+    check_server_hostname,
     check_ssl_context,
     check_timeout,
 )
@@ -239,8 +240,7 @@ class SocketGroup:
         check_ssl_context(ssl_context)
         check_timeout(timeout)
         check_timeout(total_timeout, "total_timeout")
-        if server_hostname is not None and not isinstance(server_hostname, str):
-            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
+        check_server_hostname(server_hostname)
         relevant = [s for s in self._members if s.tls is None and s.state in OPEN_STATES]
         results: dict[Socket, ReturnCode] = dict.fromkeys(relevant, ReturnCode.OTHER)
         limiter = anyio.CapacityLimiter(max_concurrency)

@@ -70,6 +70,13 @@ class AccessRule:
         allow: True to allow, False to deny.
         host: the host pattern.
         ports: inclusive ``(first, last)`` port range; ``None`` for any port.
+
+    Raises:
+        UsageError: a pattern that is none of the above (a malformed CIDR range such as
+            ``10.0.0.0/33``, a glob, a dotted number that is no IPv4 address, ``*``
+            anywhere but a leading ``*.``, characters no host name has, an invalid
+            international name, not a ``str``), or ``ports`` that are not two ints
+            within 1-65535, the first not above the second.
     """
 
     allow: bool
@@ -229,7 +236,7 @@ def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if type(ports) is int:
         return (ports, ports)
     if isinstance(ports, (tuple, list)) and len(ports) == 2:
-        return (ports[0], ports[1])  # checked by AccessRule
+        return (ports[0], ports[1])  # AccessRule checks the values
     raise UsageError(f"access rule ports must be an int or a (first, last) pair, not {ports!r}")
 
 
@@ -237,7 +244,8 @@ def allow(host: str = "*", ports: int | tuple[int, int] | None = None) -> Access
     """An allowing :class:`AccessRule` (``allow("*.example.com", 443)``).
 
     Raises:
-        UsageError: an empty pattern or a port range outside 1-65535.
+        UsageError: see :class:`AccessRule`; also ``ports`` that is neither an int nor a
+            ``(first, last)`` pair.
     """
     return AccessRule(True, host, _ports_arg(ports))
 
@@ -246,7 +254,8 @@ def deny(host: str = "*", ports: int | tuple[int, int] | None = None) -> AccessR
     """A denying :class:`AccessRule` (``deny("10.0.0.0/8")``).
 
     Raises:
-        UsageError: an empty pattern or a port range outside 1-65535.
+        UsageError: see :class:`AccessRule`; also ``ports`` that is neither an int nor a
+            ``(first, last)`` pair.
     """
     return AccessRule(False, host, _ports_arg(ports))
 
@@ -271,7 +280,8 @@ class ClientPort:
             ``None`` for no cap.
 
     Raises:
-        UsageError: an invalid setting (empty line end, bad tokens, unknown codec...).
+        UsageError: an invalid setting (empty line end, bad tokens, unknown codec, an
+            ``ssl_context`` that is not an ``SSLContext``...).
     """
 
     name: str = "DEFAULT"
@@ -324,8 +334,10 @@ class ClientPort:
     def is_allowed(self, host: str, port: int) -> bool:
         """Decide the access rules for ``host:port``.
 
-        The first rule matching the host as given wins (none matching denies, no rules
-        allow). An IP-literal host must *also* pass :meth:`is_address_allowed`, so
+        The host is judged as the name that goes on the wire (see
+        :func:`_canonical_host`); one that is not a valid name is denied when there are
+        rules. The first matching rule wins (none matching denies, no rules allow). An
+        IP-literal host must *also* pass :meth:`is_address_allowed`, so
         ``[allow("*"), deny("10.0.0.0/8")]`` refuses the literal ``10.1.2.3`` directly and
         through a tunnel. A *name* is also checked against the IP rules for every address
         it resolves to on direct connects (the DNS-rebinding guard); through a tunnel the

@@ -50,6 +50,7 @@ from ._exceptions import (
     SocketResetError,
     SSLOnOtherError,
     UsageError,
+    check_server_hostname,
     check_size,
     check_ssl_context,
     check_timeout,
@@ -266,8 +267,7 @@ class Socket:
     ) -> None:
         if not isinstance(stream, ByteStream):
             raise UsageError(f"stream must be an anyio byte stream, not {stream!r}")
-        if server_hostname is not None and not isinstance(server_hostname, str):
-            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
+        check_server_hostname(server_hostname)
         port = _client_port(client_port)
         port._acquire()
         self._port = port
@@ -397,8 +397,7 @@ class Socket:
         _validate_target(host, port)
         check_timeout(timeout)
         check_ssl_context(ssl_context)
-        if server_hostname is not None and not isinstance(server_hostname, str):
-            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
+        check_server_hostname(server_hostname)
         if tls and client_port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"client port {client_port.name!r} does not allow TLS")
         if tls is False and client_port.tls is TLSMode.ALWAYS:
@@ -1161,8 +1160,7 @@ class Socket:
         await anyio.lowlevel.checkpoint_if_cancelled()
         check_ssl_context(ssl_context)
         check_timeout(timeout)
-        if server_hostname is not None and not isinstance(server_hostname, str):
-            raise UsageError(f"server_hostname must be a str or None, not {server_hostname!r}")
+        check_server_hostname(server_hostname)
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")

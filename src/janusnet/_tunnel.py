@@ -60,9 +60,9 @@ from ._exceptions import (
     check_timeout,
     printable,
 )
-from ._ports import DEFAULT_PORT, ClientPort, TLSMode
+from ._ports import ClientPort, TLSMode
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket
+from ._socket import RECEIVE_SIZE, Socket, _client_port
 from ._tls import default_ssl_context
 from ._transport import open_hop
 
@@ -100,15 +100,14 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     token = base64.b64encode(pair.encode("utf-8", "replace")).decode("ascii")
     forms = {token, password, quote(password, safe="")}
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
-    if password:
+    if password and len(pair) >= _MIN_FORM:
         kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
     # As the text reaches us: a reply is decoded as latin-1 (UTF-8 "ö" reads "Ã¶"), and
-    # h11 quotes a malformed line as a bytes literal (\xc3\xb6, \\, \').
+    # h11 quotes a malformed line as a bytes literal (\xc3\xb6, \\, and \' when the
+    # literal is in single quotes; repr(b'"' + raw) forces that spelling).
     for form in list(kept):
         raw = form.encode("utf-8", "replace")
-        literal = repr(raw)[2:-1]
-        kept.update({raw.decode("latin-1"), literal, literal.replace("'", "\\'")})
-        kept.add(literal.replace('"', '\\"'))
+        kept.update({raw.decode("latin-1"), repr(raw)[2:-1], repr(b'"' + raw)[3:-1]})
     return tuple(sorted(kept, key=len, reverse=True))
 
 
@@ -240,9 +239,7 @@ class ProxyTunnel:
         for name, value in items:
             validate_extra_header(name, value)
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
-        if client_port is not None and not isinstance(client_port, ClientPort):
-            raise UsageError(f"client_port must be a ClientPort or None, not {client_port!r}")
-        self._client_port = client_port if client_port is not None else DEFAULT_PORT
+        self._client_port = _client_port(client_port)
         check_ssl_context(proxy_ssl_context, "proxy_ssl_context")
         self._proxy_ssl_context = proxy_ssl_context
         check_timeout(connect_timeout, "connect_timeout")

@@ -160,7 +160,6 @@ class Connection:
         self.expired = False
         self._retired: list[asyncio.StreamWriter] = []
         self._others: list[asyncio.StreamWriter] = []
-        self._handed_over = False  # self.writer's transport went to a TLS layer that failed
 
     def adopt(self, writer: asyncio.StreamWriter) -> None:
         """Take ownership of another connection (the proxy's upstream): closed with this one."""
@@ -188,17 +187,14 @@ class Connection:
                 server_side=True,
                 ssl_handshake_timeout=handshake_timeout,
             )
+            if transport is None:  # only when the connection was lost mid-way
+                raise ConnectionResetError("connection lost during the TLS handshake")
         except BaseException:
             # The raw transport now belongs to the failed TLS layer: its old writer would
             # never see connection_lost, and aclose() would wait CLOSE_TIMEOUT for it (the
             # connection counted as active all that time). Abort it with the rest instead.
             self._retired.append(self.writer)
-            self._handed_over = True
             raise
-        if transport is None:  # only when the connection was lost mid-way
-            self._retired.append(self.writer)
-            self._handed_over = True
-            raise ConnectionResetError("connection lost during the TLS handshake")
         # loop.start_tls() never calls connection_made(); StreamReaderProtocol needs it.
         protocol.connection_made(transport)
         self._retired.append(self.writer)
@@ -212,7 +208,8 @@ class Connection:
 
     async def aclose(self) -> None:
         """Close every transport gracefully, aborting any that takes longer than allowed."""
-        current = () if self._handed_over else (self.writer,)
+        # (self.writer is retired when its transport went to a TLS layer that failed)
+        current = () if self.writer in self._retired else (self.writer,)
         for writer in (*current, *self._others):
             if not writer.transport.is_closing():
                 writer.close()
