@@ -52,6 +52,7 @@ __all__ = [
     "format_authority",
     "validate_extra_header",
     "validate_header",
+    "wire_name",
 ]
 
 #: Default cap on the reply head (status line + headers, interim 1xx heads included).
@@ -125,12 +126,21 @@ def idna_host(host: str) -> str:
     )
 
 
-def _host_name(host: str) -> str:
+@functools.lru_cache(maxsize=256)
+def wire_name(host: str) -> str:
+    """:func:`idna_host` for a host a caller gave (no brackets): the ASCII name.
+
+    Raises:
+        UsageError: not a valid international name.
+    """
     try:
-        ascii_host = idna_host(host)
+        return idna_host(host)
     except UnicodeError as exc:
         raise UsageError(f"host {host!r} is not a valid internationalised name: {exc}") from exc
-    name = ascii_host.lower()
+
+
+def _host_name(host: str) -> str:
+    name = wire_name(host).lower()
     if _HOST_NAME_RE.fullmatch(name) is None:
         bad = next(
             (ch for ch in name if not (ch.isascii() and ch.isalnum()) and ch not in "-_."), None

@@ -39,7 +39,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from ._connect import ProxyReply, idna_host
+from ._connect import ProxyReply, idna_host, wire_name
 from ._exceptions import (
     BusyError,
     HandshakeError,
@@ -155,10 +155,7 @@ def _validate_target(host: str, port: int) -> None:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
         raise UsageError(f"host {host!r} contains a control character or a space")
     if not host.isascii():
-        try:
-            idna_host(host.strip("[]"))
-        except UnicodeError as exc:
-            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
+        wire_name(host.strip("[]"))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
 

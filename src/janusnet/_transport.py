@@ -26,13 +26,12 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._connect import idna_host
+from ._connect import wire_name
 from ._exceptions import (
     AccessDeniedError,
     ConnectError,
     HandshakeError,
     SSLOnOtherError,
-    UsageError,
     show_address,
 )
 
@@ -801,10 +800,7 @@ async def open_tcp(host: str, port: int) -> ByteStream:
     """
     address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not address.isascii():  # the resolver would use IDNA 2003: see idna_host()
-        try:
-            address = idna_host(address)
-        except UnicodeError as exc:
-            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
+        address = wire_name(address)
     if not _DIRECT:
         return await anyio.connect_tcp(address, port)
     try:
@@ -1087,10 +1083,7 @@ async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[st
         return [host]
     name = host.strip("[]")
     if not name.isascii():  # the name open_tcp() would connect to, not IDNA 2003's
-        try:
-            name = idna_host(name)
-        except UnicodeError as exc:
-            raise UsageError(f"host {host!r} is not a valid international name: {exc}") from exc
+        name = wire_name(name)
     try:
         infos = await anyio.getaddrinfo(name, number, type=_stdsocket.SOCK_STREAM)
     except OSError as exc:
