@@ -818,3 +818,23 @@ def test_cli_ctrl_c_stops_a_shell_loop_of_probes() -> None:
             os.killpg(shell.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
             out, _ = shell.communicate(timeout=30)
     assert b"after 2" not in out and b"finished" not in out, out
+
+
+def test_cli_a_cancelled_main_task_counts_as_ctrl_c() -> None:
+    """On Python 3.10 anyio's backported asyncio runner lets Ctrl-C out as the main task's
+    ``CancelledError`` (tasks there have no ``uncancel()``): the command line must still
+    see a ``KeyboardInterrupt``, report and end by SIGINT, not print a traceback. The
+    same escape, made on purpose, on any version:"""
+    import asyncio
+
+    from janusnet._demo import run_interruptible
+
+    async def cancelled_from_outside() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_soon(task.cancel)
+        await asyncio.sleep(30)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(cancelled_from_outside)
+    assert run_interruptible(asyncio.sleep, 0, "done") == "done"

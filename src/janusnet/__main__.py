@@ -33,6 +33,7 @@ from anyio.abc import SocketAttribute
 from . import __version__
 from ._auth import parse_challenges
 from ._connect import _check_port, format_authority
+from ._demo import run_demo, run_interruptible
 from ._exceptions import (
     JanusnetError,
     PendingDataError,
@@ -614,7 +615,7 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     interrupted = False
     try:
         shown = parse_proxy_url(choice.url).address if choice.url else None
-        anyio.run(
+        run_interruptible(
             lambda: probe(
                 host,
                 port,
@@ -672,8 +673,6 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from ._demo import run_demo
-
     if args.backend == "trio":
         import importlib.util
 

@@ -9,7 +9,9 @@ tokens, send ``CONNECT``, parse the status line, read headers up to the empty li
 
 from __future__ import annotations
 
-from typing import TextIO
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TextIO, TypeVar
 
 import anyio
 
@@ -18,7 +20,29 @@ from ._ports import ClientPort, TLSMode
 from ._socket import Socket
 from ._tls import CertInfo
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "run_interruptible"]
+
+_T = TypeVar("_T")
+
+
+def run_interruptible(
+    func: Callable[..., Awaitable[_T]], *args: object, backend: str = "asyncio"
+) -> _T:
+    """``anyio.run``, where Ctrl-C is a ``KeyboardInterrupt`` on every Python version.
+
+    On Python 3.10 the asyncio runner anyio backports cannot tell a Ctrl-C from any
+    other cancellation (tasks have no ``uncancel()``), so the main task's
+    ``CancelledError`` comes out instead. Nothing else cancels the main task of a
+    command-line run, so here that error means Ctrl-C.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C.
+    """
+    try:
+        return anyio.run(func, *args, backend=backend)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
 
 #: Short names for certificate name fields, as ``openssl x509 -subject`` writes them.
 _SHORT = {
@@ -139,7 +163,9 @@ def run_demo(out: TextIO, *, backend: str = "asyncio") -> int:
             f"   origin: https://localhost:{origin.port}  proxy: {proxy.url}  backend: {backend}\n"
         )
         try:
-            anyio.run(_seed_flow, proxy.host, proxy.port, origin.port, port, out, backend=backend)
+            run_interruptible(
+                _seed_flow, proxy.host, proxy.port, origin.port, port, out, backend=backend
+            )
         except JanusnetError as exc:
             out.write(f"FAILED: {type(exc).__name__}: {exc}\n")
             return 1
