@@ -350,6 +350,28 @@ async def test_socket_always_port_handshakes_at_connect(
             assert await sock.recv_parsed() == (b"x", b"\r\n", 1)
 
 
+async def test_socket_connect_tls_to_a_server_that_closes_at_once_is_111(
+    anyio_backend: str, ca: trustme.CA
+) -> None:
+    """``connect(tls=True)`` to a server that accepts and ends its side: -111 every time
+    (the handshake meets the end). (A server that closes outright may also reset the
+    ClientHello: a reset stays -149.)"""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    async def handler(stream: SocketStream) -> None:
+        await stream.send_eof()  # its FIN, but no reset for a ClientHello that follows
+        while await stream.receive():
+            pass
+
+    async with serve(handler) as number:
+        for _ in range(20):
+            with anyio.fail_after(10), pytest.raises(janusnet.HandshakeError) as info:
+                await Socket.connect("localhost", number, tls=True, ssl_context=context)
+            assert info.value.code == ReturnCode.HANDSHAKE_FAILED
+            assert "localhost" in str(info.value)
+
+
 async def test_socket_connect_refused_is_connect_error(anyio_backend: str) -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     number = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -965,6 +987,25 @@ def _cn_only_certificate() -> tuple[bytes, bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        # What Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a CA and a
+        # leaf, so that the only fault left is the missing subjectAltName.
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
+        )
         .sign(root_key, hashes.SHA256())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
@@ -976,6 +1017,10 @@ def _cn_only_certificate() -> tuple[bytes, bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+            critical=False,
+        )
         .sign(root_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM

@@ -224,6 +224,11 @@ def _leaf_with_locality(ca: trustme.CA) -> ssl.SSLContext:
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        # Python 3.13's default contexts verify strictly (VERIFY_X509_STRICT): the AKI is a must.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     trustme_blob = trustme.Blob(
@@ -288,3 +293,25 @@ async def test_tls_peer_certificate_subject_and_issuer_fields(
                 assert sock.tls.chain[-1].subject["organizationName"] == "Janus CA Org"
             else:
                 assert sock.tls.chain == (cert,)
+
+
+def test_tls_chain_certificates_as_bytes_or_certificate_objects() -> None:
+    """``get_verified_chain()`` gives DER bytes through ``ssl`` (Python 3.13+) and
+    ``Certificate`` objects through ``_ssl``: both describe the chain; anything else is a
+    ValueError, which ``sock.tls`` turns into "just the leaf" (an AttributeError escaped
+    from ``sock.tls`` on every verified connection under 3.13)."""
+    from janusnet._tls import _cert_from_der, _der
+
+    ca = trustme.CA()
+    der = ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode())
+
+    class CertificateObject:
+        def public_bytes(self, encoding: int) -> bytes:
+            assert encoding == ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+            return der
+
+    assert _der(der) == der
+    assert _der(CertificateObject()) == der
+    assert _cert_from_der(_der(der)).subject["organizationName"].startswith("trustme")
+    with pytest.raises(ValueError, match="not a certificate"):
+        _der("PEM text")

@@ -125,13 +125,7 @@ class TLSInfo:
         get_chain = getattr(ssl_object, "get_verified_chain", None)
         if get_chain is not None:  # Python 3.13+
             try:
-                chain = (
-                    tuple(
-                        _cert_from_der(c.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
-                        for c in get_chain()
-                    )
-                    or chain
-                )
+                chain = tuple(_cert_from_der(_der(c)) for c in get_chain()) or chain
             except (ValueError, OSError, ssl.SSLError):  # informational only; keep the leaf
                 chain = (leaf,) if leaf else ()
         return cls(
@@ -179,6 +173,24 @@ class TLSSnapshot:
             peer_certificate=leaf,
             chain=(leaf,) if leaf else (),
         )
+
+
+def _der(cert: object) -> bytes:
+    """A certificate of ``get_verified_chain()`` as DER: ``ssl``'s objects give bytes (Python
+    3.13+), ``_ssl``'s give ``Certificate`` objects.
+
+    Raises:
+        ValueError: neither.
+    """
+    if isinstance(cert, bytes):
+        return cert
+    public_bytes = getattr(cert, "public_bytes", None)
+    if public_bytes is None:
+        raise ValueError(f"not a certificate: {type(cert).__name__}")
+    der = public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+    if not isinstance(der, bytes):
+        raise ValueError("a certificate that gave no DER bytes")
+    return der
 
 
 def _cert_from_der(der: bytes) -> CertInfo:
