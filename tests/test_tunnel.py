@@ -444,6 +444,41 @@ async def test_tunnel_https_proxy_that_ends_tls_after_its_reply(
                         with pytest.raises(SSLOnOtherError, match="closed"):
                             await sock.ssl_on()
                     assert await sock.recv() == b""
+        # In one call: -111, saying the proxy ended the tunnel, whenever its end arrives.
+        for _ in range(5):
+            with anyio.fail_after(10), pytest.raises(janusnet.HandshakeError) as info:
+                await tunnel.open_tls("localhost", origin.port)
+            assert f"closed the tunnel to localhost:{origin.port}" in str(info.value)
+
+
+async def test_tunnel_open_tls_through_a_tunnel_closed_before_the_handshake(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """A proxy that answers 200 before it reaches the target, then ends the tunnel
+    (Apache Traffic Server, a closed target port): -111 naming proxy and target, every
+    time. It was -149 ("ssl_on: the peer has closed the connection") when the FIN was
+    there before the ClientHello and -111 when it came just after: a race. (A proxy that
+    closes outright may also reset the ClientHello: a reset stays -149.)"""
+    from loopback import read_line, serve
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while await read_line(stream, buf):
+            pass
+        await stream.send(b"HTTP/1.1 200 OK\r\n\r\n")
+        await stream.send_eof()  # its FIN, but no reset for a ClientHello that follows
+        while await stream.receive():
+            pass
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", client_port=port)
+        for _ in range(20):
+            with anyio.fail_after(10):
+                with pytest.raises(janusnet.HandshakeError) as info:
+                    await tunnel.open_tls("localhost", origin.port)
+            assert info.value.code == -111
+        assert f"127.0.0.1:{number}" in str(info.value), info.value
+        assert f"localhost:{origin.port}" in str(info.value), info.value
 
 
 def test_tunnel_context_not_mutated(origin: TLSOrigin) -> None:

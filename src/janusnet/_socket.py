@@ -1113,6 +1113,15 @@ class Socket:
             return False
         return kernel_closed(raw)
 
+    def _closed_before_tls(self) -> bool:
+        """``ssl_on()`` refused (-149, socket unchanged) because the peer had closed."""
+        return (
+            self._stream is not None
+            and self._ssl_object is None
+            and not self._reset
+            and (self._eof or self._peer_closed())
+        )
+
     async def ssl_on(
         self,
         *,

@@ -50,11 +50,13 @@ from ._connect import (
     validate_extra_header,
 )
 from ._exceptions import (
+    HandshakeError,
     JanusnetError,
     NotSSLPortError,
     ProxyAuthenticationRequired,
     ProxyProtocolError,
     SocketResetError,
+    SSLOnOtherError,
     UsageError,
     check_ssl_context,
     check_timeout,
@@ -175,6 +177,19 @@ def _stale(reply: ProxyReply) -> bool:
         and challenge.scheme == "digest"
         and challenge.params.get("stale", "").lower() == "true"
     )
+
+
+def _ended_by_eof(exc: BaseException) -> bool:
+    """A failed handshake whose cause is the other end closing (not a bad certificate,
+    not a TLS alert)."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError, anyio.EndOfStream)):
+            return True
+        if isinstance(cause, anyio.BrokenResourceError) and cause.__cause__ is None:
+            return True  # anyio's TLSStream meeting the end (TLS inside an https:// proxy)
+        cause = cause.__cause__
+    return False
 
 
 class ProxyTunnel:
@@ -385,7 +400,8 @@ class ProxyTunnel:
             ProxyProtocolError: as :meth:`open`.
             PendingDataError: the proxy sent bytes after its reply (-112).
             HandshakeError: the origin's (or an ``https://`` proxy's) handshake or
-                certificate failed (-111).
+                certificate failed, or the proxy ended the tunnel before the handshake was
+                done (-111).
             SSLOnOtherError: the connection broke during a handshake (-149).
             TimeoutError: the deadline expired; nothing is left open.
         """
@@ -402,6 +418,23 @@ class ProxyTunnel:
                 phase[0] = "doing the TLS handshake with the target"
                 try:
                     await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
+                except (SSLOnOtherError, HandshakeError) as exc:
+                    # The tunnel ended before our ClientHello or during the handshake (a
+                    # proxy that answers 200 before it reaches the target, then gives up):
+                    # -111 either way, saying so (OpenSSL's words name neither end).
+                    ended = (
+                        sock._closed_before_tls()
+                        if isinstance(exc, SSLOnOtherError)
+                        else _ended_by_eof(exc)
+                    )
+                    await sock.aclose()
+                    if ended:
+                        raise HandshakeError(
+                            f"TLS handshake with {host} failed: proxy {self._address} closed "
+                            f"the tunnel to {authority} before the handshake was done (it "
+                            "may not have reached the target)"
+                        ) from exc
+                    raise
                 except BaseException:
                     await sock.aclose()
                     raise
