@@ -654,14 +654,28 @@ def test_reply_reader_head_exactly_at_cap_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"HTTP/1.1 200 O", b"HTTP/1.1 200 OK\r\nX: y\r\n", b"HTTP/1.1 100 Continue\r\n\r\n"],
-    ids=["nothing", "mid-status-line", "mid-headers", "after-interim"],
+    [b"HTTP/1.1 200 O", b"HTTP/1.1 200 OK\r\nX: y\r\n", b"HTTP/1.1 100 Continue\r\n\r\n"],
+    ids=["mid-status-line", "mid-headers", "after-interim"],
 )
 def test_reply_reader_eof_inside_head(data: bytes) -> None:
     reader = ConnectReplyReader(proxy="p:1")
     assert reader.feed(data) is None
     with pytest.raises(ProxyProtocolError, match="connection closed inside the reply head"):
         reader.feed_eof()
+    with pytest.raises(UsageError, match="after feed_eof"):
+        reader.feed(b"x")
+
+
+@pytest.mark.parametrize("feed_nothing", [False, True], ids=["no-feed", "empty-feed"])
+def test_reply_reader_eof_before_any_reply_says_so_without_h11s_words(feed_nothing: bool) -> None:
+    """pproxy closes without a word when it cannot reach the target: the error says that,
+    and carries no h11 error as its cause (h11 would complain about its own state)."""
+    reader = ConnectReplyReader(proxy="p:1")
+    if feed_nothing:
+        assert reader.feed(b"") is None
+    with pytest.raises(ProxyProtocolError, match="closed the connection without replying") as info:
+        reader.feed_eof()
+    assert "p:1" in str(info.value) and info.value.__cause__ is None
     with pytest.raises(UsageError, match="after feed_eof"):
         reader.feed(b"x")
 

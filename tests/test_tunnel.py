@@ -451,6 +451,27 @@ async def test_tunnel_https_proxy_that_ends_tls_after_its_reply(
             assert f"closed the tunnel to localhost:{origin.port}" in str(info.value)
 
 
+async def test_tunnel_proxy_that_closes_without_replying(anyio_backend: str) -> None:
+    """pproxy reads CONNECT and closes without a word when it cannot reach the target:
+    ``ProxyProtocolError`` says so, with no h11 error as its cause, and the socket is
+    closed (no ResourceWarning)."""
+    from loopback import read_line, serve
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while await read_line(stream, buf):
+            pass
+        await stream.aclose()
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}")
+        with anyio.fail_after(10), pytest.raises(ProxyProtocolError) as info:
+            await tunnel.open("target.example", 443)
+    assert str(info.value).startswith(f"proxy 127.0.0.1:{number} closed the connection")
+    assert "without replying to CONNECT" in str(info.value)
+    assert info.value.__cause__ is None
+
+
 async def test_tunnel_open_tls_through_a_tunnel_closed_before_the_handshake(
     anyio_backend: str, origin: TLSOrigin, port: ClientPort
 ) -> None:

@@ -572,12 +572,21 @@ class ConnectReplyReader:
             The reply, if its head was complete.
 
         Raises:
-            ProxyProtocolError: the connection closed inside the reply head, or the bytes
-                before it were malformed.
+            ProxyProtocolError: the connection closed before or inside the reply head,
+                or the bytes before it were malformed.
         """
         if self._shortcut_leftover is not None and self._reply is not None:
             self._eof = True
             return self._reply
+        if not self._received and self._reply is None:
+            # (h11's own error here -- a ConnectionClosed event it cannot handle -- would
+            # only confuse as the cause: nothing went wrong but the silence.)
+            self._eof = True
+            raise ProxyProtocolError(
+                f"{self._where()} closed the connection without replying to CONNECT "
+                "(proxies such as pproxy do that when they cannot reach the target)",
+                proxy=self._proxy,
+            )
         if not self._eof:
             self._eof = True
             self._conn.receive_data(b"")

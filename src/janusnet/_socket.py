@@ -136,6 +136,22 @@ def _why(exc: BaseException) -> str:
     return repr(exc)
 
 
+def _is_peer_reset(exc: BaseException) -> bool:
+    """``exc`` is, or was caused by, the peer resetting the connection (``ECONNRESET``).
+
+    Not ``EPIPE``: Linux says that when the peer's FIN came before its reset, and then the
+    end of stream a read meets is the peer's real, clean end.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # anyio and janusnet wrap it a level or two deep
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _client_port(client_port: object) -> ClientPort:
     """``client_port``, or the default port for ``None``.
 
@@ -246,6 +262,7 @@ class Socket:
         "_receiving",
         "_reset",
         "_scanner",
+        "_send_reset",
         "_sending",
         "_server_hostname",
         "_ssl_object",
@@ -299,6 +316,9 @@ class Socket:
         # OS, or OpenSSL, would answer a later read with a mere EOF, and anyio's TLSStream
         # would pass that on as the end of the stream).
         self._receive_error: BaseException | None = None
+        # A send met the peer's reset (ECONNRESET): the OS reports it once, and the next
+        # read of the socket then says end of stream; that end is the reset (see _read).
+        self._send_reset: BaseException | None = None
         # Looked up once: anyio builds its attribute mapping on every extra() call.
         self._raw_socket = raw_socket_of(stream)
         self._server_hostname = server_hostname
@@ -639,6 +659,8 @@ class Socket:
             # (anyio's TLSStream says EndOfStream when OpenSSL's write meets the end of a
             # broken or raggedly ended TLS session)
             self._reset = True
+            if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
+                self._send_reset = exc  # (a TLS stream tells a clean end by close_notify)
             raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
@@ -702,6 +724,8 @@ class Socket:
             raise UsageError("a TLS stream cannot send FIN; close it instead") from exc
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
+            if _is_peer_reset(exc):
+                self._send_reset = exc
             raise SocketResetError(f"connection broke while sending FIN: {_why(exc)}") from exc
         self._fin_sent = True
 
@@ -764,6 +788,12 @@ class Socket:
         try:
             data = await stream.receive(size)
         except anyio.EndOfStream:
+            if self._send_reset is not None:  # not the peer's FIN: the reset a send met
+                self._reset = True
+                self._receive_error = self._send_reset
+                raise SocketResetError(
+                    f"connection broke while sending: {_why(self._send_reset)}"
+                ) from self._send_reset
             self._eof = True
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:

@@ -371,6 +371,7 @@ class FdTLSStream(_Direct):
         "_out",
         "_progress",
         "_read_again",
+        "_reset",
         "_unsent",
     )
     _sock: _stdsocket.socket
@@ -396,6 +397,10 @@ class FdTLSStream(_Direct):
         # The TLS error that broke the stream: every later receive and send raise it
         # (OpenSSL itself would answer a later read with a mere EOF).
         self._failure: ssl.SSLError | None = None
+        # The peer's reset, when writing ciphertext met it: Linux reports it once, and a
+        # receive that pushed (what a cancelled send had encrypted, an answer to the
+        # peer) would otherwise read the end of stream after it as the end of TLS.
+        self._reset: ConnectionResetError | None = None
 
     @classmethod
     async def wrap(
@@ -486,6 +491,11 @@ class FdTLSStream(_Direct):
                 return False
             view = view[sent:] if sent < len(view) else None
 
+    def _note(self, exc: OSError) -> None:
+        """Writing ciphertext met ``exc``: keep a reset for :meth:`receive` (see _reset)."""
+        if isinstance(exc, ConnectionResetError) and self._reset is None:
+            self._reset = exc
+
     async def _flush(self, raw: bool = False) -> None:
         """Send all the ciphertext OpenSSL has produced, waiting for the socket.
 
@@ -509,6 +519,7 @@ class FdTLSStream(_Direct):
                     self._flushing = False
                     self._wake()
         except OSError as exc:
+            self._note(exc)
             if raw or isinstance(exc, BlockingIOError):
                 raise
             raise anyio.BrokenResourceError from exc
@@ -548,7 +559,8 @@ class FdTLSStream(_Direct):
         the receive itself) to meet; ``True`` when no ciphertext is left."""
         try:
             return self._flush_now()
-        except OSError:
+        except OSError as exc:
+            self._note(exc)
             return True
 
     async def _feed_or_push(self) -> None:
@@ -611,8 +623,12 @@ class FdTLSStream(_Direct):
                         data = None
                 except ssl.SSLWantReadError:
                     data = None
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    data = b""  # close_notify, or a ragged EOF (standard_compatible=False)
+                except ssl.SSLZeroReturnError:
+                    data = b""  # close_notify
+                except ssl.SSLEOFError:
+                    if self._reset is not None:  # the end a reset leaves: not clean
+                        raise anyio.BrokenResourceError from self._reset
+                    data = b""  # a ragged EOF (standard_compatible=False)
                 except ssl.SSLError as exc:
                     self.fail(exc)
                     raise anyio.BrokenResourceError from exc

@@ -1,0 +1,211 @@
+"""A reset that a send (or, under TLS, a receive pushing held-back ciphertext) meets first
+is still a reset for the receives after it.
+
+Linux reports a connection's ``ECONNRESET`` once, to whichever call asks first; the next
+read of the socket says end of stream. When a send took the error, a receive must not
+pass that end for the peer's clean close: a truncated last record would look complete.
+What arrived before the reset is still handed out first (the kernel keeps it readable).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+
+import anyio
+import pytest
+import trustme
+
+from janusnet import ClientPort, Parsed, Socket, SocketResetError, SocketState, TLSMode
+
+pytestmark = pytest.mark.anyio
+
+
+class ResettingPeer:
+    """A server in a thread: accepts one connection, optionally does TLS (and then, with
+    ``close_notify``, ends TLS cleanly after the greeting), sends ``greeting``, then reads
+    nothing until :meth:`reset` makes it close with RST."""
+
+    def __init__(
+        self,
+        greeting: bytes,
+        context: ssl.SSLContext | None = None,
+        *,
+        close_notify: bool = False,
+    ) -> None:
+        self.greeting, self.context, self.close_notify = greeting, context, close_notify
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._go = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.listener.accept()
+        self.listener.close()
+        conn.settimeout(10)
+        try:
+            if self.context is None:
+                conn.sendall(self.greeting)
+            else:
+                self._tls(conn, self.context)
+            self._go.wait(10)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            conn.close()  # RST: linger on with a zero timeout
+            self.done.set()
+
+    def _tls(self, conn: socket.socket, context: ssl.SSLContext) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                conn.sendall(outgoing.read())
+                incoming.write(conn.recv(65536))
+        if self.greeting:
+            tls.write(self.greeting)
+        if self.close_notify:
+            try:
+                tls.unwrap()  # writes close_notify, then wants the client's
+            except ssl.SSLWantReadError:
+                pass
+        conn.sendall(outgoing.read())
+
+    async def reset(self) -> None:
+        """Reset the connection and wait until the RST has had time to arrive."""
+        self._go.set()
+        await anyio.to_thread.run_sync(self.done.wait, 10.0)
+        await anyio.sleep(0.1)
+        self.thread.join(10)
+
+
+async def _connect(peer: ResettingPeer, stack: str) -> Socket:
+    if stack == "wrapped":
+        return Socket(await anyio.connect_tcp("127.0.0.1", peer.port))
+    return await Socket.connect("127.0.0.1", peer.port)
+
+
+def _transport_takes_the_error(anyio_backend: str, stack: str) -> bool:
+    """anyio's asyncio stream writes through an asyncio transport, which takes a failed
+    send's error itself, closes the socket (the bytes the kernel held go with it) and
+    hands the error to the next receive."""
+    return stack == "wrapped" and anyio_backend == "asyncio"
+
+
+@pytest.mark.parametrize("stack", ["direct", "wrapped"])
+async def test_a_reset_met_by_a_send_is_a_reset_for_the_receives_after_it(
+    anyio_backend: str, stack: str
+) -> None:
+    peer = ResettingPeer(b"hello\r\npartial")
+    async with await _connect(peer, stack) as sock:
+        with anyio.fail_after(10):
+            await peer.reset()
+            if _transport_takes_the_error(anyio_backend, stack):
+                await sock.send_line("the peer is gone")
+            else:
+                with pytest.raises(SocketResetError):
+                    await sock.send_line("the peer is gone")
+                assert sock.state is SocketState.RESET
+                # What arrived before the reset still comes first ...
+                assert await sock.recv_parsed() == Parsed(b"hello", b"\r\n", 1)
+                # ... and the fragment after it is not passed off as a last record.
+                with pytest.raises(SocketResetError):
+                    await sock.recv_parsed()
+                assert await sock.recv() == b"partial"
+            for receive in (sock.recv, sock.recv_parsed, lambda: sock.recv_exactly(1)):
+                with pytest.raises(SocketResetError) as info:
+                    await receive()
+                assert info.value.__cause__ is not None
+            assert sock.state is SocketState.RESET
+
+
+@pytest.mark.parametrize("stack", ["direct", "wrapped"])
+async def test_a_reset_met_by_a_send_after_everything_was_read(
+    anyio_backend: str, stack: str
+) -> None:
+    """Nothing left unread: the first receive after the send raises."""
+    peer = ResettingPeer(b"hello\r\n")
+    async with await _connect(peer, stack) as sock:
+        with anyio.fail_after(10):
+            assert await sock.recv_parsed() == Parsed(b"hello", b"\r\n", 1)
+            await peer.reset()
+            if _transport_takes_the_error(anyio_backend, stack):
+                await sock.send(b"x")
+            else:
+                with pytest.raises(SocketResetError):
+                    await sock.send(b"x")
+            with pytest.raises(SocketResetError):
+                await sock.recv_exactly(1)
+
+
+def _tls_port(ca: trustme.CA) -> ClientPort:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return ClientPort("RESETTLS", tls=TLSMode.OPTIONAL, ssl_context=context)
+
+
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    return context
+
+
+async def test_tls_a_reset_met_by_a_send_is_a_reset_for_the_receives_after_it(
+    anyio_backend: str, ca: trustme.CA
+) -> None:
+    peer = ResettingPeer(b"hello\r\n", _server_context(ca))
+    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
+    async with sock:
+        await sock.ssl_on(server_hostname="localhost")
+        with anyio.fail_after(10):
+            await peer.reset()
+            with pytest.raises(SocketResetError):
+                await sock.send_line("the peer is gone")
+            assert await sock.recv_parsed() == Parsed(b"hello", b"\r\n", 1)
+            for _ in range(2):
+                with pytest.raises(SocketResetError):
+                    await sock.recv()
+
+
+async def test_tls_close_notify_before_the_reset_is_still_a_clean_end(
+    anyio_backend: str, ca: trustme.CA
+) -> None:
+    """The peer ended TLS with close_notify, then reset TCP (our bytes came after): TLS
+    says the data is whole, so the end reads as the end even though a send met the
+    reset."""
+    peer = ResettingPeer(b"bye\r\n", _server_context(ca), close_notify=True)
+    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
+    async with sock:
+        await sock.ssl_on(server_hostname="localhost")
+        with anyio.fail_after(10):
+            await peer.reset()
+            with pytest.raises(SocketResetError):
+                await sock.send_line("too late")
+            assert await sock.recv_parsed() == Parsed(b"bye", b"\r\n", 1)
+            assert await sock.recv() == b""
+
+
+async def test_tls_a_reset_met_while_pushing_a_cancelled_sends_ciphertext(
+    anyio_backend: str, ca: trustme.CA
+) -> None:
+    """A cancelled send leaves encrypted bytes for the next receive to push; when that
+    push is what meets the reset, the receive still reports the reset, not an end."""
+    peer = ResettingPeer(b"", _server_context(ca))
+    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
+    async with sock:
+        await sock.ssl_on(server_hostname="localhost")
+        with anyio.move_on_after(1) as scope:
+            await sock.send(b"x" * (64 << 20))  # the peer reads nothing: this blocks
+        assert scope.cancelled_caught
+        with anyio.fail_after(10):
+            await peer.reset()
+            for _ in range(2):
+                with pytest.raises(SocketResetError):
+                    await sock.recv()
+            assert sock.state is SocketState.RESET
