@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s lint typecheck tests compat examples bench``."""
+"""Developer sessions: ``nox -s lint typecheck tests compat minimums examples bench``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,27 @@ def tests(session: nox.Session) -> None:
 def compat(session: nox.Session) -> None:
     """The test suite on the other supported Pythons (CI runs 3.11); missing ones are skipped."""
     session.install(".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+#: The oldest release of each dependency that pyproject.toml accepts (its floors).
+MINIMUMS = [
+    "anyio==4.10.0",
+    "certifi==2024.2.2",
+    "h11==0.16.0",
+    "idna==3.7",
+    "trustme==1.1.0",
+    "pytest==8.4.0",
+    "pytest-asyncio==1.4.0",
+    "trio==0.26.0",
+]
+
+
+@nox.session
+def minimums(session: nox.Session) -> None:
+    """The test suite with every dependency at the oldest version pyproject.toml accepts,
+    so a floor is never a guess (CI runs it)."""
+    session.install(".[dev]", *MINIMUMS)
     session.run("pytest", *session.posargs)
 
 

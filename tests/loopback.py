@@ -55,13 +55,21 @@ async def echo(stream: anyio.abc.ByteStream) -> None:
         pass
 
 
-def abort_on_close(stream: SocketStream) -> None:
-    """Make closing ``stream`` send RST instead of FIN (SO_LINGER on, timeout 0)."""
+async def reset_connection(stream: SocketStream) -> None:
+    """Close ``stream`` with RST instead of FIN (SO_LINGER on, timeout 0).
+
+    On asyncio, anyio before 4.16 half-closes the transport (FIN) before closing it, so
+    the peer could read a clean end before the reset: the transport is aborted instead.
+    """
     import socket
     import struct
 
     raw = stream.extra(SocketAttribute.raw_socket)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport = getattr(stream, "_transport", None)  # anyio's asyncio SocketStream
+    if transport is not None:
+        transport.abort()
+    await stream.aclose()
 
 
 async def read_until_eof(stream: anyio.abc.ByteReceiveStream) -> bytes:

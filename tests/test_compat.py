@@ -25,10 +25,10 @@ from janusnet.compat import (
 )
 from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin
 from loopback import (
-    abort_on_close,
     echo,
     read_line,
     read_until_eof,
+    reset_connection,
     serve,
     stall_after_hello,
     tls_server_side,
@@ -237,7 +237,7 @@ async def test_compat_set_and_info(anyio_backend: str) -> None:
 async def test_compat_reset_socket_answers_minus_one_and_reset(anyio_backend: str) -> None:
     async def resetter(stream: SocketStream) -> None:
         await read_line(stream, bytearray())
-        abort_on_close(stream)
+        await reset_connection(stream)
 
     async with serve(resetter) as number:
         num = await sock_conn(None, "127.0.0.1", number)

@@ -1156,14 +1156,13 @@ async def test_socket_recv_with_a_huge_limit_reads_what_is_there(anyio_backend: 
 async def test_socket_reset_stays_a_reset(anyio_backend: str, wrapped: bool) -> None:
     """After a reset every receive says so again: the OS would report end of stream on
     the next read, and a buffered fragment would pass for a complete last record."""
-    from loopback import abort_on_close
+    from loopback import reset_connection
 
     closed = anyio.Event()
 
     async def send_then_reset(stream: SocketStream) -> None:
         await stream.send(b"hello\r\npartial")
-        abort_on_close(stream)
-        await stream.aclose()
+        await reset_connection(stream)
         closed.set()
 
     async with serve(send_then_reset) as number:

@@ -25,7 +25,7 @@ from janusnet import (
     TLSMode,
     UsageError,
 )
-from loopback import abort_on_close, echo, read_line, read_until_eof, serve, tls_server_side
+from loopback import echo, read_line, read_until_eof, reset_connection, serve, tls_server_side
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +81,7 @@ async def test_state_peer_fin_is_noticed_on_next_receive(anyio_backend: str) -> 
 async def test_state_peer_reset_is_reset(anyio_backend: str) -> None:
     async def handler(stream: SocketStream) -> None:
         assert await read_line(stream, bytearray()) == b"reset me"
-        abort_on_close(stream)  # the serve wrapper's close now sends RST
+        await reset_connection(stream)
 
     async with serve(handler) as number:
         async with await Socket.connect("127.0.0.1", number) as sock:
@@ -97,7 +97,7 @@ async def test_state_peer_reset_is_reset(anyio_backend: str) -> None:
 async def test_state_reset_already_arrived_is_seen_by_recv_parsed(anyio_backend: str) -> None:
     async def handler(stream: SocketStream) -> None:
         await read_line(stream, bytearray())
-        abort_on_close(stream)
+        await reset_connection(stream)
 
     async with serve(handler) as number:
         async with await Socket.connect("127.0.0.1", number) as sock:

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import gc
 import socket
-import struct
 from typing import Any, NoReturn
 
 import anyio
 import pytest
 
 import janusnet
-import janusnet._transport
 from janusnet._transport import FdStream, open_tcp
-from loopback import serve
+from loopback import reset_connection, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -25,10 +23,6 @@ async def greet(stream: Any) -> None:
     await anyio.sleep(0.5)
 
 
-@pytest.mark.skipif(
-    not janusnet._transport._DIRECT,
-    reason="anyio < 4.7 has no wait_readable/notify_closing: connect_tcp is used",
-)
 @pytest.mark.parametrize(
     ("host", "listen"),
     [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("[::1]", "::1"), ("localhost", "127.0.0.1")],
@@ -234,11 +228,7 @@ async def test_cancelled_receive_takes_nothing(anyio_backend: str) -> None:
 
 
 async def test_reset_peer_is_a_broken_resource(anyio_backend: str) -> None:
-    async def reset(stream: Any) -> None:
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    async with serve(reset) as port, await open_tcp("127.0.0.1", port) as stream:
+    async with serve(reset_connection) as port, await open_tcp("127.0.0.1", port) as stream:
         await anyio.sleep(0.2)  # the reset has arrived
         with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError) as broken:
             await stream.receive()

@@ -475,7 +475,7 @@ async def probe(
     certificate_failed: str | None = None
     deadline = anyio.current_time() + timeout
     try:
-        with anyio.fail_at(deadline):
+        with anyio.fail_after(deadline - anyio.current_time()):
             certificate_failed = await run_steps()
     except TimeoutError as exc:
         done = {s.name for s in steps}
@@ -506,7 +506,7 @@ async def _show_presented(
     insecure = _unverified_context()
     presented: dict[str, object] = {}
     try:
-        with anyio.fail_at(deadline):
+        with anyio.fail_after(deadline - anyio.current_time()):
             if step.name == "proxy-tls" and url is not None:
                 stream = await open_hop(
                     url.host,

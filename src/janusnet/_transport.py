@@ -102,11 +102,10 @@ _IN_PROGRESS: Final = frozenset(
     for code in (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", None))
     if code is not None
 )
-#: anyio >= 4.7: waiting on a socket object, and waking those waiters when it closes.
-_wait_readable: Any = getattr(anyio, "wait_readable", None)
-_wait_writable: Any = getattr(anyio, "wait_writable", None)
-_notify_closing: Any = getattr(anyio, "notify_closing", None)
-_DIRECT: Final = None not in (_wait_readable, _wait_writable, _notify_closing)
+#: Waiting on a socket object, and waking those waiters when it closes (anyio >= 4.10).
+_wait_readable = anyio.wait_readable
+_wait_writable = anyio.wait_writable
+_notify_closing = anyio.notify_closing
 _checkpoint = anyio.lowlevel.checkpoint
 _checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
 #: A send that does not have to wait yields to other tasks on one call in this many (a
@@ -807,7 +806,6 @@ async def open_tcp(host: str, port: int) -> ByteStream:
     earlier ones are pending, the first to connect wins), as ``anyio.connect_tcp`` does
     -- which also starts a task group even for one address (~120 us of CPU per
     connection, ~8 % of a proxied TLS tunnel), so one address is connected without one.
-    With anyio older than 4.7 every connect goes to ``anyio.connect_tcp``.
 
     Raises:
         UsageError: an international name that is not valid.
@@ -817,8 +815,6 @@ async def open_tcp(host: str, port: int) -> ByteStream:
     address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not address.isascii():  # the resolver would use IDNA 2003: see idna_host()
         address = wire_name(address)
-    if not _DIRECT:
-        return await anyio.connect_tcp(address, port)
     try:
         infos: Sequence[_AddrInfo] = _stdsocket.getaddrinfo(
             address, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_NUMERICHOST
