@@ -46,6 +46,7 @@ MINIMUMS = [
     "pytest==8.4.0",
     "pytest-asyncio==1.4.0",
     "trio==0.26.0",
+    "uvloop==0.21.0",
 ]
 
 

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSStream
 
 Handler = Callable[[SocketStream], Awaitable[None]]
+
+#: An ``anyio_backend`` value: a name, or a name and its options.
+Backend = str | tuple[str, dict[str, bool]]
+
+#: anyio backends for the modules that drive janusnet's own sockets (their waits and
+#: cancellation): asyncio, trio, and asyncio on uvloop where it is installed (uvloop runs
+#: I/O callbacks before those already queued, an order the stdlib loop never shows).
+BACKENDS_WITH_UVLOOP = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param("trio", id="trio"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
+        ),
+    ),
+]
+
+
+def backend_label(anyio_backend: Backend) -> str:
+    """``"asyncio"``, ``"trio"`` or ``"uvloop"``, for any ``anyio_backend`` value."""
+    if isinstance(anyio_backend, str):
+        return anyio_backend
+    name, options = anyio_backend
+    return "uvloop" if options.get("use_uvloop") else name
 
 
 @asynccontextmanager

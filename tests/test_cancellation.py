@@ -28,9 +28,17 @@ import pytest
 
 from janusnet import ClientPort, Parsed, ProxyTunnel, Socket
 from janusnet.testing import ConnectProxy, OriginMode, TLSOrigin
+from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label
 from reliability import Counter, ScriptedStream, open_fds, report, run_counting, settled_fds
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=BACKENDS_WITH_UVLOOP)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """asyncio, trio, and asyncio on uvloop."""
+    return request.param
+
 
 #: No operation here has anywhere near this many checkpoints; past it the sweep is stuck.
 MAX_CHECKPOINTS = 400
@@ -108,7 +116,7 @@ async def sweep(
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_cancel_socket_connect_at_every_checkpoint(
-    anyio_backend: str, origin: TLSOrigin, plain_origin: TLSOrigin, tls: bool
+    anyio_backend: Backend, origin: TLSOrigin, plain_origin: TLSOrigin, tls: bool
 ) -> None:
     port = ClientPort("CANCEL", ssl_context=origin.client_context())
     target = origin if tls else plain_origin
@@ -124,12 +132,12 @@ async def test_cancel_socket_connect_at_every_checkpoint(
         await sock.aclose()
         assert port.open_sockets == 0
 
-    name = f"Socket.connect({'tls' if tls else 'plain'}):{anyio_backend}"
+    name = f"Socket.connect({'tls' if tls else 'plain'}):{backend_label(anyio_backend)}"
     await sweep(name, operation, on_cancelled, on_completed)
 
 
 async def test_cancel_tunnel_open_at_every_checkpoint(
-    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+    anyio_backend: Backend, proxy: ConnectProxy, origin: TLSOrigin
 ) -> None:
     port = ClientPort("CANCEL", ssl_context=origin.client_context())
     tunnel = ProxyTunnel(proxy.url, client_port=port)
@@ -145,11 +153,13 @@ async def test_cancel_tunnel_open_at_every_checkpoint(
         await sock.aclose()
         assert port.open_sockets == 0
 
-    await sweep(f"ProxyTunnel.open:{anyio_backend}", operation, on_cancelled, on_completed)
+    await sweep(
+        f"ProxyTunnel.open:{backend_label(anyio_backend)}", operation, on_cancelled, on_completed
+    )
 
 
 async def test_cancel_ssl_on_at_every_checkpoint(
-    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+    anyio_backend: Backend, proxy: ConnectProxy, origin: TLSOrigin
 ) -> None:
     port = ClientPort("CANCEL", ssl_context=origin.client_context())
     tunnel = ProxyTunnel(proxy.url, client_port=port)
@@ -168,7 +178,9 @@ async def test_cancel_ssl_on_at_every_checkpoint(
         assert (await sock.recv_parsed()).data == b"HTTP/1.1 200 OK"
         await sock.aclose()
 
-    await sweep(f"Socket.ssl_on:{anyio_backend}", operation, on_cancelled, on_completed)
+    await sweep(
+        f"Socket.ssl_on:{backend_label(anyio_backend)}", operation, on_cancelled, on_completed
+    )
 
 
 RECORD = Parsed(b"hello world", b"\r\n", 1)
@@ -180,7 +192,7 @@ async def check_nothing_lost(sock: Socket, first: Parsed | None = None) -> None:
     assert await sock.recv_parsed() == (b"second", b"\r\n", 1)
 
 
-async def test_cancel_recv_parsed_in_memory_at_every_checkpoint(anyio_backend: str) -> None:
+async def test_cancel_recv_parsed_in_memory_at_every_checkpoint(anyio_backend: Backend) -> None:
     async def operation() -> tuple[Coroutine[Any, Any, Parsed], Socket]:
         sock = Socket(ScriptedStream(SEGMENTS))
         return sock.recv_parsed(), sock
@@ -194,11 +206,16 @@ async def test_cancel_recv_parsed_in_memory_at_every_checkpoint(anyio_backend: s
         await check_nothing_lost(sock, parsed)
         await sock.aclose()
 
-    await sweep(f"recv_parsed(memory):{anyio_backend}", operation, on_cancelled, on_completed)
+    await sweep(
+        f"recv_parsed(memory):{backend_label(anyio_backend)}",
+        operation,
+        on_cancelled,
+        on_completed,
+    )
 
 
 async def test_cancel_recv_parsed_loopback_at_every_checkpoint(
-    anyio_backend: str, plain_origin: TLSOrigin
+    anyio_backend: Backend, plain_origin: TLSOrigin
 ) -> None:
     """Real TCP: the echo origin returns SEGMENTS as they are sent, a few ms apart, by a
     task that is not cancelled with the receive."""
@@ -230,5 +247,8 @@ async def test_cancel_recv_parsed_loopback_at_every_checkpoint(
             await sock.aclose()
 
         await sweep(
-            f"recv_parsed(loopback):{anyio_backend}", operation, on_cancelled, on_completed
+            f"recv_parsed(loopback):{backend_label(anyio_backend)}",
+            operation,
+            on_cancelled,
+            on_completed,
         )

@@ -13,9 +13,15 @@ import pytest
 
 import janusnet
 from janusnet._transport import FdStream, open_tcp
-from loopback import reset_connection, serve
+from loopback import BACKENDS_WITH_UVLOOP, Backend, reset_connection, serve
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=BACKENDS_WITH_UVLOOP)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """asyncio, trio, and asyncio on uvloop."""
+    return request.param
 
 
 async def greet(stream: Any) -> None:
@@ -28,7 +34,7 @@ async def greet(stream: Any) -> None:
     [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("[::1]", "::1"), ("localhost", "127.0.0.1")],
 )
 async def test_connects_directly_without_connect_tcp(
-    anyio_backend: str, host: str, listen: str, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: Backend, host: str, listen: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """IP addresses and names alike: a direct non-blocking socket with TCP_NODELAY, no
     ``anyio.connect_tcp`` (and its task group) involved."""
@@ -61,7 +67,7 @@ def test_addresses_are_interleaved_ipv6_first() -> None:
     ]
 
 
-async def test_happy_eyeballs_skips_an_address_that_hangs(anyio_backend: str) -> None:
+async def test_happy_eyeballs_skips_an_address_that_hangs(anyio_backend: Backend) -> None:
     """The first address never answers (a listener whose backlog is full); 250 ms later
     the second is tried and wins, and the pending attempt is closed."""
     from janusnet._transport import HAPPY_EYEBALLS_DELAY, _happy_eyeballs
@@ -94,7 +100,7 @@ async def test_happy_eyeballs_skips_an_address_that_hangs(anyio_backend: str) ->
     gc.collect()
 
 
-async def test_happy_eyeballs_reports_every_failure(anyio_backend: str) -> None:
+async def test_happy_eyeballs_reports_every_failure(anyio_backend: Backend) -> None:
     from janusnet._transport import _happy_eyeballs
 
     closed = []
@@ -109,7 +115,7 @@ async def test_happy_eyeballs_reports_every_failure(anyio_backend: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-async def test_refused_ip_address_raises_and_closes(anyio_backend: str, host: str) -> None:
+async def test_refused_ip_address_raises_and_closes(anyio_backend: Backend, host: str) -> None:
     listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there now
@@ -121,7 +127,7 @@ async def test_refused_ip_address_raises_and_closes(anyio_backend: str, host: st
     assert refused.value.role == "proxy"
 
 
-async def test_bytes_sent_at_once_wait_for_the_first_receive(anyio_backend: str) -> None:
+async def test_bytes_sent_at_once_wait_for_the_first_receive(anyio_backend: Backend) -> None:
     """Nothing is read before the first receive (as anyio.connect_tcp leaves a stream),
     and bytes that came before an upgrade are still refused by ssl_on (-112)."""
     async with serve(greet) as port:
@@ -133,7 +139,7 @@ async def test_bytes_sent_at_once_wait_for_the_first_receive(anyio_backend: str)
             assert await sock.recv_parsed() == (b"hello", b"\r\n", 1)
 
 
-async def test_cancelled_connect_leaves_nothing_open(anyio_backend: str) -> None:
+async def test_cancelled_connect_leaves_nothing_open(anyio_backend: Backend) -> None:
     """A connect cancelled at its first checkpoint closes its socket (filterwarnings =
     error turns a leaked socket into a failure when it is collected)."""
     async with serve(greet) as port:
@@ -157,7 +163,9 @@ async def echo_until_eof(stream: Any) -> None:
     await stream.send(b"".join(chunks))
 
 
-async def test_direct_stream_carries_bulk_both_ways_with_backpressure(anyio_backend: str) -> None:
+async def test_direct_stream_carries_bulk_both_ways_with_backpressure(
+    anyio_backend: Backend,
+) -> None:
     """8 MiB out (more than the socket buffers: send() waits for the peer to read), the
     half-close reaches the peer, all of it comes back, then EOF."""
     payload = bytes(range(256)) * (8 * 4096)
@@ -201,7 +209,7 @@ async def refuses_a_second_receiver_and_wakes_it_on_close(stream: Any) -> None:
 
 
 async def test_direct_stream_refuses_a_second_receiver_and_wakes_on_close(
-    anyio_backend: str,
+    anyio_backend: Backend,
 ) -> None:
     async with serve(greet) as port:
         stream = await open_tcp("127.0.0.1", port)
@@ -213,7 +221,7 @@ async def test_direct_stream_refuses_a_second_receiver_and_wakes_on_close(
             await stream.send(b"x")
 
 
-async def test_cancelled_receive_takes_nothing(anyio_backend: str) -> None:
+async def test_cancelled_receive_takes_nothing(anyio_backend: Backend) -> None:
     async def late(stream: Any) -> None:
         await anyio.sleep(0.3)
         await stream.send(b"late\r\n")
@@ -227,7 +235,7 @@ async def test_cancelled_receive_takes_nothing(anyio_backend: str) -> None:
             assert await stream.receive() == b"late\r\n"
 
 
-async def test_reset_peer_is_a_broken_resource(anyio_backend: str) -> None:
+async def test_reset_peer_is_a_broken_resource(anyio_backend: Backend) -> None:
     async with serve(reset_connection) as port, await open_tcp("127.0.0.1", port) as stream:
         await anyio.sleep(0.2)  # the reset has arrived
         with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError) as broken:
@@ -235,7 +243,7 @@ async def test_reset_peer_is_a_broken_resource(anyio_backend: str) -> None:
         assert isinstance(broken.value.__cause__, ConnectionResetError)
 
 
-async def test_direct_stream_typed_attributes(anyio_backend: str) -> None:
+async def test_direct_stream_typed_attributes(anyio_backend: Backend) -> None:
     async with serve(greet) as port, await open_tcp("127.0.0.1", port) as stream:
         assert stream.extra(anyio.abc.SocketAttribute.remote_address) == ("127.0.0.1", port)
         assert stream.extra(anyio.abc.SocketAttribute.remote_port) == port
@@ -246,7 +254,7 @@ async def test_direct_stream_typed_attributes(anyio_backend: str) -> None:
 
 
 async def test_https_proxy_bytes_in_a_later_tls_record_are_refused_and_kept(
-    anyio_backend: str, ca: Any, server_context: Any
+    anyio_backend: Backend, ca: Any, server_context: Any
 ) -> None:
     """Through an https:// proxy, bytes sent after the 200 in a *separate* TLS record are
     still undecrypted when ssl_on() is called: they must be refused (-112) and stay
@@ -279,7 +287,7 @@ async def test_https_proxy_bytes_in_a_later_tls_record_are_refused_and_kept(
 
 
 async def test_tls_over_direct_socket_has_tls_attributes_and_closes_waiters(
-    anyio_backend: str, server_context: Any, ca: Any
+    anyio_backend: Backend, server_context: Any, ca: Any
 ) -> None:
     import ssl
 
@@ -308,7 +316,7 @@ async def test_tls_over_direct_socket_has_tls_attributes_and_closes_waiters(
 
 
 async def test_tls_over_direct_socket_failure_closes_the_socket(
-    anyio_backend: str, server_context: Any
+    anyio_backend: Backend, server_context: Any
 ) -> None:
     import ssl
 

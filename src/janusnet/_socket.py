@@ -792,7 +792,7 @@ class Socket:
                 self._reset = True
                 self._receive_error = self._send_reset
                 raise SocketResetError(
-                    f"connection broke while sending: {_why(self._send_reset)}"
+                    f"connection was reset (a send met it first): {_why(self._send_reset)}"
                 ) from self._send_reset
             self._eof = True
             return b""

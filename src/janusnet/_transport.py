@@ -846,6 +846,11 @@ async def _connect_direct(info: _AddrInfo) -> FdStream:
         code = sock.connect_ex(sockaddr)
         if code in _IN_PROGRESS:
             await _wait_writable(sock)
+            # Not a reliable cancellation point on asyncio: when the socket is ready in the
+            # loop turn that would deliver a pending cancel (uvloop runs I/O callbacks
+            # before those already queued), anyio skips the task, whose wait is done, and
+            # the connect returned a live socket inside a cancelled scope.
+            await _checkpoint_if_cancelled()
             code = sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_ERROR)
         if code:
             raise OSError(code, os.strerror(code))
