@@ -45,6 +45,7 @@ MINIMUMS = [
     "trustme==1.1.0",
     "pytest==8.4.0",
     "pytest-asyncio==1.4.0",
+    "pyopenssl==24.3.0",
     "trio==0.26.0",
     "uvloop==0.21.0",
 ]

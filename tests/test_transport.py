@@ -5,6 +5,7 @@ names keep it; failures close the socket and name the address; the direct stream
 from __future__ import annotations
 
 import gc
+import os
 import socket
 from typing import Any, NoReturn
 
@@ -313,6 +314,49 @@ async def test_tls_over_direct_socket_has_tls_attributes_and_closes_waiters(
         assert await tls.receive() == b"hello"
         await refuses_a_second_receiver_and_wakes_it_on_close(tls)
         await plain.aclose()  # its socket went to the TLS layer: nothing left to close
+
+
+async def test_tls_plaintext_a_sender_read_comes_first(
+    anyio_backend: Backend, server_context: Any, ca: Any
+) -> None:
+    """A send that had to read (``_take_incoming``, in a renegotiation) keeps the
+    plaintext for the receives. It comes out in order: before what the TLS engine still
+    holds, also when a receive hands out a full record and ``Socket`` would otherwise
+    drain more from the engine (``_drain_tls``)."""
+    import ssl
+
+    from janusnet import ClientPort, Socket, TLSMode
+    from janusnet._transport import FdTLSStream
+    from loopback import tls_server_side
+
+    total = 256 << 10
+    payload = os.urandom(total)  # no period: records out of order would show
+    done = anyio.Event()
+
+    async def origin(stream: Any) -> None:
+        tls = await tls_server_side(stream, server_context)
+        await tls.send(payload)
+        await done.wait()
+
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    port = ClientPort("ORDER", tls=TLSMode.OPTIONAL, ssl_context=client)
+    async with serve(origin) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
+            await sock.ssl_on(server_hostname="localhost")
+            stream = sock._stream
+            assert isinstance(stream, FdTLSStream)
+            await anyio.sleep(0.2)  # the ciphertext is there
+            await stream._feed()
+            stream._take_incoming()  # as a send would: the plaintext is kept ...
+            assert stream.holds_plaintext
+            await stream._feed()  # ... and more ciphertext waits behind it in OpenSSL
+            received = bytearray()
+            with anyio.fail_after(10):
+                while len(received) < total:
+                    received += await sock.recv()
+            done.set()
+    assert received == payload
 
 
 async def test_tls_over_direct_socket_failure_closes_the_socket(

@@ -368,6 +368,7 @@ class FdTLSStream(_Direct):
         "_in",
         "_obj",
         "_out",
+        "_plain",
         "_progress",
         "_read_again",
         "_reset",
@@ -400,6 +401,8 @@ class FdTLSStream(_Direct):
         # receive that pushed (what a cancelled send had encrypted, an answer to the
         # peer) would otherwise read the end of stream after it as the end of TLS.
         self._reset: ConnectionResetError | None = None
+        # Plaintext a sender had to read (see _take_incoming), for the next receive.
+        self._plain = b""
 
     @classmethod
     async def wrap(
@@ -609,6 +612,10 @@ class FdTLSStream(_Direct):
                     raise anyio.ClosedResourceError
                 if self._failure is not None:  # (a concurrent send met it)
                     raise anyio.BrokenResourceError from self._failure
+                data: bytes | None
+                if self._plain:  # a sender read it (see _take_incoming): it comes first
+                    data = self._take_plain(size)
+                    break
                 try:
                     # With no ciphertext (nor its end) to give OpenSSL and no plaintext
                     # left from a record, a read can only say "want read", through an
@@ -644,6 +651,56 @@ class FdTLSStream(_Direct):
             return data
         raise anyio.EndOfStream
 
+    def _take_plain(self, size: int) -> bytes:
+        plain = self._plain
+        if len(plain) <= size:
+            self._plain = b""
+            return plain
+        self._plain = plain[size:]
+        return plain[:size]
+
+    @property
+    def holds_plaintext(self) -> bool:
+        """Plaintext is waiting here, ahead of anything the ``SSLObject`` still holds:
+        nobody may read the ``SSLObject`` before :meth:`receive` has handed it out."""
+        return bool(self._plain)
+
+    def _take_incoming(self) -> None:
+        """Give OpenSSL the ciphertext that has arrived through its *read*, before a
+        send writes again; keep any plaintext for :meth:`receive`.
+
+        Why: in a TLS 1.2 renegotiation the peer may go on sending application data
+        until our ClientHello reaches it, so its records arrive in the middle of our
+        handshake. OpenSSL accepts them there only from ``SSL_read``; ``SSL_write``,
+        which drives the handshake too when it is called, fails the connection on them
+        (``UNEXPECTED_RECORD``, or a false EOF). With nothing left in the incoming BIO
+        the write has no record to meet.
+
+        The end of TLS (close_notify, or the end of the stream) is left for the next
+        receive to meet; the write then goes on as far as OpenSSL lets it.
+
+        Raises:
+            anyio.BrokenResourceError: a record was bad (the stream is broken).
+        """
+        read = self._obj.read
+        chunks = [self._plain] if self._plain else []
+        try:
+            while True:
+                data = read(TLS_RECORD)
+                if not data:  # close_notify (the ssl module's b"")
+                    self._read_again = True
+                    break
+                chunks.append(data)
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self._read_again = True
+        except ssl.SSLError as exc:
+            self.fail(exc)
+            raise anyio.BrokenResourceError from exc
+        finally:
+            self._plain = b"".join(chunks)
+
     def fail(self, exc: ssl.SSLError) -> None:
         """A reader of the ``SSLObject`` met this error: the stream is broken (every
         later receive and send raise it), and OpenSSL's alert is sent if the socket
@@ -662,7 +719,8 @@ class FdTLSStream(_Direct):
         Post-handshake messages (session tickets) are consumed on the way and yield no
         data. Errors are left for the next :meth:`receive` to raise.
         """
-        chunks: list[bytes] = []
+        chunks: list[bytes] = [self._plain] if self._plain else []
+        self._plain = b""
         eof = False
         while not self._closed and not self._receiving and not self._feeding:
             try:
@@ -701,17 +759,21 @@ class FdTLSStream(_Direct):
         try:
             view = memoryview(item)
             write = self._obj.write
+            incoming = self._in
             while view:
                 if self._closed:
                     raise anyio.ClosedResourceError
+                if incoming.pending:  # (rare: a receiver fed it and has not read yet)
+                    self._take_incoming()
                 # A slice at a time, so the outgoing BIO never holds more than one
                 # slice's ciphertext (it keeps its largest size for the connection's life).
                 chunk = view[:TLS_WRITE]
                 try:
                     write(chunk)
                 except ssl.SSLWantReadError:  # renegotiating: the peer's messages first
-                    # OpenSSL reads records itself here, an end of TLS among them: the
-                    # next receive must ask it (see receive).
+                    # OpenSSL may have met the end of TLS here: the next receive must
+                    # ask it (see receive). What arrives goes through its read (see
+                    # _take_incoming) before the write is tried again.
                     self._read_again = True
                     await self._flush()
                     await self._feed()
