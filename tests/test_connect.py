@@ -42,6 +42,7 @@ from janusnet._exceptions import (
     UsageError,
 )
 from janusnet._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url, proxy_from_env
+from janusnet._tunnel import ProxyTunnel
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "src" / "janusnet"
 # No database: property tests must not write files into the working tree.
@@ -997,6 +998,8 @@ def test_reply_reader_arbitrary_bytes_raise_only_protocol_errors(
         ("http://h:", ("http", "h", 80, None, None)),
         ("http://10.0.0.1:8080", ("http", "10.0.0.1", 8080, None, None)),
         ("http://b\u00fccher.example", ("http", "xn--bcher-kva.example", 80, None, None)),
+        ("http://u:p@h:3128/corp/proxy", ("http", "h", 3128, "u", "p")),
+        ("http://h:3128/?x=1#y", ("http", "h", 3128, None, None)),
     ],
     ids=[
         "http-default-port",
@@ -1014,6 +1017,8 @@ def test_reply_reader_arbitrary_bytes_raise_only_protocol_errors(
         "empty-port",
         "ipv4",
         "idn",
+        "path-ignored",
+        "query-and-fragment-ignored",
     ],
 )
 def test_parse_proxy_url_valid(
@@ -1034,10 +1039,12 @@ SECRET = "s3cr3t-PW"
         ("proxy.example:3128", "must start with http://"),
         ("u:s3cr3t-PW@h:3128", "must start with http://"),
         ("http:/h", "must start with http://"),
-        ("http://u:s3cr3t-PW@h/path", "path"),
-        ("http://u:s3cr3t-PW@h/?q=1", "query"),
-        ("http://u:s3cr3t-PW@h#frag", "fragment"),
-        ("http://u:s3cr3t/PW@h", "path"),
+        ("http://u:s3cr3t-PW@h/path@x", "'@' in its path"),
+        ("http://u:s3cr3t-PW@h/?q=@", "'@' in its query"),
+        ("http://u:s3cr3t-PW@h#@frag", "'@' in its fragment"),
+        ("http://u:s3cr3t/PW@h", "'@' in its path"),
+        ("http://u:s3cr3t?PW@h", "'@' in its query"),
+        ("http://u:s3cr3t#PW@h", "'@' in its fragment"),
         ("http://u:s3cr3t-PW@", "no host"),
         ("http://u:s3cr3t-PW@:3128", "no host"),
         ("http://u:s3cr3t-PW", "port is not a number"),
@@ -1062,10 +1069,12 @@ SECRET = "s3cr3t-PW"
         "no-scheme",
         "no-scheme-userinfo",
         "one-slash",
-        "path",
-        "query",
-        "fragment",
+        "at-in-path",
+        "at-in-query",
+        "at-in-fragment",
         "unencoded-slash-in-password",
+        "unencoded-question-mark-in-password",
+        "unencoded-hash-in-password",
         "no-host",
         "no-host-port",
         "no-at-sign",
@@ -1205,6 +1214,24 @@ def test_parse_proxy_url_password_never_shown(
 )
 def test_proxy_from_env(environ: dict[str, str], host: str, expected: str | None) -> None:
     assert proxy_from_env(host, 443, environ) == expected
+
+
+@pytest.mark.parametrize("environ", [{}, {"HTTPS_PROXY": "http://p:1"}], ids=["unset", "set"])
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [(None, 443), (b"example.com", 443), ("example.com", "443"), ("example.com", 0), ("", 443)],
+    ids=["none-host", "bytes-host", "str-port", "port-zero", "empty-host"],
+)
+def test_proxy_from_env_checks_its_arguments(
+    environ: dict[str, str], host: object, port: object
+) -> None:
+    """A bad argument is a UsageError whether or not a proxy variable is set (it was an
+    AttributeError, a TypeError, or for a str port a tunnel that NO_PROXY with that port
+    did not exclude)."""
+    with pytest.raises(UsageError):
+        proxy_from_env(host, port, environ)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        ProxyTunnel.from_env(host, port, environ=environ)  # type: ignore[arg-type]
 
 
 def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1594,6 +1621,44 @@ def test_digest_proxy_authorization_non_ascii_username() -> None:
             build_connect_request("h:1", proxy_authorization=b"Basic a" + control + b"b")
 
 
+@pytest.mark.parametrize(
+    "realm",
+    ["Z\u00fcrich", "Proxy \u20ac", "\u041f\u0440\u043e\u043a\u0441\u0438"],
+    ids=["latin", "euro", "cyrillic"],
+)
+@pytest.mark.parametrize("qop", ["auth", None], ids=["qop", "rfc2069"])
+def test_digest_proxy_authorization_utf8_realm_is_hashed_as_sent(
+    realm: str, qop: str | None
+) -> None:
+    """A proxy's UTF-8 realm arrives as its bytes in latin-1 text (how header values are
+    decoded); it is hashed as those bytes and echoed as them, as curl does. (It was
+    hashed re-encoded -- "\u00fc" as C3 83 C2 BC -- or, when its bytes fell in 0x80-0x9F,
+    refused as control characters, and janusnet fell back to Basic.)"""
+    wire = realm.encode()
+    params = {"realm": wire.decode("latin-1"), "nonce": "n\u00e9"}  # (a latin-1 nonce too)
+    if qop:
+        params["qop"] = qop
+    challenge = Challenge("digest", params)
+    assert digest_supported(challenge)
+    assert choose_challenge([Challenge("basic", {"realm": "b"}), challenge]) is challenge
+    value = digest_proxy_authorization(
+        challenge, "J\u00e4", "p\u00e4ss", method="CONNECT", uri="h:443", cnonce="c"
+    )
+    assert b'realm="' + wire + b'"' in value
+
+    def h(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    ha1 = h("J\u00e4".encode() + b":" + wire + b":" + "p\u00e4ss".encode())
+    ha2 = h(b"CONNECT:h:443")
+    nonce = b"n\xe9"
+    if qop:
+        expected = h(ha1.encode() + b":" + nonce + b":00000001:c:auth:" + ha2.encode())
+    else:
+        expected = h(ha1.encode() + b":" + nonce + b":" + ha2.encode())
+    assert parse_challenges([value.decode("latin-1")])[0].params["response"] == expected
+
+
 def test_digest_proxy_authorization_quotes_username() -> None:
     challenge = Challenge("digest", {"realm": "r", "nonce": "n"})
     value = digest_proxy_authorization(challenge, 'a"b\\c', "p", method="CONNECT", uri="h:1")
@@ -1628,7 +1693,7 @@ def test_digest_proxy_authorization_quotes_username() -> None:
             "not valid Unicode",
         ),
         (Challenge("digest", {"realm": "\u2603", "nonce": "n"}), {}, "realm cannot be echoed"),
-        (Challenge("digest", {"realm": "r\x85", "nonce": "n"}), {}, "realm cannot be echoed"),
+        (Challenge("digest", {"realm": "r\x7f", "nonce": "n"}), {}, "realm cannot be echoed"),
         (
             Challenge("digest", {"realm": "r", "nonce": "n", "opaque": "\x01"}),
             {},
@@ -1649,7 +1714,7 @@ def test_digest_proxy_authorization_quotes_username() -> None:
         "nul-cnonce",
         "surrogate-password",
         "non-latin-1-realm",
-        "c1-realm",
+        "del-realm",
         "c0-opaque",
     ],
 )

@@ -203,8 +203,12 @@ def _quoted(value: str) -> str:
 _ECHOED: Final = ("realm", "nonce", "opaque", "algorithm")
 
 
-#: C0 (TAB included), DEL and C1: never echoed into a Digest answer.
+#: C0 (TAB included), DEL and C1: refused in the text janusnet puts into a Digest answer.
 _CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: C0 and DEL: refused in what the proxy sent and the answer echoes. Not 0x80-0x9F: those
+#: are the challenge's bytes as latin-1 text, and in a UTF-8 realm ("Proxy \u20ac" is
+#: E2 82 AC) they are continuation bytes (obs-text on the wire, RFC 9110 §5.6.4).
+_WIRE_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f]")
 
 
 def _has_control(value: str) -> bool:
@@ -212,7 +216,7 @@ def _has_control(value: str) -> bool:
 
 
 def _echoable(value: str) -> bool:
-    return not _has_control(value) and (value.isascii() or max(value) <= "\xff")
+    return _WIRE_CONTROL_RE.search(value) is None and (value.isascii() or max(value) <= "\xff")
 
 
 def _check_text(value: str, what: str) -> None:
@@ -232,7 +236,10 @@ def digest_proxy_authorization(
 ) -> bytes:
     """Answer a Digest challenge (RFC 7616; RFC 2069 form when the proxy sends no ``qop``).
 
-    Strings are hashed as UTF-8. A non-ASCII user name goes as its UTF-8 bytes inside
+    The user name and password are hashed as UTF-8; the challenge's realm and nonce as
+    the bytes the proxy sent (its parameters are those bytes as latin-1 text, as
+    :attr:`ProxyReply.headers` gives them), so a UTF-8 realm is hashed as UTF-8, as curl
+    does. A non-ASCII user name goes as its UTF-8 bytes inside
     the quoted ``username`` (``obs-text`` in the quoted-string grammar), as curl and the
     browsers send it: squid, for one, accepts that and refuses the ``username*``
     extended form (RFC 7616 §3.4.4 makes that form optional, for names a quoted string
@@ -286,24 +293,27 @@ def digest_proxy_authorization(
     ):
         _check_text(value, what)
 
-    def digest(text: str) -> str:
-        try:
-            data: bytes | None = text.encode()
-        except UnicodeEncodeError:  # it holds the secret: raise outside, not as __context__
-            data = None
-        if data is None:
-            raise UsageError("the user name or password is not valid Unicode text")
+    try:
+        secret: tuple[bytes, bytes] | None = (username.encode(), password.encode())
+    except UnicodeEncodeError:  # it holds the secret: raise outside, not as __context__
+        secret = None
+    if secret is None:
+        raise UsageError("the user name or password is not valid Unicode text")
+    wire_realm, wire_nonce = realm.encode("latin-1"), nonce.encode("latin-1")  # (echoable)
+
+    def digest(*fields: bytes | str) -> str:
+        data = b":".join(f if isinstance(f, bytes) else f.encode() for f in fields)
         return hashlib.new(hash_name, data).hexdigest()
 
-    ha1 = digest(f"{username}:{realm}:{password}")
+    ha1 = digest(secret[0], wire_realm, secret[1])
     if algorithm.endswith("-sess"):
-        ha1 = digest(f"{ha1}:{nonce}:{cnonce}")
-    ha2 = digest(f"{method}:{uri}")
+        ha1 = digest(ha1, wire_nonce, cnonce)
+    ha2 = digest(method, uri)
     nc_text = f"{nc:08x}"
     if qops:
-        response = digest(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+        response = digest(ha1, wire_nonce, nc_text, cnonce, "auth", ha2)
     else:
-        response = digest(f"{ha1}:{nonce}:{ha2}")
+        response = digest(ha1, wire_nonce, ha2)
 
     # The header is built as latin-1 text: a UTF-8 byte per character.
     parts = [f"username={_quoted(username.encode().decode('latin-1'))}"]

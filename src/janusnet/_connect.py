@@ -480,6 +480,11 @@ class ConnectReplyReader:
         return self._conn.trailing_data[0]
 
     @property
+    def received(self) -> int:
+        """How many bytes were fed (the end of the stream not counted)."""
+        return self._received
+
+    @property
     def reusable(self) -> bool:
         """Whether the connection can carry another ``CONNECT`` after :meth:`drain_body`.
 

@@ -91,7 +91,8 @@ def _decode_userinfo(text: str, what: str) -> str:
 
 
 def parse_proxy_url(url: str) -> ProxyURL:
-    """Parse ``http[s]://[user[:password]@]host[:port][/]``.
+    """Parse ``http[s]://[user[:password]@]host[:port][/...]`` (a path, query or
+    fragment is ignored unless it holds an ``@``).
 
     Error messages never contain the URL's user name or password.
 
@@ -103,8 +104,8 @@ def parse_proxy_url(url: str) -> ProxyURL:
 
     Raises:
         UsageError: the scheme is not http or https, the URL has a space or control
-            character, a path, query or fragment, no host, an invalid host or port, or
-            userinfo that is not percent-encoded UTF-8.
+            character, an ``@`` after its authority, no host, an invalid host or port,
+            or userinfo that is not percent-encoded UTF-8.
     """
     if not isinstance(url, str):
         raise UsageError(f"proxy URL must be a str, not {type(url).__name__}")
@@ -120,10 +121,13 @@ def parse_proxy_url(url: str) -> ProxyURL:
     rest = url[match.end() :]
     end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
     authority, tail = rest[:end], rest[end:]
-    if tail not in ("", "/"):
-        # The tail is never echoed: with an unencoded '/' it may hold the password.
+    if "@" in tail:
+        # An unencoded '/', '?' or '#' in the password put the rest of it, the '@' and the
+        # host out here: refused, and never echoed. A path, query or fragment without an
+        # '@' means nothing to a CONNECT proxy and is ignored, as curl and httpx do
+        # (HTTPS_PROXY=http://proxy:3128/ with more after the slash is common).
         part = "fragment" if "#" in tail else "query" if "?" in tail else "path"
-        raise UsageError(f"proxy URL must not have a {part} ({_ENCODE_HINT})")
+        raise UsageError(f"proxy URL has an '@' in its {part} ({_ENCODE_HINT})")
     userinfo, at, hostport = authority.rpartition("@")
     username = password = None
     if at:
@@ -178,7 +182,12 @@ def proxy_from_env(host: str, port: int, environ: Mapping[str, str] | None = Non
 
     Returns:
         The proxy URL, or None for a direct connection.
+
+    Raises:
+        UsageError: ``host`` or ``port`` is not valid (checked whether or not a proxy
+            variable is set, so a bad argument is not noticed only where one is).
     """
+    format_authority(host, port)
     env = os.environ if environ is None else environ
     proxy = _first_set(env, _PROXY_VARIABLES)
     if proxy is None:

@@ -290,8 +290,9 @@ class ProxyTunnel:
         """The tunnel the environment asks for to reach ``host:port``, or ``None``.
 
         Reads ``https_proxy``/``HTTPS_PROXY``, then ``all_proxy``/``ALL_PROXY``, and
-        honours ``no_proxy``/``NO_PROXY`` (``*``, domain suffixes, IPs, CIDR ranges), the
-        way curl and httpx do.
+        honours ``no_proxy``/``NO_PROXY`` (``*``, domain suffixes, IPs, CIDR ranges) as
+        curl does, and a few entries curl ignores whose intent is plain (the guide
+        lists them).
 
         Args:
             host: the target host.
@@ -514,6 +515,10 @@ class ProxyTunnel:
         )
         answered = False
         stale_retried = False
+        # The 407 an answer replies to (and whether Basic had gone with the request), and
+        # whether the answer rides the connection that carried the 407.
+        challenge: tuple[ProxyReply, bool] | None = None
+        kept = False
         try:
             while True:
                 key = (authority, authorization)
@@ -526,17 +531,39 @@ class ProxyTunnel:
                         self._requests.clear()
                     if not answered:  # an answer to a challenge is single-use (nonce)
                         self._requests[key] = request
-                try:
-                    await sock.send(request)
-                except SocketResetError as exc:
-                    raise ProxyProtocolError(
-                        f"proxy {self._address} reset the connection before CONNECT went out",
-                        proxy=self._address,
-                    ) from exc
                 reader = ConnectReplyReader(
                     max_head_bytes=self._max_head_bytes, proxy=self._address, redact=self._redact
                 )
-                reply = await self._read_reply(sock, reader)
+                try:
+                    try:
+                        await sock.send(request)
+                    except SocketResetError as exc:
+                        raise ProxyProtocolError(
+                            f"proxy {self._address} reset the connection before CONNECT "
+                            "went out",
+                            proxy=self._address,
+                        ) from exc
+                    reply = await self._read_reply(sock, reader)
+                except ProxyProtocolError:
+                    if not (kept and challenge is not None and not reader.received):
+                        raise
+                    # The proxy kept the connection open after its 407 (keep-alive, the
+                    # body drained), then closed or reset it before answering our answer:
+                    # a keep-alive connection gone stale, as HTTP clients meet them. Once,
+                    # on a new connection, with a fresh answer (a new cnonce).
+                    kept = False
+                    logger.info(
+                        "proxy %s closed the connection it kept after its 407; answering "
+                        "on a new one",
+                        self._address,
+                    )
+                    await sock.aclose()
+                    if phase is not None:
+                        phase[0] = self._connect_phase() + " again, to answer its 407"
+                    sock = await self._connect_proxy(target)
+                    authorization = self._answer(challenge[0], authority, sent_basic=challenge[1])
+                    continue
+                kept = False
                 if self._secrets:
                     reply = _withhold_from_reply(reply, self._secrets)
                 logger.info(
@@ -562,10 +589,12 @@ class ProxyTunnel:
                     answer = None
                 if answer is not None:
                     answered = True
+                    challenge = (reply, stale_retried or authorization is not None)
                     authorization = answer
                     if phase is not None:
                         phase[0] = "reading the body of the proxy's 407, to answer it"
-                    if not await self._drain(sock, reader):
+                    kept = await self._drain(sock, reader)
+                    if not kept:
                         await sock.aclose()
                         if phase is not None:
                             phase[0] = self._connect_phase() + " again, to answer its 407"
