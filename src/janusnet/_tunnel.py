@@ -539,8 +539,7 @@ class ProxyTunnel:
                         await sock.send(request)
                     except SocketResetError as exc:
                         raise ProxyProtocolError(
-                            f"proxy {self._address} reset the connection before CONNECT "
-                            "went out",
+                            f"proxy {self._address} reset the connection before CONNECT went out",
                             proxy=self._address,
                         ) from exc
                     reply = await self._read_reply(sock, reader)
