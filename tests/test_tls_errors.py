@@ -242,3 +242,67 @@ async def test_a_bad_record_from_an_https_proxy_behind_injected_bytes(
             with pytest.raises(SocketResetError):
                 await sock.recv()
     peer.thread.join(10)
+
+
+def small_records_then(end: str) -> Script:
+    """100 records of one 64-byte line each, in one segment, then ``end``: a bad record
+    in the same segment, close_notify, or nothing (the connection stays open)."""
+
+    def script(
+        tls: ssl.SSLObject, _: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+    ) -> None:
+        wire = b"".join(record(tls, out, b"%062d\r\n" % i) for i in range(100))
+        if end == "bad":
+            wire += record(tls, out, b"tampered\r\n", bad=True)
+        elif end == "close_notify":
+            try:
+                tls.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            wire += out.read()
+        conn.sendall(wire)
+
+    return script
+
+
+LINES = b"".join(b"%062d\r\n" % i for i in range(100))
+
+
+@pytest.mark.parametrize("end", ["open", "close_notify", "bad"])
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_small_records_already_here_come_in_one_receive(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, version: str, end: str
+) -> None:
+    """A peer that writes a record per line: the records already received come out of one
+    ``recv()`` (not one receive, a trip through the event loop, per record), in order;
+    then what followed them: nothing yet, the end, or -- never an end -- the bad record."""
+    peer = ScriptedTLSPeer(server_context(ca, version), small_records_then(end))
+    async with await connect(peer, port, "direct") as sock:
+        await anyio.sleep(0.3)  # all of it is in the kernel before the first read
+        with anyio.fail_after(10):
+            assert await sock.recv(65536) == LINES
+            if end == "close_notify":
+                assert await sock.recv() == b""
+            elif end == "bad":
+                for _ in range(2):
+                    with pytest.raises(SocketResetError, match=r"BAD_RECORD_MAC|DECRYPT"):
+                        await sock.recv()
+            else:
+                with anyio.move_on_after(0.2) as scope:
+                    await sock.recv()
+                assert scope.cancelled_caught
+    peer.thread.join(10)
+
+
+async def test_small_records_in_one_receive_keep_to_a_smaller_limit(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    peer = ScriptedTLSPeer(server_context(ca), small_records_then("close_notify"))
+    async with await connect(peer, port, "direct") as sock:
+        await anyio.sleep(0.3)
+        with anyio.fail_after(10):
+            assert await sock.recv(100) == LINES[:100]  # across two records
+            assert (await sock.recv_parsed()).data == LINES[100:126]  # the rest of the 2nd
+            assert await sock.recv_exactly(len(LINES) - 128) == LINES[128:]
+            assert await sock.recv() == b""
+    peer.thread.join(10)
