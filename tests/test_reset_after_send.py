@@ -176,13 +176,18 @@ def _server_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+async def _tls_connect(peer: ResettingPeer, ca: trustme.CA) -> Socket:
+    """A socket to ``peer`` over janusnet's own TLS stream (handshake done)."""
+    return await Socket.connect(
+        "127.0.0.1", peer.port, client_port=_tls_port(ca), tls=True, server_hostname="localhost"
+    )
+
+
 async def test_tls_a_reset_met_by_a_send_is_a_reset_for_the_receives_after_it(
     anyio_backend: Backend, ca: trustme.CA
 ) -> None:
     peer = ResettingPeer(b"hello\r\n", _server_context(ca))
-    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
-    async with sock:
-        await sock.ssl_on(server_hostname="localhost")
+    async with await _tls_connect(peer, ca) as sock:
         with anyio.fail_after(10):
             await peer.reset()
             with pytest.raises(SocketResetError):
@@ -200,9 +205,7 @@ async def test_tls_close_notify_before_the_reset_is_still_a_clean_end(
     says the data is whole, so the end reads as the end even though a send met the
     reset."""
     peer = ResettingPeer(b"bye\r\n", _server_context(ca), close_notify=True)
-    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
-    async with sock:
-        await sock.ssl_on(server_hostname="localhost")
+    async with await _tls_connect(peer, ca) as sock:
         with anyio.fail_after(10):
             await peer.reset()
             with pytest.raises(SocketResetError):
@@ -217,9 +220,7 @@ async def test_tls_a_reset_met_while_pushing_a_cancelled_sends_ciphertext(
     """A cancelled send leaves encrypted bytes for the next receive to push; when that
     push is what meets the reset, the receive still reports the reset, not an end."""
     peer = ResettingPeer(b"", _server_context(ca))
-    sock = await Socket.connect("127.0.0.1", peer.port, client_port=_tls_port(ca))
-    async with sock:
-        await sock.ssl_on(server_hostname="localhost")
+    async with await _tls_connect(peer, ca) as sock:
         with anyio.move_on_after(1) as scope:
             await sock.send(b"x" * (64 << 20))  # the peer reads nothing: this blocks
         assert scope.cancelled_caught

@@ -79,6 +79,8 @@ QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 #: Unread received bytes read and dropped at most when a direct socket closes (see
 #: ``_Direct._close_now``); past that the close is a reset.
 CLOSE_DRAIN: Final = 1 << 20
+#: No limit, for :meth:`FdTLSStream._read_ready`.
+_ALL: Final = 1 << 62
 #: Bytes peeked at most where FIONREAD is missing.
 _PEEK_BYTES: Final = 65536
 
@@ -653,24 +655,20 @@ class FdTLSStream(_Direct):
             return data
         raise anyio.EndOfStream
 
-    def _read_more(self, data: bytes, size: int) -> bytes:
-        """``data`` and the plaintext of the records already here, up to ``size`` bytes.
-
-        A peer that writes small records (a line each) would otherwise cost a whole
-        receive -- a trip through the event loop -- per record: ~100 k records/s for
-        64-byte lines, where the records waiting in the buffer can be read at once.
-        Only while ciphertext or plaintext is there (never an exception for nothing);
-        the end of TLS or an error is left for the next receive.
-        """
+    def _read_ready(self, chunks: list[bytes], limit: int) -> None:
+        """Append to ``chunks`` the plaintext of the records already here, up to ``limit``
+        bytes, without waiting: only while ciphertext or plaintext is there (never an
+        exception for nothing). The end of TLS is left for the next receive; an error
+        fails the stream (every later receive and send raise it)."""
         read = self._obj.read
         incoming = self._in
         decrypted = self._obj.pending
-        chunks = [data]
-        total = len(data)
+        total = 0
         try:
-            while total < size and (incoming.pending or decrypted()):
-                more = read(size - total)
-                if not more:  # close_notify (the ssl module's b""): the next receive's
+            while total < limit and (incoming.pending or decrypted()):
+                want = limit - total
+                more = read(want if want < TLS_RECORD else TLS_RECORD)  # (a buffer this big)
+                if not more:  # close_notify (the ssl module's b"")
                     self._read_again = True
                     break
                 chunks.append(more)
@@ -679,9 +677,19 @@ class FdTLSStream(_Direct):
             pass
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             self._read_again = True
-        except ssl.SSLError as exc:  # for the next receive (and every send) to raise
+        except ssl.SSLError as exc:
             self.fail(exc)
-        return b"".join(chunks)
+
+    def _read_more(self, data: bytes, size: int) -> bytes:
+        """``data`` and the plaintext of the records already here, up to ``size`` bytes.
+
+        A peer that writes small records (a line each) would otherwise cost a whole
+        receive -- a trip through the event loop -- per record: ~250 k records/s for
+        64-byte lines, ~830 k reading the records waiting in the buffer at once.
+        """
+        chunks = [data]
+        self._read_ready(chunks, size - len(data))
+        return data if len(chunks) == 1 else b"".join(chunks)
 
     def _take_plain(self, size: int) -> bytes:
         plain = self._plain
@@ -706,32 +714,17 @@ class FdTLSStream(_Direct):
         handshake. OpenSSL accepts them there only from ``SSL_read``; ``SSL_write``,
         which drives the handshake too when it is called, fails the connection on them
         (``UNEXPECTED_RECORD``, or a false EOF). With nothing left in the incoming BIO
-        the write has no record to meet.
-
-        The end of TLS (close_notify, or the end of the stream) is left for the next
-        receive to meet; the write then goes on as far as OpenSSL lets it.
+        the write has no record to meet. The end of TLS is left for the next receive;
+        the write then goes on as far as OpenSSL lets it.
 
         Raises:
             anyio.BrokenResourceError: a record was bad (the stream is broken).
         """
-        read = self._obj.read
         chunks = [self._plain] if self._plain else []
-        try:
-            while True:
-                data = read(TLS_RECORD)
-                if not data:  # close_notify (the ssl module's b"")
-                    self._read_again = True
-                    break
-                chunks.append(data)
-        except ssl.SSLWantReadError:
-            pass
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            self._read_again = True
-        except ssl.SSLError as exc:
-            self.fail(exc)
-            raise anyio.BrokenResourceError from exc
-        finally:
-            self._plain = b"".join(chunks)
+        self._read_ready(chunks, _ALL)
+        self._plain = b"".join(chunks)
+        if self._failure is not None:
+            raise anyio.BrokenResourceError from self._failure
 
     def fail(self, exc: ssl.SSLError) -> None:
         """A reader of the ``SSLObject`` met this error: the stream is broken (every
