@@ -1579,6 +1579,24 @@ def test_digest_proxy_authorization_sess(algorithm: str, hash_name: str) -> None
     assert (params["algorithm"], params["nc"], params["cnonce"]) == (algorithm, "00000002", "c")
 
 
+@pytest.mark.parametrize(
+    ("offered", "answered"),
+    [("auth-int", "auth-int"), ("auth-int, auth", "auth"), ("auth,auth-int", "auth")],
+    ids=["auth-int-only", "both-auth-int-first", "both-auth-first"],
+)
+def test_digest_proxy_authorization_auth_int(offered: str, answered: str) -> None:
+    """RFC 7616 §3.4.3: with qop=auth-int, A2 = method:uri:H(body); a CONNECT has no body.
+    ``auth`` is answered when it is offered too."""
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "qop": offered})
+    value = digest_proxy_authorization(
+        challenge, "u", "p", method="CONNECT", uri="h:443", cnonce="c"
+    )
+    params = parse_challenges([value.decode()])[0].params
+    a2 = "CONNECT:h:443" + (f":{md5_hex('')}" if answered == "auth-int" else "")
+    expected = md5_hex(f"{md5_hex('u:r:p')}:n:00000001:c:{answered}:{md5_hex(a2)}")
+    assert (params["qop"], params["response"]) == (answered, expected)
+
+
 def test_digest_proxy_authorization_sess_without_qop_sends_cnonce() -> None:
     challenge = Challenge("digest", {"realm": "r", "nonce": "n", "algorithm": "MD5-sess"})
     value = digest_proxy_authorization(
@@ -1676,7 +1694,11 @@ def test_digest_proxy_authorization_quotes_username() -> None:
             {},
             "unsupported Digest algorithm",
         ),
-        (Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth-int"}), {}, "only 'auth'"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth-conf"}),
+            {},
+            "'auth' and 'auth-int' are supported",
+        ),
         (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": 0}, "nc must be"),
         (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": 2**32}, "nc must be"),
         (Challenge("digest", {"realm": "r", "nonce": "n"}), {"nc": True}, "nc must be"),
@@ -1705,7 +1727,7 @@ def test_digest_proxy_authorization_quotes_username() -> None:
         "no-realm",
         "no-nonce",
         "sha-512-256",
-        "auth-int-only",
+        "unknown-qop",
         "nc-zero",
         "nc-too-big",
         "nc-bool",
@@ -1740,7 +1762,8 @@ def test_digest_proxy_authorization_refuses(
         ({"realm": "r", "nonce": "n", "algorithm": "md5-sess", "qop": "auth-int, auth"}, True),
         ({"realm": "r", "nonce": "n", "algorithm": "SHA-256"}, True),
         ({"realm": "r", "nonce": "n", "algorithm": "SHA-512-256"}, False),
-        ({"realm": "r", "nonce": "n", "qop": "auth-int"}, False),
+        ({"realm": "r", "nonce": "n", "qop": "auth-int"}, True),
+        ({"realm": "r", "nonce": "n", "qop": "auth-conf"}, False),
         ({"realm": "r"}, False),
         ({"nonce": "n"}, False),
     ],
@@ -1750,6 +1773,7 @@ def test_digest_proxy_authorization_refuses(
         "sha-256",
         "sha-512-256",
         "auth-int",
+        "unknown-qop",
         "no-nonce",
         "no-realm",
     ],
@@ -1770,7 +1794,8 @@ def test_digest_supported(params: dict[str, str], supported: bool) -> None:
             ("digest", "SHA-256"),
         ),
         ('Digest realm="b", nonce="n", algorithm=SHA-512-256, Basic realm="a"', ("basic", None)),
-        ('Digest realm="b", nonce="n", qop="auth-int"', None),
+        ('Digest realm="b", nonce="n", qop="auth-int"', ("digest", None)),
+        ('Digest realm="b", nonce="n", qop="auth-conf"', None),
         ("Negotiate abc, NTLM", None),
     ],
     ids=[
@@ -1779,6 +1804,7 @@ def test_digest_supported(params: dict[str, str], supported: bool) -> None:
         "sha-256-over-md5",
         "unsupported-digest-skipped",
         "auth-int-only",
+        "unknown-qop-only",
         "none",
     ],
 )

@@ -859,7 +859,7 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
         (("alice", PASSWORD), b"NTLM, Negotiate", "it offers ntlm, negotiate; janusnet answers"),
         (
             ("alice", PASSWORD),
-            b'Digest realm="r", nonce="n", qop="auth-int"',
+            b'Digest realm="r", nonce="n", qop="auth-conf"',
             "its Digest challenge asks for what janusnet does not answer",
         ),
         (
@@ -868,7 +868,7 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
             "it offers s0, s1, s2, s3, s4 and 2995 more; janusnet answers",
         ),
     ],
-    ids=["no-credentials", "rejected", "unanswerable-scheme", "auth-int-only", "many-schemes"],
+    ids=["no-credentials", "rejected", "unanswerable-scheme", "unknown-qop", "many-schemes"],
 )
 async def test_tunnel_407_says_why(
     anyio_backend: str, auth: tuple[str, str] | None, challenge: bytes, detail: str

@@ -160,7 +160,8 @@ def digest_supported(challenge: Challenge) -> bool:
 
     Returns:
         True for a Digest challenge with a realm, a nonce, a supported algorithm and
-        either no ``qop`` or one that includes ``auth``, whose echoed parameters (realm,
+        either no ``qop`` or one that includes ``auth`` or ``auth-int``, whose echoed
+        parameters (realm,
         nonce, opaque, algorithm) hold no control characters and fit in latin-1: a proxy
         cannot make janusnet send a header it would refuse to send.
     """
@@ -171,7 +172,7 @@ def digest_supported(challenge: Challenge) -> bool:
         and "realm" in params
         and "nonce" in params
         and _algorithm(challenge).removesuffix("-sess") in _DIGEST_HASHES
-        and (not qops or "auth" in qops)
+        and (not qops or "auth" in qops or "auth-int" in qops)
         and all(_echoable(params[name]) for name in _ECHOED if name in params)
     )
 
@@ -262,7 +263,8 @@ def digest_proxy_authorization(
 
     Raises:
         UsageError: the challenge is not Digest, lacks realm or nonce, uses an unsupported
-            algorithm or only ``qop=auth-int``; ``nc`` is out of range; or a user name,
+            algorithm or a ``qop`` other than ``auth`` and ``auth-int``; ``nc`` is out
+            of range; or a user name,
             method, uri or cnonce contains a control character.
     """
     if challenge.scheme != "digest":
@@ -276,8 +278,13 @@ def digest_proxy_authorization(
     if hash_name is None:
         raise UsageError(f"unsupported Digest algorithm {params['algorithm']!r}")
     qops = _qop_options(challenge)
-    if qops and "auth" not in qops:
-        raise UsageError(f"unsupported Digest qop {params['qop']!r}: only 'auth' is supported")
+    # auth when offered; auth-int covers the body too, and a CONNECT has none (RFC 7616
+    # §3.4.3: A2 then ends with the hash of the empty body), as curl answers it.
+    qop = "auth" if "auth" in qops else "auth-int" if "auth-int" in qops else None
+    if qops and qop is None:
+        raise UsageError(
+            f"unsupported Digest qop {params['qop']!r}: 'auth' and 'auth-int' are supported"
+        )
     for name in _ECHOED:
         if name in params and not _echoable(params[name]):
             raise UsageError(f"the Digest challenge's {name} cannot be echoed in a header")
@@ -308,10 +315,10 @@ def digest_proxy_authorization(
     ha1 = digest(secret[0], wire_realm, secret[1])
     if algorithm.endswith("-sess"):
         ha1 = digest(ha1, wire_nonce, cnonce)
-    ha2 = digest(method, uri)
+    ha2 = digest(method, uri, digest(b"")) if qop == "auth-int" else digest(method, uri)
     nc_text = f"{nc:08x}"
-    if qops:
-        response = digest(ha1, wire_nonce, nc_text, cnonce, "auth", ha2)
+    if qop:
+        response = digest(ha1, wire_nonce, nc_text, cnonce, qop, ha2)
     else:
         response = digest(ha1, wire_nonce, ha2)
 
@@ -321,8 +328,8 @@ def digest_proxy_authorization(
     if "algorithm" in params:
         parts.append(f"algorithm={params['algorithm']}")
     parts.append(f"nonce={_quoted(nonce)}")
-    if qops:
-        parts += [f"nc={nc_text}", f"cnonce={_quoted(cnonce)}", "qop=auth"]
+    if qop:
+        parts += [f"nc={nc_text}", f"cnonce={_quoted(cnonce)}", f"qop={qop}"]
     elif algorithm.endswith("-sess"):
         parts.append(f"cnonce={_quoted(cnonce)}")
     parts.append(f"response={_quoted(response)}")

@@ -636,7 +636,7 @@ class ProxyTunnel:
             # Offered, but not in a form janusnet answers (see digest_supported).
             return (
                 "its Digest challenge asks for what janusnet does not answer (janusnet "
-                "answers Basic, and Digest with MD5 or SHA-256, qop=auth or no qop)"
+                "answers Basic, and Digest with MD5 or SHA-256, qop=auth, auth-int or none)"
             )
         shown = ", ".join(printable(scheme, 40) for scheme in schemes[:_SHOWN_SCHEMES])
         hidden = len(schemes) - _SHOWN_SCHEMES
