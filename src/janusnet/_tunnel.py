@@ -630,6 +630,11 @@ class ProxyTunnel:
         schemes = list(dict.fromkeys(c.scheme for c in challenges))
         if sent is not None:
             scheme = sent.split(b" ", 1)[0].decode("ascii", "replace")
+            if scheme.lower() == "digest" and _stale(reply):
+                return (
+                    "the proxy called the nonce of a fresh Digest answer stale again "
+                    "(stale=true; janusnet answers a stale nonce once)"
+                )
             if not schemes or scheme.lower() in schemes:
                 return f"the credentials sent ({scheme}) were rejected"
         if "digest" in schemes:
