@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -67,6 +68,24 @@ async def read_line(stream: anyio.abc.ByteReceiveStream, buf: bytearray) -> byte
     line, _, rest = bytes(buf).partition(b"\r\n")
     buf[:] = rest
     return line
+
+
+def bio_server_handshake(
+    conn: socket.socket, context: ssl.SSLContext
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A TLS server handshake over memory BIOs on a blocking socket, so a scripted peer
+    controls every record after it: ``(tls, incoming, outgoing)``."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            conn.sendall(outgoing.read())
+            incoming.write(conn.recv(65536))
+    conn.sendall(outgoing.read())
+    return tls, incoming, outgoing
 
 
 async def tls_server_side(stream: SocketStream, context: ssl.SSLContext) -> TLSStream:

@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from janusnet import ClientPort, Parsed, Socket, SocketResetError, SocketState, TLSMode
-from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label
+from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label, bio_server_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +55,9 @@ class ResettingPeer:
         conn, _ = self.listener.accept()
         self.listener.close()
         conn.settimeout(10)
+        # No Nagle: a small greeting behind unacknowledged session tickets must not wait
+        # in our send queue, where the reset would throw it away.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             if self.context is None:
                 conn.sendall(self.greeting)
@@ -67,15 +70,7 @@ class ResettingPeer:
             self.done.set()
 
     def _tls(self, conn: socket.socket, context: ssl.SSLContext) -> None:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = context.wrap_bio(incoming, outgoing, server_side=True)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                conn.sendall(outgoing.read())
-                incoming.write(conn.recv(65536))
+        tls, _, outgoing = bio_server_handshake(conn, context)
         if self.greeting:
             tls.write(self.greeting)
         if self.close_notify:

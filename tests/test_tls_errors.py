@@ -24,6 +24,7 @@ from janusnet import (
     TLSMode,
     compat,
 )
+from loopback import bio_server_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -46,16 +47,7 @@ class ScriptedTLSPeer:
         conn, _ = self.listener.accept()
         with conn, self.listener:
             conn.settimeout(10)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls = self.context.wrap_bio(incoming, outgoing, server_side=True)
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    conn.sendall(outgoing.read())
-                    incoming.write(conn.recv(65536))
-            conn.sendall(outgoing.read())
+            tls, incoming, outgoing = bio_server_handshake(conn, self.context)
             self.script(tls, incoming, outgoing, conn)
             try:
                 while conn.recv(65536):

@@ -845,7 +845,6 @@ class Socket:
             self._read_again()
         except ssl.SSLError as exc:  # a bad record: the next read raises it, not an EOF
             self._receive_error = exc
-            stream = self._stream
             if isinstance(stream, FdTLSStream):
                 stream.fail(exc)  # broken for sends too, and OpenSSL's alert goes out
         return data if len(chunks) == 1 else b"".join(chunks)
