@@ -218,6 +218,9 @@ async def test_compat_set_and_info(anyio_backend: str) -> None:
             await sock_sendln(num, "no line end")
         for keyword, value in [
             ("LINEND", "0G"),
+            ("LINEND", "0D 0A"),  # no blanks, as inside a PRSTOK token
+            ("LINEND", "0D0"),
+            ("LINEND", ""),
             ("LINEND", None),
             ("PRSTOK", "0D0A|0D"),  # a prefix needs AMBIG|
             ("RECVLIM", "-1"),
@@ -278,6 +281,30 @@ async def test_compat_recv_min_and_max(anyio_backend: str) -> None:
             await sock_recv(num, 5, 6)
         with pytest.raises(UsageError):
             await sock_recv(num, -5)
+        await sock_close(num)
+
+
+async def test_compat_char_mode_never_fails_and_loses_nothing(anyio_backend: str) -> None:
+    """Janus's CHAR translation never fails. Bytes UTF-8 cannot decode (a Latin-1 line,
+    a character that ``maxbytes`` cuts in two, raw binary) come back as lone surrogates,
+    not as an exception after the bytes were taken; the next record is intact; and a
+    CHAR send of such text puts the very same bytes back on the wire."""
+    async with serve(echo) as number:
+        num = await sock_conn(None, "127.0.0.1", number, "NOSSL")
+        sent = b"caf\xe9\r\nnext\r\n\xc3\xa9t\xc3\xa9\r\nraw\xff\xfe"
+        assert await sock_send(num, sent) == 0
+        assert await sock_recvprs(num) == (6, "caf\udce9", 1)
+        assert await sock_recvprs(num) == (6, "next", 1)
+        first = await sock_recvprs(num, 1)  # cuts the first two-byte character
+        rest = await sock_recvprs(num)
+        assert first == (1, "\udcc3", 0) and rest[0] == 6 and rest[2] == 1
+        assert (first[1] + rest[1]).encode("utf-8", "surrogateescape") == "été".encode()
+        count, raw = await sock_recv(num, 5)
+        assert (count, raw) == (5, "raw\udcff\udcfe")
+        assert await sock_send(num, raw) == 0  # CHAR: the surrogates go back as bytes
+        assert await sock_recv(num, 5, 0, "BINARY") == (5, b"raw\xff\xfe")
+        with pytest.raises(UsageError, match="in utf-8"):
+            await sock_send(num, "\ud800")  # a surrogate no receive made: refused
         await sock_close(num)
 
 

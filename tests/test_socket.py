@@ -29,7 +29,7 @@ from janusnet import (
     TLSMode,
     UsageError,
 )
-from loopback import echo, read_line, serve, stall_after_hello, tls_server_side
+from loopback import echo, read_line, read_until_eof, serve, stall_after_hello, tls_server_side
 
 pytestmark = pytest.mark.anyio
 
@@ -1126,6 +1126,28 @@ async def test_socket_ssl_on_after_an_unread_fin_refuses_and_keeps_the_socket(
     finally:
         thread.join(5)
         listener.close()
+    assert port.open_sockets == 0
+
+
+async def test_socket_ssl_on_after_our_own_fin_refuses_and_keeps_the_socket(
+    anyio_backend: str, port: ClientPort
+) -> None:
+    """After ``send_eof()`` a handshake could only be written past our FIN: -149 before
+    it starts, the socket unchanged, and the peer's answer to the FIN still readable."""
+
+    async def answer_after_fin(stream: SocketStream) -> None:
+        await read_until_eof(stream)
+        await stream.send(b"bye after your FIN\r\n")
+
+    async with serve(answer_after_fin) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
+            await sock.send_eof()
+            with pytest.raises(SSLOnOtherError, match="sent FIN") as info:
+                await sock.ssl_on(server_hostname="localhost")
+            assert info.value.code == ReturnCode.OTHER
+            assert not sock.closed and sock.tls is None
+            assert await sock.recv_parsed() == (b"bye after your FIN", b"\r\n", 1)
+            assert await sock.recv() == b""
     assert port.open_sockets == 0
 
 

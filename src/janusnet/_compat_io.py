@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._compat_registry import parse_options, registry
+from ._compat_registry import parse_line_end, parse_options, registry
 from ._exceptions import SocketClosedError, SocketResetError, UsageError
 from ._socket import Socket
 
@@ -21,15 +21,23 @@ RECV_STEP: Final = 1 << 20
 #: The options each call takes.
 SEND_OPTIONS: Final = frozenset({"BINARY", "CHAR", "FIN", "PUSH"})
 RECV_OPTIONS: Final = frozenset({"BINARY", "CHAR"})
+#: CHAR mode's codec error handler: as Janus's tables, translation never fails. Bytes
+#: the codec cannot decode come back as lone surrogates (U+DC80-U+DCFF), which encoding
+#: with this handler (as a CHAR send does) turns back into the same bytes.
+_LOSSLESS: Final = "surrogateescape"
 
 
 def _payload(sock: Socket, binary_mode: bool, data: str | bytes, flags: frozenset[str]) -> bytes:
     if isinstance(data, str):
         binary = "BINARY" in flags or (binary_mode and "CHAR" not in flags)
         try:
-            return data.encode("latin-1" if binary else sock.encoding)
+            if binary:
+                return data.encode("latin-1")
+            # surrogateescape: text a CHAR receive decoded goes back as the same bytes.
+            return data.encode(sock.encoding, _LOSSLESS)
         except UnicodeEncodeError as exc:
-            raise UsageError(f"cannot send {data!r} untranslated: {exc}") from exc
+            how = "untranslated" if binary else f"in {sock.encoding}"
+            raise UsageError(f"cannot send {data!r} {how}: {exc}") from exc
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise UsageError(f"send takes str or bytes, not {type(data).__name__}")
@@ -99,7 +107,7 @@ async def sock_sendln(num: int, data: str | bytes = "", opts: str = "") -> int:
             if word.upper() == "LINEND":
                 hex_end = words.pop(i + 1)
                 words.pop(i)
-                line_end = None if hex_end.upper() == "NONE" else _hex(hex_end)
+                line_end = None if hex_end.upper() == "NONE" else parse_line_end(hex_end)
                 break
         opts = " ".join(words)
     if not line_end:
@@ -108,19 +116,9 @@ async def sock_sendln(num: int, data: str | bytes = "", opts: str = "") -> int:
     return await _send(sock, _payload(sock, modes.binary, data, flags) + line_end, "FIN" in flags)
 
 
-def _hex(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise UsageError(f"{text!r} is not a hex string") from exc
-    if not value:
-        raise UsageError("a line end must not be empty")
-    return value
-
-
 def _received(sock: Socket, binary_mode: bool, data: bytes, flags: frozenset[str]) -> bytes | str:
     binary = "BINARY" in flags or (binary_mode and "CHAR" not in flags)
-    return data if binary else sock.decode(data)
+    return data if binary else sock.decode(data, errors=_LOSSLESS)
 
 
 async def sock_recv(
@@ -136,8 +134,9 @@ async def sock_recv(
         num: the socket number.
         maxbytes: the most bytes to return.
         minbytes: the fewest bytes to wait for (fewer at FIN or at the window's end).
-        opts: ``BINARY`` or ``CHAR`` (``CHAR`` decodes with the socket's codec; use
-            ``BINARY`` with a multi-byte codec, which a receive may split mid-character).
+        opts: ``BINARY`` or ``CHAR`` (``CHAR`` decodes with the socket's codec and never
+            fails: bytes it cannot decode, such as half of a multi-byte character,
+            come back as lone surrogates; see :mod:`janusnet.compat`).
 
     Returns:
         ``(count, data)``: ``count`` bytes were received (nothing is discarded); ``(0,
@@ -147,7 +146,6 @@ async def sock_recv(
     Raises:
         UsageError: unknown number or option, ``minbytes`` > ``maxbytes``, negative sizes
             or sizes that are not ints.
-        UnicodeDecodeError: ``CHAR`` mode and the bytes are not valid in the codec.
 
     Cancellation loses the bytes this call had already taken; the rest stay buffered.
     """
@@ -203,7 +201,6 @@ async def sock_recvprs(
     Raises:
         UsageError: unknown number or option; PRSTOK is ``NONE``; ``maxbytes`` is not an
             int.
-        UnicodeDecodeError: ``CHAR`` mode and the bytes are not valid in the codec.
 
     Cancellation loses no bytes: they stay buffered.
     """
@@ -223,4 +220,5 @@ async def sock_recvprs(
         data, token, index = await sock.recv_parsed(max_bytes=limit)
     except (SocketClosedError, SocketResetError):
         return -1, b"" if binary else "", 0
-    return len(data) + len(token or b""), data if binary else sock.decode(data), index
+    text = data if binary else sock.decode(data, errors=_LOSSLESS)
+    return len(data) + len(token or b""), text, index

@@ -7,6 +7,7 @@ settings Janus has and a :class:`~janusnet.Socket` does not (``CHAR``/``BINARY``
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from typing import Final
 
@@ -253,13 +254,23 @@ def parse_setting(keyword: str, value: str | int | None) -> tuple[str, Setting]:
         return key, None
     if key == "PRSTOK":
         return key, TokenSet.from_prstok(text)
-    try:
-        line_end = bytes.fromhex(text)
-    except ValueError as exc:
-        raise UsageError(f"LINEND {text!r} is not a hex string") from exc
-    if not line_end:
+    return key, parse_line_end(text)
+
+
+def parse_line_end(text: str) -> bytes:
+    """A ``LINEND`` hex string (``"0D0A"``) as bytes, checked as PRSTOK checks a token.
+
+    Raises:
+        UsageError: empty, a character that is not a hex digit (spaces included), or an
+            odd number of digits.
+    """
+    if not text:
         raise UsageError("LINEND must not be empty (use NONE)")
-    return key, line_end
+    if text.strip(string.hexdigits) or len(text) % 2:
+        raise UsageError(
+            f"LINEND {text[:20]!r} is not a hex string (pairs of digits 0-9 and A-F, no spaces)"
+        )
+    return bytes.fromhex(text)
 
 
 def apply_setting(registry: SocketRegistry, sock: Socket, key: str, value: Setting) -> str:

@@ -1187,7 +1187,7 @@ class Socket:
             HandshakeError: (-111) the peer did not complete a handshake, or its
                 certificate or host name failed verification; the socket is closed.
             SSLOnOtherError: (-149) already TLS, closed (or the peer's FIN has arrived,
-                read or not), another task receiving or
+                read or not, or this side sent FIN), another task receiving or
                 sending, no host name to verify or one that is not a valid
                 international name (socket unchanged), or an I/O error during the
                 handshake or ``aclose()`` from another task (socket closed).
@@ -1215,6 +1215,10 @@ class Socket:
             raise SSLOnOtherError("ssl_on: another task is receiving on this socket")
         if self._sending:
             raise SSLOnOtherError("ssl_on: another task is sending on this socket")
+        if self._fin_sent:
+            # The handshake would be written after our FIN: refused, the socket (and the
+            # peer's data still to come) left as they are.
+            raise SSLOnOtherError("ssl_on: this side has sent FIN (send_eof()); TLS needs both")
         if isinstance(stream, FdTLSStream):
             # TLS to an https:// proxy: bytes injected after the CONNECT reply may sit in
             # records not yet decrypted. Take what is decryptable now into the buffer, so

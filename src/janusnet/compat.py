@@ -22,7 +22,11 @@ Translating the rest of the SOUL calling conventions
   received data is decoded, with the socket's codec (``XTAB``); in ``BINARY`` mode received
   data is ``bytes`` and a ``str`` payload is sent as Latin-1 (code point = byte, no
   translation). ``bytes`` payloads are always sent as they are. Tokens and line ends are
-  raw bytes in both modes, as in Janus.
+  raw bytes in both modes, as in Janus. As Janus's tables, ``CHAR`` translation of
+  received data never fails and loses nothing: a byte the codec cannot decode (invalid
+  UTF-8, or half of a character a ``maxbytes`` cut) comes back as a lone surrogate
+  (Python's ``surrogateescape``: ``text.encode(codec, "surrogateescape")`` gives the exact
+  bytes), and a ``CHAR`` send turns such text back into the same bytes.
 * ONRESET: these functions behave as ``ONRESET CONTINUE`` (-1 or ``"RESET"``). What Janus
   would answer by cancelling the request (a socket number not in use, an unknown keyword, a
   bad value, ``SendLn`` with ``LINEND NONE``) raises :class:`~janusnet.UsageError`.
