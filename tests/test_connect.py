@@ -1104,6 +1104,20 @@ def test_parse_proxy_url_invalid_never_echoes_the_password(url: str, message: st
         assert "PW" not in text
 
 
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [("http://h:0", False), ("http://h:99999", False), ("http://u:s3cr3t", True)],
+)
+def test_parse_proxy_url_port_error_hints_at_encoding_only_when_it_may_help(
+    url: str, hint: bool
+) -> None:
+    """A port that is a number out of range is just that; text where the port should be
+    may be a password cut off by an unencoded '/' (the hint says what to encode)."""
+    with pytest.raises(UsageError, match="1-65535") as caught:
+        parse_proxy_url(url)
+    assert ("percent-encode" in str(caught.value)) is hint
+
+
 def test_parse_proxy_url_rejects_non_str() -> None:
     with pytest.raises(UsageError, match="must be a str"):
         parse_proxy_url(b"http://h")  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ async def fetch(
             "Connection: close\r\n\r\n"
         )
         status_line = await sock.recv_parsed()
-        headers = {}
+        headers: dict[str, str] = {}
         while (line := await sock.recv_parsed()).data:
             name, _, value = line.data.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()

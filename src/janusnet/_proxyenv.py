@@ -152,8 +152,11 @@ def parse_proxy_url(url: str) -> ProxyURL:
     port = DEFAULT_PORTS[scheme]
     if port_text:
         # The port text is never echoed: without an '@' it may be a password.
-        if re.fullmatch(r"[0-9]{1,5}", port_text) is None or not 1 <= int(port_text) <= 65535:
+        if not port_text.isascii() or not port_text.isdigit():
+            # Not digits: perhaps a password whose user name and '@' went before a '/'.
             raise UsageError(f"proxy URL port is not a number in 1-65535 ({_ENCODE_HINT})")
+        if len(port_text) > 5 or not 1 <= int(port_text) <= 65535:
+            raise UsageError("proxy URL port is not a number in 1-65535")
         port = int(port_text)
     return ProxyURL(scheme, f"[{host}]" if bracketed else host, port, username, password)
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import re
 import socket
 import ssl
@@ -281,6 +282,37 @@ def test_origin_starttls_upgrades_the_same_connection(inject: bytes) -> None:
             tls.sendall(b"secret")
             assert recv_exactly(tls, 6) == b"secret"
         assert origin.errors == []
+
+
+def test_origin_logs_nothing_when_clients_close_right_after_the_handshake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that closes as soon as its handshake is done can deliver EOF before the
+    server's stream protocol learns it is on TLS; asyncio then logged "returning true
+    from eof_received() has no effect when using ssl" into the user's test output."""
+    with caplog.at_level(logging.WARNING, logger="asyncio"), TLSOrigin() as origin:
+        for _ in range(40):
+            with connect(origin.address) as sock:
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = origin.client_context().wrap_bio(
+                    incoming, outgoing, server_hostname="localhost"
+                )
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        sock.sendall(outgoing.read())
+                        incoming.write(sock.recv(65536))
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    tls.unwrap()
+                # The client's Finished and its close_notify in one write, then FIN.
+                sock.sendall(outgoing.read())
+        deadline = time.monotonic() + TIMEOUT
+        while origin.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert origin.errors == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def test_origin_starttls_quit_closes() -> None:

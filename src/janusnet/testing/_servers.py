@@ -146,6 +146,21 @@ async def discard_until_eof(reader: asyncio.StreamReader) -> None:
             pass
 
 
+class _TLSReaderProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol for a transport that ``loop.start_tls()`` made.
+
+    ``StreamReaderProtocol`` learns that it sits on TLS only in ``connection_made()``,
+    which ``start_tls()`` leaves to its caller; a peer that closes right after the
+    handshake can deliver EOF before that, and the base class's "keep the transport
+    open" answer then makes asyncio log a warning (3.12+). Over TLS that answer means
+    nothing, so this one always gives ``False``.
+    """
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
+
+
 class Connection:
     """One accepted connection and every transport its handler opened.
 
@@ -178,7 +193,7 @@ class Connection:
         """
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol = _TLSReaderProtocol(reader, loop=loop)
         try:
             transport = await loop.start_tls(
                 self.writer.transport,
