@@ -372,7 +372,12 @@ def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigi
     assert (failed["status"], failed["credentials_given"]) == (407, False)
 
 
-def test_cli_probe_407_with_only_unsupported_schemes_says_so(origin: TLSOrigin) -> None:
+@pytest.mark.parametrize("credentials", [True, False], ids=["with-credentials", "without"])
+def test_cli_probe_407_with_only_unsupported_schemes_says_so(
+    origin: TLSOrigin, credentials: bool
+) -> None:
+    """Credentials or not: the advice is that janusnet cannot answer these schemes (not
+    "put credentials in the URL", which would not help)."""
     import socketserver
     import threading
 
@@ -390,7 +395,8 @@ def test_cli_probe_407_with_only_unsupported_schemes_says_so(origin: TLSOrigin) 
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), NtlmOnly) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        url = f"http://alice:{SECRET}@127.0.0.1:{server.server_address[1]}"
+        userinfo = f"alice:{SECRET}@" if credentials else ""
+        url = f"http://{userinfo}127.0.0.1:{server.server_address[1]}"
         try:
             status, text = run("probe", f"localhost:{origin.port}", "--proxy", url)
         finally:
@@ -398,6 +404,7 @@ def test_cli_probe_407_with_only_unsupported_schemes_says_so(origin: TLSOrigin) 
             thread.join()
     assert status == 1
     assert "it offers only ntlm, negotiate" in text and "credentials rejected" not in text
+    assert "no credentials given" not in text
     assert SECRET not in text
 
 

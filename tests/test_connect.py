@@ -589,11 +589,14 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         (b"HTTP/1.1 OK\r\n\r\n", "illegal status line"),
         (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "illegal header line"),
         (b"HTTP/1.1 200 OK\r\nNo colon\r\n\r\n", "illegal header line"),
-        (b"HTTP/1.1 200 OK\r\nX\r: y\r\n\r\n", "illegal header line"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 200 OK\r\nX\r: y\r\n\r\n", "illegal header line|CR not followed by LF"),
+        (b"HTTP/1.1 200 Connection established\rVia: 1.1 p\r\r", "CR not followed by LF"),
+        (b"HTTP/1.1 200 Connection established\r\r\nVia: p\r\r\n\r\r\n", "CR not followed"),
+        (b"HTTP/1.1 407 P\r\nTransfer-Encoding: gzip\r\n\r\n", "407 reply's Content-Length or"),
         (b"HTTP/1.1 407 P\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Content-Length"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101 Switching Protocols"),
         (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0"),
+        (b"\x15\x03\x03\x00\x02\x01\x00", "with TLS, not HTTP: is it an https:// proxy"),
     ],
     ids=[
         "four-digit-status",
@@ -603,10 +606,13 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         "nul-in-header",
         "no-colon",
         "cr-in-name",
+        "bare-cr-line-ends",
+        "cr-cr-lf-line-ends",
         "gzip-coding",
         "conflicting-lengths",
         "101",
         "http2",
+        "tls-alert",
     ],
 )
 @pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])
@@ -614,8 +620,40 @@ def test_reply_reader_rejects_malformed(data: bytes, message: str, step: int | N
     with pytest.raises(ProxyProtocolError, match=message) as caught:
         read_reply(data, step=step)
     assert caught.value.proxy == "proxy.test:3128"
-    if message != "HTTP/2.0":
+    if "CR not followed" in str(caught.value):
+        # Refused as it arrives, not after a deadline spent waiting for the head's end.
+        assert caught.value.__cause__ is None
+    elif message != "HTTP/2.0":
         assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: abc",
+        b"Content-Length: -1",
+        b"Content-Length: 1\r\nContent-Length: 2",
+        b"Transfer-Encoding: gzip, chunked",
+        b"transfer-encoding: identity",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    ],
+)
+@pytest.mark.parametrize("interim", [b"", b"HTTP/1.1 100 Continue\r\nContent-Length: x\r\n\r\n"])
+@pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])
+def test_reply_reader_ignores_any_framing_headers_on_a_2xx(
+    framing: bytes, interim: bytes, step: int | None
+) -> None:
+    """RFC 9112 §6.3: a client MUST ignore Content-Length and Transfer-Encoding on a 2xx
+    reply to CONNECT, malformed ones too (curl does; h11 alone refuses them). The reply
+    keeps them as sent, and the bytes after the head stay exactly as they came, even
+    when they look like a header."""
+    head = b"HTTP/1.1 200 Connection established\r\n" + framing + b"\r\nVia: 1.1 p\r\n\r\n"
+    after = b"\x16\x03\x01\ncontent-length: 5\r\n"
+    reply, reader = read_reply(interim + head + after, step=step)
+    assert reply is not None and reply.status == 200
+    sent = [tuple(line.split(b": ", 1)) for line in framing.split(b"\r\n")]
+    assert reply.headers == (*((n.decode(), v.decode()) for n, v in sent), ("Via", "1.1 p"))
+    assert reader.leftover == after
 
 
 def test_reply_reader_error_text_is_capped() -> None:
@@ -1861,14 +1899,16 @@ def test_reply_reader_refuses_other_major_versions(version: str) -> None:
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", True),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", True),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", False),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", True),
+        (b"HTTP/1.1 407 P\r\nContent-Length: -1\r\n\r\n", False),
     ],
-    ids=["both-well-formed", "huge-length", "te-gzip", "negative-length"],
+    ids=["both-well-formed", "huge-length", "te-gzip", "negative-length", "407-negative"],
 )
 def test_reply_reader_2xx_framing_headers(head: bytes, ok: bool) -> None:
-    """Well-formed Content-Length / Transfer-Encoding on a 2xx are ignored (RFC 9110
-    §9.3.6: what follows is the tunnel); malformed ones make the head malformed."""
+    """Content-Length / Transfer-Encoding on a 2xx are ignored, malformed or not (RFC
+    9110 §9.3.6, RFC 9112 §6.3: what follows is the tunnel); on another reply they would
+    frame its body, so malformed ones make the head malformed."""
     reader = ConnectReplyReader()
     if ok:
         reply = reader.feed(head + b"tunnel")

@@ -255,8 +255,12 @@ async def test_tunnel_open_tls_refuses_injected_bytes(
     anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
 ) -> None:
     proxy.behaviour = ProxyBehaviour.EXTRA_BYTES
-    with pytest.raises(PendingDataError):
+    with pytest.raises(PendingDataError) as info:
         await ProxyTunnel(proxy.url, client_port=port).open_tls("localhost", origin.port)
+    # Not ssl_on()'s "read them first": open_tls() has closed the socket.
+    assert info.value.code == -112 and info.value.pending == len(b"INJECTED")
+    assert f"proxy {proxy.authority} sent 8 byte(s) after its reply" in str(info.value)
+    assert "socket is closed" in str(info.value) and "read them first" not in str(info.value)
 
 
 async def test_tunnel_ipv6_proxy_and_target(
@@ -521,21 +525,27 @@ async def test_tunnel_proxy_that_closes_without_replying(anyio_backend: str) -> 
     assert info.value.__cause__ is None
 
 
+@pytest.mark.parametrize("how", ["fin", "reset"])
 async def test_tunnel_open_tls_through_a_tunnel_closed_before_the_handshake(
-    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort, how: str
 ) -> None:
     """A proxy that answers 200 before it reaches the target, then ends the tunnel
     (Apache Traffic Server, a closed target port): -111 naming proxy and target, every
     time. It was -149 ("ssl_on: the peer has closed the connection") when the FIN was
-    there before the ClientHello and -111 when it came just after: a race. (A proxy that
-    closes outright may also reset the ClientHello: a reset stays -149.)"""
-    from loopback import read_line, serve
+    there before the ClientHello and -111 when it came just after: a race. A proxy that
+    closes with the ClientHello unread makes its kernel reset the connection; that was
+    -149 too ("TLS handshake ... broke"), for the same end of the same tunnel."""
+    from loopback import read_line, reset_connection, serve
 
     async def proxy(stream: anyio.abc.SocketStream) -> None:
         buf = bytearray()
         while await read_line(stream, buf):
             pass
         await stream.send(b"HTTP/1.1 200 OK\r\n\r\n")
+        if how == "reset":
+            await anyio.sleep(0.02)  # the ClientHello arrives, unread
+            await reset_connection(stream)
+            return
         await stream.send_eof()  # its FIN, but no reset for a ClientHello that follows
         while await stream.receive():
             pass
@@ -859,6 +869,9 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
         (None, b'Basic realm="r"', "no credentials were given"),
         (("alice", PASSWORD), b'Basic realm="r"', "the credentials sent (Basic) were rejected"),
         (("alice", PASSWORD), b"NTLM, Negotiate", "it offers ntlm, negotiate; janusnet answers"),
+        # Without credentials too: giving some would not help (squid with Negotiate only).
+        (None, b"Negotiate, NTLM", "it offers negotiate, ntlm; janusnet answers"),
+        (None, b"NTLM, Basic", "no credentials were given"),
         (
             ("alice", PASSWORD),
             b'Digest realm="r", nonce="n", qop="auth-conf"',
@@ -870,7 +883,15 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
             "it offers s0, s1, s2, s3, s4 and 2995 more; janusnet answers",
         ),
     ],
-    ids=["no-credentials", "rejected", "unanswerable-scheme", "unknown-qop", "many-schemes"],
+    ids=[
+        "no-credentials",
+        "rejected",
+        "unanswerable-scheme",
+        "unanswerable-without-credentials",
+        "answerable-without-credentials",
+        "unknown-qop",
+        "many-schemes",
+    ],
 )
 async def test_tunnel_407_says_why(
     anyio_backend: str, auth: tuple[str, str] | None, challenge: bytes, detail: str

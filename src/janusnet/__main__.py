@@ -278,14 +278,15 @@ def _unverified_context() -> ssl.SSLContext:
 
 def _auth_explanation(exc: ProxyAuthenticationRequired, proxy: ProxyURL) -> str:
     """Why a 407 happened: no credentials, rejected ones, or a scheme janusnet lacks."""
+    schemes = [c.scheme for c in parse_challenges(exc.challenges)]
+    if schemes and not {"basic", "digest"} & set(schemes):
+        # First: credentials in the URL would not help.
+        return f"it offers only {', '.join(schemes)}; janusnet speaks Basic and Digest"
     if proxy.username is None:
         return (
             "no credentials given (put them in the proxy URL: "
             f"{proxy.scheme}://USER:PASSWORD@{proxy.address})"
         )
-    schemes = [c.scheme for c in parse_challenges(exc.challenges)]
-    if schemes and not {"basic", "digest"} & set(schemes):
-        return f"it offers only {', '.join(schemes)}; janusnet speaks Basic and Digest"
     return "credentials rejected"
 
 

@@ -77,6 +77,20 @@ _AUTHORITY_RE: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]
 # A request h11 must believe it sent; only its method matters for the reply's framing.
 _PLACEHOLDER_TARGET: Final = b"janusnet.invalid:443"
 _BODYLESS_STATUSES: Final = frozenset({204, 304})
+#: A CR that something other than LF follows: RFC 9112 §2.2 lets a recipient treat it
+#: as invalid. h11 looks for LF only, so a head ended with bare CRs would never end.
+_BARE_CR: Final = re.compile(rb"\r[^\n]")
+#: h11's complaints about framing headers (it checks them in every head it reads).
+_FRAMING_ERRORS: Final = (
+    "bad Content-Length",
+    "conflicting Content-Length",
+    "Transfer-Encoding",
+)
+#: A Content-Length or Transfer-Encoding header line's name (see _without_framing).
+_FRAMING_HEADER: Final = re.compile(rb"(?im)^(content-length|transfer-encoding)(?=[ \t]*:)")
+_RENAMED: Final = b"x-janusnet-ignored-"
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+_STATUS_CODE: Final = re.compile(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})")
 
 
 def _check_port(port: int) -> None:
@@ -444,22 +458,27 @@ class ConnectReplyReader:
         self._body_done = False
         self._body_length: int | None = None  # None: delimited by close (not drainable)
         self._keep_alive = False
+        self._cr_pending = False  # the head so far ends with a CR (its LF may follow)
+        self._head_data = bytearray()  # every byte fed until the reply is known
 
     @property
     def _conn(self) -> h11.Connection:
         """The h11 client connection, primed with a ``CONNECT`` already sent."""
         conn = self._h11
         if conn is None:
-            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head_bytes)
-            conn.send(
-                h11.Request(
-                    method=b"CONNECT",
-                    target=_PLACEHOLDER_TARGET,
-                    headers=[(b"Host", _PLACEHOLDER_TARGET)],
-                )
+            conn = self._h11 = self._new_conn()
+        return conn
+
+    def _new_conn(self) -> h11.Connection:
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head_bytes)
+        conn.send(
+            h11.Request(
+                method=b"CONNECT",
+                target=_PLACEHOLDER_TARGET,
+                headers=[(b"Host", _PLACEHOLDER_TARGET)],
             )
-            conn.send(h11.EndOfMessage())
-            self._h11 = conn
+        )
+        conn.send(h11.EndOfMessage())
         return conn
 
     @property
@@ -546,10 +565,26 @@ class ConnectReplyReader:
             self._conn.receive_data(bytes(data))
         if self._reply is not None:
             return self._reply
+        self._head_data += data
         reply = self._advance()
+        if reply is not None:
+            self._head_data = bytearray()
+        if reply is None and data:
+            self._check_line_ends(bytes(data))  # all of it is head: no reply yet
         if first and reply is not None and 200 <= reply.status < 300:
             _remember_head(bytes(data[: self._head_bytes]), reply)
         return reply
+
+    def _check_line_ends(self, data: bytes) -> None:
+        """Refuse a head with a bare CR at once, instead of waiting out the deadline for
+        an end of head that never comes (the proxy is waiting for us by then)."""
+        if (self._cr_pending and not data.startswith(b"\n")) or _BARE_CR.search(data):
+            raise ProxyProtocolError(
+                f"{self._where()} sent a malformed reply to CONNECT: a CR not followed by "
+                "LF in the reply head (RFC 9112 section 2.2)",
+                proxy=self._proxy,
+            )
+        self._cr_pending = data.endswith(b"\r")
 
     def _known_head(self, data: bytes) -> ProxyReply | None:
         """The reply for a 2xx head that h11 already parsed, byte for byte, if it is one.
@@ -614,6 +649,10 @@ class ConnectReplyReader:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise self._too_big() from exc
+            if any(words in str(exc) for words in _FRAMING_ERRORS):
+                read, reply = self._without_framing(exc)
+                if read:
+                    return reply
             if "SWITCH_UPGRADE" in str(exc):  # h11's words for a 101 nobody asked for
                 raise ProxyProtocolError(
                     f"{self._where()} answered CONNECT with 101 Switching Protocols, "
@@ -624,6 +663,14 @@ class ConnectReplyReader:
                 raise ProxyProtocolError(
                     f"connection closed inside the reply head from {self._where()} "
                     f"after {self._received} bytes",
+                    proxy=self._proxy,
+                ) from exc
+            # A TLS alert or handshake record (h11 may refuse its first byte alone).
+            head = bytes(self._head_data[:2])
+            if head[:1] in (b"\x15", b"\x16") and head[1:] in (b"", b"\x03"):
+                raise ProxyProtocolError(
+                    f"{self._where()} answered CONNECT with TLS, not HTTP: is it an "
+                    "https:// proxy?",
                     proxy=self._proxy,
                 ) from exc
             raise ProxyProtocolError(
@@ -642,8 +689,14 @@ class ConnectReplyReader:
                 proxy=self._proxy,
             )
         headers = tuple(
-            (name.decode("latin-1"), value.decode("latin-1"))
+            (
+                (bytes.fromhex(name[len(_RENAMED) :].decode()) if renamed else name).decode(
+                    "latin-1"
+                ),
+                value.decode("latin-1"),
+            )
             for name, value in event.headers.raw_items()
+            for renamed in (name.startswith(_RENAMED),)
         )
         reply = ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
         tokens = {
@@ -652,14 +705,67 @@ class ConnectReplyReader:
             for token in value.split(",")
         }
         self._keep_alive = "close" not in tokens and (version != "1.0" or "keep-alive" in tokens)
-        if reply.status in _BODYLESS_STATUSES:
-            self._body_length = 0
+        if reply.status in _BODYLESS_STATUSES or 200 <= reply.status < 300:
+            self._body_length = 0  # a 2xx is a tunnel: its framing headers mean nothing
         elif reply.get_all("transfer-encoding"):
             self._body_length = -1  # chunked (h11 refuses any other coding)
         elif lengths := reply.get_all("content-length"):
             self._body_length = int(lengths[0])  # h11 checked that copies agree
         self._reply = reply
         return reply
+
+    def _without_framing(self, exc: h11.RemoteProtocolError) -> tuple[bool, ProxyReply | None]:
+        """Read the heads again when h11 refused framing headers that do not matter.
+
+        RFC 9112 §6.3: a client MUST ignore ``Content-Length`` and ``Transfer-Encoding``
+        on a 2xx reply to ``CONNECT`` (curl does); a 1xx has no body either. h11 checks
+        them in every head it reads (``gzip, chunked`` is a coding it does not support,
+        ``-1`` a length it rejects). The complete heads received so far are given to a
+        fresh h11 with those header names renamed in the 1xx and 2xx heads (and put back
+        in the reply as sent); the bytes after them go as they came.
+
+        Returns:
+            ``(True, reply)``, or ``(True, None)`` when the final head is still to come
+            (the fresh h11 reads it); ``(False, None)`` when the heads cannot be read
+            this way either (h11's first error stands).
+
+        Raises:
+            ProxyProtocolError: a final reply that is not 2xx has malformed framing
+                headers (they would frame its body).
+        """
+        data = bytes(self._head_data)
+        pos = 0
+        code = 0
+        heads = bytearray()
+        while code < 200 and (end := _HEAD_END.search(data, pos)) is not None:
+            status = _STATUS_CODE.match(data, pos)
+            if status is None:
+                return False, None
+            code = int(status.group(1))
+            head = data[pos : end.end()]
+            if code < 300:
+                head = _FRAMING_HEADER.sub(lambda m: _RENAMED + m.group(1).hex().encode(), head)
+            heads += head
+            pos = end.end()
+        conn = self._new_conn()
+        conn.receive_data(bytes(heads) + data[pos:])
+        try:
+            while not isinstance(event := conn.next_event(), h11.Response):
+                if event is h11.NEED_DATA and code < 200:
+                    self._h11 = conn
+                    return True, None
+                if not isinstance(event, h11.InformationalResponse):
+                    return False, None
+        except h11.RemoteProtocolError as again:
+            if code < 300:
+                return False, None
+            raise ProxyProtocolError(
+                f"{self._where()} sent a malformed reply to CONNECT: the {code} reply's "
+                f"Content-Length or Transfer-Encoding is malformed ({self._quote(again)})",
+                proxy=self._proxy,
+            ) from again
+        self._h11 = conn
+        return True, self._complete(event)
 
     def drain_body(self, data: bytes = b"") -> bool:
         """Consume the body of a non-2xx reply so the connection can be reused.

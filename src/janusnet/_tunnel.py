@@ -53,6 +53,7 @@ from ._exceptions import (
     HandshakeError,
     JanusnetError,
     NotSSLPortError,
+    PendingDataError,
     ProxyAuthenticationRequired,
     ProxyProtocolError,
     SocketResetError,
@@ -64,7 +65,7 @@ from ._exceptions import (
 )
 from ._ports import ClientPort, TLSMode
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket, _client_port
+from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
 from ._tls import default_ssl_context
 from ._transport import open_hop
 
@@ -401,9 +402,9 @@ class ProxyTunnel:
             ProxyProtocolError: as :meth:`open`.
             PendingDataError: the proxy sent bytes after its reply (-112).
             HandshakeError: the origin's (or an ``https://`` proxy's) handshake or
-                certificate failed, or the proxy ended the tunnel before the handshake was
-                done (-111).
-            SSLOnOtherError: the connection broke during a handshake (-149).
+                certificate failed, or the proxy ended the tunnel (closed or reset it)
+                before the handshake was done (-111).
+            SSLOnOtherError: another I/O error during a handshake (-149).
             TimeoutError: the deadline expired; nothing is left open.
         """
         check_ssl_context(ssl_context)
@@ -422,20 +423,34 @@ class ProxyTunnel:
                 except (SSLOnOtherError, HandshakeError) as exc:
                     # The tunnel ended before our ClientHello or during the handshake (a
                     # proxy that answers 200 before it reaches the target, then gives up):
-                    # -111 either way, saying so (OpenSSL's words name neither end).
-                    ended = (
+                    # -111 either way, saying so (OpenSSL's words name neither end). A
+                    # proxy that closes with our ClientHello unread makes its kernel send
+                    # a reset instead of FIN: the same end, so the same answer.
+                    reset = isinstance(exc, SSLOnOtherError) and _is_peer_reset(exc)
+                    ended = reset or (
                         sock._closed_before_tls()
                         if isinstance(exc, SSLOnOtherError)
                         else _ended_by_eof(exc)
                     )
                     await sock.aclose()
                     if ended:
+                        how = "reset" if reset else "closed"
                         raise HandshakeError(
-                            f"TLS handshake with {host} failed: proxy {self._address} closed "
+                            f"TLS handshake with {host} failed: proxy {self._address} {how} "
                             f"the tunnel to {authority} before the handshake was done (it "
                             "may not have reached the target)"
                         ) from exc
                     raise
+                except PendingDataError as exc:
+                    await sock.aclose()
+                    # ssl_on()'s "read them first" does not apply: the socket is closed.
+                    raise PendingDataError(
+                        f"proxy {self._address} sent {exc.pending} byte(s) after its reply "
+                        f"to CONNECT {authority}, before TLS: refused (they did not come from "
+                        "the target over TLS); the socket is closed (open() + ssl_on() lets "
+                        "you read them)",
+                        pending=exc.pending,
+                    ) from exc
                 except BaseException:
                     await sock.aclose()
                     raise
@@ -624,10 +639,11 @@ class ProxyTunnel:
 
     def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
         """Why a 407 ends the exchange, in words that never include the credentials."""
-        if not self._credentials:
-            return "no credentials were given (auth=, or user:password@ in the proxy URL)"
         challenges = parse_challenges(reply.get_all("proxy-authenticate"))
         schemes = list(dict.fromkeys(c.scheme for c in challenges))
+        if not self._credentials and (not schemes or choose_challenge(challenges)):
+            # (When nothing offered is answerable, credentials would not help: say so.)
+            return "no credentials were given (auth=, or user:password@ in the proxy URL)"
         if sent is not None:
             scheme = sent.split(b" ", 1)[0].decode("ascii", "replace")
             if scheme.lower() == "digest" and _stale(reply):
