@@ -529,6 +529,44 @@ def test_origin_with_own_context_has_no_ca() -> None:
     assert shared.ca is ca
 
 
+def test_servers_leave_no_socket_behind_when_clients_connect_while_they_stop() -> None:
+    """asyncio builds each accepted connection's transport in a task of its own; one that
+    ran after the listener closed could not attach to the server and left its socket to
+    the garbage collector (seen with a real proxy resumed after SIGSTOP). A client
+    hammering connections while the server stops must leave nothing unclosed."""
+    import gc
+    import warnings
+
+    clients: list[socket.socket] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(6):
+            origin = TLSOrigin().__enter__()
+            address = origin.address
+            stop = threading.Event()
+
+            def hammer(address: tuple[str, int], stop: threading.Event) -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        clients.append(socket.create_connection(address, timeout=1))
+
+            thread = threading.Thread(target=hammer, args=(address, stop))
+            thread.start()
+            try:
+                time.sleep(0.02)
+                origin.stop()
+            finally:
+                stop.set()
+                thread.join()
+            assert origin.errors == []
+        for client in clients:
+            client.close()
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == [], f"{len(leaked)} left to the garbage collector, e.g. {leaked[:2]}"
+    assert len(clients) > 100  # the stop did meet a burst of connections
+
+
 def test_servers_stop_quickly_with_connections_open() -> None:
     def server_threads() -> int:
         return sum(t.name.startswith("janusnet-test") for t in threading.enumerate())
