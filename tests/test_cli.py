@@ -779,7 +779,7 @@ def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
     # Ended by SIGINT itself (after its report), so a shell loop stops too (bash: 130).
-    assert proc.returncode == -signal.SIGINT
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, out, err)
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     if as_json:
         report = json.loads(out)

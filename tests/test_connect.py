@@ -597,6 +597,7 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101 Switching Protocols"),
         (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0"),
         (b"\x15\x03\x03\x00\x02\x01\x00", "with TLS, not HTTP: is it an https:// proxy"),
+        (b"HTTP/1.1 000 X\r\n\r\n", "status code 000 is not one of 100-599"),
     ],
     ids=[
         "four-digit-status",
@@ -613,6 +614,7 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         "101",
         "http2",
         "tls-alert",
+        "status-000",
     ],
 )
 @pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])
@@ -620,6 +622,7 @@ def test_reply_reader_rejects_malformed(data: bytes, message: str, step: int | N
     with pytest.raises(ProxyProtocolError, match=message) as caught:
         read_reply(data, step=step)
     assert caught.value.proxy == "proxy.test:3128"
+    assert "bytearray" not in str(caught.value)  # h11's internals, not the proxy's words
     if "CR not followed" in str(caught.value):
         # Refused as it arrives, not after a deadline spent waiting for the head's end.
         assert caught.value.__cause__ is None

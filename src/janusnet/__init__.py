@@ -7,7 +7,9 @@ on anyio, so it runs under asyncio and trio.
 
 from __future__ import annotations
 
+import inspect as _inspect
 import logging as _logging
+import typing as _typing
 
 from ._codecs import register as _register_codecs
 from ._connect import ProxyReply
@@ -85,9 +87,15 @@ __all__ = [
 
 # Tracebacks, reprs and help() name the public path (janusnet.HandshakeError,
 # janusnet.ReturnCode), not the private module that defines the class; pickling finds
-# the class there too.
+# the class there too. typing.get_type_hints() reads a class's string annotations in its
+# __module__'s namespace, where the defining module's names (ssl, IPNetwork) are not:
+# they are evaluated first, where they were written.
 for _name in __all__:
     _obj = globals()[_name]
     if isinstance(_obj, type):
+        _own = _inspect.get_annotations(_obj)
+        if _own:
+            _hints = _typing.get_type_hints(_obj)
+            _obj.__annotations__ = {_key: _hints[_key] for _key in _own}
         _obj.__module__ = __name__
-del _name, _obj
+del _name, _obj, _own

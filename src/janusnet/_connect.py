@@ -91,6 +91,10 @@ _FRAMING_HEADER: Final = re.compile(rb"(?im)^(content-length|transfer-encoding)(
 _RENAMED: Final = b"x-janusnet-ignored-"
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _STATUS_CODE: Final = re.compile(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})")
+_H11_LOW_STATUS: Final = re.compile(
+    r"InformationalResponse status_code should be in range .*, not (\d+)$"
+)
+_H11_BYTEARRAY: Final = re.compile(r"bytearray\((b'.*'|b\".*\")\)", re.DOTALL)
 
 
 def _check_port(port: int) -> None:
@@ -519,8 +523,17 @@ class ConnectReplyReader:
         return not (self._body_done and self.leftover)
 
     def _quote(self, exc: BaseException) -> str:
-        """h11's words about what the proxy sent, redacted, then escaped and cut short."""
+        """h11's words about what the proxy sent, redacted, then escaped and cut short.
+
+        Two of h11's phrasings are its own internals and are put in the proxy's terms: a
+        status below 100 ("InformationalResponse status_code should be in range [100,
+        200), not 0") and the ``bytearray(b'...')`` around a quoted line.
+        """
         text = str(exc)
+        below = _H11_LOW_STATUS.match(text)
+        if below is not None:
+            text = f"status code {int(below.group(1)):03d} is not one of 100-599"
+        text = _H11_BYTEARRAY.sub(r"\1", text)
         return printable(self._redact(text) if self._redact is not None else text)
 
     def _where(self) -> str:

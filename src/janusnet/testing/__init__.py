@@ -25,3 +25,11 @@ __all__ = [
     "TLSOrigin",
     "byte_pattern",
 ]
+
+# Reprs, tracebacks and type checkers name the public path (janusnet.testing.TLSOrigin),
+# not the private module that defines the class, as janusnet itself does.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj
