@@ -1236,7 +1236,16 @@ class Socket:
                 pending=pending,
             )
         if self._eof or self._reset or self._peer_closed():
-            raise SSLOnOtherError("ssl_on: the peer has closed the connection")
+            reply = self.proxy_reply
+            raise SSLOnOtherError(
+                "ssl_on: the peer has closed the connection"
+                + (
+                    f" (the proxy ended the tunnel after its {reply.status} reply: it may "
+                    "not have reached the target)"
+                    if reply is not None
+                    else ""
+                )
+            )
         hostname = server_hostname or self._server_hostname
         context = ssl_context or self._port.ssl_context or default_ssl_context()
         if hostname is None and context.check_hostname:
