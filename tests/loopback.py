@@ -70,13 +70,22 @@ async def read_line(stream: anyio.abc.ByteReceiveStream, buf: bytearray) -> byte
     return line
 
 
-def bio_server_handshake(
-    conn: socket.socket, context: ssl.SSLContext
+def bio_handshake(
+    conn: socket.socket,
+    context: ssl.SSLContext,
+    *,
+    server_hostname: str | None = None,
+    flush: bool = True,
 ) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """A TLS server handshake over memory BIOs on a blocking socket, so a scripted peer
-    controls every record after it: ``(tls, incoming, outgoing)``."""
+    """A TLS handshake over memory BIOs on a blocking socket, so a scripted peer controls
+    every record after it: ``(tls, incoming, outgoing)``. Server side unless
+    ``server_hostname`` is given; ``flush=False`` leaves the last flight in ``outgoing``
+    (to send it together with what follows)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    if server_hostname is None:
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    else:
+        tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     while True:
         try:
             tls.do_handshake()
@@ -84,7 +93,8 @@ def bio_server_handshake(
         except ssl.SSLWantReadError:
             conn.sendall(outgoing.read())
             incoming.write(conn.recv(65536))
-    conn.sendall(outgoing.read())
+    if flush:
+        conn.sendall(outgoing.read())
     return tls, incoming, outgoing
 
 

@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from janusnet import ClientPort, Parsed, Socket, SocketResetError, SocketState, TLSMode
-from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label, bio_server_handshake
+from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label, bio_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +70,7 @@ class ResettingPeer:
             self.done.set()
 
     def _tls(self, conn: socket.socket, context: ssl.SSLContext) -> None:
-        tls, _, outgoing = bio_server_handshake(conn, context)
+        tls, _, outgoing = bio_handshake(conn, context)
         if self.greeting:
             tls.write(self.greeting)
         if self.close_notify:

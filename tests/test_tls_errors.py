@@ -24,7 +24,7 @@ from janusnet import (
     TLSMode,
     compat,
 )
-from loopback import bio_server_handshake
+from loopback import bio_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +47,7 @@ class ScriptedTLSPeer:
         conn, _ = self.listener.accept()
         with conn, self.listener:
             conn.settimeout(10)
-            tls, incoming, outgoing = bio_server_handshake(conn, self.context)
+            tls, incoming, outgoing = bio_handshake(conn, self.context)
             self.script(tls, incoming, outgoing, conn)
             try:
                 while conn.recv(65536):

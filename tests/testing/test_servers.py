@@ -29,7 +29,7 @@ from janusnet.testing import (
     byte_pattern,
 )
 from janusnet.testing._origin import GARBAGE
-from loopback import has_ipv6_loopback
+from loopback import bio_handshake, has_ipv6_loopback
 from realproxies import SQUID_DENIED_PORT, RealProxy
 
 TIMEOUT = 5.0
@@ -293,17 +293,9 @@ def test_origin_logs_nothing_when_clients_close_right_after_the_handshake(
     with caplog.at_level(logging.WARNING, logger="asyncio"), TLSOrigin() as origin:
         for _ in range(40):
             with connect(origin.address) as sock:
-                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-                tls = origin.client_context().wrap_bio(
-                    incoming, outgoing, server_hostname="localhost"
+                tls, _, outgoing = bio_handshake(
+                    sock, origin.client_context(), server_hostname="localhost", flush=False
                 )
-                while True:
-                    try:
-                        tls.do_handshake()
-                        break
-                    except ssl.SSLWantReadError:
-                        sock.sendall(outgoing.read())
-                        incoming.write(sock.recv(65536))
                 with contextlib.suppress(ssl.SSLWantReadError):
                     tls.unwrap()
                 # The client's Finished and its close_notify in one write, then FIN.
