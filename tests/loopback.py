@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -96,6 +96,62 @@ def bio_handshake(
     if flush:
         conn.sendall(outgoing.read())
     return tls, incoming, outgoing
+
+
+def unusual_certificate(
+    *, names: Sequence[tuple[str, str]], dns_names: Sequence[str] = (), dir_name: str = ""
+) -> tuple[bytes, bytes]:
+    """``(ca_pem, cert_and_key_pem)``: a certificate trustme does not issue, signed by a
+    throw-away CA of its own: subject attributes in order (repeats allowed, e.g.
+    ``[("OU", "Ops"), ("OU", "Web"), ("CN", "www")]``), DNS SANs (none: no SAN
+    extension at all, a CN-only certificate) and a ``DirName`` SAN with that CN."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    oids = {"CN": NameOID.COMMON_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
+    oids["DC"] = NameOID.DOMAIN_COMPONENT
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(
+        subject: x509.Name,
+        issuer: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        sign: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        general: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+        if dir_name:
+            dn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dir_name)])
+            general.append(x509.DirectoryName(dn))
+        if general and not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(general), False)
+        return builder.sign(sign, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janusnet test CA")])
+    ca_cert = build(ca_name, ca_name, ca_key, ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(oids[kind], value) for kind, value in names])
+    cert = build(subject, ca_name, key, ca_key, False)
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return ca_cert.public_bytes(pem), cert.public_bytes(pem) + key_pem
 
 
 async def tls_server_side(stream: SocketStream, context: ssl.SSLContext) -> TLSStream:

@@ -15,6 +15,7 @@ import pytest
 
 from janusnet.__main__ import main
 from janusnet.testing import ConnectProxy, OriginMode, ProxyBehaviour, TLSOrigin
+from loopback import unusual_certificate
 
 SECRET = "wr0ng-S3cret"
 
@@ -370,6 +371,50 @@ def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigi
     assert "credentials_given: no\n" in text and "False" not in text
     failed = report["steps"][-1]
     assert (failed["status"], failed["credentials_given"]) == (407, False)
+
+
+def test_cli_probe_refuses_a_certificate_with_a_common_name_only(tmp_path: pathlib.Path) -> None:
+    """No subjectAltName: janusnet does not fall back to the subject's CN (RFC 6125), and
+    the probe must not pass what a janusnet program refuses (its --cafile context used
+    to allow the fallback)."""
+    import socketserver
+    import ssl
+    import threading
+
+    ca_pem, cert_pem = unusual_certificate(names=[("CN", "localhost")])
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "cert.pem")
+
+    class Handshake(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(5)
+            try:
+                with server_context.wrap_socket(self.request, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:  # the probe refuses the certificate: an alert, or just a close
+                pass
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handshake) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            status, text = run(
+                "probe",
+                f"localhost:{server.server_address[1]}",
+                "--cafile",
+                str(tmp_path / "ca.pem"),
+                "--proxy",
+                "",
+                "--timeout",
+                "5",
+            )
+        finally:
+            server.shutdown()
+            thread.join()
+    assert status == 1, text
+    assert "tls       FAIL" in text and "Hostname mismatch" in text, text
 
 
 @pytest.mark.parametrize("credentials", [True, False], ids=["with-credentials", "without"])

@@ -29,7 +29,16 @@ from janusnet import (
     TLSMode,
     UsageError,
 )
-from loopback import echo, read_line, read_until_eof, serve, stall_after_hello, tls_server_side
+from loopback import (
+    echo,
+    has_ipv6_loopback,
+    read_line,
+    read_until_eof,
+    serve,
+    stall_after_hello,
+    tls_server_side,
+    unusual_certificate,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -864,6 +873,94 @@ async def test_socket_ssl_on_accepts_fully_qualified_name_with_final_dot(
             assert sock.tls is not None
             await sock.send_line("dot")
             assert (await sock.recv_parsed()).data == b"dot"
+
+
+@pytest.mark.parametrize(
+    ("name", "verified"),
+    [
+        ("localhost.", "localhost"),
+        ("localhost\u3002", "localhost"),  # the ideographic full stop maps to a dot (UTS #46)
+        ("LOCALHOST", "LOCALHOST"),
+        ("localhost..", None),  # an empty label: no such name
+        ("localhost...", None),
+        ("local..host", None),
+    ],
+)
+async def test_socket_ssl_on_server_hostname_forms(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, name: str, verified: str | None
+) -> None:
+    """A final dot (one, also the one IDNA mapping makes) is neither sent as SNI nor
+    looked for in the certificate; a name with an empty label is refused before any
+    handshake byte (-149, socket unchanged), as the ssl module and curl refuse it."""
+    seen: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    context.sni_callback = lambda obj, sni, ctx: seen.append(sni)  # type: ignore[assignment]
+
+    async with serve(starttls_handler(context)) as number:
+        async with await Socket.connect("127.0.0.1", number, client_port=port) as sock:
+            await ask_starttls(sock)
+            if verified is None:
+                with pytest.raises(SSLOnOtherError, match="not a valid host name") as info:
+                    await sock.ssl_on(server_hostname=name)
+                assert info.value.code == ReturnCode.OTHER
+                assert not sock.closed and sock.tls is None
+                assert seen == []
+                return
+            await sock.ssl_on(server_hostname=name)
+            assert sock.tls is not None and sock.tls.server_hostname == verified
+    assert seen == [verified]
+
+
+async def test_socket_tls_reports_repeated_name_attributes_and_dirname_sans(
+    anyio_backend: str, tmp_path: pathlib.Path
+) -> None:
+    """A directory-issued certificate (OU=Ops, OU=Web, DC=example, DC=com) keeps every
+    value, and a DirName SAN reads as a name, not as Python's nested tuples."""
+    ca_pem, cert_pem = unusual_certificate(
+        names=[("DC", "example"), ("DC", "com"), ("OU", "Ops"), ("OU", "Web"), ("CN", "www")],
+        dns_names=["localhost"],
+        dir_name="dir",
+    )
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "cert.pem")
+    client = ssl.create_default_context(cadata=ca_pem.decode())
+    port = ClientPort("DIR", tls=TLSMode.OPTIONAL, ssl_context=client)
+
+    async def handler(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server))
+
+    async with serve(handler) as number:
+        async with await Socket.connect("localhost", number, client_port=port, tls=True) as s:
+            assert s.tls is not None and s.tls.peer_certificate is not None
+            subject = s.tls.peer_certificate.subject
+            sans = s.tls.peer_certificate.subject_alt_names
+    assert subject["organizationalUnitName"] == "Ops, Web"
+    assert subject["domainComponent"] == "example, com"
+    assert subject["commonName"] == "www"
+    assert sans == (("DNS", "localhost"), ("DirName", "commonName=dir"))
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("name", ["::1%lo", "[::1%lo]", "::1%1"])
+async def test_socket_ssl_on_ipv6_with_zone_id_is_an_address(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, name: str
+) -> None:
+    """A zone ID belongs to routing, not to the name: the address is verified against
+    the IP SAN and no SNI is sent, as for ``::1`` (it was checked as a DNS name and
+    sent as SNI: a hostname mismatch)."""
+    seen: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("::1").configure_cert(context)
+    context.sni_callback = lambda obj, sni, ctx: seen.append(sni)  # type: ignore[assignment]
+
+    async with serve(starttls_handler(context), host="::1") as number:
+        async with await Socket.connect("::1", number, client_port=port) as sock:
+            await ask_starttls(sock)
+            await sock.ssl_on(server_hostname=name)
+            assert sock.tls is not None and sock.tls.server_hostname == "::1"
+    assert seen == [None]
 
 
 async def test_socket_ssl_on_leaves_caller_context_untouched(

@@ -46,7 +46,7 @@ from ._exceptions import (
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
-from ._tls import CertInfo, TLSInfo, _cert_from_der, default_ssl_context
+from ._tls import CertInfo, TLSInfo, _cert_from_der, default_ssl_context, verified_context
 from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
 from ._tunnel import ProxyTunnel
 
@@ -574,14 +574,10 @@ def _print_steps(steps: Sequence[Step], out: TextIO) -> None:
 
 
 def _context(cafile: str | None, insecure: bool, *, alpn: bool) -> ssl.SSLContext:
-    if insecure:
-        context = _unverified_context()
-    elif cafile:
-        context = ssl.create_default_context(cafile=cafile)
-    else:
-        # A fresh context with the default policy, so setting ALPN below does not touch
-        # the shared default context.
-        context = ssl.create_default_context(cafile=_certifi_where())
+    # A fresh context with the library's policy (TLS >= 1.2, no CN fallback), so the probe
+    # passes what a janusnet program passes and setting ALPN below does not touch the
+    # shared default context.
+    context = _unverified_context() if insecure else verified_context(cafile or _certifi_where())
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
     if alpn:
         context.set_alpn_protocols(["http/1.1"])

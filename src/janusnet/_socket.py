@@ -26,7 +26,6 @@ socket, because a half-done handshake cannot be resumed.
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import socket as _stdsocket
 import ssl
@@ -39,7 +38,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from ._connect import ProxyReply, idna_host, wire_name
+from ._connect import ProxyReply, wire_name
 from ._exceptions import (
     BusyError,
     HandshakeError,
@@ -73,6 +72,7 @@ from ._transport import (
     raw_socket_of,
     ssl_object_of,
     start_tls,
+    tls_name_for,
 )
 
 __all__ = ["Socket", "SocketState"]
@@ -174,46 +174,6 @@ def _validate_target(host: str, port: int) -> None:
         wire_name(host.strip("[]"))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
-
-
-@functools.lru_cache(maxsize=256)
-def _valid_ascii_name(name: str) -> bool:
-    """Whether the ``ssl`` module takes ``name`` as a server name: it encodes it with
-    the ``idna`` codec (labels of 1-63 characters) and refuses NUL."""
-    if not name or any(char <= " " or char == "\x7f" for char in name):
-        return False
-    try:
-        name.encode("idna")
-    except UnicodeError:
-        return False
-    return True
-
-
-def _tls_name(hostname: str) -> str:
-    """The name TLS verifies and sends as SNI for ``hostname``.
-
-    Brackets belong to URLs, and a fully-qualified name's final dot is neither sent as
-    SNI (RFC 6066 §3) nor found in certificates. An international name is verified as
-    its IDNA 2008 A-label, the name a connect through janusnet reached (the ``ssl``
-    module would otherwise encode it with IDNA 2003).
-
-    Raises:
-        SSLOnOtherError: not a valid international name (before any handshake byte).
-    """
-    name = hostname.strip("[]").rstrip(".")
-    if name.isascii():
-        if not _valid_ascii_name(name):
-            raise SSLOnOtherError(
-                f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
-                "over 63 characters, a space or a control character)"
-            )
-        return name
-    try:
-        return idna_host(name)
-    except UnicodeError as exc:
-        raise SSLOnOtherError(
-            f"ssl_on: {hostname!r} is not a valid international host name: {exc}"
-        ) from exc
 
 
 class Socket:
@@ -421,7 +381,7 @@ class Socket:
             raise UsageError(f"client port {client_port.name!r} always uses TLS")
         want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
         if want_tls:
-            _tls_name(server_hostname or host)  # a name TLS cannot verify: before any packet
+            tls_name_for(server_hostname or host)  # a name TLS cannot verify: before any packet
         client_port.check_access(host, port)
         client_port._check_capacity()  # -109 before any packet; __init__ still reserves
         phase = "TCP connect"
@@ -1250,7 +1210,7 @@ class Socket:
         context = ssl_context or self._port.ssl_context or default_ssl_context()
         if hostname is None and context.check_hostname:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
-        tls_name = _tls_name(hostname) if hostname else None
+        tls_name = tls_name_for(hostname) if hostname else None
         self._receiving = self._sending = True  # nothing may interleave with the handshake
         try:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)

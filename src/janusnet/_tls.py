@@ -26,7 +26,16 @@ def default_ssl_context() -> ssl.SSLContext:
     Returns:
         A verified client ``SSLContext``. Treat it as read-only: it is shared.
     """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=certifi.where())
+    return verified_context(certifi.where())
+
+
+def verified_context(cafile: str) -> ssl.SSLContext:
+    """A new client context with the default context's policy, trusting ``cafile``.
+
+    Raises:
+        OSError, ssl.SSLError: ``cafile`` cannot be read or holds no certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Names are matched against subjectAltName only, never the subject's CN (RFC 6125
     # §6.4.4; urllib3 2 and browsers dropped the fallback too).
@@ -35,13 +44,29 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 def _name_fields(rdns: object) -> dict[str, str]:
-    """Flatten ``getpeercert()``'s subject/issuer tuples into ``{"commonName": ...}``."""
+    """Flatten ``getpeercert()``'s subject/issuer tuples into ``{"commonName": ...}``.
+
+    An attribute that occurs more than once (``OU=Ops, OU=Web``, ``DC=example, DC=com``
+    in directory-issued certificates) keeps every value, joined with ``", "`` in the
+    certificate's order.
+    """
     fields: dict[str, str] = {}
     if isinstance(rdns, tuple):
         for rdn in rdns:
             for key, value in rdn:
-                fields.setdefault(str(key), str(value))
+                name = str(key)
+                fields[name] = f"{fields[name]}, {value}" if name in fields else str(value)
     return fields
+
+
+def _san_value(kind: object, value: object) -> str:
+    """A subjectAltName value as text: a ``DirName`` (a whole distinguished name, which
+    ``getpeercert()`` gives as nested tuples) as ``commonName=dir, organizationName=x``."""
+    if kind == "DirName" and isinstance(value, tuple):
+        return ", ".join(
+            f"{key}={item}" for rdn in value if isinstance(rdn, tuple) for key, item in rdn
+        )
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -50,9 +75,11 @@ class CertInfo:
 
     Attributes:
         subject: subject fields by OpenSSL long name (``commonName``, ``organizationName``,
-            ``organizationalUnitName``, ``localityName``, ...).
+            ``organizationalUnitName``, ``localityName``, ...); a field that occurs more
+            than once has its values joined with ``", "``, in certificate order.
         issuer: issuer fields, same keys.
-        subject_alt_names: ``(type, value)`` pairs, e.g. ``("DNS", "localhost")``.
+        subject_alt_names: ``(type, value)`` pairs, e.g. ``("DNS", "localhost")``; a
+            ``DirName`` value reads ``commonName=x, organizationName=y``.
         not_before: start of validity (UTC), when known.
         not_after: end of validity (UTC), when known.
         serial_number: hex serial, when known.
@@ -81,7 +108,7 @@ class CertInfo:
         return cls(
             subject=_name_fields(cert.get("subject")),
             issuer=_name_fields(cert.get("issuer")),
-            subject_alt_names=tuple((str(k), str(v)) for k, v in sans)
+            subject_alt_names=tuple((str(k), _san_value(k, v)) for k, v in sans)
             if isinstance(sans, tuple)
             else (),
             not_before=when("notBefore"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -26,7 +27,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._connect import wire_name
+from ._connect import idna_host, wire_name
 from ._exceptions import (
     AccessDeniedError,
     ConnectError,
@@ -861,6 +862,59 @@ class FdTLSStream(_Direct):
         }
 
 
+@functools.lru_cache(maxsize=256)
+def _valid_ascii_name(name: str) -> bool:
+    """Whether the ``ssl`` module takes ``name`` as a server name: it encodes it with
+    the ``idna`` codec (labels of 1-63 characters) and refuses NUL."""
+    if not name or any(char <= " " or char == "\x7f" for char in name):
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def tls_name_for(hostname: str) -> str:
+    """The name TLS verifies and sends as SNI for ``hostname``.
+
+    Brackets belong to URLs, and so does an IPv6 zone ID (``fe80::1%eth0``): an address
+    is verified against the certificate's IP SANs and sent without SNI, with or without
+    one. A fully-qualified name's final dot (one; after IDNA mapping, which turns
+    ``。`` into a dot) is neither sent as SNI (RFC 6066 §3) nor found in certificates. An
+    international name is verified as its IDNA 2008 A-label, the name a connect through
+    janusnet reached (the ``ssl`` module would otherwise encode it with IDNA 2003).
+
+    Raises:
+        SSLOnOtherError: not a valid (international) host name, an empty label such as
+            ``a..b`` or ``host..`` included (before any handshake byte).
+    """
+    name = hostname.strip("[]")
+    address, percent, _ = name.partition("%")
+    if percent and ":" in address:
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            pass
+        else:
+            return address
+    if not name.isascii():
+        try:
+            name = idna_host(name)
+        except UnicodeError as exc:
+            raise SSLOnOtherError(
+                f"ssl_on: {hostname!r} is not a valid international host name: {exc}"
+            ) from exc
+    if name.endswith("."):
+        name = name[:-1]
+    if name.endswith(".") or not _valid_ascii_name(name):
+        raise SSLOnOtherError(
+            f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
+            "over 63 characters, a space or a control character)"
+        )
+    return name
+
+
 async def start_tls(
     stream: ByteStream, *, hostname: str | None, ssl_context: ssl.SSLContext
 ) -> ByteStream:
@@ -1108,7 +1162,9 @@ async def open_hop(
     if ssl_context is None:
         return stream
     try:
-        return await start_tls(stream, hostname=host, ssl_context=ssl_context)
+        # The name as TLS verifies it: a proxy's final dot (https://proxy.corp.:3128)
+        # is not in its certificate nor sent as SNI.
+        return await start_tls(stream, hostname=tls_name_for(host), ssl_context=ssl_context)
     except BaseException as exc:
         await anyio.aclose_forcefully(stream)
         raise_handshake_error(exc, label)
