@@ -1345,8 +1345,14 @@ async def test_socket_connect_refuses_wrong_argument_types(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"ssl_context": "x"}, {"server_hostname": 5}, {"timeout": "1"}, {"timeout": -0.5}],
-    ids=["context-str", "hostname-int", "timeout-str", "negative"],
+    [
+        {"ssl_context": "x"},
+        {"server_hostname": 5},
+        {"server_hostname": ""},  # refused as ssl refuses it, not read as "the default"
+        {"timeout": "1"},
+        {"timeout": -0.5},
+    ],
+    ids=["context-str", "hostname-int", "hostname-empty", "timeout-str", "negative"],
 )
 async def test_socket_ssl_on_wrong_argument_types_change_nothing(
     anyio_backend: str, kwargs: dict[str, Any]

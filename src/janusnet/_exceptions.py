@@ -154,13 +154,14 @@ def check_ssl_context(context: object, what: str = "ssl_context") -> None:
 
 
 def check_server_hostname(value: object) -> None:
-    """Refuse a ``server_hostname`` that is neither a ``str`` nor ``None``.
+    """Refuse a ``server_hostname`` that is neither a non-empty ``str`` nor ``None``
+    (``""`` is refused as the ``ssl`` module refuses it, not read as "the default").
 
     Raises:
         UsageError: naming the value.
     """
-    if value is not None and not isinstance(value, str):
-        raise UsageError(f"server_hostname must be a str or None, not {value!r}")
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UsageError(f"server_hostname must be a non-empty str or None, not {value!r}")
 
 
 def check_timeout(value: object, what: str = "timeout") -> None:

@@ -125,7 +125,8 @@ class TLSInfo:
         version: e.g. ``"TLSv1.3"``.
         cipher: the cipher suite name.
         alpn_protocol: the ALPN protocol agreed, or ``None``.
-        server_hostname: the name (or IP) the certificate was checked against: an
+        server_hostname: the name (or IP) sent as SNI (an IP is not) and checked
+            against the certificate when the context checks host names: an
             international name as its IDNA 2008 A-label, without a final dot.
         peer_certificate: the leaf certificate's details, or ``None`` when the context did
             not verify it (``CERT_NONE`` hides it).
