@@ -513,7 +513,8 @@ class Socket:
             return None
         try:
             address = self._stream.extra(SocketAttribute.remote_address)
-        except anyio.TypedAttributeLookupError:
+        except (anyio.TypedAttributeLookupError, OSError, ValueError):
+            # (uvloop's socket of a closed transport says "negative file descriptor")
             return None
         return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 
@@ -621,6 +622,10 @@ class Socket:
             self._reset = True
             if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
                 self._send_reset = exc  # (a TLS stream tells a clean end by close_notify)
+                # An end of stream a receive already noted was this reset's (a peer's
+                # FIN before it makes a send say EPIPE, not a reset): the next receive
+                # reads again, meets the end again, and raises.
+                self._eof = False
             raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
@@ -678,14 +683,18 @@ class Socket:
         if self._fin_sent and self._stream is not None:
             return
         stream = self._check_send()
+        if self._reset:  # (a stream of the caller's may take a FIN on a broken connection)
+            raise SocketResetError("cannot send FIN: the connection broke earlier")
         try:
             await stream.send_eof()
         except NotImplementedError as exc:
             raise UsageError("a TLS stream cannot send FIN; close it instead") from exc
-        except (anyio.BrokenResourceError, OSError) as exc:
+        except (anyio.BrokenResourceError, OSError, RuntimeError) as exc:
+            # (uvloop's transport says RuntimeError once the connection is gone)
             self._reset = True
             if _is_peer_reset(exc):
                 self._send_reset = exc
+                self._eof = False  # as in _send
             raise SocketResetError(f"connection broke while sending FIN: {_why(exc)}") from exc
         self._fin_sent = True
 
@@ -748,6 +757,12 @@ class Socket:
         try:
             data = await stream.receive(size)
         except anyio.EndOfStream:
+            if self._sending and self._ssl_object is None and not isinstance(stream, FdStream):
+                # A send in flight on a stream of the caller's may be meeting the reset
+                # this end hides (the OS reports it once, to whichever call comes first),
+                # and trio's stream yields before raising it: let it report first.
+                for _ in range(2):
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
             if self._send_reset is not None:  # not the peer's FIN: the reset a send met
                 self._reset = True
                 self._receive_error = self._send_reset
