@@ -98,6 +98,11 @@ class TokenSet:
     Raises:
         UsageError: no tokens, an empty or duplicated token, a non-bytes token, or a token
             longer than 256 bytes.
+
+    Attributes:
+        tokens: the tokens, in ``prsindx`` order.
+        max_len: the longest token's length.
+        min_len: the shortest token's length.
     """
 
     __slots__ = ("_plan", "_prefixes", "max_len", "min_len", "tokens")

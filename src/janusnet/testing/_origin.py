@@ -136,6 +136,13 @@ class TLSOrigin(BackgroundServer):
 
     Raises:
         ValueError: ``host`` is not a loopback IP literal, or ``mode`` is unknown.
+
+    Attributes:
+        server_context: the server-side context in use (also what makes a
+            :class:`ConnectProxy` an HTTPS proxy with this certificate).
+        inject: the bytes ``starttls`` mode sends with ``220 go ahead`` (assignable).
+        errors: unexpected handler exceptions and loop errors, as text (empty when the
+            server itself behaved).
     """
 
     _kind = "origin"

@@ -181,6 +181,13 @@ class ConnectProxy(BackgroundServer):
 
     Raises:
         ValueError: ``host`` is not a loopback IP literal, or ``behaviour`` is unknown.
+
+    Attributes:
+        auth: the ``(user, password)`` required, or ``None`` (assignable; read per
+            request).
+        log: one :class:`ProxyLogRecord` per request, in order (emptied by
+            :meth:`reset_history`).
+        errors: unexpected handler exceptions and loop errors, as text.
     """
 
     _kind = "proxy"
