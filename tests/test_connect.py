@@ -659,6 +659,15 @@ def test_reply_reader_ignores_any_framing_headers_on_a_2xx(
     assert reader.leftover == after
 
 
+def test_reply_reader_keeps_a_proxys_own_header_named_like_the_renamed_ones() -> None:
+    """The renaming that sets malformed framing headers aside must not trip over a header
+    the proxy itself named that way (it was a ValueError, not a janusnet error)."""
+    head = b"HTTP/1.1 200 OK\r\nX-Janusnet-Ignored-zz: 1\r\nContent-Length: -1\r\n\r\n"
+    for data in (head, head.replace(b"Content-Length: -1\r\n", b"")):
+        reply, _ = read_reply(data)
+        assert reply is not None and reply.headers[0] == ("X-Janusnet-Ignored-zz", "1")
+
+
 def test_reply_reader_error_text_is_capped() -> None:
     """A malformed head as big as the cap: h11 quotes the whole line; the message
     quotes the start of it, escaped (the whole text stays on ``__cause__``)."""

@@ -97,6 +97,20 @@ _H11_LOW_STATUS: Final = re.compile(
 _H11_BYTEARRAY: Final = re.compile(r"bytearray\((b'.*'|b\".*\")\)", re.DOTALL)
 
 
+def _restored(name: bytes) -> bytes:
+    """A framing header's name as the proxy sent it, from its renamed form (see
+    ``ConnectReplyReader._without_framing``); any other name as it is, a proxy's own
+    ``x-janusnet-ignored-...`` header included."""
+    if name[: len(_RENAMED)].lower() == _RENAMED:
+        try:
+            original = bytes.fromhex(name[len(_RENAMED) :].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return name
+        if original.lower() in (b"content-length", b"transfer-encoding"):
+            return original
+    return name
+
+
 def _check_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int):
         raise UsageError(f"port must be an int, not {type(port).__name__}")
@@ -691,7 +705,7 @@ class ConnectReplyReader:
                 proxy=self._proxy,
             ) from exc
 
-    def _complete(self, event: h11.Response) -> ProxyReply:
+    def _complete(self, event: h11.Response, *, renamed: bool = False) -> ProxyReply:
         self._head_bytes = self._received - len(self._conn.trailing_data[0])
         if self._head_bytes > self._max_head_bytes:
             raise self._too_big()
@@ -702,14 +716,8 @@ class ConnectReplyReader:
                 proxy=self._proxy,
             )
         headers = tuple(
-            (
-                (bytes.fromhex(name[len(_RENAMED) :].decode()) if renamed else name).decode(
-                    "latin-1"
-                ),
-                value.decode("latin-1"),
-            )
+            ((_restored(name) if renamed else name).decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers.raw_items()
-            for renamed in (name.startswith(_RENAMED),)
         )
         reply = ProxyReply(event.status_code, event.reason.decode("latin-1"), version, headers)
         tokens = {
@@ -778,7 +786,7 @@ class ConnectReplyReader:
                 proxy=self._proxy,
             ) from again
         self._h11 = conn
-        return True, self._complete(event)
+        return True, self._complete(event, renamed=True)
 
     def drain_body(self, data: bytes = b"") -> bool:
         """Consume the body of a non-2xx reply so the connection can be reused.
