@@ -104,6 +104,13 @@ SEEDS = [
     b"\x00\x01\x00\x00HTTP/1.1 2x0 OK\r\n\r\n",
     b"\x00\x00\x00\x00HTTP/2.0 200 OK\r\n\r\n",
     b"\x00\x01\x01\x00HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\nbody",
+    # Malformed framing on a 2xx (ignored) and on a 407 (malformed), after a 1xx too.
+    b"\x00\x00\x00\x00HTTP/1.1 100 Continue\r\nContent-Length: x\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: -1\r\n\r\nT",
+    b"\x00\x01\x01\x00HTTP/1.1 407 P\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"\x00\x00\x00\x00HTTP/1.1 200 OK\r\nX-Janusnet-Ignored-zz: 1\r\nContent-Length: a\r\n\r\n",
+    # Bare CR line ends (refused as they arrive).
+    b"\x00\x00\x00\x00HTTP/1.1 200 Connection established\r\r\nVia: p\r\r\n\r\r\n",
 ]
 
 
