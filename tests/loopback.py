@@ -132,7 +132,29 @@ def unusual_certificate(
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            # Key identifiers: Python 3.13's default context verifies strictly
+            # (VERIFY_X509_STRICT), which wants the Authority Key Identifier.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(sign.public_key()), False
+            )
         )
+        if ca:
+            usage = dict.fromkeys(
+                (
+                    "digital_signature",
+                    "content_commitment",
+                    "key_encipherment",
+                    "data_encipherment",
+                    "key_agreement",
+                    "encipher_only",
+                    "decipher_only",
+                ),
+                False,
+            )
+            builder = builder.add_extension(
+                x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), critical=True
+            )
         general: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
         if dir_name:
             dn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dir_name)])

@@ -797,14 +797,22 @@ async def test_socket_per_call_encoding_and_line_end_are_checked(anyio_backend: 
     ebcdic = ClientPort("EBCDIC", encoding="cp037")
     async with serve(echo) as number:
         async with await Socket.connect("127.0.0.1", number, client_port=ebcdic) as sock:
-            for call in (
-                lambda: sock.send("x", encoding="no-such-codec"),
-                lambda: sock.send_line("x", encoding="no-such-codec"),
-            ):
-                with pytest.raises(UsageError, match="no-such-codec"):
-                    await call()
-            with pytest.raises(UsageError, match="no-such-codec"):
-                sock.decode(b"x", encoding="no-such-codec")
+            # Codecs that are not text encodings (bytes to bytes, rot13) are refused too:
+            # str.encode() would raise a bare LookupError after the checks.
+            for codec in ("no-such-codec", "hex", "rot13", "zlib"):
+                with pytest.raises(UsageError, match=codec):
+                    await sock.send("x", encoding=codec)
+                with pytest.raises(UsageError, match=codec):
+                    await sock.send_line("x", encoding=codec)
+                with pytest.raises(UsageError, match=codec):
+                    sock.decode(b"x", encoding=codec)
+                with pytest.raises(UsageError, match=codec):
+                    sock.encoding = codec
+                with pytest.raises(UsageError, match=codec):
+                    ClientPort("BAD", encoding=codec)
+            with pytest.raises(UsageError, match="error handler"):
+                sock.decode(b"x", errors="no-such-handler")
+            assert sock.decode(b"\xc1", errors="replace") == "A"  # cp037
             with pytest.raises(UnicodeEncodeError):
                 await sock.send("\u20ac")  # no euro sign in cp037
             for bad in (b"", "\n", 5):
@@ -1347,12 +1355,21 @@ async def test_socket_connect_refuses_wrong_argument_types(
     "kwargs",
     [
         {"ssl_context": "x"},
+        # A local mistake, refused before any I/O (it was -111 and a closed socket).
+        {"ssl_context": ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)},
         {"server_hostname": 5},
         {"server_hostname": ""},  # refused as ssl refuses it, not read as "the default"
         {"timeout": "1"},
         {"timeout": -0.5},
     ],
-    ids=["context-str", "hostname-int", "hostname-empty", "timeout-str", "negative"],
+    ids=[
+        "context-str",
+        "context-server-side",
+        "hostname-int",
+        "hostname-empty",
+        "timeout-str",
+        "negative",
+    ],
 )
 async def test_socket_ssl_on_wrong_argument_types_change_nothing(
     anyio_backend: str, kwargs: dict[str, Any]

@@ -144,13 +144,24 @@ def check_size(value: object, what: str, minimum: int = 0) -> None:
 
 
 def check_ssl_context(context: object, what: str = "ssl_context") -> None:
-    """Refuse anything but an :class:`ssl.SSLContext` or ``None``.
+    """Refuse anything but a client-side :class:`ssl.SSLContext` or ``None``.
+
+    A server-side context (``Purpose.CLIENT_AUTH``, ``PROTOCOL_TLS_SERVER``) would fail
+    the handshake and close the socket (-111) for a local mistake: refused before any
+    I/O instead.
 
     Raises:
         UsageError: naming ``what`` and the value.
     """
-    if context is not None and not isinstance(context, ssl.SSLContext):
+    if context is None:
+        return
+    if not isinstance(context, ssl.SSLContext):
         raise UsageError(f"{what} must be an ssl.SSLContext or None, not {context!r}")
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise UsageError(
+            f"{what} is a server-side context (PROTOCOL_TLS_SERVER); a client needs one "
+            "made with ssl.create_default_context() (Purpose.SERVER_AUTH)"
+        )
 
 
 def check_server_hostname(value: object) -> None:

@@ -203,9 +203,12 @@ class SocketGroup:
         """Upgrade every relevant member to TLS, concurrently (Janus ``$Sock_SSL_On(-1)``).
 
         Relevant means open (not ``RESET``) and not TLS yet; the others are skipped and are
-        not in the result. Each socket ends as :meth:`Socket.ssl_on` leaves it: upgraded;
-        unchanged after -110, -112 or a refused -149; closed after -111 or a -149 during
-        the handshake.
+        not in the result. The members are those of the group when the call starts (one
+        added meanwhile is not upgraded); which of them gets a free slot first is the
+        backend's choice (trio shuffles), so with ``total_timeout`` which ones were still
+        waiting may differ from run to run. Each socket ends as :meth:`Socket.ssl_on`
+        leaves it: upgraded; unchanged after -110, -112 or a refused -149; closed after
+        -111 or a -149 during the handshake.
 
         Args:
             max_concurrency: how many handshakes may run at once (>= 1).

@@ -409,13 +409,17 @@ def _is_ip_literal(host: str) -> bool:
 
 
 def check_encoding(encoding: str) -> None:
-    """Raise ``UsageError`` unless ``encoding`` names a Python codec."""
-    import codecs
+    """Raise ``UsageError`` unless ``encoding`` names a Python text codec.
 
+    ``codecs.lookup`` also knows bytes-to-bytes codecs (``hex``, ``base64``, ``zlib``)
+    and ``rot13``, which ``str.encode`` and ``bytes.decode`` refuse with a
+    ``LookupError``: refused here, so that it is a ``UsageError`` before anything is sent.
+    """
     try:
-        codecs.lookup(encoding)
+        "".encode(encoding)
+        b"".decode(encoding)
     except (LookupError, TypeError) as exc:
-        raise UsageError(f"unknown encoding {encoding!r}") from exc
+        raise UsageError(f"{encoding!r} is not a text encoding Python knows: {exc}") from exc
 
 
 DEFAULT_PORT: Final = ClientPort()

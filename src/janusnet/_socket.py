@@ -25,6 +25,7 @@ socket, because a half-done handshake cannot be resumed.
 
 from __future__ import annotations
 
+import codecs
 import enum
 import logging
 import socket as _stdsocket
@@ -1071,10 +1072,16 @@ class Socket:
         """Decode received bytes with the socket's encoding (Janus ``TranIn``).
 
         Raises:
-            UsageError: ``encoding`` is not a codec.
+            UsageError: ``encoding`` is not a text codec, or ``errors`` is not an error
+                handler (``"strict"``, ``"replace"``, ``"surrogateescape"``, ...).
             UnicodeDecodeError: the bytes are not valid in that encoding (with
                 ``errors="strict"``).
         """
+        if errors != "strict":
+            try:
+                codecs.lookup_error(errors)
+            except (LookupError, TypeError) as exc:
+                raise UsageError(f"unknown error handler {errors!r}") from exc
         if encoding is None:
             return data.decode(self._encoding, errors)
         check_encoding(encoding)
