@@ -805,6 +805,25 @@ def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
     assert caught.value.headers == (("X", "y"),)  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("wire", "shown"),
+    [
+        ("Zugriff verweigert ✓".encode(), "Zugriff verweigert ✓"),  # UTF-8, as most send
+        (b"Acc\xe8s refus\xe9", "Accès refusé"),  # not UTF-8: each byte as latin-1
+        (b"Bad \xe2\x9c", "Bad â\\x9c"),  # cut-off UTF-8: latin-1, control escaped
+    ],
+)
+def test_refusal_message_shows_a_utf8_reason_as_utf8(wire: bytes, shown: str) -> None:
+    """The reason keeps the wire bytes (latin-1, as HTTP defines it); the message reads
+    them as UTF-8 when they are, instead of showing mojibake."""
+    reply, _ = read_reply(b"HTTP/1.1 403 " + wire + b"\r\n\r\n")
+    assert reply is not None and reply.reason == wire.decode("latin-1")
+    with pytest.raises(ProxyRefusedError) as caught:
+        check_reply(reply, proxy="p:3128")
+    assert str(caught.value) == f"proxy p:3128 refused CONNECT: 403 {shown}"
+    assert caught.value.reason == wire.decode("latin-1")
+
+
 # --------------------------------------------------------------------------- body drain
 
 

@@ -330,7 +330,8 @@ class ProxyRefusedError(JanusnetError):
 
     Attributes:
         status: the HTTP status code.
-        reason: the reason phrase (may be empty).
+        reason: the reason phrase (may be empty), each byte as the character of the same
+            code (latin-1), as HTTP defines it; the message shows it as UTF-8 when it is.
         headers: the reply's headers as ``(name, value)`` string pairs, in order.
         proxy: ``host:port`` of the proxy (never with credentials).
         detail: janusnet's explanation, when it has one (for a 407: no credentials
@@ -348,7 +349,11 @@ class ProxyRefusedError(JanusnetError):
         detail: str = "",
     ) -> None:
         where = f" {proxy}" if proxy else ""
-        message = f"proxy{where} refused CONNECT: {status} {printable(reason)}".rstrip()
+        try:  # ``reason`` holds the wire bytes as latin-1; most proxies mean UTF-8
+            shown = reason.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            shown = reason
+        message = f"proxy{where} refused CONNECT: {status} {printable(shown)}".rstrip()
         super().__init__(f"{message}: {detail}" if detail else message)
         self.detail = detail
         self.status = status
