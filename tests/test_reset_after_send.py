@@ -19,7 +19,15 @@ import anyio
 import pytest
 import trustme
 
-from janusnet import ClientPort, Parsed, Socket, SocketResetError, SocketState, TLSMode
+from janusnet import (
+    ClientPort,
+    Parsed,
+    Socket,
+    SocketClosedError,
+    SocketResetError,
+    SocketState,
+    TLSMode,
+)
 from loopback import BACKENDS_WITH_UVLOOP, Backend, backend_label, bio_handshake
 
 pytestmark = pytest.mark.anyio
@@ -211,6 +219,27 @@ async def test_after_a_reset_send_eof_and_the_address_say_so(
             assert sock.state is SocketState.RESET
             assert sock.remote_address is None or sock.remote_address[1] == peer.port
             assert "state=RESET" in repr(sock)
+
+
+@pytest.mark.parametrize("how", ["reset", "closed"])
+async def test_wrapping_a_stream_whose_connection_is_already_gone(
+    anyio_backend: Backend, how: str
+) -> None:
+    """``Socket(stream)`` on a stream whose connection is gone (reset by the peer, or
+    closed): uvloop's transport then has no socket left, which made the constructor
+    raise AttributeError from anyio's attribute lookup (and the half-made socket warn
+    that it was never closed). It is a socket like any other whose connection ended."""
+    peer = ResettingPeer(b"")
+    stream = await anyio.connect_tcp("127.0.0.1", peer.port)
+    with anyio.fail_after(10):
+        await peer.reset()
+        if how == "closed":
+            await stream.aclose()
+        async with Socket(stream) as sock:
+            assert sock.remote_address is None or sock.remote_address[1] == peer.port
+            assert "janusnet.Socket" in repr(sock)
+            with pytest.raises((SocketResetError, SocketClosedError)):
+                await sock.recv()
 
 
 def _tls_port(ca: trustme.CA) -> ClientPort:

@@ -514,8 +514,9 @@ class Socket:
             return None
         try:
             address = self._stream.extra(SocketAttribute.remote_address)
-        except (anyio.TypedAttributeLookupError, OSError, ValueError):
-            # (uvloop's socket of a closed transport says "negative file descriptor")
+        except (anyio.TypedAttributeLookupError, OSError, ValueError, AttributeError):
+            # (uvloop's socket of a closed transport says "negative file descriptor", or
+            # the transport has none left and anyio trips over the None it gets)
             return None
         return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 

@@ -1056,7 +1056,12 @@ def raw_socket_of(stream: ByteStream) -> Any:
         raw = getattr(stream, "_raw_socket", None)
         if raw is not None:
             return raw
-    return stream.extra(SocketAttribute.raw_socket, None)
+    try:
+        return stream.extra(SocketAttribute.raw_socket, None)
+    except (AttributeError, OSError, ValueError):
+        # A stream whose connection is already gone: uvloop's transport then has no
+        # socket, and anyio's attribute lookup trips over the None it gets.
+        return None
 
 
 def ssl_object_of(stream: ByteStream) -> ssl.SSLObject | ssl.SSLSocket:
