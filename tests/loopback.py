@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+import trustme
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSStream
 
@@ -99,41 +100,55 @@ def bio_handshake(
 
 
 def unusual_certificate(
-    *, names: Sequence[tuple[str, str]], dns_names: Sequence[str] = (), dir_name: str = ""
+    *,
+    names: Sequence[tuple[str, str]],
+    dns_names: Sequence[str] = (),
+    dir_name: str = "",
+    issuer: trustme.CA | None = None,
 ) -> tuple[bytes, bytes]:
-    """``(ca_pem, cert_and_key_pem)``: a certificate trustme does not issue, signed by a
-    throw-away CA of its own: subject attributes in order (repeats allowed, e.g.
-    ``[("OU", "Ops"), ("OU", "Web"), ("CN", "www")]``), DNS SANs (none: no SAN
-    extension at all, a CN-only certificate) and a ``DirName`` SAN with that CN."""
+    """``(ca_pem, cert_and_key_pem)``: a certificate trustme does not issue: subject
+    attributes in order (``CN``, ``O``, ``OU``, ``L``, ``DC``; repeats allowed, e.g.
+    ``[("OU", "Ops"), ("OU", "Web"), ("CN", "www")]``), DNS SANs (none: no SAN extension
+    at all, a CN-only certificate) and a ``DirName`` SAN with that CN. Signed by
+    ``issuer``, or by a throw-away CA of its own. It has what Python 3.13's strict
+    verification (``VERIFY_X509_STRICT``) asks of a chain, so that any fault left is
+    the one meant."""
     import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+    )
     from cryptography.x509.oid import NameOID
 
-    oids = {"CN": NameOID.COMMON_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
-    oids["DC"] = NameOID.DOMAIN_COMPONENT
+    oids = {
+        "CN": NameOID.COMMON_NAME,
+        "O": NameOID.ORGANIZATION_NAME,
+        "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+        "L": NameOID.LOCALITY_NAME,
+        "DC": NameOID.DOMAIN_COMPONENT,
+    }
     now = datetime.datetime.now(datetime.timezone.utc)
+    pem = serialization.Encoding.PEM
 
     def build(
         subject: x509.Name,
-        issuer: x509.Name,
+        issuer_name: x509.Name,
         key: ec.EllipticCurvePrivateKey,
-        sign: ec.EllipticCurvePrivateKey,
+        sign: CertificateIssuerPrivateKeyTypes,
         ca: bool,
     ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(issuer)
+            .issuer_name(issuer_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            # Key identifiers: Python 3.13's default context verifies strictly
-            # (VERIFY_X509_STRICT), which wants the Authority Key Identifier.
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(sign.public_key()), False
@@ -163,17 +178,23 @@ def unusual_certificate(
             builder = builder.add_extension(x509.SubjectAlternativeName(general), False)
         return builder.sign(sign, hashes.SHA256())
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janusnet test CA")])
-    ca_cert = build(ca_name, ca_name, ca_key, ca_key, True)
+    if issuer is None:
+        ca_key: CertificateIssuerPrivateKeyTypes = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janusnet test CA")])
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_pem = build(ca_name, ca_name, ca_key, ca_key, True).public_bytes(pem)
+    else:
+        ca_pem = issuer.cert_pem.bytes()
+        ca_name = x509.load_pem_x509_certificate(ca_pem).subject
+        loaded = serialization.load_pem_private_key(issuer.private_key_pem.bytes(), None)
+        ca_key = loaded  # type: ignore[assignment]  # a CA's key signs certificates
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(oids[kind], value) for kind, value in names])
     cert = build(subject, ca_name, key, ca_key, False)
-    pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return ca_cert.public_bytes(pem), cert.public_bytes(pem) + key_pem
+    return ca_pem, cert.public_bytes(pem) + key_pem
 
 
 async def tls_server_side(stream: SocketStream, context: ssl.SSLContext) -> TLSStream:

@@ -1070,78 +1070,13 @@ async def test_socket_error_after_tls13_names_the_alert(
     assert "CERTIFICATE_REQUIRED" in str(info.value)
 
 
-def _cn_only_certificate() -> tuple[bytes, bytes, bytes]:
-    """A root CA and a leaf naming ``cnonly.test`` in its subject CN only (no SAN):
-    ``(root_pem, leaf_pem, leaf_key_pem)``."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "janusnet test root")])
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        # What Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a CA and a
-        # leaf, so that the only fault left is the missing subjectAltName.
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cnonly.test")]))
-        .issuer_name(root_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
-            critical=False,
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = leaf_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return root.public_bytes(pem), leaf.public_bytes(pem), key_pem
-
-
 async def test_socket_default_context_ignores_the_common_name(
     anyio_backend: str, tmp_path: pathlib.Path
 ) -> None:
     """No fallback to the subject CN (RFC 6125 §6.4.4): a SAN-less certificate names no
     host, even when its CN is the host asked for."""
-    root_pem, leaf_pem, key_pem = _cn_only_certificate()
-    (tmp_path / "leaf.pem").write_bytes(leaf_pem + key_pem)
+    root_pem, leaf_and_key = unusual_certificate(names=[("CN", "cnonly.test")])
+    (tmp_path / "leaf.pem").write_bytes(leaf_and_key)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(tmp_path / "leaf.pem")
     assert janusnet.default_ssl_context().hostname_checks_common_name is False

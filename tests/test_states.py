@@ -11,10 +11,6 @@ import anyio
 import pytest
 import trustme
 from anyio.abc import SocketStream
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from janusnet import (
     ClientPort,
@@ -25,7 +21,15 @@ from janusnet import (
     TLSMode,
     UsageError,
 )
-from loopback import echo, read_line, read_until_eof, reset_connection, serve, tls_server_side
+from loopback import (
+    echo,
+    read_line,
+    read_until_eof,
+    reset_connection,
+    serve,
+    tls_server_side,
+    unusual_certificate,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -203,44 +207,18 @@ async def test_cp037_connect_line_round_trip(anyio_backend: str) -> None:
 
 def _leaf_with_locality(ca: trustme.CA) -> ssl.SSLContext:
     """A server context whose leaf (signed by ``ca``) has CN, O, OU and L."""
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
-    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Rocket Test"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Janus Sockets"),
-            x509.NameAttribute(NameOID.LOCALITY_NAME, "Waltham"),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        # Python 3.13's default contexts verify strictly (VERIFY_X509_STRICT): the AKI is a must.
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    trustme_blob = trustme.Blob(
-        cert.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    _, leaf_and_key = unusual_certificate(
+        names=[
+            ("CN", "localhost"),
+            ("O", "Rocket Test"),
+            ("OU", "Janus Sockets"),
+            ("L", "Waltham"),
+        ],
+        dns_names=["localhost"],
+        issuer=ca,
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with trustme_blob.tempfile() as path:
+    with trustme.Blob(leaf_and_key).tempfile() as path:
         context.load_cert_chain(path)
     return context
 
