@@ -373,6 +373,40 @@ def test_cli_probe_407_without_credentials_says_none_were_given(origin: TLSOrigi
     assert (failed["status"], failed["credentials_given"]) == (407, False)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--proxy", f"socks5://u:{SECRET}@127.0.0.1:1080"],
+        ["--proxy", "", "--cafile", __file__],  # not a certificate file
+    ],
+    ids=["bad-proxy-url", "bad-cafile"],
+)
+def test_cli_probe_json_usage_error_is_json(args: list[str]) -> None:
+    """With --json every outcome is JSON, a usage error (exit 2) included."""
+    status, text = run("probe", "localhost:443", "--json", *args)
+    assert status == 2
+    report = json.loads(text)
+    assert report["ok"] is False and report["error"] == "UsageError" and report["message"]
+    assert SECRET not in text
+
+
+def test_cli_probe_ctrl_c_before_the_first_step_still_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the CA bundle loads (before any step) gives the report too: JSON
+    with "interrupted", not an empty output."""
+    import janusnet.__main__ as cli
+
+    def interrupted(cafile: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "verified_context", interrupted)
+    status, text = run("probe", "localhost:443", "--proxy", "", "--json")
+    assert status == 130
+    report = json.loads(text)
+    assert report["interrupted"] is True and report["ok"] is False and report["steps"] == []
+
+
 def test_cli_probe_refuses_a_certificate_with_a_common_name_only(tmp_path: pathlib.Path) -> None:
     """No subjectAltName: janusnet does not fall back to the subject's CN (RFC 6125), and
     the probe must not pass what a janusnet program refuses (its --cafile context used

@@ -865,6 +865,37 @@ async def test_tunnel_proxy_text_cannot_drive_a_terminal(
     assert len(str(info.value)) < 400
 
 
+@pytest.mark.parametrize("preemptive", [False, True])
+async def test_tunnel_407_after_a_digest_answer_offering_only_basic_says_rejected(
+    anyio_backend: str, preemptive: bool
+) -> None:
+    """A proxy that answers janusnet's Digest answer with a 407 offering Basic only:
+    the credentials were rejected (it said "it offers basic; janusnet answers Basic and
+    Digest", which contradicts itself)."""
+    from loopback import serve
+
+    replies = [
+        b'HTTP/1.1 407 A\r\nProxy-Authenticate: Digest realm="r", nonce="n", qop="auth"\r\n'
+        b"Content-Length: 0\r\n\r\n",
+        b'HTTP/1.1 407 A\r\nProxy-Authenticate: Basic realm="r"\r\nContent-Length: 0\r\n\r\n',
+    ]
+
+    async def proxy(stream: anyio.abc.ByteStream) -> None:
+        for reply in replies:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+            await stream.send(reply)
+
+    async with serve(proxy) as port:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{port}", auth=("alice", PASSWORD), preemptive_basic=preemptive
+        )
+        with anyio.fail_after(5), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("localhost", 443)
+    assert info.value.detail == "the credentials sent (Digest) were rejected"
+
+
 @pytest.mark.parametrize(
     ("auth", "challenge", "detail"),
     [

@@ -596,27 +596,31 @@ EXIT_INTERRUPTED: Final = 130
 
 def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.target
-    contexts: list[ssl.SSLContext] = []
-    for option, cafile, insecure, alpn in (
-        ("--cafile", args.cafile, args.insecure, True),
-        ("--proxy-cafile", args.proxy_cafile, args.proxy_insecure, False),
-    ):
-        try:
-            contexts.append(_context(cafile, insecure, alpn=alpn))
-        except (OSError, ssl.SSLError) as exc:
-            out.write(f"janusnet probe: cannot load {option} {cafile}: {exc}\n")
-            return 2
-    context, proxy_context = contexts
-    choice = choose_proxy(host, port, proxy=args.proxy, noproxy=args.noproxy, environ=os.environ)
     steps: list[Step] = []
     interrupted = False
-    try:
-        shown = parse_proxy_url(choice.url).address if choice.url else None
+    choice: ProxyChoice | None = None
+    shown: str | None = None
+    try:  # Ctrl-C while the contexts load counts too: the report still comes out
+        contexts: list[ssl.SSLContext] = []
+        for option, cafile, insecure, alpn in (
+            ("--cafile", args.cafile, args.insecure, True),
+            ("--proxy-cafile", args.proxy_cafile, args.proxy_insecure, False),
+        ):
+            try:
+                contexts.append(_context(cafile, insecure, alpn=alpn))
+            except (OSError, ssl.SSLError) as exc:
+                return _usage_error(args, out, f"cannot load {option} {cafile}: {exc}")
+        context, proxy_context = contexts
+        choice = choose_proxy(
+            host, port, proxy=args.proxy, noproxy=args.noproxy, environ=os.environ
+        )
+        url = choice.url
+        shown = parse_proxy_url(url).address if url else None
         run_interruptible(
             lambda: probe(
                 host,
                 port,
-                proxy=choice.url,
+                proxy=url,
                 context=context,
                 timeout=args.timeout,
                 proxy_context=proxy_context,
@@ -624,18 +628,19 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
             )
         )
     except UsageError as exc:
-        where = f"{choice.source}: " if choice.source else ""
-        out.write(f"janusnet probe: {where}{exc}\n")
-        return 2
+        where = f"{choice.source}: " if choice is not None and choice.source else ""
+        return _usage_error(args, out, f"{where}{exc}")
     except KeyboardInterrupt:  # Ctrl-C: report the steps done so far, no traceback
         interrupted = True
+    source = choice.source if choice is not None else None
+    bypassed_by = choice.bypassed_by if choice is not None else None
     ok = bool(steps) and all(s.ok for s in steps) and not interrupted
     if args.json:
         report: dict[str, object] = {
             "target": show_address(host, port),
             "proxy": shown,
-            "proxy_from": choice.source,
-            "proxy_bypassed_by": choice.bypassed_by,
+            "proxy_from": source,
+            "proxy_bypassed_by": bypassed_by,
         }
         if interrupted:
             report["interrupted"] = True
@@ -645,12 +650,12 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     else:
         if shown:
             via = f" via proxy {shown}"
-            if choice.source != "--proxy":
-                via += f" (from {choice.source})"
-        elif choice.bypassed_by == "--proxy":
-            via = f' direct (--proxy "" given; proxy from {choice.source} not used)'
-        elif choice.bypassed_by:
-            via = f" direct ({choice.bypassed_by} matches; proxy from {choice.source} not used)"
+            if source != "--proxy":
+                via += f" (from {source})"
+        elif bypassed_by == "--proxy":
+            via = f' direct (--proxy "" given; proxy from {source} not used)'
+        elif bypassed_by:
+            via = f" direct ({bypassed_by} matches; proxy from {source} not used)"
         else:
             via = ""
         out.write(f"janusnet probe {show_address(host, port)}{via}\n")
@@ -667,6 +672,17 @@ def _cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if ok else 1
+
+
+def _usage_error(args: argparse.Namespace, out: TextIO, message: str) -> int:
+    """Say what was wrong with the arguments (as JSON with ``--json``); exit status 2."""
+    if args.json:
+        report = {"ok": False, "error": "UsageError", "message": message}
+        json.dump(report, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(f"janusnet probe: {message}\n")
+    return 2
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

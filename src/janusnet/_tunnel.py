@@ -651,7 +651,9 @@ class ProxyTunnel:
                     "the proxy called the nonce of a fresh Digest answer stale again "
                     "(stale=true; janusnet answers a stale nonce once)"
                 )
-            if not schemes or scheme.lower() in schemes:
+            if not schemes or scheme.lower() in schemes or choose_challenge(challenges):
+                # (also a proxy that answers a Digest answer by offering only Basic,
+                # which was sent already or is not tried after Digest)
                 return f"the credentials sent ({scheme}) were rejected"
         if "digest" in schemes:
             # Offered, but not in a form janusnet answers (see digest_supported).
