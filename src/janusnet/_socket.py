@@ -621,13 +621,7 @@ class Socket:
         except (anyio.BrokenResourceError, OSError, anyio.EndOfStream) as exc:
             # (anyio's TLSStream says EndOfStream when OpenSSL's write meets the end of a
             # broken or raggedly ended TLS session)
-            self._reset = True
-            if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
-                self._send_reset = exc  # (a TLS stream tells a clean end by close_notify)
-                # An end of stream a receive already noted was this reset's (a peer's
-                # FIN before it makes a send say EPIPE, not a reset): the next receive
-                # reads again, meets the end again, and raises.
-                self._eof = False
+            self._broke_while_sending(exc, stream)
             raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
@@ -646,6 +640,18 @@ class Socket:
                 self._ack_promptly()  # a read already waits (full duplex): now
             else:
                 self._ack_due = True  # before the next read (_fill)
+
+    def _broke_while_sending(self, exc: BaseException, stream: ByteStream) -> None:
+        """Note a connection a send (or FIN) found broken. A peer's reset is kept for the
+        receives (the OS reports it once; their next read would say end of stream), on a
+        plain stream only: a TLS stream tells a clean end by close_notify. An end of
+        stream a receive already noted was this reset's (a peer's FIN before it makes a
+        send say EPIPE, not a reset): the next receive reads again, meets the end again,
+        and raises."""
+        self._reset = True
+        if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
+            self._send_reset = exc
+            self._eof = False
 
     def _ack_promptly(self) -> None:
         """Have the kernel ACK the peer's next segments at once (Linux ``TCPQUICKACK``).
@@ -693,10 +699,7 @@ class Socket:
             raise UsageError("a TLS stream cannot send FIN; close it instead") from exc
         except (anyio.BrokenResourceError, OSError, RuntimeError) as exc:
             # (uvloop's transport says RuntimeError once the connection is gone)
-            self._reset = True
-            if _is_peer_reset(exc):
-                self._send_reset = exc
-                self._eof = False  # as in _send
+            self._broke_while_sending(exc, stream)
             raise SocketResetError(f"connection broke while sending FIN: {_why(exc)}") from exc
         self._fin_sent = True
 
