@@ -46,6 +46,7 @@ MINIMUMS = [
     "pytest==8.4.0",
     "pytest-asyncio==1.4.0",
     "pyopenssl==24.3.0",
+    "pyspnego==0.12.0",
     "trio==0.26.0",
     "uvloop==0.21.0",
 ]

@@ -39,6 +39,13 @@ def squid_digest() -> Iterator[RealProxy]:
 
 
 @pytest.fixture(scope="session")
+def squid_ntlm() -> Iterator[RealProxy]:
+    """squid requiring NTLM (``ntlm_fake_auth``: any user whose messages are well formed)."""
+    with realproxies.launch_squid("ntlm") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
 def tinyproxy() -> Iterator[RealProxy]:
     """tinyproxy without authentication, CONNECT allowed to every port."""
     with realproxies.launch_tinyproxy() as proxy:

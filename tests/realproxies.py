@@ -271,7 +271,8 @@ def _digest_password_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def launch_squid(auth: str | None = None) -> Iterator[RealProxy]:
-    """Run squid on a free loopback port; ``auth`` is ``None``, ``"basic"`` or ``"digest"``."""
+    """Run squid on a free loopback port; ``auth`` is ``None``, ``"basic"``, ``"digest"``
+    or ``"ntlm"``."""
     squid = find_binary("squid")
     auth_lines: list[str] = []
     owner = "proxy" if os.geteuid() == 0 else None
@@ -295,6 +296,15 @@ def launch_squid(auth: str | None = None) -> Iterator[RealProxy]:
                 f"auth_param digest program {helper} {workdir}/digest_passwd",
                 f"auth_param digest realm {REALM}",
                 "auth_param digest children 2 startup=1 idle=1",
+                "acl authed proxy_auth REQUIRED",
+            ]
+        elif auth == "ntlm":
+            # Completes the NTLM handshake for any user (it checks the messages' form,
+            # not a password): enough to show the rounds ride one connection.
+            helper = find_squid_helper("ntlm_fake_auth")
+            auth_lines = [
+                f"auth_param ntlm program {helper}",
+                "auth_param ntlm children 2 startup=1 idle=1",
                 "acl authed proxy_auth REQUIRED",
             ]
         elif auth is not None:

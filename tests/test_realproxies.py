@@ -7,16 +7,20 @@ origin is a local :class:`~janusnet.testing.TLSOrigin`; nothing leaves loopback.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
+import spnego
 
 import janusnet
 from janusnet import (
     ClientPort,
+    ProxyAuth,
     ProxyAuthenticationRequired,
     ProxyRefusedError,
+    ProxyReply,
     ProxyTunnel,
     ReturnCode,
 )
@@ -153,6 +157,57 @@ async def test_realproxy_squid_wrong_password_raises_407_with_challenge(
         for challenge in info.value.challenges
     ), info.value.challenges
     assert "wrong:password" not in str(info.value)
+
+
+class NTLMProxyAuth(ProxyAuth):
+    """NTLM with pyspnego, as the guide shows it; ``type3`` replaces the final message
+    (a forged one, to be refused)."""
+
+    def __init__(self, type3: bytes | None = None) -> None:
+        self.type3 = type3
+        self.replies: list[ProxyReply] = []
+
+    def auth_flow(
+        self, *, proxy_host: str, target: str
+    ) -> Generator[str | None, ProxyReply, None]:
+        client = spnego.client("bob", "pw", hostname=proxy_host, protocol="ntlm")
+        token = client.step()
+        while token:
+            reply = yield "NTLM " + base64.b64encode(token).decode("ascii")
+            self.replies.append(reply)
+            offered = [
+                c for c in reply.get_all("proxy-authenticate") if c.lower().startswith("ntlm ")
+            ]
+            if not offered or client.complete:
+                return
+            token = self.type3 or client.step(base64.b64decode(offered[0].split()[1]))
+
+
+async def test_realproxy_squid_ntlm_through_a_proxy_auth_flow(
+    anyio_backend: str, squid_ntlm: RealProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """NTLM takes two requests on one connection: type 1, the 407 with type 2, type 3."""
+    flow = NTLMProxyAuth()
+    async with await tunnel(squid_ntlm.url, port, auth=flow).open(
+        "localhost", origin.port
+    ) as sock:
+        assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+        await sock.ssl_on()
+        assert (await get(sock, "/ntlm"))[0] == b"HTTP/1.1 200 OK"
+    assert [reply.status for reply in flow.replies] == [407]
+    assert flow.replies[0].get_all("proxy-authenticate")[0].startswith("NTLM TlRMTVNTUAACAAAA")
+
+
+async def test_realproxy_squid_ntlm_refused_raises_407(
+    anyio_backend: str, squid_ntlm: RealProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    forged = b"NTLMSSP\0\x03\0\0\0" + bytes(40)
+    flow = NTLMProxyAuth(type3=forged)
+    with pytest.raises(ProxyAuthenticationRequired) as info:
+        await tunnel(squid_ntlm.url, port, auth=flow).open("localhost", origin.port)
+    assert info.value.challenges == ("NTLM",)
+    assert "the proxy auth flow NTLMProxyAuth gave up after 2" in str(info.value)
+    assert base64.b64encode(forged).decode() not in str(info.value)
 
 
 async def test_realproxy_squid_without_credentials_raises_407(

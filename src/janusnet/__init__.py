@@ -35,6 +35,7 @@ from ._exceptions import (
 )
 from ._group import OPEN_STATES, SocketGroup
 from ._ports import AccessRule, ClientPort, TLSMode, allow, deny
+from ._proxyauth import ProxyAuth
 from ._scan import Parsed, TokenSet
 from ._socket import Socket, SocketState
 from ._tls import CertInfo, TLSInfo, default_ssl_context
@@ -62,6 +63,7 @@ __all__ = [
     "Parsed",
     "PendingDataError",
     "PortLimitError",
+    "ProxyAuth",
     "ProxyAuthenticationRequired",
     "ProxyProtocolError",
     "ProxyRefusedError",

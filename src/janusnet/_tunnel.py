@@ -13,7 +13,9 @@ trickling one byte a second cannot extend:
 3. the reply head is parsed by h11 (``ConnectReplyReader``) from the socket's own buffer,
    capped at ``max_head_bytes``;
 4. a 407 carrying a Digest challenge is answered once, on the same connection when the
-   proxy keeps it open (the 407 body drained within a cap), else on a new one;
+   proxy keeps it open (the 407 body drained within a cap), else on a new one; with a
+   ``ProxyAuth`` flow (NTLM, Negotiate...) the flow answers each 407 the same way, for
+   at most ``MAX_AUTH_ROUNDS`` rounds;
 5. on a 2xx, every byte after the head is put back in the socket's buffer, so ``ssl_on()``
    refuses it (-112) instead of feeding it to TLS: the STARTTLS-injection defence.
 
@@ -28,7 +30,7 @@ import dataclasses
 import logging
 import os
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Final
 from urllib.parse import quote
 
@@ -64,6 +66,7 @@ from ._exceptions import (
     printable,
 )
 from ._ports import ClientPort, TLSMode
+from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
 from ._tls import default_ssl_context
@@ -145,6 +148,15 @@ def _withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
         current = current.__cause__ or current.__context__
 
 
+def _flow_forms(value: bytes, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``known`` and the forms of a flow's ``Proxy-Authorization`` value a proxy could
+    send back (the value, and its credentials without the scheme when long enough to be
+    told from chance), longest first."""
+    text = value.decode("ascii")
+    forms = {text, *known} | {part for part in text.split(" ")[1:] if len(part) >= _MIN_FORM}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def _header_items(headers: object) -> list[tuple[str, str]]:
     """``headers`` (a mapping, or (name, value) pairs in any iterable: lists from a
     configuration file, ``dict.items()``, a generator) as a list of pairs.
@@ -200,7 +212,8 @@ class ProxyTunnel:
         proxy: the proxy URL, ``http://[user:password@]host[:port]`` (port 80 by default)
             or ``https://...`` (TLS to the proxy, port 443 by default). Percent-encoded
             credentials are decoded (``pa%3Ass`` is ``pa:ss``).
-        auth: ``(user, password)``; overrides credentials in the URL.
+        auth: ``(user, password)`` for Basic and Digest, or a :class:`ProxyAuth` flow for
+            any other scheme (NTLM, Negotiate, a token); overrides credentials in the URL.
         headers: extra headers sent with every ``CONNECT``.
         client_port: the port definition for the sockets (TLS mode, line end, tokens,
             access rules on the *target*).
@@ -212,7 +225,8 @@ class ProxyTunnel:
         preemptive_basic: send ``Proxy-Authorization: Basic`` with the first request when
             credentials are known (what httpx and curl do). ``False`` waits for the 407
             and answers the strongest scheme offered, so a Digest-only proxy never sees
-            the password in (base64-encoded) clear text.
+            the password in (base64-encoded) clear text. A :class:`ProxyAuth` flow
+            decides its first request itself.
 
     Raises:
         UsageError: a bad proxy URL, a header with a control character, bad credentials,
@@ -224,7 +238,7 @@ class ProxyTunnel:
         self,
         proxy: str,
         *,
-        auth: tuple[str, str] | None = None,
+        auth: tuple[str, str] | ProxyAuth | None = None,
         headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         client_port: ClientPort | None = None,
         proxy_ssl_context: ssl.SSLContext | None = None,
@@ -235,13 +249,16 @@ class ProxyTunnel:
     ) -> None:
         url: ProxyURL = parse_proxy_url(proxy)
         self._url = url
-        if auth is not None:
+        self._flow = auth if isinstance(auth, ProxyAuth) else None
+        if self._flow is not None:
+            self._credentials: tuple[str, str] | None = None
+        elif auth is not None:
             if not (isinstance(auth, tuple) and len(auth) == 2):
-                raise UsageError("auth must be a (user, password) tuple")
+                raise UsageError("auth must be a (user, password) tuple or a ProxyAuth")
             user, password = auth
             if not isinstance(user, str) or not isinstance(password, str):
                 raise UsageError("auth must be a (user, password) tuple of str")
-            self._credentials: tuple[str, str] | None = (user, password)
+            self._credentials = (user, password)
         elif url.username is not None:
             self._credentials = (url.username, url.password or "")
         else:
@@ -279,7 +296,7 @@ class ProxyTunnel:
         port: int,
         *,
         environ: Mapping[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
+        auth: tuple[str, str] | ProxyAuth | None = None,
         headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         client_port: ClientPort | None = None,
         proxy_ssl_context: ssl.SSLContext | None = None,
@@ -335,7 +352,7 @@ class ProxyTunnel:
         return self._address
 
     def __repr__(self) -> str:
-        auth = ", auth=<hidden>" if self._credentials else ""
+        auth = ", auth=<hidden>" if self._credentials or self._flow else ""
         return f"ProxyTunnel('{self._url.scheme}://{self._address}'{auth})"
 
     async def open(self, host: str, port: int) -> Socket:
@@ -352,14 +369,17 @@ class ProxyTunnel:
             ``TLSMode.ALWAYS`` client port the socket is TLS already: :meth:`open_tls`.
 
         Raises:
-            UsageError: bad host, port or header (nothing was sent).
+            UsageError: bad host, port or header (nothing was sent), or a
+                :class:`ProxyAuth` flow yielded a value that is no header value.
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
             PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
             ConnectError: the proxy could not be reached (``role == "proxy"``).
             HandshakeError: TLS to an ``https://`` proxy failed (-111).
             SSLOnOtherError: the connection broke during TLS to an ``https://`` proxy
                 (-149).
-            ProxyAuthenticationRequired: 407 that could not be answered.
+            ProxyAuthenticationRequired: 407 that could not be answered (or that a
+                :class:`ProxyAuth` flow gave up on); whatever else a flow raises
+                propagates.
             ProxyRefusedError: any other non-2xx reply.
             ProxyProtocolError: a malformed, oversized or cut-short reply, or the proxy
                 closed or reset the connection during the exchange.
@@ -458,9 +478,6 @@ class ProxyTunnel:
         except TimeoutError as exc:
             raise self._timed_out(exc, authority, phase[0]) from None
 
-    def _redact(self, text: str) -> str:
-        return _withhold(text, self._secrets) if self._secrets else text
-
     def _connect_phase(self) -> str:
         if self._url.scheme == "https":
             return "connecting to the proxy or doing the TLS handshake with it"
@@ -528,6 +545,17 @@ class ProxyTunnel:
             if credentials and self._preemptive_basic
             else None
         )
+        # What never shows in a message or log: the credentials, and each value a flow
+        # yields (read when a message is made, so values added later count).
+        secrets = self._secrets
+
+        def redact(text: str) -> str:
+            return _withhold(text, secrets) if secrets else text
+
+        flow: AsyncGenerator[str | None, ProxyReply] | None = None
+        flow_sent = 0  # Proxy-Authorization values a flow gave
+        flow_rounds = 0  # 407s a flow was asked to answer
+        flow_capped = False  # a 407 came after MAX_AUTH_ROUNDS answers
         answered = False
         stale_retried = False
         # The 407 an answer replies to (and whether Basic had gone with the request), and
@@ -535,6 +563,12 @@ class ProxyTunnel:
         challenge: tuple[ProxyReply, bool] | None = None
         kept = False
         try:
+            if self._flow is not None:
+                flow = self._flow.async_auth_flow(proxy_host=self._url.host, target=authority)
+                authorization = await self._flow_value(flow, None)
+                if authorization is not None:
+                    flow_sent = 1
+                    secrets = _flow_forms(authorization, secrets)
             while True:
                 key = (authority, authorization)
                 request = self._requests.get(key)
@@ -544,10 +578,12 @@ class ProxyTunnel:
                     )
                     if len(self._requests) >= REQUEST_CACHE_SIZE:
                         self._requests.clear()
-                    if not answered:  # an answer to a challenge is single-use (nonce)
+                    # An answer to a challenge is single-use (nonce); a flow's values are
+                    # not kept either (one-time credentials have no business in a cache).
+                    if not answered and (flow is None or authorization is None):
                         self._requests[key] = request
                 reader = ConnectReplyReader(
-                    max_head_bytes=self._max_head_bytes, proxy=self._address, redact=self._redact
+                    max_head_bytes=self._max_head_bytes, proxy=self._address, redact=redact
                 )
                 try:
                     try:
@@ -575,11 +611,14 @@ class ProxyTunnel:
                     if phase is not None:
                         phase[0] = self._connect_phase() + " again, to answer its 407"
                     sock = await self._connect_proxy(target)
-                    authorization = self._answer(challenge[0], authority, sent_basic=challenge[1])
+                    if flow is None:  # (a flow's value goes again as it was)
+                        authorization = self._answer(
+                            challenge[0], authority, sent_basic=challenge[1]
+                        )
                     continue
                 kept = False
-                if self._secrets:
-                    reply = _withhold_from_reply(reply, self._secrets)
+                if secrets:
+                    reply = _withhold_from_reply(reply, secrets)
                 logger.info(
                     "CONNECT %s via proxy %s: %s %s",
                     authority,
@@ -592,7 +631,17 @@ class ProxyTunnel:
                     sock._shed_scanner()
                     sock.proxy_reply = reply
                     return sock
-                if reply.status == 407 and credentials and not answered:
+                if flow is not None:
+                    answer = None
+                    if reply.status == 407 and flow_rounds < MAX_AUTH_ROUNDS:
+                        flow_rounds += 1
+                        answer = await self._flow_value(flow, reply)
+                    elif reply.status == 407:
+                        flow_capped = True
+                    if answer is not None:
+                        flow_sent += 1
+                        secrets = _flow_forms(answer, secrets)
+                elif reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
                 elif reply.status == 407 and answered and not stale_retried and _stale(reply):
                     # Our Digest answer was right but its nonce had expired (RFC 7616
@@ -625,7 +674,11 @@ class ProxyTunnel:
                         reply.reason,
                         reply.headers,
                         proxy=self._address,
-                        detail=self._why_407(reply, authorization),
+                        detail=(
+                            self._why_407(reply, authorization)
+                            if flow is None
+                            else self._why_flow_407(flow_sent, capped=flow_capped)
+                        ),
                     )
                 check_reply(reply, proxy=self._address)
                 raise ProxyProtocolError(  # pragma: no cover - check_reply raised
@@ -633,9 +686,36 @@ class ProxyTunnel:
                 )
         except BaseException as exc:
             await sock.aclose()
-            if self._secrets and isinstance(exc, JanusnetError):
-                _withhold_from_error(exc, self._secrets)
+            if secrets and isinstance(exc, JanusnetError):
+                _withhold_from_error(exc, secrets)
             raise
+        finally:
+            if flow is not None:
+                await flow.aclose()  # runs the flow's own clean-up (finally blocks)
+
+    async def _flow_value(
+        self, flow: AsyncGenerator[str | None, ProxyReply], reply: ProxyReply | None
+    ) -> bytes | None:
+        """The flow's next ``Proxy-Authorization`` value: its first (``reply`` None) or
+        its answer to the 407 ``reply``; None when it sends none or has given up."""
+        assert self._flow is not None
+        try:
+            value = await (flow.__anext__() if reply is None else flow.asend(reply))
+        except StopAsyncIteration:
+            return None
+        return check_authorization(value, self._flow)
+
+    def _why_flow_407(self, sent: int, *, capped: bool) -> str:
+        """Why a 407 ends an exchange a :class:`ProxyAuth` flow answers."""
+        name = type(self._flow).__name__
+        if capped:
+            return (
+                f"the proxy still asked after the proxy auth flow {name} had answered "
+                f"{MAX_AUTH_ROUNDS} of its 407s; janusnet stops there"
+            )
+        if sent == 0:
+            return f"the proxy auth flow {name} gave no Proxy-Authorization value"
+        return f"the proxy auth flow {name} gave up after {sent} Proxy-Authorization value(s)"
 
     def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
         """Why a 407 ends the exchange, in words that never include the credentials."""
@@ -665,7 +745,10 @@ class ProxyTunnel:
         hidden = len(schemes) - _SHOWN_SCHEMES
         more = f" and {hidden} more" if hidden > 0 else ""
         offered = shown + more if schemes else "no scheme"
-        return f"it offers {offered}; janusnet answers Basic and Digest"
+        return (
+            f"it offers {offered}; janusnet answers Basic and Digest itself, and any "
+            "scheme through a janusnet.ProxyAuth flow passed as auth="
+        )
 
     def _answer(self, reply: ProxyReply, authority: str, *, sent_basic: bool) -> bytes | None:
         """The ``Proxy-Authorization`` answering a 407, or None when there is none to try.
