@@ -414,3 +414,248 @@ def test_flow_is_accepted_by_from_env_and_overrides_url_credentials() -> None:
     with pytest.raises(UsageError, match="tuple or a ProxyAuth"):
         ProxyTunnel("http://proxy:3128", auth="NTLM abc")  # type: ignore[arg-type]
     assert janusnet.ProxyAuth is ProxyAuth
+
+
+async def test_flow_gets_each_407_as_the_proxy_sent_it(anyio_backend: str) -> None:
+    """What is withheld from messages (the flow's own values, quoted back) is not cut
+    out of the reply the flow answers: a scheme may need those parameters."""
+    value = "Custom token=abcdefgh12345678"
+    seen: list[tuple[str, ...]] = []
+
+    class Echoing(ProxyAuth):
+        def auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> Generator[str | None, ProxyReply, None]:
+            reply = yield value
+            seen.append(reply.get_all("proxy-authenticate"))
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return challenge('Custom realm="corp", last="token=abcdefgh12345678"')
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Echoing())
+        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("target.example", 443)
+    assert seen == [('Custom realm="corp", last="token=abcdefgh12345678"',)]
+    assert info.value.challenges == ('Custom realm="corp", last="[credentials withheld]"',)
+    assert "(the proxy offers custom)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "echo"),
+    [
+        ("Custom a'b\\cdefghijklmnop", "status-line"),
+        ("Bearer ab+cd/ef+gh/ij+kl/mnopq==", "percent-encoded"),
+    ],
+)
+async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
+    anyio_backend: str, value: str, echo: str
+) -> None:
+    from urllib.parse import quote
+
+    class Token(ProxyAuth):
+        def auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> Generator[str | None, ProxyReply, None]:
+            yield value
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        sent = authorization(head) or b""
+        if echo == "status-line":  # malformed: h11 quotes the line as a bytes literal
+            return b"HTTP/1.1 4x7 " + sent + b"\r\n\r\n"
+        encoded = quote(sent.decode(), safe="").encode()
+        return b"HTTP/1.1 403 got %s\r\nLocation: /?a=%s\r\n\r\n" % (encoded, encoded)
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Token())
+        with anyio.fail_after(10), pytest.raises(janusnet.JanusnetError) as info:
+            await tunnel.open("target.example", 443)
+    texts = []
+    current: BaseException | None = info.value
+    while current is not None:
+        texts += [str(current), repr(current)]
+        current = current.__cause__ or current.__context__
+    if isinstance(info.value, ProxyRefusedError):
+        texts += [info.value.reason, repr(info.value.headers)]
+    credentials = value.partition(" ")[2]
+    for form in (credentials, quote(credentials, safe=""), repr(credentials.encode())[2:-1]):
+        assert all(form not in text for text in texts), (form, texts)
+    assert "[credentials withheld]" in str(info.value)
+
+
+async def test_flow_value_echoed_in_a_2xx_head_is_not_kept_in_the_shared_head_cache(
+    anyio_backend: str,
+) -> None:
+    from janusnet import _connect
+
+    class Token(ProxyAuth):
+        def auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> Generator[str | None, ProxyReply, None]:
+            yield f"Bearer {TOKEN}"
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nX-Echo: %s\r\n\r\n" % (authorization(head) or b"")
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Token())
+        with anyio.fail_after(10):
+            async with await tunnel.open("target.example", 443) as sock:
+                assert sock.proxy_reply is not None
+                assert sock.proxy_reply.headers == (("X-Echo", "[credentials withheld]"),)
+    assert not any(TOKEN.encode() in head for head in _connect._KNOWN_HEADS)
+
+
+async def test_flow_clean_up_that_fails_after_the_2xx_closes_the_socket(
+    anyio_backend: str,
+) -> None:
+    """The flow is closed before the tunnel is handed out; when its clean-up fails, the
+    error propagates and the socket is closed (it was leaked, holding a port slot)."""
+
+    class Failing(ProxyAuth):
+        async def async_auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> AsyncGenerator[str | None, ProxyReply]:
+            try:
+                yield "Token abcdefgh12345"
+            finally:
+                raise RuntimeError("clean-up failed")
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return OK
+
+    port = janusnet.ClientPort("ONE", max_sockets=1)
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Failing(), client_port=port)
+        with anyio.fail_after(10), pytest.raises(RuntimeError, match="clean-up failed"):
+            await tunnel.open("target.example", 443)
+    assert port.open_sockets == 0
+
+
+async def test_flow_starts_again_when_the_kept_connection_closed_before_the_answer(
+    anyio_backend: str,
+) -> None:
+    """The proxy kept the connection after its 407, then closed it unanswered: the
+    answer belonged to that connection (NTLM), so the flow starts afresh on a new one;
+    its answer is not replayed there."""
+    flow = Rounds()
+
+    async def decide(connection: int, head: list[bytes]) -> bytes | None:
+        value = authorization(head)
+        if connection == 0 and value == b"Round 2 n0":
+            return None  # gone stale: closed without a reply
+        if value == b"Round 2 n" + str(connection).encode():
+            return OK
+        return challenge(f"Round n{connection}")
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        await open_echo(ProxyTunnel(f"http://127.0.0.1:{number}", auth=flow))
+    assert [(c, authorization(head)) for c, head in proxy.heads] == [
+        (0, b"Round 1"),
+        (0, b"Round 2 n0"),
+        (1, b"Round 1"),
+        (1, b"Round 2 n1"),
+    ]
+    assert flow.closed == 2
+
+
+async def test_flow_answer_on_a_new_connection_says_so_when_it_fails(anyio_backend: str) -> None:
+    """A 407 whose body is too large to drain: the answer goes on a new connection, and
+    when the flow then gives up, the message says why NTLM could not succeed."""
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        if authorization(head) == b"Round 1":
+            return challenge(f"Round n{connection}", body=b"x" * (100 * 1024))
+        return challenge("Round")  # a bare challenge: the flow gives up
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Rounds())
+        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("target.example", 443)
+    assert [(c, authorization(head)) for c, head in proxy.heads] == [
+        (0, b"Round 1"),
+        (1, b"Round 2 n0"),
+    ]
+    assert "the proxy did not keep the connection after a 407" in str(info.value)
+
+
+async def test_flow_that_outlives_the_deadline_is_named_in_the_timeout(anyio_backend: str) -> None:
+    class Slow(ProxyAuth):
+        async def async_auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> AsyncGenerator[str | None, ProxyReply]:
+            await anyio.sleep(30)
+            yield None
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return OK
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Slow(), timeout=0.3)
+        with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
+            await tunnel.open("target.example", 443)
+    assert "deadline expired while waiting for the proxy auth flow Slow" in str(info.value)
+    assert proxy.heads == []
+
+
+class NotAGenerator(ProxyAuth):
+    def auth_flow(  # type: ignore[override]
+        self, *, proxy_host: str, target: str
+    ) -> str:
+        return "Bearer x"
+
+
+class AsyncInAuthFlow(ProxyAuth):
+    async def auth_flow(  # type: ignore[override]
+        self, *, proxy_host: str, target: str
+    ) -> AsyncGenerator[str | None, ProxyReply]:
+        yield "Bearer x"
+
+
+class CoroutineFlow(ProxyAuth):
+    async def async_auth_flow(  # type: ignore[override]
+        self, *, proxy_host: str, target: str
+    ) -> str:
+        return "Bearer x"
+
+
+@pytest.mark.parametrize(
+    ("flow", "message"),
+    [
+        (
+            NotAGenerator(),
+            "NotAGenerator.auth_flow must be a generator function (def with "
+            "yield); it returned str",
+        ),
+        (
+            AsyncInAuthFlow(),
+            "it returned async_generator; an async flow overrides async_auth_flow instead",
+        ),
+        (
+            CoroutineFlow(),
+            "CoroutineFlow.async_auth_flow must be an async generator "
+            "function (async def with yield); it returned coroutine",
+        ),
+    ],
+    ids=["returns-a-value", "async-auth-flow", "coroutine"],
+)
+async def test_flow_that_is_no_generator_is_a_usage_error(
+    anyio_backend: str, flow: ProxyAuth, message: str
+) -> None:
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return OK
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=flow)
+        with anyio.fail_after(10), pytest.raises(UsageError, match="must be") as info:
+            await tunnel.open("target.example", 443)
+    assert message in str(info.value)
+    assert proxy.heads == []

@@ -598,7 +598,8 @@ class ConnectReplyReader:
             self._head_data = bytearray()
         if reply is None and data:
             self._check_line_ends(bytes(data))  # all of it is head: no reply yet
-        if first and reply is not None and 200 <= reply.status < 300:
+        if first and reply is not None and 200 <= reply.status < 300 and self._redact is None:
+            # (Not with credentials to withhold: a head that quotes them stays unshared.)
             _remember_head(bytes(data[: self._head_bytes]), reply)
         return reply
 

@@ -202,13 +202,25 @@ class ConnectError(JanusnetError, OSError):
         host: the host janusnet tried to reach (the proxy, for a tunnel).
         port: its port.
         role: ``"target"`` for a direct connect, ``"proxy"`` for a tunnel's proxy.
+        errno: the system error number of the failure (``ECONNREFUSED``, ``EMFILE``
+            when the process has no free descriptor...) when it had one, as for any
+            ``OSError``; else ``None``. The failure itself is ``__cause__``.
     """
 
-    def __init__(self, message: str, *, host: str, port: int, role: str = "target") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        port: int,
+        role: str = "target",
+        errno: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.host = host
         self.port = port
         self.role = role
+        self.errno = errno
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -13,6 +13,7 @@ Sans-IO: no anyio here.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import AsyncGenerator, Generator
 from typing import Final
@@ -65,35 +66,45 @@ class ProxyAuth:
     * its first ``yield`` gives the ``Proxy-Authorization`` value of the first
       ``CONNECT`` (``None``: send none and wait for the proxy's challenge);
     * each 407 reply (a :class:`ProxyReply`, with the ``Proxy-Authenticate``
-      challenges in ``reply.get_all("proxy-authenticate")``) is sent into the generator,
-      which yields the value for the next ``CONNECT``, or returns (or yields ``None``)
-      to give up: the 407 then raises :class:`ProxyAuthenticationRequired`;
-    * on any other reply the generator is closed.
+      challenges in ``reply.get_all("proxy-authenticate")``, exactly as the proxy sent
+      it) is sent into the generator, which yields the value for the next ``CONNECT``,
+      or returns (or yields ``None``) to give up: the 407 then raises
+      :class:`ProxyAuthenticationRequired`;
+    * on any other reply the generator is closed, before ``open()`` returns.
 
     The next ``CONNECT`` goes on the connection that carried the 407 when the proxy
-    keeps it open (its body is drained first), as connection-bound schemes such as NTLM
-    need; when the proxy closed it, on a new connection. At most 8 answers follow the
-    first request. The values a flow yields are credentials: janusnet never shows them
-    in a ``repr``, an exception or a log record, and does not keep them for a later
-    ``open()``, which runs the flow afresh. A value that is not a ``str`` (or ``None``),
-    or holds a control or non-ASCII character, raises ``UsageError`` before it is sent;
-    an exception the flow raises propagates from ``open()``, with the socket closed.
+    keeps it open and its body drains (at most 64 KiB within 1 s), as connection-bound
+    schemes such as NTLM need; otherwise on a new connection, where such a scheme
+    fails (the error then says so). When a kept connection turns out closed before the
+    answer's reply (a keep-alive connection gone stale), the flow starts again from its
+    first value on a new connection, once. At most 8 answers follow the first request.
 
-    Example, NTLM or Negotiate with pyspnego (https://pypi.org/project/pyspnego/)::
+    The values a flow yields are credentials: janusnet never shows them (as sent,
+    escaped or percent-encoded) in a ``repr``, an exception or a log record, and does
+    not keep them for a later ``open()``, which runs the flow afresh. (A library the
+    flow uses may log them itself: pyspnego does, at DEBUG.) A value that is not a
+    ``str`` (or ``None``), or holds a control or non-ASCII character, raises
+    ``UsageError`` before it is sent; an exception the flow raises propagates from
+    ``open()``, with the socket closed. The flow runs in the event loop: a step that
+    blocks (a Kerberos library asking the KDC) belongs in :meth:`async_auth_flow`, in
+    ``anyio.to_thread.run_sync``.
 
-        class SpnegoProxyAuth(janusnet.ProxyAuth):
-            def __init__(self, user, password, protocol="ntlm"):
-                self.user, self.password, self.protocol = user, password, protocol
+    Example, NTLM with pyspnego (https://pypi.org/project/pyspnego/)::
 
-            def auth_flow(self, *, proxy_host, target):
+        class NTLMProxyAuth(janusnet.ProxyAuth):
+            def __init__(self, user: str, password: str) -> None:
+                self.user, self.password = user, password
+
+            def auth_flow(
+                self, *, proxy_host: str, target: str
+            ) -> Generator[str | None, janusnet.ProxyReply, None]:
                 client = spnego.client(self.user, self.password, hostname=proxy_host,
-                                       service="HTTP", protocol=self.protocol)
-                scheme = "NTLM" if self.protocol == "ntlm" else "Negotiate"
+                                       service="HTTP", protocol="ntlm")
                 token = client.step()
                 while token:
-                    reply = yield f"{scheme} {base64.b64encode(token).decode()}"
+                    reply = yield "NTLM " + base64.b64encode(token).decode()
                     offered = [c for c in reply.get_all("proxy-authenticate")
-                               if c.lower().startswith(scheme.lower() + " ")]
+                               if c.lower().startswith("ntlm ")]
                     if not offered or client.complete:
                         return  # rejected: ProxyAuthenticationRequired
                     token = client.step(base64.b64decode(offered[0].split()[1]))
@@ -136,8 +147,19 @@ class ProxyAuth:
 
         Raises:
             NotImplementedError: neither method is overridden.
+            UsageError: ``auth_flow`` is not a generator function.
         """
         flow = self.auth_flow(proxy_host=proxy_host, target=target)
+        made: object = flow  # (checked as the object it is, whatever it was declared)
+        if not inspect.isgenerator(made):
+            if inspect.iscoroutine(made):
+                made.close()  # (no "never awaited" warning on top of the error)
+            async_one = inspect.isasyncgen(made) or inspect.iscoroutine(made)
+            raise UsageError(
+                f"{type(self).__name__}.auth_flow must be a generator function (def with "
+                f"yield); it returned {type(made).__name__}"
+                + ("; an async flow overrides async_auth_flow instead" if async_one else "")
+            )
         try:
             value = next(flow)
             while True:

@@ -58,7 +58,7 @@ from ._exceptions import (
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, _new_parsed, as_token_set
-from ._tls import TLSInfo, TLSSnapshot, default_ssl_context
+from ._tls import TLSInfo, TLSSnapshot, default_context_for
 from ._transport import (
     QUICKACK,
     TLS_RECORD,
@@ -1175,7 +1175,8 @@ class Socket:
             SSLOnOtherError: (-149) already TLS, closed (or the peer's FIN has arrived,
                 read or not, or this side sent FIN), another task receiving or
                 sending, no host name to verify or one that is not a valid
-                international name (socket unchanged), or an I/O error during the
+                international name, the default CA bundle cannot be read (no free
+                file descriptor) (socket unchanged), or an I/O error during the
                 handshake or ``aclose()`` from another task (socket closed).
 
         Cancellation during the handshake closes the socket and propagates; in a scope
@@ -1233,7 +1234,7 @@ class Socket:
                 )
             )
         hostname = server_hostname or self._server_hostname
-        context = ssl_context or self._port.ssl_context or default_ssl_context()
+        context = ssl_context or self._port.ssl_context or default_context_for("ssl_on")
         if hostname is None and context.check_hostname:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         tls_name = tls_name_for(hostname) if hostname else None

@@ -10,23 +10,60 @@ from __future__ import annotations
 
 import datetime as _dt
 import ssl
+import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import certifi
 
-__all__ = ["CertInfo", "TLSInfo", "default_ssl_context"]
+from ._exceptions import SSLOnOtherError
+
+__all__ = ["CertInfo", "TLSInfo", "default_context_for", "default_ssl_context"]
 
 
-@lru_cache(maxsize=1)
+_default_lock = threading.Lock()  # event loops in several threads may ask at once
+_default_context: ssl.SSLContext | None = None
+
+
 def default_ssl_context() -> ssl.SSLContext:
     """The shared client context: certifi's CA bundle, TLS >= 1.2, host names checked
     against subjectAltName only (no fallback to the subject's common name).
 
+    Built on first use, once per process (threads that ask at once get the same one).
+
     Returns:
         A verified client ``SSLContext``. Treat it as read-only: it is shared.
+
+    Raises:
+        OSError: certifi's bundle cannot be read (no free file descriptor, a broken
+            installation); the next call tries again.
     """
-    return verified_context(certifi.where())
+    global _default_context
+    context = _default_context
+    if context is None:
+        with _default_lock:
+            if _default_context is None:
+                _default_context = verified_context(certifi.where())
+            context = _default_context
+    return context
+
+
+def default_context_for(what: str) -> ssl.SSLContext:
+    """:func:`default_ssl_context` for ``what`` (``"ssl_on"``, ``"TLS to proxy p"``).
+
+    Raises:
+        SSLOnOtherError: the bundle cannot be read (-149; nothing was sent).
+    """
+    try:
+        return default_ssl_context()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        try:
+            bundle = f"certifi's {certifi.where()}"
+        except OSError:  # finding it can need a descriptor too (an import, the first time)
+            bundle = "certifi's"
+        raise SSLOnOtherError(
+            f"{what}: cannot load the default CA bundle ({bundle}): {reason} (nothing was sent)"
+        ) from exc
 
 
 def verified_context(cafile: str) -> ssl.SSLContext:

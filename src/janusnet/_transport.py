@@ -24,6 +24,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
@@ -154,6 +155,21 @@ def _backend_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], 
     return _checkpoint, _checkpoint_if_cancelled
 
 
+def _errno_of(exc: BaseException | None) -> int | None:
+    """The errno of a failed connect: its own, or the one every attempt failed with
+    (anyio's "All connection attempts failed" carries none; its cause holds the
+    attempts)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    # An exception group (the built-in one, or the backport before Python 3.11).
+    inner = getattr(exc.__cause__ if exc is not None else None, "exceptions", None)
+    if isinstance(inner, tuple) and inner:
+        numbers = {_errno_of(each) for each in inner}
+        if len(numbers) == 1:
+            return numbers.pop()
+    return None
+
+
 class _Direct(SocketStream):
     """What :class:`FdStream` and :class:`FdTLSStream` share: a non-blocking socket
     called directly, waited on with anyio only when it would block.
@@ -280,23 +296,27 @@ class _Direct(SocketStream):
         sock = self._sock
         if sock.fileno() < 0:
             return
-        if notify:
-            _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
-        drained = 0
-        try:
-            while drained < CLOSE_DRAIN:
-                data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
-                if not data:
-                    break
-                drained += len(data)
-        except OSError:  # BlockingIOError: nothing unread; anything else: closing anyway
-            pass
-        sock.close()
+        try:  # (trio raises KeyboardInterrupt anywhere: the descriptor is closed anyway)
+            if notify:
+                _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
+            drained = 0
+            try:
+                while drained < CLOSE_DRAIN:
+                    data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
+                    if not data:
+                        break
+                    drained += len(data)
+            except OSError:  # BlockingIOError: nothing unread; else: closing anyway
+                pass
+        finally:
+            sock.close()
 
     async def aclose(self) -> None:
         # Closed at once (no await first), so a cancelled or forceful close still closes.
+        # The checkpoint is looked up now, not the stream's own: a close is never refused
+        # (a socket closed from another backend's loop than the one that made it).
         self._close_now()
-        await self._checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 class FdStream(_Direct):
@@ -833,13 +853,15 @@ class FdTLSStream(_Direct):
         Never waits: when the kernel's buffer is full the alert is not sent. Not after a
         TLS error (its alert went out instead) nor behind a partly written record.
         """
-        if not self._closed and self._failure is None and self._unsent is None:
-            try:
-                self._obj.unwrap()  # writes close_notify; then wants the peer's: not waited for
-            except (ssl.SSLError, ValueError):
-                pass
-            self._push_now()
-        super()._close_now(notify)
+        try:
+            if not self._closed and self._failure is None and self._unsent is None:
+                try:
+                    self._obj.unwrap()  # writes close_notify; wants the peer's: not waited for
+                except (ssl.SSLError, ValueError):
+                    pass
+                self._push_now()
+        finally:  # (a KeyboardInterrupt in the alert still closes the descriptor)
+            super()._close_now(notify)
 
     async def send_eof(self) -> None:
         raise NotImplementedError("TLS has no half-close; close the stream instead")
@@ -1162,7 +1184,11 @@ async def open_hop(
             ) from None
         logger.warning("cannot connect to %s: %s", label, str(exc))
         raise ConnectError(
-            f"cannot connect to {label}: {exc}", host=host, port=port, role=role
+            f"cannot connect to {label}: {exc}",
+            host=host,
+            port=port,
+            role=role,
+            errno=_errno_of(exc),
         ) from exc
     if ssl_context is None:
         return stream
@@ -1257,7 +1283,9 @@ async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[st
     try:
         infos = await anyio.getaddrinfo(name, number, type=_stdsocket.SOCK_STREAM)
     except OSError as exc:
-        raise ConnectError(f"cannot resolve {host}: {exc}", host=host, port=number) from exc
+        raise ConnectError(
+            f"cannot resolve {host}: {exc}", host=host, port=number, errno=_errno_of(exc)
+        ) from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         if not port.is_address_allowed(address, number):
@@ -1279,4 +1307,6 @@ async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
             last = exc
     where = show_address(host, port)
     logger.warning("cannot connect to %s: %s", where, str(last))
-    raise ConnectError(f"cannot connect to {where}: {last}", host=host, port=port) from last
+    raise ConnectError(
+        f"cannot connect to {where}: {last}", host=host, port=port, errno=_errno_of(last)
+    ) from last

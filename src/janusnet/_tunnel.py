@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import inspect
 import logging
 import os
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, NoReturn
 from urllib.parse import quote
 
 import anyio
@@ -69,7 +71,7 @@ from ._ports import ClientPort, TLSMode
 from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
-from ._tls import default_ssl_context
+from ._tls import default_context_for
 from ._transport import open_hop
 
 __all__ = ["ProxyTunnel"]
@@ -108,9 +110,17 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
     if password and len(pair) >= _MIN_FORM:
         kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
-    # As the text reaches us: a reply is decoded as latin-1 (UTF-8 "ö" reads "Ã¶"), and
-    # h11 quotes a malformed line as a bytes literal (\xc3\xb6, \\, and \' when the
-    # literal is in single quotes; repr(b'"' + raw) forces that spelling).
+    return _as_received(kept)
+
+
+def _as_received(forms: Iterable[str]) -> tuple[str, ...]:
+    """``forms`` and their spellings in text a proxy sent back, longest first.
+
+    A reply is decoded as latin-1 (UTF-8 "ö" reads "Ã¶"), and h11 quotes a malformed
+    line as a bytes literal (\\xc3\\xb6, \\\\, and \\' when the literal is in single quotes;
+    ``repr(b'"' + raw)`` forces that spelling).
+    """
+    kept = set(forms)
     for form in list(kept):
         raw = form.encode("utf-8", "replace")
         kept.update({raw.decode("latin-1"), repr(raw)[2:-1], repr(b'"' + raw)[3:-1]})
@@ -150,11 +160,25 @@ def _withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
 
 def _flow_forms(value: bytes, known: tuple[str, ...]) -> tuple[str, ...]:
     """``known`` and the forms of a flow's ``Proxy-Authorization`` value a proxy could
-    send back (the value, and its credentials without the scheme when long enough to be
-    told from chance), longest first."""
+    send back, longest first: the value, and its credentials (what follows the scheme)
+    when long enough to be told from chance, as sent and percent-encoded."""
     text = value.decode("ascii")
-    forms = {text, *known} | {part for part in text.split(" ")[1:] if len(part) >= _MIN_FORM}
-    return tuple(sorted(forms, key=len, reverse=True))
+    forms = {text}
+    credentials = text.partition(" ")[2].strip()
+    if len(credentials) >= _MIN_FORM:
+        forms.update({credentials, quote(credentials, safe="")})
+    forms.add(quote(text, safe=""))
+    return tuple(sorted({*known, *_as_received(forms)}, key=len, reverse=True))
+
+
+def _offered(schemes: Iterable[str]) -> str:
+    """The schemes a 407 offers, for a message: the first few, and how many more."""
+    distinct = list(dict.fromkeys(schemes))
+    if not distinct:
+        return "no scheme"
+    shown = ", ".join(printable(scheme, 40) for scheme in distinct[:_SHOWN_SCHEMES])
+    hidden = len(distinct) - _SHOWN_SCHEMES
+    return shown + (f" and {hidden} more" if hidden > 0 else "")
 
 
 def _header_items(headers: object) -> list[tuple[str, str]]:
@@ -512,7 +536,7 @@ class ProxyTunnel:
         url = self._url
         context = None
         if url.scheme == "https":
-            context = self._proxy_ssl_context or default_ssl_context()
+            context = self._proxy_ssl_context or default_context_for(f"TLS to proxy {url.address}")
         stream = await open_hop(
             url.host,
             url.port,
@@ -539,23 +563,14 @@ class ProxyTunnel:
         Returns the tunnel socket: ``sock``, or a new connection when the proxy closed the
         first one after a Digest challenge.
         """
+        if self._flow is not None:
+            return await self._exchange_flow(sock, authority, target, phase)
         credentials = self._credentials
         authorization = (
             basic_proxy_authorization(*credentials)
             if credentials and self._preemptive_basic
             else None
         )
-        # What never shows in a message or log: the credentials, and each value a flow
-        # yields (read when a message is made, so values added later count).
-        secrets = self._secrets
-
-        def redact(text: str) -> str:
-            return _withhold(text, secrets) if secrets else text
-
-        flow: AsyncGenerator[str | None, ProxyReply] | None = None
-        flow_sent = 0  # Proxy-Authorization values a flow gave
-        flow_rounds = 0  # 407s a flow was asked to answer
-        flow_capped = False  # a 407 came after MAX_AUTH_ROUNDS answers
         answered = False
         stale_retried = False
         # The 407 an answer replies to (and whether Basic had gone with the request), and
@@ -563,36 +578,12 @@ class ProxyTunnel:
         challenge: tuple[ProxyReply, bool] | None = None
         kept = False
         try:
-            if self._flow is not None:
-                flow = self._flow.async_auth_flow(proxy_host=self._url.host, target=authority)
-                authorization = await self._flow_value(flow, None)
-                if authorization is not None:
-                    flow_sent = 1
-                    secrets = _flow_forms(authorization, secrets)
             while True:
-                key = (authority, authorization)
-                request = self._requests.get(key)
-                if request is None:
-                    request = build_connect_request(
-                        authority, self._headers, proxy_authorization=authorization
-                    )
-                    if len(self._requests) >= REQUEST_CACHE_SIZE:
-                        self._requests.clear()
-                    # An answer to a challenge is single-use (nonce); a flow's values are
-                    # not kept either (one-time credentials have no business in a cache).
-                    if not answered and (flow is None or authorization is None):
-                        self._requests[key] = request
-                reader = ConnectReplyReader(
-                    max_head_bytes=self._max_head_bytes, proxy=self._address, redact=redact
-                )
+                # An answer to a challenge is single-use (nonce): not cached.
+                request = self._request(authority, authorization, cache=not answered)
+                reader = self._reader(self._secrets)
                 try:
-                    try:
-                        await sock.send(request)
-                    except SocketResetError as exc:
-                        raise ProxyProtocolError(
-                            f"proxy {self._address} reset the connection before CONNECT went out",
-                            proxy=self._address,
-                        ) from exc
+                    await self._send(sock, request)
                     reply = await self._read_reply(sock, reader)
                 except ProxyProtocolError:
                     if not (kept and challenge is not None and not reader.received):
@@ -611,37 +602,15 @@ class ProxyTunnel:
                     if phase is not None:
                         phase[0] = self._connect_phase() + " again, to answer its 407"
                     sock = await self._connect_proxy(target)
-                    if flow is None:  # (a flow's value goes again as it was)
-                        authorization = self._answer(
-                            challenge[0], authority, sent_basic=challenge[1]
-                        )
+                    authorization = self._answer(challenge[0], authority, sent_basic=challenge[1])
                     continue
                 kept = False
-                if secrets:
-                    reply = _withhold_from_reply(reply, secrets)
-                logger.info(
-                    "CONNECT %s via proxy %s: %s %s",
-                    authority,
-                    self._address,
-                    reply.status,
-                    printable(reply.reason),
-                )
+                if self._secrets:
+                    reply = _withhold_from_reply(reply, self._secrets)
+                self._log_reply(authority, reply)
                 if 200 <= reply.status < 300:
-                    sock._unread(reader.leftover)
-                    sock._shed_scanner()
-                    sock.proxy_reply = reply
-                    return sock
-                if flow is not None:
-                    answer = None
-                    if reply.status == 407 and flow_rounds < MAX_AUTH_ROUNDS:
-                        flow_rounds += 1
-                        answer = await self._flow_value(flow, reply)
-                    elif reply.status == 407:
-                        flow_capped = True
-                    if answer is not None:
-                        flow_sent += 1
-                        secrets = _flow_forms(answer, secrets)
-                elif reply.status == 407 and credentials and not answered:
+                    return self._tunnel_open(sock, reader, reply)
+                if reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
                 elif reply.status == 407 and answered and not stale_retried and _stale(reply):
                     # Our Digest answer was right but its nonce had expired (RFC 7616
@@ -665,25 +634,92 @@ class ProxyTunnel:
                     if phase is not None:
                         phase[0] = "waiting for the proxy's reply to the answer to its 407"
                     continue
-                logger.warning(
-                    "proxy %s refused CONNECT %s: %s", self._address, authority, reply.status
-                )
-                if reply.status == 407:
-                    raise ProxyAuthenticationRequired(
-                        reply.status,
-                        reply.reason,
-                        reply.headers,
-                        proxy=self._address,
-                        detail=(
-                            self._why_407(reply, authorization)
-                            if flow is None
-                            else self._why_flow_407(flow_sent, capped=flow_capped)
-                        ),
+                why = self._why_407(reply, authorization) if reply.status == 407 else ""
+                self._refuse(authority, reply, why)
+        except BaseException as exc:
+            await sock.aclose()
+            if self._secrets and isinstance(exc, JanusnetError):
+                _withhold_from_error(exc, self._secrets)
+            raise
+
+    async def _exchange_flow(
+        self, sock: Socket, authority: str, target: str, phase: list[str] | None
+    ) -> Socket:
+        """:meth:`_exchange` with a :class:`ProxyAuth` flow answering the 407s.
+
+        Each value the flow yields is withheld from messages and logs from then on (the
+        flow itself gets every reply as the proxy sent it). An answer rides the
+        connection that carried the 407 when the proxy keeps it open, else a new one;
+        when a kept connection turns out closed before our answer's reply, the flow
+        starts again on a new connection, once (its answer belonged to the old one).
+        """
+        assert self._flow is not None
+        secrets: tuple[str, ...] = ()
+        flow: AsyncGenerator[str | None, ProxyReply] | None = None
+        sent = rounds = 0  # values sent; 407s the flow was asked to answer
+        kept = restarted = moved = False  # moved: an answer went on a new connection
+        try:
+            flow = self._start_flow(authority)
+            authorization = await self._flow_value(flow, None, phase)
+            while True:
+                if authorization is not None:
+                    sent += 1
+                    secrets = _flow_forms(authorization, secrets)
+                if phase is not None:
+                    phase[0] = "waiting for the proxy's reply" + (
+                        " to the answer to its 407" if rounds else ""
                     )
-                check_reply(reply, proxy=self._address)
-                raise ProxyProtocolError(  # pragma: no cover - check_reply raised
-                    f"unexpected reply {reply.status}", proxy=self._address
-                )
+                # A flow's values are not cached: one-time credentials have no business
+                # in a cache.
+                request = self._request(authority, authorization, cache=authorization is None)
+                reader = self._reader(secrets)
+                try:
+                    await self._send(sock, request)
+                    reply = await self._read_reply(sock, reader)
+                except ProxyProtocolError:
+                    if not (kept and not restarted and not reader.received):
+                        raise
+                    restarted, kept = True, False
+                    logger.info(
+                        "proxy %s closed the connection it kept after its 407; starting "
+                        "the proxy auth flow again on a new one",
+                        self._address,
+                    )
+                    await sock.aclose()
+                    if phase is not None:
+                        phase[0] = self._connect_phase() + " again, to answer its 407"
+                    sock = await self._connect_proxy(target)
+                    await flow.aclose()
+                    flow = self._start_flow(authority)
+                    authorization = await self._flow_value(flow, None, phase)
+                    continue
+                kept = False
+                shown = _withhold_from_reply(reply, secrets) if secrets else reply
+                self._log_reply(authority, shown)
+                if 200 <= reply.status < 300:
+                    if phase is not None:
+                        phase[0] = f"closing the proxy auth flow {type(self._flow).__name__}"
+                    await flow.aclose()  # its clean-up may fail: the socket is closed then
+                    return self._tunnel_open(sock, reader, shown)
+                answer = None
+                asked = reply.status == 407 and rounds < MAX_AUTH_ROUNDS
+                if asked:
+                    rounds += 1
+                    answer = await self._flow_value(flow, reply, phase)  # as the proxy sent it
+                if answer is None:
+                    capped = reply.status == 407 and not asked
+                    why = self._why_flow_407(shown, sent, capped=capped, moved=moved)
+                    self._refuse(authority, shown, why if reply.status == 407 else "")
+                if phase is not None:
+                    phase[0] = "reading the body of the proxy's 407, to answer it"
+                kept = await self._drain(sock, reader)
+                if not kept:
+                    moved = True
+                    await sock.aclose()
+                    if phase is not None:
+                        phase[0] = self._connect_phase() + " again, to answer its 407"
+                    sock = await self._connect_proxy(target)
+                authorization = answer
         except BaseException as exc:
             await sock.aclose()
             if secrets and isinstance(exc, JanusnetError):
@@ -693,29 +729,124 @@ class ProxyTunnel:
             if flow is not None:
                 await flow.aclose()  # runs the flow's own clean-up (finally blocks)
 
+    def _request(self, authority: str, authorization: bytes | None, *, cache: bool) -> bytes:
+        """The serialised ``CONNECT``, from the cache when it was built before."""
+        key = (authority, authorization)
+        request = self._requests.get(key)
+        if request is None:
+            request = build_connect_request(
+                authority, self._headers, proxy_authorization=authorization
+            )
+            if cache:
+                if len(self._requests) >= REQUEST_CACHE_SIZE:
+                    self._requests.clear()
+                self._requests[key] = request
+        return request
+
+    def _reader(self, secrets: tuple[str, ...]) -> ConnectReplyReader:
+        """A reply reader whose messages withhold ``secrets`` (and which keeps no reply
+        head in the shared cache when there are any: it may quote them)."""
+        return ConnectReplyReader(
+            max_head_bytes=self._max_head_bytes,
+            proxy=self._address,
+            redact=functools.partial(_withhold, forms=secrets) if secrets else None,
+        )
+
+    async def _send(self, sock: Socket, request: bytes) -> None:
+        try:
+            await sock.send(request)
+        except SocketResetError as exc:
+            raise ProxyProtocolError(
+                f"proxy {self._address} reset the connection before CONNECT went out",
+                proxy=self._address,
+            ) from exc
+
+    def _log_reply(self, authority: str, reply: ProxyReply) -> None:
+        logger.info(
+            "CONNECT %s via proxy %s: %s %s",
+            authority,
+            self._address,
+            reply.status,
+            printable(reply.reason),
+        )
+
+    def _tunnel_open(self, sock: Socket, reader: ConnectReplyReader, reply: ProxyReply) -> Socket:
+        """The tunnel is open: every byte after the head stays buffered (-112 at TLS)."""
+        sock._unread(reader.leftover)
+        sock._shed_scanner()
+        sock.proxy_reply = reply
+        return sock
+
+    def _refuse(self, authority: str, reply: ProxyReply, why_407: str) -> NoReturn:
+        """Raise the error for a non-2xx reply the exchange cannot answer (``why_407``:
+        the detail of a 407's error)."""
+        logger.warning("proxy %s refused CONNECT %s: %s", self._address, authority, reply.status)
+        if reply.status == 407:
+            raise ProxyAuthenticationRequired(
+                reply.status, reply.reason, reply.headers, proxy=self._address, detail=why_407
+            )
+        check_reply(reply, proxy=self._address)
+        raise ProxyProtocolError(  # pragma: no cover - check_reply raised
+            f"unexpected reply {reply.status}", proxy=self._address
+        )
+
+    def _start_flow(self, authority: str) -> AsyncGenerator[str | None, ProxyReply]:
+        """A new run of the flow for ``authority``.
+
+        Raises:
+            UsageError: ``async_auth_flow`` is not an async generator function.
+        """
+        assert self._flow is not None
+        flow = self._flow.async_auth_flow(proxy_host=self._url.host, target=authority)
+        made: object = flow  # (checked as the object it is, whatever it was declared)
+        if not inspect.isasyncgen(made):
+            if inspect.iscoroutine(made):
+                made.close()  # (no "never awaited" warning on top of the error)
+            raise UsageError(
+                f"{type(self._flow).__name__}.async_auth_flow must be an async generator "
+                f"function (async def with yield); it returned {type(made).__name__}"
+            )
+        return flow
+
     async def _flow_value(
-        self, flow: AsyncGenerator[str | None, ProxyReply], reply: ProxyReply | None
+        self,
+        flow: AsyncGenerator[str | None, ProxyReply],
+        reply: ProxyReply | None,
+        phase: list[str] | None,
     ) -> bytes | None:
         """The flow's next ``Proxy-Authorization`` value: its first (``reply`` None) or
         its answer to the 407 ``reply``; None when it sends none or has given up."""
         assert self._flow is not None
+        if phase is not None:  # what a deadline that expires now was waiting for
+            phase[0] = f"waiting for the proxy auth flow {type(self._flow).__name__}"
         try:
             value = await (flow.__anext__() if reply is None else flow.asend(reply))
         except StopAsyncIteration:
             return None
         return check_authorization(value, self._flow)
 
-    def _why_flow_407(self, sent: int, *, capped: bool) -> str:
-        """Why a 407 ends an exchange a :class:`ProxyAuth` flow answers."""
+    def _why_flow_407(self, reply: ProxyReply, sent: int, *, capped: bool, moved: bool) -> str:
+        """Why a 407 ends an exchange a :class:`ProxyAuth` flow answers: what the flow
+        did, what the proxy offers, and whether answers had to change connection."""
         name = type(self._flow).__name__
         if capped:
-            return (
+            why = (
                 f"the proxy still asked after the proxy auth flow {name} had answered "
                 f"{MAX_AUTH_ROUNDS} of its 407s; janusnet stops there"
             )
-        if sent == 0:
-            return f"the proxy auth flow {name} gave no Proxy-Authorization value"
-        return f"the proxy auth flow {name} gave up after {sent} Proxy-Authorization value(s)"
+        elif sent == 0:
+            why = f"the proxy auth flow {name} gave no Proxy-Authorization value"
+        else:
+            why = f"the proxy auth flow {name} gave up after {sent} Proxy-Authorization value(s)"
+        challenges = parse_challenges(reply.get_all("proxy-authenticate"))
+        why += f" (the proxy offers {_offered(c.scheme for c in challenges)})"
+        if moved:
+            why += (
+                "; the proxy did not keep the connection after a 407 (it closed it, or "
+                "its body was too large or too slow to drain), so an answer went on a new "
+                "connection, where a connection-bound scheme such as NTLM cannot succeed"
+            )
+        return why
 
     def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
         """Why a 407 ends the exchange, in words that never include the credentials."""
@@ -741,12 +872,8 @@ class ProxyTunnel:
                 "its Digest challenge asks for what janusnet does not answer (janusnet "
                 "answers Basic, and Digest with MD5 or SHA-256, qop=auth, auth-int or none)"
             )
-        shown = ", ".join(printable(scheme, 40) for scheme in schemes[:_SHOWN_SCHEMES])
-        hidden = len(schemes) - _SHOWN_SCHEMES
-        more = f" and {hidden} more" if hidden > 0 else ""
-        offered = shown + more if schemes else "no scheme"
         return (
-            f"it offers {offered}; janusnet answers Basic and Digest itself, and any "
+            f"it offers {_offered(schemes)}; janusnet answers Basic and Digest itself, and any "
             "scheme through a janusnet.ProxyAuth flow passed as auth="
         )
 
