@@ -296,6 +296,10 @@ class TLSOrigin(BackgroundServer):
         while remaining:
             chunk = PATTERN_CHUNK[: min(remaining, len(PATTERN_CHUNK))]
             writer.write(chunk)
+            # drain() does not yield while the buffer is below its limit, and then the
+            # loss of a client that went away is never processed: every later write
+            # would be dropped with a logged warning. One yield per chunk lets it in.
+            await asyncio.sleep(0)
             await writer.drain()
             remaining -= len(chunk)
         await writer.drain()
