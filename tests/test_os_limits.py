@@ -173,3 +173,45 @@ def test_socket_closed_from_another_backend_closes_quietly() -> None:
         sock = anyio.run(Socket.connect, "127.0.0.1", origin.port, backend="trio")
         anyio.run(sock.aclose)
         assert sock.closed
+
+
+def test_connect_with_no_free_descriptor_says_it_is_this_process() -> None:
+    """EMFILE is this process's shortage, not the target's doing: the message says so
+    and ``errno`` is ``EMFILE``; once descriptors are free, connecting works."""
+    out = run_child(
+        """
+        import errno, os, anyio, janusnet
+        from janusnet.testing import TLSOrigin
+
+        with TLSOrigin(mode="plain") as origin:
+            async def main():
+                held = []
+                try:
+                    while True:
+                        held.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    pass
+                try:
+                    for how in ("direct", "proxy"):
+                        try:
+                            if how == "direct":
+                                await janusnet.Socket.connect("127.0.0.1", origin.port)
+                            else:
+                                tunnel = janusnet.ProxyTunnel(f"http://127.0.0.1:{origin.port}")
+                                await tunnel.open("example.com", 443)
+                        except janusnet.ConnectError as exc:
+                            print(how, exc.errno == errno.EMFILE, exc.role, "|", exc)
+                finally:
+                    for fd in held:
+                        os.close(fd)
+                async with await janusnet.Socket.connect("127.0.0.1", origin.port) as sock:
+                    print("after", sock.state.name)
+
+            anyio.run(main)
+        """
+    )
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    for how, role in (("direct", "target"), ("proxy", "proxy")):
+        assert lines[how].startswith(f"True {role} | cannot connect to ")
+        assert ": this process has no free file descriptor ([Errno 24]" in lines[how]
+    assert lines["after"] == "CONNECTED"

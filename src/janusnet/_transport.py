@@ -170,6 +170,22 @@ def _errno_of(exc: BaseException | None) -> int | None:
     return None
 
 
+#: Failures of this machine, not of the peer a connect was for.
+_LOCAL_SHORTAGES: Final = {
+    errno.EMFILE: "this process has no free file descriptor",
+    errno.ENFILE: "the system has no free file descriptor",
+    errno.ENOBUFS: "the system is out of socket buffers",
+    errno.EADDRNOTAVAIL: "no local address or port is free for the connection",
+}
+
+
+def _why_not(exc: BaseException | None, number: int | None) -> str:
+    """A connect failure for a message: the error, preceded by what it means when it is
+    this machine's shortage rather than the peer's doing."""
+    shortage = _LOCAL_SHORTAGES.get(number) if number is not None else None
+    return f"{shortage} ({exc})" if shortage else str(exc)
+
+
 class _Direct(SocketStream):
     """What :class:`FdStream` and :class:`FdTLSStream` share: a non-blocking socket
     called directly, waited on with anyio only when it would block.
@@ -1183,12 +1199,13 @@ async def open_hop(
                 f"connecting to {label} took longer than {connect_timeout:g} s"
             ) from None
         logger.warning("cannot connect to %s: %s", label, str(exc))
+        number = _errno_of(exc)
         raise ConnectError(
-            f"cannot connect to {label}: {exc}",
+            f"cannot connect to {label}: {_why_not(exc, number)}",
             host=host,
             port=port,
             role=role,
-            errno=_errno_of(exc),
+            errno=number,
         ) from exc
     if ssl_context is None:
         return stream
@@ -1307,6 +1324,10 @@ async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
             last = exc
     where = show_address(host, port)
     logger.warning("cannot connect to %s: %s", where, str(last))
+    number = _errno_of(last)
     raise ConnectError(
-        f"cannot connect to {where}: {last}", host=host, port=port, errno=_errno_of(last)
+        f"cannot connect to {where}: {_why_not(last, number)}",
+        host=host,
+        port=port,
+        errno=number,
     ) from last
