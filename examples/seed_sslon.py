@@ -59,7 +59,7 @@ async def seed(
 
 
 def main() -> None:
-    with TLSOrigin() as origin, ConnectProxy() as proxy:
+    with TLSOrigin(dual_stack=True) as origin, ConnectProxy() as proxy:
         # JANUS DEFINE CLPROXY * CLSOCK 5 REMOTE * * SSL 0 SSLOPT LINEND 0D0A: TLS optional,
         # plain at connect. The embedded origin's certificate comes from a throw-away CA, so
         # this port trusts that CA (a real program keeps the default: certifi's bundle).

@@ -51,7 +51,7 @@ async def fetch(proxy_url: str, origin_port: int, port: janusnet.ClientPort) -> 
 
 def main() -> None:
     user, password = "alice", "s3:cr3t@x"  # a ':' and an '@': percent-encoded in the URL
-    with TLSOrigin() as origin, ConnectProxy(auth=(user, password)) as proxy:
+    with TLSOrigin(dual_stack=True) as origin, ConnectProxy(auth=(user, password)) as proxy:
         port = janusnet.ClientPort("TUNNEL", ssl_context=origin.client_context())
         anyio.run(fetch, proxy.url_with_auth(user, password), origin.port, port)
         record = proxy.log[0]

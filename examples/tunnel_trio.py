@@ -36,7 +36,7 @@ async def main_async(proxy_url: str, origin_port: int, port: janusnet.ClientPort
 
 
 def main() -> None:
-    with TLSOrigin() as origin, ConnectProxy() as proxy:
+    with TLSOrigin(dual_stack=True) as origin, ConnectProxy() as proxy:
         port = janusnet.ClientPort("TRIO", ssl_context=origin.client_context())
         trio.run(main_async, proxy.url, origin.port, port)
         print(f"the proxy tunnelled {len(proxy.log)} CONNECT requests")

@@ -183,10 +183,14 @@ def run(target: Target, seeds: Sequence[bytes], argv: Sequence[str] | None = Non
     if iterations_flag is not None:
         args.append(f"-runs={iterations_flag}")
     if not any(not arg.startswith("-") and Path(arg).is_dir() for arg in args[1:]):
-        corpus = tempfile.mkdtemp(prefix="janusnet-fuzz-")
+        # One working corpus per target, reused by every run (libFuzzer exits the
+        # process, so a fresh directory per run could never be removed: they piled up).
+        stem = Path(args[0]).stem or "target"
+        corpus = Path(tempfile.gettempdir(), f"janusnet-fuzz-{stem}-{os.getuid()}")
+        corpus.mkdir(mode=0o700, exist_ok=True)
         for seed_bytes in seeds:
             name = hashlib.sha1(seed_bytes).hexdigest()
             Path(corpus, name).write_bytes(seed_bytes)
-        args.append(corpus)
+        args.append(str(corpus))
     atheris.Setup(args, target)
     atheris.Fuzz()

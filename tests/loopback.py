@@ -252,6 +252,10 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
+#: Skips a test that binds or reaches ``::1`` where there is none (IPv6 disabled).
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
+
 async def stall_after_hello(stream: anyio.abc.ByteReceiveStream) -> None:
     """A peer that reads the ClientHello and never answers (a handshake that hangs)."""
     await stream.receive()

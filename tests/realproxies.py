@@ -128,9 +128,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def _traversable_base() -> str | None:
+    """A temporary directory that a proxy running as another user can reach: TMPDIR's
+    when every directory above it lets others in (``mktemp -d`` makes 0700 ones), else
+    /tmp or /var/tmp; None for the default."""
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(candidate)
+        if path.is_dir() and all(p.stat().st_mode & 0o001 for p in (path, *path.parents)):
+            return str(path)
+    return None
+
+
 def _workdir(prefix: str, owner: str | None) -> Path:
     # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, and the proxies drop privileges.
-    path = Path(tempfile.mkdtemp(prefix=f"janusnet-{prefix}-"))
+    dropping = owner is not None and os.geteuid() == 0
+    base = _traversable_base() if dropping else None
+    path = Path(tempfile.mkdtemp(prefix=f"janusnet-{prefix}-", dir=base))
     if owner is not None and os.geteuid() == 0:
         entry = pwd.getpwnam(owner)
         os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -15,7 +15,7 @@ import pytest
 
 from janusnet.__main__ import main
 from janusnet.testing import ConnectProxy, OriginMode, ProxyBehaviour, TLSOrigin
-from loopback import unusual_certificate
+from loopback import needs_ipv6, unusual_certificate
 
 SECRET = "wr0ng-S3cret"
 
@@ -178,6 +178,7 @@ def test_cli_probe_insecure_still_shows_the_certificate(origin: TLSOrigin) -> No
     assert f"peer: 127.0.0.1:{origin.port}" in text
 
 
+@needs_ipv6
 def test_cli_probe_writes_ipv6_in_brackets() -> None:
     import socket
 
@@ -767,6 +768,32 @@ def _janusnet_process(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
     )
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """``preexec_fn``: SIGINT back to its default in the child. A runner that starts the
+    suite with SIGINT ignored (a background job of a non-interactive shell) passes that
+    on, and Python then installs no KeyboardInterrupt handler: Ctrl-C could not be
+    tested."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _finish(proc: subprocess.Popen[bytes], *, group: bool = False) -> tuple[bytes, bytes]:
+    """``proc``'s output and errors once it ends; killed (its whole group) if it does not,
+    so no process outlives the test."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.communicate()
+        raise
+
+
 def test_cli_reader_going_away_is_quiet() -> None:
     """``janusnet demo | head -c 5``: no traceback when the pipe closes early."""
     proc = _janusnet_process("demo", stdout=subprocess.PIPE)
@@ -851,12 +878,17 @@ def test_cli_probe_ctrl_c_reports_the_steps_done(as_json: bool) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
         number = silent.getsockname()[1]
         args = ["probe", f"127.0.0.1:{number}", "--timeout", "30"]
-        proc = _janusnet_process(*args, *(["--json"] if as_json else []), stdout=subprocess.PIPE)
+        proc = _janusnet_process(
+            *args,
+            *(["--json"] if as_json else []),
+            stdout=subprocess.PIPE,
+            preexec_fn=_sigint_as_in_a_terminal,
+        )
         conn, _ = silent.accept()  # TCP done: the probe now waits in its TLS step
         with conn:
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
+            out, err = _finish(proc)
     # Ended by SIGINT itself (after its report), so a shell loop stops too (bash: 130).
     assert proc.returncode == -signal.SIGINT, (proc.returncode, out, err)
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
@@ -897,12 +929,13 @@ def test_cli_ctrl_c_stops_a_shell_loop_of_probes() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, as a terminal's job is
+            preexec_fn=_sigint_as_in_a_terminal,
         )
         conn, _ = silent.accept()
         with conn:
             time.sleep(0.5)
             os.killpg(shell.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
-            out, _ = shell.communicate(timeout=30)
+            out, _ = _finish(shell, group=True)
     assert b"after 2" not in out and b"finished" not in out, out
 
 

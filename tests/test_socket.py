@@ -31,7 +31,7 @@ from janusnet import (
 )
 from loopback import (
     echo,
-    has_ipv6_loopback,
+    needs_ipv6,
     read_line,
     read_until_eof,
     serve,
@@ -309,6 +309,7 @@ async def test_socket_ssl_on_closed_is_other_error(anyio_backend: str, port: Cli
         await sock.aclose()  # idempotent
 
 
+@needs_ipv6
 async def test_socket_ipv6_loopback_verifies_ip_san(
     anyio_backend: str, server_context: ssl.SSLContext, port: ClientPort
 ) -> None:
@@ -379,6 +380,36 @@ async def test_socket_connect_tls_to_a_server_that_closes_at_once_is_111(
                 await Socket.connect("localhost", number, tls=True, ssl_context=context)
             assert info.value.code == ReturnCode.HANDSHAKE_FAILED
             assert "localhost" in str(info.value)
+
+
+async def test_socket_connect_tls_when_the_servers_fin_came_first_is_111(
+    anyio_backend: str, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same server, its FIN already there when ``ssl_on()`` looks (as happy eyeballs'
+    hand-off makes it when ``localhost`` is ``::1`` first and nothing listens there):
+    still -111, not -149. The connect is slowed down here to make that order certain."""
+    from janusnet import _socket
+
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    original = _socket.connect_tcp
+
+    async def slow_connect_tcp(*args: Any, **kwargs: Any) -> Any:
+        stream = await original(*args, **kwargs)
+        await anyio.sleep(0.2)  # the server's FIN arrives meanwhile
+        return stream
+
+    monkeypatch.setattr(_socket, "connect_tcp", slow_connect_tcp)
+
+    async def handler(stream: SocketStream) -> None:
+        await stream.send_eof()
+        while await stream.receive():
+            pass
+
+    async with serve(handler) as number:
+        with anyio.fail_after(10), pytest.raises(janusnet.HandshakeError) as info:
+            await Socket.connect("127.0.0.1", number, tls=True, ssl_context=context)
+    assert "the server closed the connection before the handshake" in str(info.value)
 
 
 async def test_socket_connect_refused_is_connect_error(anyio_backend: str) -> None:
@@ -950,7 +981,7 @@ async def test_socket_tls_reports_repeated_name_attributes_and_dirname_sans(
     assert sans == (("DNS", "localhost"), ("DirName", "commonName=dir"))
 
 
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+@needs_ipv6
 @pytest.mark.parametrize("name", ["::1%lo", "[::1%lo]", "::1%1"])
 async def test_socket_ssl_on_ipv6_with_zone_id_is_an_address(
     anyio_backend: str, ca: trustme.CA, port: ClientPort, name: str
@@ -1047,6 +1078,7 @@ async def test_socket_error_after_tls13_names_the_alert(
     server_context.verify_mode = ssl.CERT_REQUIRED
     server_context.minimum_version = ssl.TLSVersion.TLSv1_3
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)  # never a thread blocked in accept() at exit
 
     def wants_a_certificate() -> None:  # the stdlib server sends its alert before closing
         conn, _ = listener.accept()
@@ -1056,11 +1088,13 @@ async def test_socket_error_after_tls13_names_the_alert(
             except (ssl.SSLError, OSError):
                 pass
 
-    thread = threading.Thread(target=wants_a_certificate)
+    thread = threading.Thread(target=wants_a_certificate, daemon=True)
     thread.start()
     try:
         number = listener.getsockname()[1]
-        sock = await Socket.connect("localhost", number, client_port=port, tls=True)
+        sock = await Socket.connect(
+            "127.0.0.1", number, client_port=port, tls=True, server_hostname="localhost"
+        )
         async with sock:
             with anyio.fail_after(5), pytest.raises(SocketResetError) as info:
                 await sock.recv()

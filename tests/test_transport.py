@@ -14,7 +14,7 @@ import pytest
 
 import janusnet
 from janusnet._transport import FdStream, open_tcp
-from loopback import BACKENDS_WITH_UVLOOP, Backend, reset_connection, serve
+from loopback import BACKENDS_WITH_UVLOOP, Backend, needs_ipv6, reset_connection, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,12 @@ async def greet(stream: Any) -> None:
 
 @pytest.mark.parametrize(
     ("host", "listen"),
-    [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("[::1]", "::1"), ("localhost", "127.0.0.1")],
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        pytest.param("::1", "::1", marks=needs_ipv6),
+        pytest.param("[::1]", "::1", marks=needs_ipv6),
+        ("localhost", "127.0.0.1"),
+    ],
 )
 async def test_connects_directly_without_connect_tcp(
     anyio_backend: Backend, host: str, listen: str, monkeypatch: pytest.MonkeyPatch
@@ -115,7 +120,7 @@ async def test_happy_eyeballs_reports_every_failure(anyio_backend: Backend) -> N
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
 async def test_refused_ip_address_raises_and_closes(anyio_backend: Backend, host: str) -> None:
     listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)

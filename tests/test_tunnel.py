@@ -23,6 +23,7 @@ from janusnet import (
     UsageError,
 )
 from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin, byte_pattern
+from loopback import has_ipv6_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +38,8 @@ def origin() -> Iterator[TLSOrigin]:
 
 @pytest.fixture(scope="module")
 def origin6(origin: TLSOrigin) -> Iterator[TLSOrigin]:
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
     with TLSOrigin(host="::1", ca=origin.ca) as server:
         yield server
 

@@ -157,7 +157,8 @@ def run_demo(out: TextIO, *, backend: str = "asyncio") -> int:
     out.write(
         "janusnet demo: CONNECT through a local proxy, then ssl_on() to a local TLS origin\n"
     )
-    with TLSOrigin() as origin, ConnectProxy() as proxy:
+    # dual_stack: the proxy connects to "localhost", which may be ::1 only on some hosts.
+    with TLSOrigin(dual_stack=True) as origin, ConnectProxy() as proxy:
         port = ClientPort("DEMO", tls=TLSMode.OPTIONAL, ssl_context=origin.client_context())
         out.write(
             f"   origin: https://localhost:{origin.port}  proxy: {proxy.url}  backend: {backend}\n"

@@ -410,6 +410,18 @@ class Socket:
                             f"TLS handshake with {host} failed: the server sent {exc.pending} "
                             "byte(s) of plaintext before the handshake"
                         ) from exc
+                    except SSLOnOtherError as exc:
+                        # The server's FIN came before our ClientHello went out (with
+                        # happy eyeballs' hand-off it often does): the handshake would
+                        # have met that end, so -111, as when it arrives a moment later.
+                        ended = sock._closed_before_tls()
+                        await sock.aclose()
+                        if ended:
+                            raise HandshakeError(
+                                f"TLS handshake with {host} failed: the server closed the "
+                                "connection before the handshake"
+                            ) from exc
+                        raise
                     except BaseException:
                         await sock.aclose()
                         raise

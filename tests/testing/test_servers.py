@@ -29,14 +29,11 @@ from janusnet.testing import (
     byte_pattern,
 )
 from janusnet.testing._origin import GARBAGE
-from loopback import bio_handshake, has_ipv6_loopback
+from loopback import bio_handshake, has_ipv6_loopback, needs_ipv6
 from realproxies import SQUID_DENIED_PORT, RealProxy
 
 TIMEOUT = 5.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -476,11 +473,14 @@ def test_dual_stack_proxy_reaches_either_family(plain_origin: TLSOrigin) -> None
 
 
 def _localhost_addresses() -> list[str]:
+    """The addresses ``localhost`` resolves to that can be listened on here (``::1``
+    may be in /etc/hosts on a machine without IPv6)."""
     try:
         infos = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
     except OSError:
         return []
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    addresses = dict.fromkeys(str(info[4][0]) for info in infos)
+    return [a for a in addresses if a != "::1" or has_ipv6_loopback()]
 
 
 @pytest.mark.skipif(
