@@ -483,7 +483,9 @@ def test_cli_probe_407_with_only_unsupported_schemes_says_so(
             server.shutdown()
             thread.join()
     assert status == 1
-    assert "it offers only ntlm, negotiate" in text and "credentials rejected" not in text
+    assert "it offers only ntlm, negotiate; the probe answers Basic and Digest" in text
+    assert "a janusnet.ProxyAuth flow answers other schemes" in text
+    assert "credentials rejected" not in text
     assert "no credentials given" not in text
     assert SECRET not in text
 

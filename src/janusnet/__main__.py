@@ -281,7 +281,10 @@ def _auth_explanation(exc: ProxyAuthenticationRequired, proxy: ProxyURL) -> str:
     schemes = [c.scheme for c in parse_challenges(exc.challenges)]
     if schemes and not {"basic", "digest"} & set(schemes):
         # First: credentials in the URL would not help.
-        return f"it offers only {', '.join(schemes)}; janusnet speaks Basic and Digest"
+        return (
+            f"it offers only {', '.join(schemes)}; the probe answers Basic and Digest (in "
+            "code, a janusnet.ProxyAuth flow answers other schemes)"
+        )
     if proxy.username is None:
         return (
             "no credentials given (put them in the proxy URL: "
