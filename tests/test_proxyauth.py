@@ -5,6 +5,7 @@ trio, against scripted proxies on loopback. Real squid with NTLM is in
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 
 import anyio
@@ -447,6 +448,8 @@ async def test_flow_gets_each_407_as_the_proxy_sent_it(anyio_backend: str) -> No
     [
         ("Custom a'b\\cdefghijklmnop", "status-line"),
         ("Bearer ab+cd/ef+gh/ij+kl/mnopq==", "percent-encoded"),
+        ("NTLM TlRMTVNTUAABAAAAB4IIog+/abc/def+ghi==", "percent-encoded-keeping-slash"),
+        ("NTLM TlRMTVNTUAABAAAAB4IIog+/abc/def+ghi==", "percent-encoded-lower-case"),
     ],
 )
 async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
@@ -464,7 +467,13 @@ async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
         sent = authorization(head) or b""
         if echo == "status-line":  # malformed: h11 quotes the line as a bytes literal
             return b"HTTP/1.1 4x7 " + sent + b"\r\n\r\n"
-        encoded = quote(sent.decode(), safe="").encode()
+        text = sent.decode()
+        if echo == "percent-encoded-keeping-slash":
+            encoded = quote(text).encode()  # quote()'s default leaves "/"
+        elif echo == "percent-encoded-lower-case":
+            encoded = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(text)).encode()
+        else:
+            encoded = quote(text, safe="").encode()
         return b"HTTP/1.1 403 got %s\r\nLocation: /?a=%s\r\n\r\n" % (encoded, encoded)
 
     proxy = ScriptedProxy(decide)
@@ -480,8 +489,13 @@ async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
     if isinstance(info.value, ProxyRefusedError):
         texts += [info.value.reason, repr(info.value.headers)]
     credentials = value.partition(" ")[2]
-    for form in (credentials, quote(credentials, safe=""), repr(credentials.encode())[2:-1]):
-        assert all(form not in text for text in texts), (form, texts)
+    forms = [credentials, quote(credentials, safe=""), quote(credentials)]
+    forms += [repr(credentials.encode())[2:-1], quote(credentials).lower()]
+    for text in texts:
+        lowered = text.lower()  # (a lower-case %2b must not slip through either)
+        for form in forms:
+            for piece in (form[i : i + 10] for i in range(len(form) - 10)):
+                assert piece.lower() not in lowered, (piece, text)
     assert "[credentials withheld]" in str(info.value)
 
 
@@ -659,3 +673,64 @@ async def test_flow_that_is_no_generator_is_a_usage_error(
             await tunnel.open("target.example", 443)
     assert message in str(info.value)
     assert proxy.heads == []
+
+
+async def test_flow_restarted_after_a_stale_connection_gets_its_own_rounds(
+    anyio_backend: str,
+) -> None:
+    """The run that starts again on a new connection has all 8 answers of its own, and
+    the error describes that run, not the one the stale connection ended."""
+
+    class Steps(ProxyAuth):
+        def auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> Generator[str | None, ProxyReply, None]:
+            step = 0
+            while True:
+                yield f"Step {step}"
+                step += 1
+
+    async def decide(connection: int, head: list[bytes]) -> bytes | None:
+        if connection == 0 and authorization(head) == b"Step 7":
+            return None  # its 7th answer meets a connection gone stale
+        return challenge("Step")
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Steps(), timeout=None)
+        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("target.example", 443)
+    sent = [(c, authorization(head)) for c, head in proxy.heads]
+    assert sent[:8] == [(0, f"Step {n}".encode()) for n in range(8)]
+    assert sent[8:] == [(1, f"Step {n}".encode()) for n in range(9)]
+    assert "had answered 8 of its 407s" in str(info.value)
+    assert "did not keep the connection" not in str(info.value)
+
+
+async def test_flow_clean_up_that_outlives_the_deadline_is_named_in_the_timeout(
+    anyio_backend: str,
+) -> None:
+    """The proxy refused; the flow's clean-up then ran past the deadline: the timeout
+    names the clean-up and what ended the exchange (it blamed the proxy's reply)."""
+
+    class SlowCleanUp(ProxyAuth):
+        async def async_auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> AsyncGenerator[str | None, ProxyReply]:
+            try:
+                yield "Token abcdefgh0"
+            finally:
+                await anyio.sleep(30)
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=SlowCleanUp(), timeout=0.5)
+        with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
+            await tunnel.open("target.example", 443)
+    assert (
+        "expired while running the clean-up of the proxy auth flow SlowCleanUp, after "
+        "ProxyRefusedError" in str(info.value)
+    )

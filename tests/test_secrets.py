@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import re
 import ssl
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -259,6 +260,17 @@ async def test_secrets_digest_407(
     assert exc.challenges[0].startswith("Digest")
 
 
+def percent_spellings(text: str) -> dict[str, str]:
+    """``text`` percent-encoded as proxies quote it in URLs: every reserved character,
+    ``/`` kept (``quote``'s default), lower-case hex digits."""
+    everything = quote(text, safe="")
+    return {
+        "{quoted}": everything,
+        "{quoted-slash}": quote(text),
+        "{quoted-lower}": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), everything),
+    }
+
+
 def echoing_proxy(reply: bytes) -> Any:
     """A loopback proxy that answers CONNECT with ``reply``, in which ``{auth}`` stands for
     the ``Proxy-Authorization`` value it was sent (a proxy quoting the request back)."""
@@ -272,7 +284,10 @@ def echoing_proxy(reply: bytes) -> Any:
                 authorization = value.strip()
         assert authorization.startswith(b"Basic ")
         pair = base64.b64decode(authorization.split()[1])
-        await client.send(reply.replace(b"{auth}", authorization).replace(b"{pair}", pair))
+        answer = reply
+        for name, spelling in percent_spellings(authorization.decode()).items():
+            answer = answer.replace(name.encode(), spelling.encode())
+        await client.send(answer.replace(b"{auth}", authorization).replace(b"{pair}", pair))
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
 
@@ -351,6 +366,34 @@ async def test_secrets_sent_back_whatever_their_length(
         for piece in pieces:
             assert piece not in text, f"{piece!r} leaked into {text!r}"
     assert "[credentials withheld]" in str(info.value)
+
+
+@pytest.mark.parametrize("spelling", ["{quoted}", "{quoted-slash}", "{quoted-lower}"])
+async def test_secrets_sent_back_percent_encoded(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, spelling: str
+) -> None:
+    """A proxy that puts the header it got into a URL (a login page's ``from=``): the
+    Basic token, percent-encoded in any usual spelling, is withheld (it decodes to the
+    password)."""
+    password = "s3cr3t/pa+ss=word"
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    assert set(token) & set("+/=")  # characters percent-encoding changes
+    reply = (
+        b"HTTP/1.1 403 Forbidden\r\nLocation: /login?from="
+        + spelling.encode()
+        + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with echoing_proxy(reply) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    texts = [*exception_texts(info.value), repr(info.value.headers)]
+    texts += [record.getMessage() for record in caplog.records]
+    encoded = percent_spellings(f"Basic {token}")[spelling]
+    for text in texts:
+        for piece in (encoded[i : i + 12] for i in range(len(encoded) - 12)):
+            assert piece not in text, f"{piece!r} leaked into {text!r}"
+    assert "[credentials withheld]" in repr(info.value.headers)
 
 
 async def test_secrets_sent_back_in_a_2xx_reply(

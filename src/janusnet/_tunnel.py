@@ -31,10 +31,11 @@ import functools
 import inspect
 import logging
 import os
+import re
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Final, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import anyio
 
@@ -97,6 +98,7 @@ WITHHELD: Final = "[credentials withheld]"
 #: in every other reason phrase, and where the cuts fell would spell it out. A proxy
 #: cannot send back what it never saw, and what it sees is the Basic header value.
 _MIN_FORM: Final = 8
+_HEX_ESCAPE: Final = re.compile(r"%[0-9A-F]{2}")
 
 
 def _secret_forms(user: str, password: str) -> tuple[str, ...]:
@@ -106,11 +108,20 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     chance."""
     pair = f"{user}:{password}"
     token = base64.b64encode(pair.encode("utf-8", "replace")).decode("ascii")
-    forms = {token, password, quote(password, safe="")}
+    forms = {token, password, *_percent_forms(password), *_percent_forms(token)}
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
     if password and len(pair) >= _MIN_FORM:
         kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
     return _as_received(kept)
+
+
+def _percent_forms(text: str) -> set[str]:
+    """``text`` percent-encoded the ways a proxy may quote it back in a URL or header:
+    every reserved character encoded, or ``/`` left as it is (``quote``'s default), or
+    the form encoding (space as ``+``); each with upper- and lower-case hex digits."""
+    encoded = {quote(text, safe=""), quote(text), quote_plus(text)}
+    lower = {_HEX_ESCAPE.sub(lambda m: m.group().lower(), form) for form in encoded}
+    return (encoded | lower) - {text}
 
 
 def _as_received(forms: Iterable[str]) -> tuple[str, ...]:
@@ -163,11 +174,10 @@ def _flow_forms(value: bytes, known: tuple[str, ...]) -> tuple[str, ...]:
     send back, longest first: the value, and its credentials (what follows the scheme)
     when long enough to be told from chance, as sent and percent-encoded."""
     text = value.decode("ascii")
-    forms = {text}
+    forms = {text, *_percent_forms(text)}
     credentials = text.partition(" ")[2].strip()
     if len(credentials) >= _MIN_FORM:
-        forms.update({credentials, quote(credentials, safe="")})
-    forms.add(quote(text, safe=""))
+        forms.update({credentials, *_percent_forms(credentials)})
     return tuple(sorted({*known, *_as_received(forms)}, key=len, reverse=True))
 
 
@@ -654,6 +664,7 @@ class ProxyTunnel:
         starts again on a new connection, once (its answer belonged to the old one).
         """
         assert self._flow is not None
+        name = type(self._flow).__name__
         secrets: tuple[str, ...] = ()
         flow: AsyncGenerator[str | None, ProxyReply] | None = None
         sent = rounds = 0  # values sent; 407s the flow was asked to answer
@@ -689,7 +700,12 @@ class ProxyTunnel:
                     if phase is not None:
                         phase[0] = self._connect_phase() + " again, to answer its 407"
                     sock = await self._connect_proxy(target)
+                    if phase is not None:
+                        phase[0] = f"running the clean-up of the proxy auth flow {name}"
                     await flow.aclose()
+                    # A new run: its own rounds and its own account in any error.
+                    sent = rounds = 0
+                    moved = False
                     flow = self._start_flow(authority)
                     authorization = await self._flow_value(flow, None, phase)
                     continue
@@ -698,7 +714,7 @@ class ProxyTunnel:
                 self._log_reply(authority, shown)
                 if 200 <= reply.status < 300:
                     if phase is not None:
-                        phase[0] = f"closing the proxy auth flow {type(self._flow).__name__}"
+                        phase[0] = f"running the clean-up of the proxy auth flow {name}"
                     await flow.aclose()  # its clean-up may fail: the socket is closed then
                     return self._tunnel_open(sock, reader, shown)
                 answer = None
@@ -724,6 +740,15 @@ class ProxyTunnel:
             await sock.aclose()
             if secrets and isinstance(exc, JanusnetError):
                 _withhold_from_error(exc, secrets)
+            if flow is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                # The flow's clean-up runs now, under the deadline; should the deadline
+                # expire in it, the timeout says so, and what had ended the exchange.
+                if phase is not None:
+                    phase[0] = (
+                        f"running the clean-up of the proxy auth flow {name}, after "
+                        f"{type(exc).__name__}"
+                    )
+                await flow.aclose()
             raise
         finally:
             if flow is not None:
