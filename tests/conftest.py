@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterator
 
@@ -10,6 +11,27 @@ import trustme
 
 import realproxies
 from realproxies import RealProxy
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, on a machine where ``localhost`` is not 127.0.0.1: the
+    suite's servers listen there and many tests connect to ``localhost`` (such a host
+    would otherwise give hundreds of connection failures)."""
+    try:
+        infos = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        found = f"does not resolve ({exc})"
+    else:
+        addresses = sorted({str(info[4][0]) for info in infos})
+        if "127.0.0.1" in addresses:
+            return
+        found = "resolves to " + ", ".join(addresses)
+    pytest.exit(
+        f"the janusnet suite needs 'localhost' to include 127.0.0.1, but here it {found}: "
+        "add '127.0.0.1 localhost' to /etc/hosts",
+        returncode=4,
+    )
+
 
 # -- real proxies (squid, tinyproxy) ----------------------------------------------------------
 # Started once per session, on first use, on free loopback ports; stopped at the end. When a
