@@ -37,6 +37,7 @@ import logging
 import socket
 import ssl
 import struct
+import sys
 import threading
 import traceback
 from types import TracebackType
@@ -208,6 +209,14 @@ class Connection:
             if transport is None:  # only when the connection was lost mid-way
                 raise ConnectionResetError("connection lost during the TLS handshake")
         except BaseException:
+            if sys.version_info < (3, 11):
+                # 3.10's sslproto makes the TLS transport up front; when start_tls() is
+                # cancelled after the handshake finished, it closes only the raw
+                # transport and drops that one unclosed (a ResourceWarning when
+                # collected, an error under filterwarnings = error). 3.11 marks it closed.
+                orphan = getattr(self.writer.transport.get_protocol(), "_app_transport", None)
+                if orphan is not None:
+                    orphan.abort()
             # The raw transport now belongs to the failed TLS layer: its old writer would
             # never see connection_lost, and aclose() would wait CLOSE_TIMEOUT for it (the
             # connection counted as active all that time). Abort it with the rest instead.
