@@ -179,11 +179,18 @@ _LOCAL_SHORTAGES: Final = {
 }
 
 
-def _why_not(exc: BaseException | None, number: int | None) -> str:
-    """A connect failure for a message: the error, preceded by what it means when it is
-    this machine's shortage rather than the peer's doing."""
+def _connect_failed(
+    where: str, exc: BaseException | None, *, host: str, port: int, role: str = "target"
+) -> ConnectError:
+    """The error (logged) for a connect to ``where`` that failed with ``exc``: its errno,
+    and what it means when it is this machine's shortage rather than the peer's doing."""
+    logger.warning("cannot connect to %s: %s", where, str(exc))
+    number = _errno_of(exc)
     shortage = _LOCAL_SHORTAGES.get(number) if number is not None else None
-    return f"{shortage} ({exc})" if shortage else str(exc)
+    why = f"{shortage} ({exc})" if shortage else str(exc)
+    return ConnectError(
+        f"cannot connect to {where}: {why}", host=host, port=port, role=role, errno=number
+    )
 
 
 class _Direct(SocketStream):
@@ -1198,15 +1205,7 @@ async def open_hop(
             raise TimeoutError(
                 f"connecting to {label} took longer than {connect_timeout:g} s"
             ) from None
-        logger.warning("cannot connect to %s: %s", label, str(exc))
-        number = _errno_of(exc)
-        raise ConnectError(
-            f"cannot connect to {label}: {_why_not(exc, number)}",
-            host=host,
-            port=port,
-            role=role,
-            errno=number,
-        ) from exc
+        raise _connect_failed(label, exc, host=host, port=port, role=role) from exc
     if ssl_context is None:
         return stream
     try:
@@ -1322,12 +1321,4 @@ async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
             return await open_tcp(target, port)
         except OSError as exc:
             last = exc
-    where = show_address(host, port)
-    logger.warning("cannot connect to %s: %s", where, str(last))
-    number = _errno_of(last)
-    raise ConnectError(
-        f"cannot connect to {where}: {_why_not(last, number)}",
-        host=host,
-        port=port,
-        errno=number,
-    ) from last
+    raise _connect_failed(show_address(host, port), last, host=host, port=port) from last

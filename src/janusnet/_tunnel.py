@@ -608,10 +608,7 @@ class ProxyTunnel:
                         "on a new one",
                         self._address,
                     )
-                    await sock.aclose()
-                    if phase is not None:
-                        phase[0] = self._connect_phase() + " again, to answer its 407"
-                    sock = await self._connect_proxy(target)
+                    sock = await self._reconnect(sock, target, phase)
                     authorization = self._answer(challenge[0], authority, sent_basic=challenge[1])
                     continue
                 kept = False
@@ -637,10 +634,7 @@ class ProxyTunnel:
                         phase[0] = "reading the body of the proxy's 407, to answer it"
                     kept = await self._drain(sock, reader)
                     if not kept:
-                        await sock.aclose()
-                        if phase is not None:
-                            phase[0] = self._connect_phase() + " again, to answer its 407"
-                        sock = await self._connect_proxy(target)
+                        sock = await self._reconnect(sock, target, phase)
                     if phase is not None:
                         phase[0] = "waiting for the proxy's reply to the answer to its 407"
                     continue
@@ -696,10 +690,7 @@ class ProxyTunnel:
                         "the proxy auth flow again on a new one",
                         self._address,
                     )
-                    await sock.aclose()
-                    if phase is not None:
-                        phase[0] = self._connect_phase() + " again, to answer its 407"
-                    sock = await self._connect_proxy(target)
+                    sock = await self._reconnect(sock, target, phase)
                     if phase is not None:
                         phase[0] = f"running the clean-up of the proxy auth flow {name}"
                     await flow.aclose()
@@ -731,10 +722,7 @@ class ProxyTunnel:
                 kept = await self._drain(sock, reader)
                 if not kept:
                     moved = True
-                    await sock.aclose()
-                    if phase is not None:
-                        phase[0] = self._connect_phase() + " again, to answer its 407"
-                    sock = await self._connect_proxy(target)
+                    sock = await self._reconnect(sock, target, phase)
                 authorization = answer
         except BaseException as exc:
             await sock.aclose()
@@ -753,6 +741,13 @@ class ProxyTunnel:
         finally:
             if flow is not None:
                 await flow.aclose()  # runs the flow's own clean-up (finally blocks)
+
+    async def _reconnect(self, sock: Socket, target: str, phase: list[str] | None) -> Socket:
+        """Close ``sock`` and connect to the proxy again, to answer its 407 there."""
+        await sock.aclose()
+        if phase is not None:
+            phase[0] = self._connect_phase() + " again, to answer its 407"
+        return await self._connect_proxy(target)
 
     def _request(self, authority: str, authorization: bytes | None, *, cache: bool) -> bytes:
         """The serialised ``CONNECT``, from the cache when it was built before."""
