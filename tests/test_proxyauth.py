@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -80,6 +81,22 @@ class ScriptedProxy:
                     await stream.send(data)
             if b"Connection: close" in reply or not reply.startswith(b"HTTP/1.1 407"):
                 return
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def failing_open(
+    decide: Decide, flow: ProxyAuth, error: type[E], **options: Any
+) -> tuple[E, ScriptedProxy]:
+    """``open()`` through a :class:`ScriptedProxy` answering with ``decide``, which must
+    raise ``error`` (within 10 s): the error, and the proxy (its ``heads``)."""
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=flow, **options)
+        with anyio.fail_after(10), pytest.raises(error) as info:
+            await tunnel.open("target.example", 443)
+    return info.value, proxy
 
 
 class Rounds(ProxyAuth):
@@ -200,12 +217,8 @@ async def test_flow_without_a_first_value_that_gives_up_at_once(anyio_backend: s
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return challenge("Round n0")
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Never())
-        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
-            await tunnel.open("target.example", 443)
-    assert "the proxy auth flow Never gave no Proxy-Authorization value" in str(info.value)
+    exc, proxy = await failing_open(decide, Never(), ProxyAuthenticationRequired)
+    assert "the proxy auth flow Never gave no Proxy-Authorization value" in str(exc)
     assert [authorization(head) for _, head in proxy.heads] == [None]
 
 
@@ -225,12 +238,8 @@ async def test_flow_rounds_are_capped(anyio_backend: str) -> None:
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return challenge("Count")
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Forever(), timeout=None)
-        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
-            await tunnel.open("target.example", 443)
-    assert "had answered 8 of its 407s; janusnet stops there" in str(info.value)
+    exc, proxy = await failing_open(decide, Forever(), ProxyAuthenticationRequired, timeout=None)
+    assert "had answered 8 of its 407s; janusnet stops there" in str(exc)
     assert [authorization(head) for _, head in proxy.heads] == [
         f"Count {n}".encode() for n in range(9)
     ]
@@ -267,15 +276,11 @@ async def test_flow_value_that_is_no_header_value_is_a_usage_error(
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return challenge("Round n0")
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Bad())
-        with anyio.fail_after(10), pytest.raises(UsageError) as info:
-            await tunnel.open("target.example", 443)
-    assert str(info.value).startswith("proxy auth flow Bad yielded ")
-    assert problem in str(info.value)
+    exc, proxy = await failing_open(decide, Bad(), UsageError)
+    assert str(exc).startswith("proxy auth flow Bad yielded ")
+    assert problem in str(exc)
     if isinstance(value, str) and value:
-        assert value.strip() not in str(info.value)
+        assert value.strip() not in str(exc)
     assert len(proxy.heads) == (1 if when == "answer" else 0)
     assert all(b"X-Injected" not in line for _, head in proxy.heads for line in head)
 
@@ -433,14 +438,10 @@ async def test_flow_gets_each_407_as_the_proxy_sent_it(anyio_backend: str) -> No
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return challenge('Custom realm="corp", last="token=abcdefgh12345678"')
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Echoing())
-        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
-            await tunnel.open("target.example", 443)
+    exc, _ = await failing_open(decide, Echoing(), ProxyAuthenticationRequired)
     assert seen == [('Custom realm="corp", last="token=abcdefgh12345678"',)]
-    assert info.value.challenges == ('Custom realm="corp", last="[credentials withheld]"',)
-    assert "(the proxy offers custom)" in str(info.value)
+    assert exc.challenges == ('Custom realm="corp", last="[credentials withheld]"',)
+    assert "(the proxy offers custom)" in str(exc)
 
 
 @pytest.mark.parametrize(
@@ -476,18 +477,14 @@ async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
             encoded = quote(text, safe="").encode()
         return b"HTTP/1.1 403 got %s\r\nLocation: /?a=%s\r\n\r\n" % (encoded, encoded)
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Token())
-        with anyio.fail_after(10), pytest.raises(janusnet.JanusnetError) as info:
-            await tunnel.open("target.example", 443)
+    exc, _ = await failing_open(decide, Token(), janusnet.JanusnetError)
     texts = []
-    current: BaseException | None = info.value
+    current: BaseException | None = exc
     while current is not None:
         texts += [str(current), repr(current)]
         current = current.__cause__ or current.__context__
-    if isinstance(info.value, ProxyRefusedError):
-        texts += [info.value.reason, repr(info.value.headers)]
+    if isinstance(exc, ProxyRefusedError):
+        texts += [exc.reason, repr(exc.headers)]
     credentials = value.partition(" ")[2]
     forms = [credentials, quote(credentials, safe=""), quote(credentials)]
     forms += [repr(credentials.encode())[2:-1], quote(credentials).lower()]
@@ -496,7 +493,7 @@ async def test_flow_values_are_withheld_in_escaped_and_encoded_echoes(
         for form in forms:
             for piece in (form[i : i + 10] for i in range(len(form) - 10)):
                 assert piece.lower() not in lowered, (piece, text)
-    assert "[credentials withheld]" in str(info.value)
+    assert "[credentials withheld]" in str(exc)
 
 
 async def test_flow_value_echoed_in_a_2xx_head_is_not_kept_in_the_shared_head_cache(
@@ -587,16 +584,12 @@ async def test_flow_answer_on_a_new_connection_says_so_when_it_fails(anyio_backe
             return challenge(f"Round n{connection}", body=b"x" * (100 * 1024))
         return challenge("Round")  # a bare challenge: the flow gives up
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Rounds())
-        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
-            await tunnel.open("target.example", 443)
+    exc, proxy = await failing_open(decide, Rounds(), ProxyAuthenticationRequired)
     assert [(c, authorization(head)) for c, head in proxy.heads] == [
         (0, b"Round 1"),
         (1, b"Round 2 n0"),
     ]
-    assert "the proxy did not keep the connection after a 407" in str(info.value)
+    assert "the proxy did not keep the connection after a 407" in str(exc)
 
 
 async def test_flow_that_outlives_the_deadline_is_named_in_the_timeout(anyio_backend: str) -> None:
@@ -610,12 +603,8 @@ async def test_flow_that_outlives_the_deadline_is_named_in_the_timeout(anyio_bac
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return OK
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Slow(), timeout=0.3)
-        with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
-            await tunnel.open("target.example", 443)
-    assert "deadline expired while waiting for the proxy auth flow Slow" in str(info.value)
+    exc, proxy = await failing_open(decide, Slow(), TimeoutError, timeout=0.3)
+    assert "deadline expired while waiting for the proxy auth flow Slow" in str(exc)
     assert proxy.heads == []
 
 
@@ -695,16 +684,12 @@ async def test_flow_restarted_after_a_stale_connection_gets_its_own_rounds(
             return None  # its 7th answer meets a connection gone stale
         return challenge("Step")
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Steps(), timeout=None)
-        with anyio.fail_after(10), pytest.raises(ProxyAuthenticationRequired) as info:
-            await tunnel.open("target.example", 443)
+    exc, proxy = await failing_open(decide, Steps(), ProxyAuthenticationRequired, timeout=None)
     sent = [(c, authorization(head)) for c, head in proxy.heads]
     assert sent[:8] == [(0, f"Step {n}".encode()) for n in range(8)]
     assert sent[8:] == [(1, f"Step {n}".encode()) for n in range(9)]
-    assert "had answered 8 of its 407s" in str(info.value)
-    assert "did not keep the connection" not in str(info.value)
+    assert "had answered 8 of its 407s" in str(exc)
+    assert "did not keep the connection" not in str(exc)
 
 
 async def test_flow_clean_up_that_outlives_the_deadline_is_named_in_the_timeout(
@@ -725,12 +710,8 @@ async def test_flow_clean_up_that_outlives_the_deadline_is_named_in_the_timeout(
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
 
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=SlowCleanUp(), timeout=0.5)
-        with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
-            await tunnel.open("target.example", 443)
+    exc, _ = await failing_open(decide, SlowCleanUp(), TimeoutError, timeout=0.5)
     assert (
         "expired while running the clean-up of the proxy auth flow SlowCleanUp, after "
-        "ProxyRefusedError" in str(info.value)
+        "ProxyRefusedError" in str(exc)
     )

@@ -658,7 +658,6 @@ class ProxyTunnel:
         starts again on a new connection, once (its answer belonged to the old one).
         """
         assert self._flow is not None
-        name = type(self._flow).__name__
         secrets: tuple[str, ...] = ()
         flow: AsyncGenerator[str | None, ProxyReply] | None = None
         sent = rounds = 0  # values sent; 407s the flow was asked to answer
@@ -691,9 +690,7 @@ class ProxyTunnel:
                         self._address,
                     )
                     sock = await self._reconnect(sock, target, phase)
-                    if phase is not None:
-                        phase[0] = f"running the clean-up of the proxy auth flow {name}"
-                    await flow.aclose()
+                    await self._close_flow(flow, phase)
                     # A new run: its own rounds and its own account in any error.
                     sent = rounds = 0
                     moved = False
@@ -704,9 +701,7 @@ class ProxyTunnel:
                 shown = _withhold_from_reply(reply, secrets) if secrets else reply
                 self._log_reply(authority, shown)
                 if 200 <= reply.status < 300:
-                    if phase is not None:
-                        phase[0] = f"running the clean-up of the proxy auth flow {name}"
-                    await flow.aclose()  # its clean-up may fail: the socket is closed then
+                    await self._close_flow(flow, phase)  # may fail: the socket closes then
                     return self._tunnel_open(sock, reader, shown)
                 answer = None
                 asked = reply.status == 407 and rounds < MAX_AUTH_ROUNDS
@@ -731,16 +726,26 @@ class ProxyTunnel:
             if flow is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 # The flow's clean-up runs now, under the deadline; should the deadline
                 # expire in it, the timeout says so, and what had ended the exchange.
-                if phase is not None:
-                    phase[0] = (
-                        f"running the clean-up of the proxy auth flow {name}, after "
-                        f"{type(exc).__name__}"
-                    )
-                await flow.aclose()
+                await self._close_flow(flow, phase, after=exc)
             raise
         finally:
             if flow is not None:
                 await flow.aclose()  # runs the flow's own clean-up (finally blocks)
+
+    async def _close_flow(
+        self,
+        flow: AsyncGenerator[str | None, ProxyReply],
+        phase: list[str] | None,
+        *,
+        after: BaseException | None = None,
+    ) -> None:
+        """Run the flow's clean-up (its ``finally`` blocks); a deadline that expires in
+        it names it (and ``after``, what had ended the exchange)."""
+        if phase is not None:
+            phase[0] = f"running the clean-up of the proxy auth flow {type(self._flow).__name__}"
+            if after is not None:
+                phase[0] += f", after {type(after).__name__}"
+        await flow.aclose()
 
     async def _reconnect(self, sock: Socket, target: str, phase: list[str] | None) -> Socket:
         """Close ``sock`` and connect to the proxy again, to answer its 407 there."""
