@@ -24,6 +24,7 @@ EXAMPLES = [
     "tunnel_request.py",
     "starttls_line_protocol.py",
     "tunnel_trio.py",
+    "hand_over.py",
 ]
 
 

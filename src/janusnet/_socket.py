@@ -1310,6 +1310,79 @@ class Socket:
         """
         await self._close_stream()
 
+    def detach(self) -> _stdsocket.socket:
+        """Hand the connection over as a standard ``socket.socket``; this Socket closes.
+
+        For a library that takes a connected socket (asyncio's ``open_connection(sock=,
+        ssl=, server_hostname=)``, ``trio.SocketStream``, websockets' and asyncssh's
+        ``connect(sock=)``, ``SSLContext.wrap_socket``): open a tunnel with
+        :meth:`ProxyTunnel.open`, then give it to that library, as curl's
+        ``CURLOPT_CONNECT_ONLY`` and ``CURLINFO_ACTIVESOCKET`` do. Only a plain
+        connection can move: TLS state cannot leave the engine that holds it.
+
+        Bytes still in the operating system's buffer go with the socket (they were not
+        read). Bytes this Socket has read and not handed out would be lost, so they make
+        it refuse (-112), as ``ssl_on()`` does: read them first.
+
+        Returns:
+            The connected socket, in blocking mode with no timeout (as a new
+            ``socket.socket`` is; libraries set the mode they need). The caller owns it
+            and closes it; ``aclose()`` of this Socket no longer touches it.
+
+        Raises:
+            SocketClosedError: the socket is closed (or handed over already).
+            BusyError: another task is receiving or sending (or ``ssl_on()`` is
+                handshaking); socket unchanged.
+            SocketResetError: the connection broke; socket unchanged (close it).
+            PendingDataError: (-112) received bytes are buffered unread; socket unchanged,
+                read them and retry.
+            UsageError: the connection is TLS (after ``ssl_on()``, a ``TLSMode.ALWAYS``
+                port, or a tunnel inside TLS to an ``https://`` proxy), or this Socket
+                wraps an anyio stream it did not make (``Socket(stream)``: that stream
+                owns the socket); socket unchanged.
+        """
+        stream = self._stream
+        if stream is None:
+            raise SocketClosedError("detach: the socket is closed")
+        if self._receiving or self._sending:
+            raise BusyError(
+                "detach: another task is receiving or sending on this socket "
+                "(or ssl_on() is handshaking)"
+            )
+        if self._ssl_object is not None:
+            raise UsageError(
+                "detach: the connection is TLS; its TLS session cannot move to another "
+                "library (detach before ssl_on(), on a port that is not TLSMode.ALWAYS)"
+            )
+        if isinstance(stream, (FdTLSStream, TLSStream)):
+            raise UsageError(
+                "detach: this tunnel runs inside TLS to an https:// proxy; that TLS session "
+                "cannot move to another library (an http:// proxy's tunnel can)"
+            )
+        if not isinstance(stream, FdStream):
+            raise UsageError(
+                "detach: this Socket wraps an anyio stream it did not make; the socket "
+                "belongs to that stream"
+            )
+        if self._reset:
+            raise SocketResetError("detach: the connection broke earlier")
+        pending = self.pending
+        if pending:
+            raise PendingDataError(
+                f"detach: {pending} received byte(s) are buffered unread and would be "
+                "lost; read them first",
+                pending=pending,
+            )
+        remote = self.remote_address
+        raw = stream.detach()
+        self._ready = self._ready_args = ()
+        self._stream = None
+        self._raw_socket = None
+        self._port._release()
+        raw.settimeout(None)
+        logger.debug("detach: connection with %s handed over", remote)
+        return raw
+
     async def __aenter__(self) -> Socket:
         return self
 

@@ -372,6 +372,17 @@ class FdStream(_Direct):
             return data
         raise anyio.EndOfStream
 
+    def detach(self) -> _stdsocket.socket:
+        """Give the socket up without closing it: the caller owns it from now on.
+
+        Raises:
+            anyio.ClosedResourceError: closed (or handed over) already.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._closed = True  # so closing this stream leaves the socket be
+        return self._sock
+
     async def send_eof(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
