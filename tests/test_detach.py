@@ -4,6 +4,7 @@ to another library, on asyncio and trio; and every refusal leaving the socket as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -125,6 +126,30 @@ async def test_detached_tunnel_into_trio_ssl_stream(
         answer = b""
         while chunk := await tls.receive_some():
             answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(ANSWER)
+
+
+async def test_detached_tunnel_into_anyio_tls_stream(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    from anyio.abc import SocketStream
+    from anyio.streams.tls import TLSStream
+
+    sock = await ProxyTunnel(proxy.url, client_port=port).open("localhost", origin.port)
+    stream = await SocketStream.from_socket(sock.detach())
+    tls = await TLSStream.wrap(
+        stream,
+        hostname="localhost",
+        ssl_context=origin.client_context(),
+        standard_compatible=False,
+    )
+    async with tls:
+        await tls.send(REQUEST)
+        answer = b""
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                answer += await tls.receive()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(ANSWER)
 
