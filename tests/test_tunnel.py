@@ -741,7 +741,7 @@ async def test_tunnel_kernel_connect_timeout_is_connect_error(
     as Python raises it) is a failed connect to the proxy, not our deadline."""
     import errno
 
-    async def syn_unanswered(host: str, port: int) -> None:
+    async def syn_unanswered(host: str, port: int, options: object = None) -> None:
         raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
 
     monkeypatch.setattr("janusnet._transport.open_tcp", syn_unanswered)

@@ -150,6 +150,8 @@ class SocketGroup:
         timeout: float | None = 30.0,
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
     ) -> Socket:
         """:meth:`Socket.connect`, then add the socket to the group.
 
@@ -161,6 +163,8 @@ class SocketGroup:
             timeout: as :meth:`Socket.connect`.
             server_hostname: as :meth:`Socket.connect`.
             ssl_context: as :meth:`Socket.connect`.
+            local_address: as :meth:`Socket.connect`.
+            socket_options: as :meth:`Socket.connect`.
 
         Returns:
             The connected socket, now a member.
@@ -185,6 +189,8 @@ class SocketGroup:
             timeout=timeout,
             server_hostname=server_hostname,
             ssl_context=ssl_context,
+            local_address=local_address,
+            socket_options=socket_options,
         )
         self.add(sock)
         return sock

@@ -73,6 +73,7 @@ from ._transport import (
     raw_socket_of,
     ssl_object_of,
     start_tls,
+    tcp_options,
     tls_name_for,
 )
 
@@ -335,6 +336,8 @@ class Socket:
         timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
     ) -> Socket:
         """Open a TCP connection (happy eyeballs over IPv4 and IPv6).
 
@@ -351,6 +354,13 @@ class Socket:
                 ``None`` for none.
             server_hostname: the name to verify; defaults to ``host``.
             ssl_context: the context for an immediate handshake (default: the port's).
+            local_address: the IP address to connect from (``"0.0.0.0"`` or ``"::"``
+                for any of a family; httpx's ``local_address``, curl's
+                ``--interface``); only the host's addresses of that family are tried.
+            socket_options: ``(level, option, value)`` tuples set on the socket before
+                it connects, after janusnet's own ``TCP_NODELAY`` (httpcore's
+                ``socket_options``), e.g. ``[(socket.SOL_SOCKET, socket.SO_KEEPALIVE,
+                1)]`` for Janus ``TcpKeepAlive``.
 
         Returns:
             The connected socket.
@@ -358,11 +368,14 @@ class Socket:
         Raises:
             UsageError: bad host or port, ``tls=False`` on an ``ALWAYS`` port, or an
                 argument of the wrong type (``client_port``, ``ssl_context``,
-                ``server_hostname``, ``timeout``).
+                ``server_hostname``, ``timeout``, ``local_address`` not an IP address,
+                ``socket_options`` not ``(int, int, int | bytes)`` tuples).
             NotSSLPortError: ``tls=True`` on a ``NEVER`` port.
             AccessDeniedError: the port's rules forbid the target (nothing was sent).
             PortLimitError: the port's ``max_sockets`` is reached.
-            ConnectError: the TCP connection failed (``__cause__`` says why).
+            ConnectError: the TCP connection failed (``__cause__`` says why), the host
+                has no address of ``local_address``'s family, or the OS refused the
+                local address or a socket option.
             HandshakeError: the immediate TLS handshake failed (-111).
             SSLOnOtherError: the connection broke during that handshake (-149), or TLS
                 is wanted and the host name (or ``server_hostname``) is not one TLS can
@@ -376,6 +389,7 @@ class Socket:
         check_timeout(timeout)
         check_ssl_context(ssl_context)
         check_server_hostname(server_hostname)
+        options = tcp_options(local_address, socket_options)
         if tls and client_port.tls is TLSMode.NEVER:
             raise NotSSLPortError(f"client port {client_port.name!r} does not allow TLS")
         if tls is False and client_port.tls is TLSMode.ALWAYS:
@@ -389,7 +403,7 @@ class Socket:
         try:
             with anyio.fail_after(timeout):
                 targets = await allowed_addresses(client_port, host, port)
-                stream = await connect_tcp(targets, host, port)
+                stream = await connect_tcp(targets, host, port, options)
                 try:
                     sock = cls(
                         stream, client_port=client_port, server_hostname=server_hostname or host

@@ -34,11 +34,12 @@ from ._exceptions import (
     ConnectError,
     HandshakeError,
     SSLOnOtherError,
+    UsageError,
     show_address,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from anyio.abc import ByteStream
 
@@ -50,6 +51,7 @@ __all__ = [
     "TRANSPORT_READ",
     "FdStream",
     "FdTLSStream",
+    "TCPOptions",
     "WideReceive",
     "allowed_addresses",
     "connect_tcp",
@@ -58,6 +60,7 @@ __all__ = [
     "open_hop",
     "raise_handshake_error",
     "start_tls",
+    "tcp_options",
     "wide",
 ]
 
@@ -186,7 +189,11 @@ def _connect_failed(
     and what it means when it is this machine's shortage rather than the peer's doing."""
     logger.warning("cannot connect to %s: %s", where, str(exc))
     number = _errno_of(exc)
-    shortage = _LOCAL_SHORTAGES.get(number) if number is not None else None
+    shortage = (
+        _LOCAL_SHORTAGES.get(number)
+        if number is not None and not isinstance(exc, _LocalAddressError)
+        else None
+    )
     why = f"{shortage} ({exc})" if shortage else str(exc)
     return ConnectError(
         f"cannot connect to {where}: {why}", host=host, port=port, role=role, errno=number
@@ -992,13 +999,100 @@ async def start_tls(
     )
 
 
+class TCPOptions:
+    """What a caller asked of its TCP sockets: a local address to bind, options to set."""
+
+    __slots__ = ("family", "local_address", "socket_options")
+
+    def __init__(
+        self,
+        local_address: str | None,
+        family: int | None,
+        socket_options: tuple[tuple[int, int, int | bytes], ...],
+    ) -> None:
+        self.local_address = local_address
+        self.family = family
+        self.socket_options = socket_options
+
+    def apply(self, sock: _stdsocket.socket) -> None:
+        """Set the options, then bind the local address (before the connect).
+
+        Raises:
+            OSError: the OS refused an option, or the local address (naming which).
+        """
+        for option in self.socket_options:
+            try:
+                sock.setsockopt(*option)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"socket option {option!r} refused: {exc.strerror or exc}"
+                ) from exc
+        if self.local_address is not None:
+            try:
+                sock.bind((self.local_address, 0))
+            except OSError as exc:
+                raise _LocalAddressError(
+                    exc.errno, f"cannot bind local address {self.local_address}: {exc.strerror}"
+                ) from exc
+
+
+class _LocalAddressError(OSError):
+    """The local address could not be bound: the caller's choice, not a shortage."""
+
+
+def tcp_options(
+    local_address: str | None, socket_options: Iterable[tuple[int, int, int | bytes]] | None
+) -> TCPOptions | None:
+    """The checked ``local_address`` and ``socket_options`` arguments (``None``: neither).
+
+    Raises:
+        UsageError: ``local_address`` is not an IP address, or an option is not a
+            ``(level, option, value)`` tuple of ints with an int or bytes value.
+    """
+    if local_address is None and socket_options is None:
+        return None
+    family = None
+    if local_address is not None:
+        if not isinstance(local_address, str):
+            raise UsageError(f"local_address must be an IP address string, not {local_address!r}")
+        try:
+            address = ipaddress.ip_address(local_address.strip("[]"))
+        except ValueError:
+            raise UsageError(
+                f"local_address must be an IP address (such as 192.0.2.7 or ::), "
+                f"not {local_address!r}"
+            ) from None
+        family = _stdsocket.AF_INET6 if address.version == 6 else _stdsocket.AF_INET
+        local_address = str(address)
+    options: list[tuple[int, int, int | bytes]] = []
+    if socket_options is not None:
+        if isinstance(socket_options, (str, bytes)) or not hasattr(socket_options, "__iter__"):
+            raise UsageError(
+                f"socket_options must be a list of (level, option, value) tuples, "
+                f"not {socket_options!r}"
+            )
+        for option in socket_options:
+            if not (
+                isinstance(option, tuple)
+                and len(option) == 3
+                and all(type(part) is int for part in option[:2])
+                and isinstance(option[2], (int, bytes))
+            ):
+                raise UsageError(
+                    f"a socket option must be a (level: int, option: int, value: int | bytes) "
+                    f"tuple, not {option!r}"
+                )
+            options.append(option)
+    return TCPOptions(local_address, family, tuple(options))
+
+
 #: RFC 8305's "Connection Attempt Delay" (anyio, trio and Python's asyncio use 250 ms).
 HAPPY_EYEBALLS_DELAY: Final = 0.25
 
 _AddrInfo = tuple[int, int, int, str, Any]
 
 
-async def open_tcp(host: str, port: int) -> ByteStream:
+async def open_tcp(host: str, port: int, options: TCPOptions | None = None) -> ByteStream:
     """A TCP stream to ``host:port`` (a name, or an IP address with or without brackets).
 
     A non-blocking socket connects directly (``TCP_NODELAY``, as both backends set it)
@@ -1008,6 +1102,8 @@ async def open_tcp(host: str, port: int) -> ByteStream:
     earlier ones are pending, the first to connect wins), as ``anyio.connect_tcp`` does
     -- which also starts a task group even for one address (~120 us of CPU per
     connection, ~8 % of a proxied TLS tunnel), so one address is connected without one.
+    With ``options``, each socket gets them before it connects, and a local address
+    keeps only the addresses of its family.
 
     Raises:
         UsageError: an international name that is not valid.
@@ -1023,9 +1119,17 @@ async def open_tcp(host: str, port: int) -> ByteStream:
         )
     except (OSError, UnicodeError, ValueError):  # a name
         infos = await anyio.getaddrinfo(address, port, type=_stdsocket.SOCK_STREAM)
+    if options is not None and options.family is not None:
+        infos = [info for info in infos if info[0] == options.family]
+        if not infos:
+            kind = "IPv6" if options.family == _stdsocket.AF_INET6 else "IPv4"
+            raise OSError(
+                f"{host} has no {kind} address, the family of local address "
+                f"{options.local_address}"
+            )
     if len(infos) == 1:
-        return await _connect_direct(infos[0])
-    return await _happy_eyeballs(_interleaved(infos))
+        return await _connect_direct(infos[0], options)
+    return await _happy_eyeballs(_interleaved(infos), options)
 
 
 def _interleaved(infos: Sequence[_AddrInfo]) -> list[_AddrInfo]:
@@ -1039,12 +1143,14 @@ def _interleaved(infos: Sequence[_AddrInfo]) -> list[_AddrInfo]:
     return ordered
 
 
-async def _connect_direct(info: _AddrInfo) -> FdStream:
+async def _connect_direct(info: _AddrInfo, options: TCPOptions | None = None) -> FdStream:
     family, kind, proto, _, sockaddr = info
     sock = _stdsocket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
         sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        if options is not None:
+            options.apply(sock)  # after TCP_NODELAY, so a caller's choice wins
         code = sock.connect_ex(sockaddr)
         if code in _IN_PROGRESS:
             await _wait_writable(sock)
@@ -1062,7 +1168,7 @@ async def _connect_direct(info: _AddrInfo) -> FdStream:
     return FdStream(sock)
 
 
-async def _happy_eyeballs(infos: list[_AddrInfo]) -> FdStream:
+async def _happy_eyeballs(infos: list[_AddrInfo], options: TCPOptions | None) -> FdStream:
     """Staggered connection attempts; the first that connects wins, the rest are closed."""
     winner: FdStream | None = None
     errors: list[OSError] = []
@@ -1070,7 +1176,7 @@ async def _happy_eyeballs(infos: list[_AddrInfo]) -> FdStream:
     async def attempt(info: _AddrInfo, failed: anyio.Event, group: anyio.abc.TaskGroup) -> None:
         nonlocal winner
         try:
-            stream = await _connect_direct(info)
+            stream = await _connect_direct(info, options)
         except OSError as exc:
             errors.append(exc)
             failed.set()
@@ -1187,6 +1293,7 @@ async def open_hop(
     label: str,
     connect_timeout: float | None,
     ssl_context: ssl.SSLContext | None = None,
+    options: TCPOptions | None = None,
 ) -> ByteStream:
     """TCP to ``host:port``, plus TLS with ``ssl_context``: the stream under a socket.
 
@@ -1198,6 +1305,7 @@ async def open_hop(
         label: how errors name it, e.g. ``"proxy 127.0.0.1:3128"``.
         connect_timeout: cap on the TCP connect, in seconds.
         ssl_context: TLS to this hop when given.
+        options: local address and socket options for the TCP socket.
 
     Raises:
         ConnectError: the TCP connection failed (``role="proxy"`` when ``label`` says so).
@@ -1208,7 +1316,7 @@ async def open_hop(
     role = label.split(" ", 1)[0]
     try:
         with anyio.fail_after(connect_timeout):
-            stream: ByteStream = await open_tcp(host, port)
+            stream: ByteStream = await open_tcp(host, port, options)
     except OSError as exc:
         if isinstance(exc, TimeoutError) and not exc.args and connect_timeout is not None:
             # Our deadline (the kernel's own ETIMEDOUT carries an errno: a ConnectError).
@@ -1325,11 +1433,13 @@ async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[st
     return addresses
 
 
-async def connect_tcp(targets: list[str], host: str, port: int) -> ByteStream:
+async def connect_tcp(
+    targets: list[str], host: str, port: int, options: TCPOptions | None = None
+) -> ByteStream:
     last: OSError | None = None
     for target in targets:
         try:
-            return await open_tcp(target, port)
+            return await open_tcp(target, port, options)
         except OSError as exc:
             last = exc
     raise _connect_failed(show_address(host, port), last, host=host, port=port) from last

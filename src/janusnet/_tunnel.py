@@ -73,7 +73,7 @@ from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
 from ._tls import default_context_for
-from ._transport import open_hop
+from ._transport import open_hop, tcp_options
 
 __all__ = ["ProxyTunnel"]
 
@@ -261,11 +261,18 @@ class ProxyTunnel:
             and answers the strongest scheme offered, so a Digest-only proxy never sees
             the password in (base64-encoded) clear text. A :class:`ProxyAuth` flow
             decides its first request itself.
+        local_address: the IP address to connect to the proxy from (as for
+            :meth:`Socket.connect`).
+        socket_options: ``(level, option, value)`` tuples set on the socket to the
+            proxy before it connects (as for :meth:`Socket.connect`; e.g. TCP
+            keepalive for long-lived tunnels).
 
     Raises:
         UsageError: a bad proxy URL, a header with a control character, bad credentials,
             or an argument of the wrong type (``headers``, ``client_port``,
-            ``proxy_ssl_context``, a negative or non-numeric timeout).
+            ``proxy_ssl_context``, a negative or non-numeric timeout, ``local_address``
+            not an IP address, ``socket_options`` not ``(int, int, int | bytes)``
+            tuples).
     """
 
     def __init__(
@@ -280,6 +287,8 @@ class ProxyTunnel:
         timeout: float | None = DEFAULT_TUNNEL_TIMEOUT,
         max_head_bytes: int = MAX_HEAD_BYTES,
         preemptive_basic: bool = True,
+        local_address: str | None = None,
+        socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
     ) -> None:
         url: ProxyURL = parse_proxy_url(proxy)
         self._url = url
@@ -317,6 +326,7 @@ class ProxyTunnel:
             raise UsageError("max_head_bytes must be a positive int")
         self._max_head_bytes = max_head_bytes
         self._preemptive_basic = preemptive_basic
+        self._tcp_options = tcp_options(local_address, socket_options)
         self._address = url.address  # host:port for messages (format_authority is not free)
         # Serialised CONNECT requests by (authority, Proxy-Authorization): building one
         # with h11 costs more than the rest of the exchange's Python work, and most
@@ -338,6 +348,8 @@ class ProxyTunnel:
         timeout: float | None = DEFAULT_TUNNEL_TIMEOUT,
         max_head_bytes: int = MAX_HEAD_BYTES,
         preemptive_basic: bool = True,
+        local_address: str | None = None,
+        socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
     ) -> ProxyTunnel | None:
         """The tunnel the environment asks for to reach ``host:port``, or ``None``.
 
@@ -358,6 +370,8 @@ class ProxyTunnel:
             timeout: as for :class:`ProxyTunnel`.
             max_head_bytes: as for :class:`ProxyTunnel`.
             preemptive_basic: as for :class:`ProxyTunnel`.
+            local_address: as for :class:`ProxyTunnel`.
+            socket_options: as for :class:`ProxyTunnel`.
 
         Returns:
             A tunnel, or ``None`` when no proxy applies.
@@ -378,6 +392,8 @@ class ProxyTunnel:
             timeout=timeout,
             max_head_bytes=max_head_bytes,
             preemptive_basic=preemptive_basic,
+            local_address=local_address,
+            socket_options=socket_options,
         )
 
     @property
@@ -553,6 +569,7 @@ class ProxyTunnel:
             label=f"proxy {url.address}",
             connect_timeout=self._connect_timeout,
             ssl_context=context,
+            options=self._tcp_options,
         )
         try:
             return Socket(stream, client_port=self._client_port, server_hostname=target)
