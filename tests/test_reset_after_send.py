@@ -144,7 +144,7 @@ async def test_a_reset_met_by_a_send_is_a_reset_for_the_receives_after_it(
             for receive in (sock.recv, sock.recv_parsed, lambda: sock.recv_exactly(1)):
                 with pytest.raises(SocketResetError) as info:
                     await receive()
-                assert info.value.__cause__ is not None
+                assert isinstance(info.value.__cause__, ConnectionResetError)
             assert sock.state is SocketState.RESET
 
 

@@ -130,12 +130,18 @@ class SocketState(enum.Enum):
     RESET = "RESET"
 
 
-def _why(exc: BaseException) -> str:
-    """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
+def _original(exc: BaseException) -> BaseException:
+    """The OS or TLS error under anyio's bare ``BrokenResourceError`` wrapper, else
+    ``exc``: what a ``SocketResetError``'s ``__cause__`` is."""
     cause = exc.__cause__
     if isinstance(exc, anyio.BrokenResourceError) and not exc.args and cause is not None:
-        return repr(cause)
-    return repr(exc)
+        return cause
+    return exc
+
+
+def _why(exc: BaseException) -> str:
+    """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
+    return repr(_original(exc))
 
 
 def _is_peer_reset(exc: BaseException) -> bool:
@@ -648,7 +654,9 @@ class Socket:
             # (anyio's TLSStream says EndOfStream when OpenSSL's write meets the end of a
             # broken or raggedly ended TLS session)
             self._broke_while_sending(exc, stream)
-            raise SocketResetError(f"connection broke while sending: {_why(exc)}") from exc
+            raise SocketResetError(f"connection broke while sending: {_why(exc)}") from _original(
+                exc
+            )
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
         except anyio.BusyResourceError as exc:
@@ -676,7 +684,7 @@ class Socket:
         and raises."""
         self._reset = True
         if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
-            self._send_reset = exc
+            self._send_reset = _original(exc)
             self._eof = False
 
     def _ack_promptly(self) -> None:
@@ -726,7 +734,9 @@ class Socket:
         except (anyio.BrokenResourceError, OSError, RuntimeError) as exc:
             # (uvloop's transport says RuntimeError once the connection is gone)
             self._broke_while_sending(exc, stream)
-            raise SocketResetError(f"connection broke while sending FIN: {_why(exc)}") from exc
+            raise SocketResetError(
+                f"connection broke while sending FIN: {_why(exc)}"
+            ) from _original(exc)
         self._fin_sent = True
 
     # ------------------------------------------------------------------ receiving
@@ -804,9 +814,10 @@ class Socket:
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
-            cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
-            self._receive_error = cause if isinstance(cause, ssl.SSLError) else exc
-            raise SocketResetError(f"connection broke while receiving: {_why(exc)}") from exc
+            self._receive_error = _original(exc)
+            raise SocketResetError(
+                f"connection broke while receiving: {_why(exc)}"
+            ) from self._receive_error
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
         except anyio.BusyResourceError as exc:  # as in _send, the other way round

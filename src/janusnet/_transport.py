@@ -1168,7 +1168,7 @@ async def _connect_direct(info: _AddrInfo, options: TCPOptions | None = None) ->
     return FdStream(sock)
 
 
-async def _happy_eyeballs(infos: list[_AddrInfo], options: TCPOptions | None) -> FdStream:
+async def _happy_eyeballs(infos: list[_AddrInfo], options: TCPOptions | None = None) -> FdStream:
     """Staggered connection attempts; the first that connects wins, the rest are closed."""
     winner: FdStream | None = None
     errors: list[OSError] = []
@@ -1392,9 +1392,9 @@ def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
             logger.warning("TLS handshake with %s failed: peer closed", hostname)
             raise HandshakeError(
                 f"TLS handshake with {hostname} failed: the peer closed the connection"
-            ) from exc
+            ) from (cause or exc)  # the error under anyio's bare wrapper, when there is one
         logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
-        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from exc
+        raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from cause
     if isinstance(exc, OSError):
         logger.warning("TLS handshake with %s failed: %s", hostname, repr(exc))
         raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {exc!r}") from exc
