@@ -154,6 +154,34 @@ def test_cli_probe_bad_arguments_are_usage_errors(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nohostport"], "expected HOST:PORT, got 'nohostport'"),
+        (["localhost:443", "--timeout", "abc"], "positive number of seconds"),
+        ([], "the following arguments are required: HOST:PORT"),
+        (["localhost:443", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_cli_probe_json_argument_errors_are_json_too(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's own errors, with --json anywhere: JSON on stdout, its text on stderr."""
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--json", *argv], out=out)
+    assert info.value.code == 2
+    report = json.loads(out.getvalue())
+    assert report == {"ok": False, "error": "UsageError", "message": report["message"]}
+    assert message in report["message"]
+    assert message in capsys.readouterr().err
+    # Without --json, nothing on stdout.
+    plain = io.StringIO()
+    with pytest.raises(SystemExit):
+        main(["probe", *argv], out=plain)
+    assert plain.getvalue() == ""
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])
 def test_cli_probe_unusable_cafile_is_a_usage_error(
     kind: str, tmp_path: pathlib.Path, origin: TLSOrigin

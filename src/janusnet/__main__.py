@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -755,9 +755,27 @@ def _end_by_sigint() -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
+class _ProbeParser(argparse.ArgumentParser):
+    """The command line's parsers: for ``janusnet probe`` with ``--json`` among the
+    arguments (``json_out`` set), a usage error is also printed as JSON on ``out``
+    (argparse's own message still goes to stderr), as the usage errors found after
+    parsing are."""
+
+    json_out: TextIO | None = None
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_out is not None:
+            report = {"ok": False, "error": "UsageError", "message": message}
+            json.dump(report, self.json_out, indent=2)
+            self.json_out.write("\n")
+        super().error(message)
+
+
 def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     """:func:`main` once ``out`` is known."""
-    parser = argparse.ArgumentParser(
+    raw = list(sys.argv[1:] if argv is None else argv)
+    json_out = out if raw[:1] == ["probe"] and "--json" in raw else None
+    parser = _ProbeParser(
         prog="janusnet",
         description="Reach TLS servers through HTTP proxies, step by step.",
         epilog=(
@@ -765,10 +783,14 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
             "130 interrupted"
         ),
     )
+    parser.json_out = json_out  # (its errors: an argument no command knows)
     parser.add_argument("--version", action="version", version=f"janusnet {__version__}")
     # metavar: the usage line and the "required" error both name the commands.
     commands = parser.add_subparsers(
-        dest="command", metavar=f"{{{','.join(COMMANDS)}}}", required=True
+        dest="command",
+        metavar=f"{{{','.join(COMMANDS)}}}",
+        required=True,
+        parser_class=_ProbeParser,
     )
 
     p = commands.add_parser(
@@ -779,6 +801,8 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
         epilog=PROBE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if isinstance(p, _ProbeParser):
+        p.json_out = json_out
     p.add_argument(
         "target",
         type=_target,

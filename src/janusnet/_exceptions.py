@@ -299,7 +299,9 @@ class SSLOnError(JanusnetError):
 
 
 class NotSSLPortError(SSLOnError):
-    """-110: the socket's client port has ``TLSMode.NEVER``; the socket is unchanged."""
+    """-110: the socket's client port does not allow an upgrade (Janus: no ``SSLOPT``):
+    ``TLSMode.NEVER``, or ``TLSMode.ALWAYS`` (TLS since connect); the socket is
+    unchanged."""
 
     code = ReturnCode.NOT_SSL_PORT
 

@@ -254,7 +254,8 @@ class ProxyTunnel:
         proxy_ssl_context: the context for TLS to an ``https://`` proxy (default: the
             verified default). Kept apart from the origin's context.
         connect_timeout: cap on the TCP connect to the proxy, in seconds.
-        timeout: one deadline over connect + exchange, in seconds (``None`` for none).
+        timeout: one deadline over connect + exchange (and, in :meth:`open_tls`, the
+            origin's handshake), in seconds (``None`` for none).
         max_head_bytes: cap on the proxy's reply head.
         preemptive_basic: send ``Proxy-Authorization: Basic`` with the first request when
             credentials are known (what httpx and curl do). ``False`` waits for the 407
