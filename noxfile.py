@@ -48,6 +48,7 @@ MINIMUMS = [
     "pyopenssl==24.3.0",
     "pyspnego==0.12.0",
     "trio==0.26.0",
+    "truststore==0.9.1",
     "uvloop==0.21.0",
 ]
 
