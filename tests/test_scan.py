@@ -157,7 +157,9 @@ def test_scanner_linear_work_on_growing_buffer() -> None:
 token_lists = st.lists(
     st.binary(min_size=1, max_size=4).map(lambda b: bytes(x % 4 + 0x61 for x in b)),
     min_size=1,
-    max_size=4,
+    # Beyond FIND_EACH_MAX (4) tokens, scan() finds the earliest with one regex search,
+    # and beyond FAST_MAX_BYTES (8) multi-byte tokens the cut is the regex's.
+    max_size=12,
     unique=True,
 )
 
@@ -301,9 +303,13 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
         pytest.param([b"ab", b"ac"], True, id="shared-prefix"),
         pytest.param([b"aa", b"ab"], False, id="self-prefix-overlap"),
         pytest.param([bytes([b]) for b in range(255)], False, id="no-free-bytes"),
+        pytest.param([bytes([b]) for b in b"abcdefgh"], True, id="eight-bytes"),
+        pytest.param([bytes([b]) for b in b"abcdefghi"], False, id="nine-bytes"),
+        pytest.param([b"\xf0" + bytes([k]) for k in range(7)], True, id="eight-bytes-multi"),
+        pytest.param([b"\xf0" + bytes([k]) for k in range(9)], False, id="nine-multi"),
     ],
 )
-def test_split_plan_uses_bytes_methods_unless_tokens_overlap(
+def test_split_plan_uses_bytes_methods_unless_tokens_overlap_or_are_many(
     tokens: list[bytes], fast: bool
 ) -> None:
     assert TokenSet(tokens)._split_plan.fast is fast
@@ -473,3 +479,150 @@ def test_equal_token_lists_share_one_token_set() -> None:
     assert as_token_set([b"\r\n", b"\n"]) is as_token_set([b"\r\n", b"\n"])
     assert as_token_set("AMBIG|0D0A|0D") is as_token_set("AMBIG|0D0A|0D")
     assert as_token_set([b"\r\n"]) is not as_token_set([b"\n"])
+
+
+# --------------------------------------------------------------------------- interleaving
+# scan() cuts records ahead in batches; take(), take_exactly() and pending put the unused
+# ones back, and after such waste the next scans find one record each (SKIP_MAX). Every
+# sequence of operations must give what a naive model of the pinned rules gives.
+
+
+def model_scan(rest: bytes, tokens: TokenSet, max_bytes: int | None) -> tuple[Parsed, int] | None:
+    """The first record of ``rest`` with more bytes to come, and its length; ``None``
+    when the scanner must wait."""
+    toks = tokens.tokens
+    for start in range(len(rest)):
+        if max_bytes is not None and start > max_bytes:
+            break
+        matches = [(len(t), k) for k, t in enumerate(toks) if rest.startswith(t, start)]
+        # A token that could still complete here (what is left is a proper prefix of it).
+        partial = any(len(t) > len(rest) - start and t.startswith(rest[start:]) for t in toks)
+        if partial:
+            return None
+        if matches:
+            size, k = max(matches)
+            return Parsed(rest[:start], toks[k], k + 1), start + size
+    if max_bytes is not None and len(rest) > max_bytes:
+        return Parsed(rest[:max_bytes], None, 0), max_bytes
+    return None
+
+
+scanner_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("feed"), st.none()),
+        st.tuples(st.just("scan"), st.one_of(st.none(), st.integers(0, 9))),
+        st.tuples(st.just("take"), st.integers(1, 12)),
+        st.tuples(st.just("exactly"), st.integers(0, 12)),
+        st.tuples(st.just("pending"), st.none()),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record_streams(), st.integers(1, 40), scanner_ops)
+def test_scanner_interleaved_operations_match_a_model(
+    case: tuple[TokenSet, bytes, bool], chunk: int, ops: list[tuple[str, int | None]]
+) -> None:
+    tokens, stream, _ = case
+    chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+    scanner = Scanner()
+    rest = b""
+    for op, arg in [*ops, *[("scan", None)] * 200]:  # then scan what is left
+        if op == "feed":
+            if chunks:
+                data = chunks.pop(0)
+                scanner.feed(data)
+                rest += data
+        elif op == "scan":
+            expected = model_scan(rest, tokens, arg)
+            got = scanner.scan(tokens, arg, eof=False)
+            if expected is None:
+                assert got is None
+            else:
+                assert got == expected[0]
+                rest = rest[expected[1] :]
+        elif op == "take":
+            assert scanner.take(arg) == rest[:arg]
+            rest = rest[arg:]
+        elif op == "exactly":
+            assert scanner.take_exactly(arg) == (rest[:arg] if len(rest) >= arg else None)
+            if len(rest) >= arg:
+                rest = rest[arg:]
+        else:
+            assert scanner.pending == len(rest)
+    assert scanner.pending == len(rest)
+
+
+def test_scanner_alternating_with_take_stops_cutting_ahead() -> None:
+    """A length-prefixed protocol (a line, then that many bytes): after the first wasted
+    batch the scans find one record each, so no batch is cut only to be put back."""
+    unit = b"40\r\n" + b"z" * 64 + b"\r\n"
+    scanner = Scanner()
+    scanner.feed(unit * 2000)
+    settles = 0
+    original = Scanner._settle
+
+    def counting(self: Scanner) -> None:
+        nonlocal settles
+        settles += self.ready is not None
+        original(self)
+
+    Scanner._settle = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(2000):
+            line = scanner.scan(CRLF, None, eof=False)
+            assert line is not None and line.data == b"40"
+            assert scanner.take_exactly(int(line.data, 16) + 2) == b"z" * 64 + b"\r\n"
+    finally:
+        Scanner._settle = original  # type: ignore[method-assign]
+    assert scanner.pending == 0
+    # Wasted batches: one, then one after 1, 2, 4, ... 64 single scans (7 in the first
+    # 134 lines), then one every 65 lines: 36 here, where there were 2000.
+    assert settles <= 7 + (2000 - 134) // 65 + 1
+
+
+def test_scanner_lets_the_buffer_go_once_everything_is_read() -> None:
+    """A socket that waits after a big record holds no buffer (it held the record's
+    buffer until the next feed)."""
+    scanner = Scanner()
+    scanner.feed(b"x" * 100_000 + b"\r\n")
+    assert scanner.scan(CRLF, None, eof=False) == (b"x" * 100_000, b"\r\n", 1)
+    assert scanner._buf == b"" and scanner.idle
+    scanner.feed(b"a\r\nb\r\n")
+    assert scanner.scan(CRLF, None, eof=False) == (b"a", b"\r\n", 1)
+    assert scanner.scan(CRLF, None, eof=False) == (b"b", b"\r\n", 1)
+    assert scanner.scan(CRLF, None, eof=False) is None
+    assert scanner._buf == b""
+    scanner.feed(b"raw bytes")
+    assert scanner.take(100) == b"raw bytes"
+    assert scanner._buf == b""
+
+
+def test_scanner_big_record_in_a_growing_buffer_is_copied_once() -> None:
+    """A record of several MiB that arrived in pieces is copied out of the bytearray on
+    its own, not after converting the whole buffer to bytes first."""
+    scanner = Scanner()
+    piece = b"y" * 65536
+    for _ in range(32):  # 2 MiB in pieces: the buffer grows as a bytearray
+        scanner.feed(piece)
+    scanner.feed(b"\r\ntail")
+    assert type(scanner._buf) is bytearray
+    record = scanner.scan(CRLF, None, eof=False)
+    assert record == (piece * 32, b"\r\n", 1)
+    assert type(scanner._buf) is bytearray  # not converted
+    assert scanner.take(10) == b"tail"
+
+
+def test_scanner_many_tokens_search_the_buffer_once_per_record() -> None:
+    """With more than FIND_EACH_MAX tokens the earliest is found by one regex search:
+    no token is looked for with bytes.find across the whole buffer again and again."""
+    tokens = TokenSet([b"\xf0" + k.to_bytes(2, "big") for k in range(100)])
+    stream = b"".join(b"z" * 1000 + tokens.tokens[k % 100] for k in range(300))
+    scanner = Scanner()
+    scanner.feed(stream)
+    records = []
+    while (record := scanner.scan(tokens, None, eof=False)) is not None:
+        records.append(record)
+    assert [r.index for r in records] == [k % 100 + 1 for k in range(300)]
+    assert scanner._found == [-1] * 100  # the per-token cache was never used

@@ -54,6 +54,22 @@ MAX_TOKEN_BYTES: Final = 256
 #: used: a caller that interleaves ``pending``, ``take`` or another token set with
 #: ``scan`` pays O(record) per record instead of O(max_bytes).
 AHEAD_MIN: Final = 512
+#: After cut-ahead work was wasted, the next scans find one record each: 1 scan after
+#: the first waste, twice as many after each further waste in a row, at most this many
+#: (a length-prefixed protocol alternating ``scan`` and ``take`` wastes every batch; a
+#: plain loop of scans uses every batch and so cuts ahead again at once).
+SKIP_MAX: Final = 64
+#: A first record at least this long, still in the growing ``bytearray``, is copied out
+#: on its own: converting the buffer to ``bytes`` and then splitting it would hold the
+#: record three times over at the peak instead of twice.
+BIG_RECORD: Final = 1 << 20
+#: Up to this many tokens, ``scan`` looks for each with ``bytes.find`` (``memchr`` speed,
+#: positions cached per token); beyond, one regular-expression search finds the earliest
+#: (each token's own search would cover the buffer again and again).
+FIND_EACH_MAX: Final = 4
+#: The most distinct token bytes (and multi-byte tokens) :class:`_SplitPlan` cuts with
+#: ``bytes`` methods, one pass each; more go to the regular expression.
+FAST_MAX_BYTES: Final = 8
 #: A limit this small would make the cut-ahead window small too (a window of
 #: ``max_bytes`` plus the shortest token cannot hold a record over the limit), and every
 #: window costs a fixed set-up: below this, the window may grow to :data:`MEASURED_WINDOW`
@@ -334,7 +350,14 @@ class _SplitPlan:
         used = sorted({byte for token in tokens for byte in token})
         free = [byte for byte in range(256) if byte not in used]
         # One marker per multi-byte token, plus "keep" and "drop" for the mask.
-        self.fast = len(free) >= len(multi) + 2 and len(tokens) < 256 and not _overlap(multi)
+        # Each token byte costs the fast way one pass over the data (and each multi-byte
+        # token one over the codes): beyond a few, the regex's single pass is cheaper.
+        self.fast = (
+            len(used) <= FAST_MAX_BYTES
+            and len(multi) <= FAST_MAX_BYTES
+            and len(free) >= len(multi) + 2
+            and not _overlap(multi)
+        )
         if not self.fast:
             multi = []  # the plan's fast-path tables stay empty; the regex cuts
         markers = free[: len(multi)]
@@ -368,6 +391,15 @@ class _SplitPlan:
 _NO_POSITIONS: Final[list[int]] = []
 
 
+def _earliest(plan: _SplitPlan, buf: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Where the earliest token starting at or after ``start`` is, and its 0-based index
+    (the longest at a tie: the pattern's alternatives are longest first); ``(-1, -1)``."""
+    match = plan.pattern.search(buf, start)
+    if match is None:
+        return -1, -1
+    return match.start(), plan.index_of(match.group(1)) - 1
+
+
 class Scanner:
     """A receive buffer that finds parse tokens (sans-IO).
 
@@ -391,6 +423,8 @@ class Scanner:
         "_pos",
         "_scan_from",
         "_searched",
+        "_skip",
+        "_skip_next",
         "_tokens",
         "ready",
         "ready_max",
@@ -400,6 +434,8 @@ class Scanner:
     def __init__(self) -> None:
         self._buf: bytes | bytearray = b""
         self._ahead = AHEAD_MIN  # current cut-ahead window (see AHEAD_MIN)
+        self._skip = 0  # scans left that find one record each (see SKIP_MAX)
+        self._skip_next = 1
         # Bytes before _pos are consumed.
         self._pos = 0
         self._tokens: TokenSet | None = None
@@ -440,15 +476,29 @@ class Scanner:
         if ready is not None:
             unread = sum(len(data) + len(token or b"") for data, token, _ in ready)
             if unread:
+                # Cut-ahead work was wasted: start small again, after a few scans of one
+                # record each. The positions cached beyond _pos no longer hold.
                 self._pos -= unread
-                self._ahead = AHEAD_MIN  # cut-ahead work was wasted: start small again
-        self._reset()
+                self._ahead = AHEAD_MIN
+                self._skip = self._skip_next
+                self._skip_next = min(self._skip_next * 2, SKIP_MAX)
+                self._reset()
+            elif self._pos == len(self._buf):
+                self._drop()  # a batch used up that ended the buffer: all read
+        # A batch used up leaves _pos where the cut put it: the cache still holds.
 
     def _reset(self) -> None:
         self._scan_from = 0
-        for k in range(len(self._found)):
-            self._found[k] = -1
-            self._searched[k] = 0
+        count = len(self._found)
+        if count:  # (new lists: the shared empty ones are never written to)
+            self._found = [-1] * count
+            self._searched = [0] * count
+
+    def _drop(self) -> None:
+        """Everything was read: let the buffer go (a socket that then waits holds none)."""
+        self._buf = b""
+        self._pos = 0
+        self._reset()
 
     def _compact(self) -> None:
         """Drop the consumed bytes, moving the cached positions with them."""
@@ -535,8 +585,9 @@ class Scanner:
             self._reset()
             return buf
         end = pos + max_bytes
-        if end > len(buf):
-            end = len(buf)
+        if end >= len(buf):
+            self._drop()
+            return buf[pos:]
         # _scan_from may lie past a token found beyond a limit: forget it.
         self._pos = self._scan_from = end
         return buf[pos:end]
@@ -590,6 +641,7 @@ class Scanner:
         if len(parts) == 1 and end == len(buf):
             # The one record that was buffered (request/response): no batch, so the
             # scanner is idle again (Socket.recv_parsed then reads without buffering).
+            self._drop()
             return _new_parsed(Parsed, (parts[0], token, 1))
         ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
         first = next(ready)
@@ -748,6 +800,7 @@ class Scanner:
                 return result
             # The whole batch was used: cut a bigger one next time.
             self._ahead = self._ahead * 2 if self._ahead < (1 << 24) else self._ahead
+            self._skip_next = 1
         return self._scan(tokens, max_bytes, eof)
 
     def _scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:
@@ -767,35 +820,42 @@ class Scanner:
         start = self._scan_from if self._scan_from > pos else pos
 
         # Earliest complete match; the longest at a tie.
-        best = -1
-        best_k = -1
-        for k in range(len(toks)):
-            at = found[k]
-            if at < start:
-                tok = toks[k]
-                from_ = searched[k] if searched[k] > start else start
-                at = buf.find(tok, from_)
-                if at < 0:
-                    done = size - len(tok) + 1
-                    searched[k] = done if done > from_ else from_
-                    continue
-                found[k] = at
-            if best < 0 or at < best or (at == best and len(toks[k]) > len(toks[best_k])):
-                best = at
-                best_k = k
+        if len(toks) > FIND_EACH_MAX:
+            best, best_k = _earliest(tokens._split_plan, buf, start)
+        else:
+            best = -1
+            best_k = -1
+            for k in range(len(toks)):
+                at = found[k]
+                if at < start:
+                    tok = toks[k]
+                    from_ = searched[k] if searched[k] > start else start
+                    at = buf.find(tok, from_)
+                    if at < 0:
+                        done = size - len(tok) + 1
+                        searched[k] = done if done > from_ else from_
+                        continue
+                    found[k] = at
+                if best < 0 or at < best or (at == best and len(toks[k]) > len(toks[best_k])):
+                    best = at
+                    best_k = k
         if max_bytes is not None and best - pos > max_bytes:
             best = -1
-        if best >= 0 and len(toks) == 1:
-            # One token: no partial match can start before a complete one. (The record at
-            # `best` always fits in the window; the general path below would also do.)
-            first = self._cut_ahead(toks[0], max_bytes, best - pos)
-            if first is not None:
-                return first
-        if best >= 0 and best + tokens.max_len <= size:
-            # No partial match can start at or before `best`: cut ahead.
-            first = self._cut_ahead_many(tokens, max_bytes, best - pos)
-            if first is not None:
-                return first
+        if best >= 0 and self._skip:
+            self._skip -= 1  # records cut ahead were wasted lately: this one alone
+        elif best >= 0 and not (type(buf) is bytearray and best - pos >= BIG_RECORD):
+            # (A big first record still in the growing bytearray is copied out below.)
+            if len(toks) == 1:
+                # One token: no partial match can start before a complete one (and the
+                # record at `best` always fits in the window).
+                first = self._cut_ahead(toks[0], max_bytes, best - pos)
+                if first is not None:
+                    return first
+            elif best + tokens.max_len <= size:
+                # No partial match can start at or before `best`: cut ahead.
+                first = self._cut_ahead_many(tokens, max_bytes, best - pos)
+                if first is not None:
+                    return first
 
         # Earliest partial match at the end of the buffer (it could still complete).
         partial = -1
@@ -812,8 +872,14 @@ class Scanner:
         if best >= 0:
             if partial < 0 or partial > best or eof:
                 tok = toks[best_k]
-                data = self._as_bytes()[pos:best]
+                if isinstance(buf, bytearray):  # one copy of the record, not of the buffer
+                    with memoryview(buf) as view:
+                        data = bytes(view[pos:best])
+                else:
+                    data = buf[pos:best]
                 self._pos = best + len(tok)
+                if self._pos == size:
+                    self._drop()
                 return _new_parsed(Parsed, (data, tok, best_k + 1))
             self._scan_from = partial
             return None
