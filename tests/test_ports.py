@@ -385,3 +385,49 @@ def test_client_port_copies_have_their_own_socket_count() -> None:
         twin._acquire()  # counted on the twin only
         assert twin.open_sockets == 1 and port.open_sockets == 0
         twin._release()
+
+
+async def test_ip_rules_keep_happy_eyeballs(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With IP rules janusnet resolves the name itself; its allowed addresses are still
+    raced, so one that never answers costs 250 ms, not the whole timeout."""
+    import socket
+
+    from janusnet._transport import HAPPY_EYEBALLS_DELAY
+
+    recorder = Recorder()
+    async with serve(recorder) as number:
+        # 127.0.0.2 on the same port number, its accept queue full: a SYN gets no answer.
+        full = socket.socket()
+        full.bind(("127.0.0.2", number))
+        full.listen(0)
+        fillers = []
+        try:
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.2", number))
+                fillers.append(filler)
+            await anyio.sleep(0.1)
+            resolved = [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, number))
+                for address in ("127.0.0.2", "127.0.0.1")
+            ]
+
+            async def fake_getaddrinfo(host: str, port: int, **kwargs: object) -> object:
+                assert host == "multi.test"
+                return resolved
+
+            monkeypatch.setattr(anyio, "getaddrinfo", fake_getaddrinfo)
+            guarded = ClientPort("RACED", rules=[A("multi.test"), A("127.0.0.0/8")])
+            started = anyio.current_time()
+            with anyio.fail_after(5):
+                sock = await Socket.connect("multi.test", number, client_port=guarded, timeout=3)
+            assert anyio.current_time() - started < 3 * HAPPY_EYEBALLS_DELAY
+            await say_and_hang_up(sock, "raced")
+        finally:
+            for filler in fillers:
+                filler.close()
+            full.close()
+    assert recorder.accepted == [b"raced"]

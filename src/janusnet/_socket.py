@@ -348,7 +348,7 @@ class Socket:
         """Open a TCP connection (happy eyeballs over IPv4 and IPv6).
 
         When the port has IP access rules and ``host`` is a name, janusnet resolves it,
-        refuses it if any address is denied, and tries the allowed addresses in turn.
+        refuses it if any address is denied, and races the allowed addresses.
 
         Args:
             host: a host name, an IPv4 address or an IPv6 address.

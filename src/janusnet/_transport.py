@@ -1119,6 +1119,17 @@ async def open_tcp(host: str, port: int, options: TCPOptions | None = None) -> B
         )
     except (OSError, UnicodeError, ValueError):  # a name
         infos = await anyio.getaddrinfo(address, port, type=_stdsocket.SOCK_STREAM)
+    return await _connect_any(infos, host, options)
+
+
+async def _connect_any(
+    infos: Sequence[_AddrInfo], host: str, options: TCPOptions | None
+) -> FdStream:
+    """Connect to one of ``infos`` (happy eyeballs when there are several).
+
+    Raises:
+        OSError: none of a local address's family, or no address could be connected.
+    """
     if options is not None and options.family is not None:
         infos = [info for info in infos if info[0] == options.family]
         if not infos:
@@ -1436,10 +1447,22 @@ async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[st
 async def connect_tcp(
     targets: list[str], host: str, port: int, options: TCPOptions | None = None
 ) -> ByteStream:
-    last: OSError | None = None
-    for target in targets:
-        try:
-            return await open_tcp(target, port, options)
-        except OSError as exc:
-            last = exc
-    raise _connect_failed(show_address(host, port), last, host=host, port=port) from last
+    """TCP to ``host:port``, or to ``targets`` when access rules resolved the name (its
+    allowed addresses, raced the happy-eyeballs way as the name's would be).
+
+    Raises:
+        ConnectError: no connection (naming ``host:port``).
+    """
+    try:
+        if len(targets) == 1:
+            return await open_tcp(targets[0], port, options)
+        infos = [
+            info
+            for target in targets
+            for info in _stdsocket.getaddrinfo(
+                target, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_NUMERICHOST
+            )
+        ]
+        return await _connect_any(infos, host, options)
+    except OSError as exc:
+        raise _connect_failed(show_address(host, port), exc, host=host, port=port) from exc
