@@ -10,6 +10,7 @@ Imports are limited to the standard library, ``_exceptions`` and the sans-IO
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -258,28 +259,53 @@ def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
     """
     target = _normalise(host.strip().strip("[]"))
     target_ip = _ip(target)
-    for entry in re.split(r"[\s,]+", no_proxy):
-        if entry == "*":
+    for value, only_port in _no_proxy_entries(no_proxy):
+        if only_port is not None and only_port != port:
+            continue
+        if value is None:  # *
             return True
-        split = _split_entry(entry) if entry else None
-        if split is None or (split[1] is not None and split[1] != port):
-            continue
-        name = _normalise(split[0])
-        if "/" in name:
-            try:
-                network = ipaddress.ip_network(name, strict=False)
-            except ValueError:
-                continue
-            in_range = target_ip is not None and target_ip.version == network.version
-            if in_range and target_ip in network:
+        if isinstance(value, str):  # a domain suffix: names only, never resolved
+            if target_ip is None and (target == value or target.endswith("." + value)):
                 return True
-            continue
-        entry_ip = _ip(name)
-        if entry_ip is not None or target_ip is not None:
-            if entry_ip == target_ip:
+        elif isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            same_family = target_ip is not None and target_ip.version == value.version
+            if same_family and target_ip in value:
                 return True
-            continue
-        suffix = name.removeprefix("*").lstrip(".")
-        if suffix and (target == suffix or target.endswith("." + suffix)):
+        elif value == target_ip:
             return True
     return False
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NoProxyEntry = tuple[str | _Address | _Network | None, int | None]
+
+
+@functools.lru_cache(maxsize=16)
+def _no_proxy_entries(no_proxy: str) -> tuple[_NoProxyEntry, ...]:
+    """A ``NO_PROXY`` value's entries, parsed once (tunnels made per request read the
+    same value again and again): ``(what, port or None)`` where ``what`` is ``None`` for
+    ``*``, a network, an address or a domain suffix; malformed entries are left out."""
+    entries: list[_NoProxyEntry] = []
+    for entry in re.split(r"[\s,]+", no_proxy):
+        if entry == "*":
+            entries.append((None, None))
+            continue
+        split = _split_entry(entry) if entry else None
+        if split is None:
+            continue
+        name, only_port = _normalise(split[0]), split[1]
+        if "/" in name:
+            try:
+                entries.append((ipaddress.ip_network(name, strict=False), only_port))
+            except ValueError:
+                pass
+            continue
+        address = _ip(name)
+        if address is not None:
+            entries.append((address, only_port))
+            continue
+        suffix = name.removeprefix("*").lstrip(".")
+        if suffix:
+            entries.append((suffix, only_port))
+    return tuple(entries)
