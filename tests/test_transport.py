@@ -382,3 +382,79 @@ async def test_tls_over_direct_socket_failure_closes_the_socket(
             await start_tls(plain, hostname="localhost", ssl_context=ssl.create_default_context())
         assert raw.fileno() == -1
     gc.collect()
+
+
+class CountingSocket(socket.socket):
+    """A socket that counts its ``recv`` and ``send`` system calls, and those refused
+    because they would block (``EAGAIN``)."""
+
+    calls = 0
+    refused = 0
+    sends_refused = 0
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.calls += 1
+        try:
+            return super().recv(size, flags)
+        except BlockingIOError:
+            self.refused += 1
+            raise
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self.calls += 1
+        try:
+            return super().send(data, flags)
+        except BlockingIOError:
+            self.sends_refused += 1
+            raise
+
+
+async def test_a_receive_that_waits_asks_the_socket_once_before_and_once_after(
+    anyio_backend: Backend,
+) -> None:
+    """Found empty, then waited for, then read: two recv calls, not three (each one is a
+    system call, and under a sandbox such as gVisor a costly one)."""
+    ours, theirs = socket.socketpair()
+    counting = CountingSocket(fileno=ours.detach())
+    counting.setblocking(False)
+    stream = FdStream(counting)
+    with theirs:
+        async with stream, anyio.create_task_group() as tg:
+
+            async def later() -> None:
+                await anyio.wait_all_tasks_blocked()
+                theirs.send(b"late")
+
+            tg.start_soon(later)
+            with anyio.fail_after(5):
+                assert await stream.receive() == b"late"
+            assert (counting.calls, counting.refused) == (2, 1)  # (before the close's drain)
+
+
+async def test_a_send_that_fills_the_buffer_waits_before_trying_again(
+    anyio_backend: Backend,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # TCP, as janusnet's are
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    counting = CountingSocket(fileno=ours.detach())
+    counting.setblocking(False)
+    stream = FdStream(counting)
+    payload = b"x" * (16 << 20)  # more than the socket buffers hold
+    received = bytearray()
+
+    async def drain() -> None:
+        theirs.setblocking(False)
+        while len(received) < len(payload):
+            await anyio.wait_readable(theirs)
+            received.extend(theirs.recv(1 << 20))
+
+    with theirs:
+        async with stream, anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            with anyio.fail_after(10):
+                await stream.send(payload)
+    assert bytes(received) == payload
+    # Every send after a partial one followed a wait that said the socket takes more:
+    # none was refused (EAGAIN) only to learn what the partial send had just said.
+    assert counting.calls > 2 and counting.sends_refused == 0

@@ -266,17 +266,20 @@ class _Direct(SocketStream):
     async def _call(
         self, op: Callable[[Any], Any], arg: Any, blocked: Callable[[Any], Awaitable[None]]
     ) -> Any:
-        """``op(arg)``, waiting with ``blocked`` while it would block."""
+        """``op(arg)`` once it can be done: the caller has just found that it would block,
+        so wait with ``blocked`` first (no second system call to learn it again)."""
         sock = self._sock
         while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._ack_due and blocked is _wait_readable:
+                self._quickack()
+            await blocked(sock)
             if self._closed:
                 raise anyio.ClosedResourceError
             result = self._now(op, arg)
             if result is not None:
                 return result
-            if self._ack_due and blocked is _wait_readable:
-                self._quickack()
-            await blocked(sock)
 
     def _now(self, op: Callable[[Any], Any], arg: Any) -> Any:
         """``op(arg)`` if the socket can do it at once, else ``None`` (it would block).
