@@ -626,3 +626,29 @@ def test_scanner_many_tokens_search_the_buffer_once_per_record() -> None:
         records.append(record)
     assert [r.index for r in records] == [k % 100 + 1 for k in range(300)]
     assert scanner._found == [-1] * 100  # the per-token cache was never used
+
+
+def test_scanner_records_over_a_small_limit_back_off_from_cutting_ahead() -> None:
+    """max_bytes=100 with 1000-byte records: a window cut to measure the records finds
+    one over the limit, so the next records are found one at a time (before, every
+    record cut a 64 KiB window, then cut again)."""
+    scanner = Scanner()
+    scanner.feed((b"q" * 1000 + b"\r\n") * 2000)
+    cuts = 0
+    original = Scanner._cut_ahead
+
+    def counting(self: Scanner, token: bytes, max_bytes: int | None, need: int) -> Parsed | None:
+        nonlocal cuts
+        cuts += 1
+        return original(self, token, max_bytes, need)
+
+    Scanner._cut_ahead = counting  # type: ignore[method-assign]
+    try:
+        records = []
+        while (record := scanner.scan(CRLF, 100, eof=False)) is not None:
+            records.append(record)
+    finally:
+        Scanner._cut_ahead = original  # type: ignore[method-assign]
+    # (The tenth 100 bytes end at the token: it starts at the limit, so it counts.)
+    assert records == ([(b"q" * 100, None, 0)] * 9 + [(b"q" * 100, b"\r\n", 1)]) * 2000
+    assert cuts < 100  # 2000 before

@@ -479,13 +479,18 @@ class Scanner:
                 # Cut-ahead work was wasted: start small again, after a few scans of one
                 # record each. The positions cached beyond _pos no longer hold.
                 self._pos -= unread
-                self._ahead = AHEAD_MIN
-                self._skip = self._skip_next
-                self._skip_next = min(self._skip_next * 2, SKIP_MAX)
+                self._back_off()
                 self._reset()
             elif self._pos == len(self._buf):
                 self._drop()  # a batch used up that ended the buffer: all read
         # A batch used up leaves _pos where the cut put it: the cache still holds.
+
+    def _back_off(self) -> None:
+        """Cutting ahead was wasted: the next scans find one record each (see SKIP_MAX),
+        then the window starts small again."""
+        self._ahead = AHEAD_MIN
+        self._skip = self._skip_next
+        self._skip_next = min(self._skip_next * 2, SKIP_MAX)
 
     def _reset(self) -> None:
         self._scan_from = 0
@@ -625,7 +630,9 @@ class Scanner:
         parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
         tail = len(parts.pop())  # the unfinished tail
         if limit is not None and parts and max(map(len, parts)) > limit:
-            # A record over the limit: cut the window that cannot hold one instead.
+            # A record over the limit: cut the window that cannot hold one instead, and
+            # (records this long coming) cut one record at a time for a while.
+            self._back_off()
             stop = pos + limit + len(token)
             parts = buf[pos:stop].split(token)
             tail = len(parts.pop())
@@ -638,10 +645,14 @@ class Scanner:
         self._scan_from = end
         self._found[0] = -1
         self._searched[0] = done if done > end else end
-        if len(parts) == 1 and end == len(buf):
-            # The one record that was buffered (request/response): no batch, so the
-            # scanner is idle again (Socket.recv_parsed then reads without buffering).
-            self._drop()
+        if len(parts) == 1:
+            # One record: no batch. When it was all that was buffered (request/response)
+            # the scanner is idle again (Socket.recv_parsed then reads without buffering);
+            # else the window held no more than it: widen it for the next cut.
+            if end == len(buf):
+                self._drop()
+            elif self._ahead < (1 << 24):
+                self._ahead *= 2
             return _new_parsed(Parsed, (parts[0], token, 1))
         ready = map(_new_parsed, repeat(Parsed), zip(parts, repeat(token), repeat(1)))
         first = next(ready)
@@ -659,7 +670,9 @@ class Scanner:
         buf, pos, stop, limit = self._window(max_bytes, tokens.min_len, tokens.max_len, need)
         ready, end = self._cut_many(tokens, buf, pos, stop, limit)
         if end < 0:
-            # A record over the limit: cut the window that cannot hold one instead.
+            # A record over the limit: cut the window that cannot hold one instead (and
+            # one record at a time for a while, as for one token).
+            self._back_off()
             assert limit is not None
             ready, end = self._cut_many(tokens, buf, pos, pos + limit + tokens.min_len, None)
         if ready is None:
