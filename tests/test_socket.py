@@ -1391,3 +1391,27 @@ async def test_socket_tls_close_sends_close_notify(
             await done.wait()
         assert sock.tls is not None and sock.tls.version  # still described after close
     assert ends == ["close_notify"]
+
+
+async def test_a_send_that_meets_a_ragged_tls_end_says_so(anyio_backend: str) -> None:
+    """anyio's TLSStream (the TLS inside an https:// proxy's, or over a stream of the
+    caller's) says EndOfStream when OpenSSL's write meets a session the peer ended
+    without close_notify; the error says that, not a bare ``EndOfStream()``."""
+
+    class EndedStream(anyio.abc.ByteStream):
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            raise anyio.EndOfStream
+
+        async def send(self, item: bytes) -> None:
+            raise anyio.EndOfStream
+
+        async def send_eof(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+    async with Socket(EndedStream()) as sock:
+        with pytest.raises(SocketResetError, match="ended the TLS session") as info:
+            await sock.send(b"more")
+    assert "EndOfStream()" not in str(info.value)

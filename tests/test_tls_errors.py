@@ -298,3 +298,42 @@ async def test_small_records_in_one_receive_keep_to_a_smaller_limit(
             assert await sock.recv_exactly(len(LINES) - 128) == LINES[128:]
             assert await sock.recv() == b""
     peer.thread.join(10)
+
+
+async def test_a_bad_record_leaves_no_cycle_holding_the_socket(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    """The error kept for the next receives is a copy without its traceback, whose frames
+    would hold the stream: the socket, its TLS engine and buffers go as soon as they are
+    dropped, not when the garbage collector runs."""
+    import gc
+
+    watched = {"Socket", "FdTLSStream", "SSLObject", "MemoryBIO"}
+    for together in (True, False):  # met by the drain after a record, or by a read
+        peer = ScriptedTLSPeer(server_context(ca), good_then_bad(b"A" * 100, together=together))
+        gc.collect()
+        gc.disable()
+        try:
+            sock = await connect(peer, port, "direct")
+            if together:
+                await anyio.sleep(0.3)  # the bad record arrives with the good one
+            with anyio.fail_after(10), pytest.raises(SocketResetError):
+                await read_until_error(sock)
+            with pytest.raises(SocketResetError):
+                await sock.recv()  # raised again, from the kept copy
+            await sock.aclose()
+            peer.thread.join(10)
+            del sock
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+            gc.enable()
+        left = [type(o).__name__ for o in gc.garbage if type(o).__name__ in watched]
+        gc.garbage.clear()
+        assert left == [], together
+
+
+async def read_until_error(sock: Socket) -> None:
+    while True:
+        await sock.recv()

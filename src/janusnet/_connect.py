@@ -675,6 +675,10 @@ class ConnectReplyReader:
                     return self._complete(event)
                 # Otherwise an InformationalResponse: skipped, its bytes still count.
         except h11.RemoteProtocolError as exc:
+            # h11 raises the error from a frame that holds it (``raise self``): without
+            # its traceback it is no cycle keeping this reader and the socket until the
+            # garbage collector runs (the message says what h11 found).
+            exc.with_traceback(None)
             if exc.error_status_hint == 431:
                 raise self._too_big() from exc
             if any(words in str(exc) for words in _FRAMING_ERRORS):

@@ -65,8 +65,10 @@ from ._transport import (
     TRANSPORT_READ,
     FdStream,
     FdTLSStream,
+    WideReceive,
     allowed_addresses,
     connect_tcp,
+    kept_error,
     kernel_closed,
     kernel_pending,
     raise_handshake_error,
@@ -141,6 +143,8 @@ def _original(exc: BaseException) -> BaseException:
 
 def _why(exc: BaseException) -> str:
     """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
+    if isinstance(exc, anyio.EndOfStream):  # anyio's TLSStream, writing after a ragged end
+        return "the peer ended the TLS session (without close_notify)"
     return repr(_original(exc))
 
 
@@ -309,17 +313,23 @@ class Socket:
         self,
         _warn: Callable[..., None] = warnings.warn,
         _direct: tuple[type[FdStream], type[FdTLSStream]] = (FdStream, FdTLSStream),
+        _layers: tuple[type[TLSStream], type[WideReceive]] = (TLSStream, WideReceive),
     ) -> None:
         # Dropped without aclose(): the client port would count this socket as open for
         # ever (max_sockets). janusnet's own streams are closed here (no task can be
-        # waiting on a socket nobody holds); others are left to their own finalizers.
-        # (``_warn`` and ``_direct`` are bound at definition, as the socket module does:
-        # at interpreter shutdown module globals may already be gone.)
+        # waiting on a socket nobody holds), also under the TLS inside an https://
+        # proxy's; others are left to their own finalizers. (The defaults are bound at
+        # definition, as the socket module does: at interpreter shutdown module globals
+        # may already be gone.)
         stream = getattr(self, "_stream", None)
         if stream is None:
             return
         self._stream = None
         self._port._release()
+        if isinstance(stream, _layers[0]):  # TLS in TLS: TLSStream(WideReceive(FdTLSStream))
+            stream = stream.transport_stream
+            if isinstance(stream, _layers[1]):
+                stream = stream.inner
         if isinstance(stream, _direct):
             stream._close_now(notify=False)  # nobody can be waiting on it
         _warn(
@@ -684,7 +694,7 @@ class Socket:
         and raises."""
         self._reset = True
         if _is_peer_reset(exc) and not isinstance(stream, (TLSStream, FdTLSStream)):
-            self._send_reset = _original(exc)
+            self._send_reset = kept_error(_original(exc))
             self._eof = False
 
     def _ack_promptly(self) -> None:
@@ -814,10 +824,10 @@ class Socket:
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True
-            self._receive_error = _original(exc)
+            self._receive_error = kept_error(_original(exc))
             raise SocketResetError(
                 f"connection broke while receiving: {_why(exc)}"
-            ) from self._receive_error
+            ) from _original(exc)
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed while receiving") from exc
         except anyio.BusyResourceError as exc:  # as in _send, the other way round
@@ -861,7 +871,7 @@ class Socket:
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # the end: OpenSSL says it again
             self._read_again()
         except ssl.SSLError as exc:  # a bad record: the next read raises it, not an EOF
-            self._receive_error = exc
+            self._receive_error = kept_error(exc)
             if isinstance(stream, FdTLSStream):
                 stream.fail(exc)  # broken for sends too, and OpenSSL's alert goes out
         return data if len(chunks) == 1 else b"".join(chunks)
@@ -1315,6 +1325,8 @@ class Socket:
 
     async def _close_stream(self) -> None:
         self._ready = self._ready_args = ()
+        self._scanner = _NO_BYTES_YET  # nothing can be read any more: let the buffer go
+        self._held = b""
         stream, self._stream = self._stream, None
         if stream is None:
             return

@@ -11,6 +11,7 @@ and the mapping of handshake failures to the ``SSLOn`` codes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import functools
 import ipaddress
@@ -21,7 +22,7 @@ import select
 import socket as _stdsocket
 import ssl
 import struct
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -55,6 +56,7 @@ __all__ = [
     "WideReceive",
     "allowed_addresses",
     "connect_tcp",
+    "kept_error",
     "kernel_closed",
     "kernel_pending",
     "open_hop",
@@ -156,6 +158,20 @@ def _backend_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], 
 
         return trio.lowlevel.checkpoint, trio.lowlevel.checkpoint_if_cancelled
     return _checkpoint, _checkpoint_if_cancelled
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def kept_error(exc: _E) -> _E:
+    """``exc`` to keep on a stream or socket for later raises: a copy without the
+    traceback, whose frames would hold the stream (a cycle that only the garbage
+    collector frees, keeping the descriptor of a socket dropped unclosed)."""
+    try:
+        kept = copy.copy(exc)
+    except Exception:  # an exception type that cannot be rebuilt from its args
+        return exc
+    return kept if type(kept) is type(exc) else exc  # (a __reduce__ of its own)
 
 
 def _errno_of(exc: BaseException | None) -> int | None:
@@ -563,7 +579,7 @@ class FdTLSStream(_Direct):
     def _note(self, exc: OSError) -> None:
         """Writing ciphertext met ``exc``: keep a reset for :meth:`receive` (see _reset)."""
         if isinstance(exc, ConnectionResetError) and self._reset is None:
-            self._reset = exc
+            self._reset = kept_error(exc)
 
     async def _flush(self, raw: bool = False) -> None:
         """Send all the ciphertext OpenSSL has produced, waiting for the socket.
@@ -795,7 +811,7 @@ class FdTLSStream(_Direct):
         """A reader of the ``SSLObject`` met this error: the stream is broken (every
         later receive and send raise it), and OpenSSL's alert is sent if the socket
         takes it now."""
-        self._failure = exc
+        self._failure = kept_error(exc)
         self._push_now()
 
     def read_again(self) -> None:
@@ -1369,6 +1385,11 @@ class WideReceive(anyio.abc.ByteStream):
     def __init__(self, inner: ByteStream) -> None:
         self._inner = inner
 
+    @property
+    def inner(self) -> ByteStream:
+        """The stream under this one."""
+        return self._inner
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
         return await self._inner.receive(max(max_bytes, TRANSPORT_READ))
 
@@ -1416,7 +1437,10 @@ def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
         raise SSLOnOtherError(
             f"TLS handshake with {hostname} stopped: the socket was closed"
         ) from exc
-    raise exc
+    try:
+        raise exc  # cancellation, and anything else, as it is
+    finally:
+        del exc  # (this frame, in its traceback, would hold it: a cycle)
 
 
 async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[str]:
