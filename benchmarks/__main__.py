@@ -166,6 +166,22 @@ def _records_columns(
     ]
 
 
+def _framed_columns(
+    start: Callable[[str, tuple[Any, ...]], Worker], port: int, count: int
+) -> list[Column]:
+    def column(name: str, client: str) -> Column:
+        worker = start("records", (port, "framed", count, client))
+        return Column(name, lambda: worker.run("wall"))
+
+    return [
+        column("asyncio readuntil + readexactly", "asyncio_streams"),
+        column("janusnet (asyncio) recv_parsed + recv_exactly", "janusnet_asyncio"),
+        column("janusnet (trio) recv_parsed + recv_exactly", "janusnet_trio"),
+        column("anyio receive_until + receive_exactly", "anyio_streams"),
+        column("blocking socket (hand-written)", "blocking_socket"),
+    ]
+
+
 def _tls_columns(
     start: Callable[[str, tuple[Any, ...]], Worker],
     port: int,
@@ -279,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 lambda start: _records_columns(start, records_port, "three", count),
                 rounds,
                 "three",
+            )
+            table(
+                f"length-prefixed messages (hex length line, then the bytes), {count} of "
+                "~64 bytes",
+                "messages/s",
+                lambda start: _framed_columns(start, records_port, count),
+                rounds,
+                None,
             )
         if args.which in ("all", "tls"):
             for clock, title in (

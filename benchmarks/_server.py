@@ -4,7 +4,8 @@ Protocol (one command per connection, sent by the client as a line):
 
 * ``RECORDS <variant> <count>`` -- the server streams ``count`` pre-generated records of
   ``variant`` (``one``: every record ends in ``\\r\\n``; ``three``: records end randomly in
-  ``\\r\\n``, ``\\n`` or ``|``), then closes.
+  ``\\r\\n``, ``\\n`` or ``|``; ``framed``: a hex length line, then the record and
+  ``\\r\\n``), then closes.
 * TLS bulk, on a second port: on connect the server sends a greeting line; the client
   answers ``STARTTLS <nbytes>``; the server replies ``220 go ahead``, does the TLS
   handshake server-side (trustme certificate), sends ``nbytes`` bytes whose last bytes are
@@ -54,20 +55,29 @@ class RecordSet:
 
 
 def make_records(variant: str, count: int) -> RecordSet:
-    """Build ``count`` records of 40-88 body bytes (mean ~64 with the token), seeded."""
+    """Build ``count`` records of 40-88 body bytes (mean ~64 with the token), seeded.
+
+    ``framed``: each body is sent as a hex length line, the body and ``\r\n`` (HTTP/1.1
+    chunked framing); the bodies' bytes are ``data_bytes``.
+    """
     rng = random.Random(f"{SEED}-{variant}-{count}")
     tokens = TOKENS_ONE if variant == "one" else TOKENS_THREE
     # A pool of bodies keeps generation fast; the choice of body and token per record is
     # still random, so record boundaries fall everywhere relative to TCP segments.
     pool = [bytes(rng.choice(ALPHABET) for _ in range(rng.randint(40, 88))) for _ in range(997)]
     parts: list[bytes] = []
+    bodies: list[bytes] = []
     data_bytes = token_bytes = 0
     choose = rng.choice
     for _ in range(count):
         body = choose(pool)
         token = choose(tokens)
+        if variant == "framed":
+            parts.append(b"%x\r\n" % len(body))
+            token = b"\r\n"
         parts.append(body)
         parts.append(token)
+        bodies.append(body)
         data_bytes += len(body)
         token_bytes += len(token)
     return RecordSet(
@@ -75,8 +85,8 @@ def make_records(variant: str, count: int) -> RecordSet:
         count=count,
         data_bytes=data_bytes,
         token_bytes=token_bytes,
-        first=parts[0],
-        last=parts[-2],
+        first=bodies[0],
+        last=bodies[-1],
     )
 
 

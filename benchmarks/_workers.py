@@ -24,11 +24,11 @@ Runner = Callable[[str], tuple[float, str | None]]  # clock name -> (rate, error
 
 
 def _records_runner(port: int, variant: str, count: int, client: str) -> Runner:
-    from . import _records
+    from . import _framed, _records
     from ._server import make_records
 
     expected = make_records(variant, count)
-    run_client = getattr(_records, client)
+    run_client = getattr(_framed if variant == "framed" else _records, client)
 
     def run(clock: str) -> tuple[float, str | None]:
         elapsed, tally = run_client(port, variant, count)

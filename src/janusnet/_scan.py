@@ -573,9 +573,13 @@ class Scanner:
         fewer are buffered."""
         if self.ready is not None:
             self._settle()
-        if len(self._buf) - self._pos < count:
-            return None
-        return self.take(count)
+        buf = self._buf
+        pos = self._pos
+        end = pos + count
+        if end >= len(buf) or type(buf) is not bytes:
+            return None if end > len(buf) else self.take(count)
+        self._pos = self._scan_from = end  # (the usual case: more stays buffered)
+        return buf[pos:end]
 
     def take(self, max_bytes: int) -> bytes:
         """Remove and return up to ``max_bytes`` unread bytes (``b""`` when none)."""
@@ -814,6 +818,20 @@ class Scanner:
             # The whole batch was used: cut a bigger one next time.
             self._ahead = self._ahead * 2 if self._ahead < (1 << 24) else self._ahead
             self._skip_next = 1
+        elif self._skip and ready is None and tokens is self._tokens and len(tokens.tokens) == 1:
+            # Backing off, one token: the record alone, by the shortest way (a length-
+            # prefixed protocol comes here for every line).
+            buf = self._buf
+            if type(buf) is bytes:
+                pos = self._pos
+                tok = tokens.tokens[0]
+                at = buf.find(tok, pos)
+                if at >= 0 and (max_bytes is None or at - pos <= max_bytes):
+                    self._skip -= 1
+                    end = self._pos = at + len(tok)
+                    if end == len(buf):
+                        self._drop()
+                    return _new_parsed(Parsed, (buf[pos:at], tok, 1))
         return self._scan(tokens, max_bytes, eof)
 
     def _scan(self, tokens: TokenSet, max_bytes: int | None, eof: bool) -> Parsed | None:

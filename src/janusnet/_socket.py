@@ -1052,6 +1052,25 @@ class Socket:
             # handed out here is always the next one.
             for record in self._ready:
                 return record
+            scanner = self._scanner
+            if not (
+                self._receiving or self._eof or self._stream is None or self._allot is not None
+            ):
+                # A record already buffered (a line between payloads read with
+                # recv_exactly, say): found here, without _recv_parsed's frame.
+                token_set = self._tokens
+                limit = self._port.max_parse_bytes
+                result = scanner.scan(token_set, limit, False)
+                if result is not None:
+                    self._ready_args = ()
+                    ready = scanner.ready
+                    if (
+                        ready is not None
+                        and scanner.ready_tokens is token_set
+                        and scanner.ready_max <= limit
+                    ):
+                        self._ready = ready
+                    return result
         elif (
             (
                 tokens is self._ready_key
