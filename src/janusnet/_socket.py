@@ -1054,7 +1054,11 @@ class Socket:
                 return record
             scanner = self._scanner
             if not (
-                self._receiving or self._eof or self._stream is None or self._allot is not None
+                self._receiving
+                or self._eof
+                or self._stream is None
+                or self._allot is not None
+                or scanner is _NO_BYTES_YET  # (shared by every socket with nothing read)
             ):
                 # A record already buffered (a line between payloads read with
                 # recv_exactly, say): found here, without _recv_parsed's frame.
