@@ -161,6 +161,13 @@ def test_cli_probe_bad_arguments_are_usage_errors(
         (["localhost:443", "--timeout", "abc"], "positive number of seconds"),
         ([], "the following arguments are required: HOST:PORT"),
         (["localhost:443", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+        # What argparse quotes back, a proxy URL with its password, is withheld.
+        (
+            ["localhost:443", f"http://u:{SECRET}@proxy:3128"],
+            "unrecognized arguments: http://***@",
+        ),
+        ([f"--pro=http://u:{SECRET}@proxy:3128", "h:1"], "ambiguous option: --pro=http://***@"),
+        ([f"u:{SECRET}@proxy:3128x"], "got '***@proxy:3128x'"),
     ],
 )
 def test_cli_probe_json_argument_errors_are_json_too(
@@ -174,12 +181,18 @@ def test_cli_probe_json_argument_errors_are_json_too(
     report = json.loads(out.getvalue())
     assert report == {"ok": False, "error": "UsageError", "message": report["message"]}
     assert message in report["message"]
-    assert message in capsys.readouterr().err
-    # Without --json, nothing on stdout.
+    err = capsys.readouterr().err
+    assert message in err
+    assert SECRET not in out.getvalue() + err
+    # Without --json, nothing on stdout; an abbreviation argparse takes for it, JSON too.
     plain = io.StringIO()
     with pytest.raises(SystemExit):
         main(["probe", *argv], out=plain)
     assert plain.getvalue() == ""
+    abbreviated = io.StringIO()
+    with pytest.raises(SystemExit):
+        main(["probe", "--jso", *argv], out=abbreviated)
+    assert json.loads(abbreviated.getvalue())["message"] == report["message"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])

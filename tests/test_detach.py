@@ -295,6 +295,7 @@ async def test_detach_refuses_a_broken_connection(anyio_backend: str) -> None:
         async with await janusnet.Socket.connect("127.0.0.1", number) as sock:
             with anyio.fail_after(5), pytest.raises(SocketResetError):
                 await read_until_error(sock)
-            with pytest.raises(SocketResetError, match="detach: the connection broke"):
+            with pytest.raises(SocketResetError, match="detach: the connection broke") as info:
                 sock.detach()
+            assert isinstance(info.value.__cause__, ConnectionResetError)
             assert not sock.closed

@@ -197,7 +197,50 @@ BAD_ARGUMENTS: list[Any] = [
     pytest.param({"socket_options": (1, 2, 3)}, "a socket option must be", id="flat-tuple"),
     pytest.param({"socket_options": b"\x01"}, "must be a list of", id="bytes"),
     pytest.param({"socket_options": 7}, "must be a list of", id="int"),
+    pytest.param({"socket_options": [(1, 9, 2**31)]}, "tuple of C ints", id="value-too-big"),
+    pytest.param({"socket_options": [(1, 9, -(2**40))]}, "tuple of C ints", id="value-too-low"),
+    pytest.param({"socket_options": [(2**40, 9, 1)]}, "tuple of C ints", id="level-too-big"),
+    pytest.param({"local_address": "[127.0.0.1]"}, "must be an IP address", id="v4-brackets"),
+    pytest.param({"local_address": "[[::1]]"}, "must be an IP address", id="double-brackets"),
+    pytest.param({"local_address": "::1]"}, "must be an IP address", id="one-bracket"),
+    pytest.param({"local_address": "fe80::1%no-such-if"}, "zone", id="unknown-zone"),
 ]
+
+
+@pytest.mark.parametrize(("arguments", "message"), BAD_ARGUMENTS)
+def test_from_env_refuses_bad_arguments_even_without_a_proxy(
+    arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        ProxyTunnel.from_env("example.com", 443, environ={}, **arguments)
+
+
+async def test_ipv6_local_address_in_brackets(anyio_backend: str) -> None:
+    from janusnet._transport import tcp_options
+
+    options = tcp_options("[::1]", None)
+    assert options is not None and options.local_address == "::1"
+
+
+async def test_every_address_failing_alike_keeps_the_errno(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with two addresses, a local address this machine lacks: both attempts fail
+    with EADDRNOTAVAIL, and the error says so (not a shortage of this machine's)."""
+    resolved = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 9))
+        for address in ("127.0.0.2", "127.0.0.1")
+    ]
+
+    async def fake_getaddrinfo(host: str, port: int, **kwargs: object) -> object:
+        return resolved
+
+    monkeypatch.setattr(anyio, "getaddrinfo", fake_getaddrinfo)
+    with pytest.raises(ConnectError) as info:
+        await janusnet.Socket.connect("two.test", 9, local_address="192.0.2.1")
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    assert "all 2 addresses failed" in str(info.value)
+    assert "no local address or port is free" not in str(info.value)
 
 
 @pytest.mark.parametrize(("arguments", "message"), BAD_ARGUMENTS)

@@ -20,6 +20,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -764,17 +765,33 @@ class _ProbeParser(argparse.ArgumentParser):
     json_out: TextIO | None = None
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes what it refused: a proxy URL with its password, given to an
+        # option that does not exist (curl's -x, say) or as a stray argument.
+        message = _USERINFO.sub("***@", message)
         if self.json_out is not None:
             report = {"ok": False, "error": "UsageError", "message": message}
             json.dump(report, self.json_out, indent=2)
             self.json_out.write("\n")
-        super().error(message)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+#: Userinfo in text argparse quotes: ``user:password@`` after ``//`` or at the start of
+#: a word (``alice:pw@proxy:3128``).
+_USERINFO: Final = re.compile(r"(?:(?<=//)|(?<![^\s'\"=,(\[]))[^\s'\"/@]*@")
+
+
+def _wants_json(raw: Sequence[str]) -> bool:
+    """``probe`` with ``--json``, or an abbreviation argparse takes for it (``--js``)."""
+    return raw[:1] == ["probe"] and any(
+        arg.startswith("--j") and "--json".startswith(arg) for arg in raw[1:]
+    )
 
 
 def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     """:func:`main` once ``out`` is known."""
     raw = list(sys.argv[1:] if argv is None else argv)
-    json_out = out if raw[:1] == ["probe"] and "--json" in raw else None
+    json_out = out if _wants_json(raw) else None
     parser = _ProbeParser(
         prog="janusnet",
         description="Reach TLS servers through HTTP proxies, step by step.",

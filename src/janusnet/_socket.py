@@ -736,7 +736,9 @@ class Socket:
             return
         stream = self._check_send()
         if self._reset:  # (a stream of the caller's may take a FIN on a broken connection)
-            raise SocketResetError("cannot send FIN: the connection broke earlier")
+            raise SocketResetError("cannot send FIN: the connection broke earlier") from (
+                self._receive_error or self._send_reset
+            )
         try:
             await stream.send_eof()
         except NotImplementedError as exc:
@@ -1425,7 +1427,9 @@ class Socket:
                 "belongs to that stream"
             )
         if self._reset:
-            raise SocketResetError("detach: the connection broke earlier")
+            raise SocketResetError("detach: the connection broke earlier") from (
+                self._receive_error or self._send_reset
+            )
         pending = self.pending
         if pending:
             raise PendingDataError(

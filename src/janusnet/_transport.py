@@ -1021,16 +1021,18 @@ async def start_tls(
 class TCPOptions:
     """What a caller asked of its TCP sockets: a local address to bind, options to set."""
 
-    __slots__ = ("family", "local_address", "socket_options")
+    __slots__ = ("bind_to", "family", "local_address", "socket_options")
 
     def __init__(
         self,
         local_address: str | None,
         family: int | None,
+        bind_to: tuple[Any, ...] | None,
         socket_options: tuple[tuple[int, int, int | bytes], ...],
     ) -> None:
         self.local_address = local_address
         self.family = family
+        self.bind_to = bind_to  # the socket address, an IPv6 zone's index included
         self.socket_options = socket_options
 
     def apply(self, sock: _stdsocket.socket) -> None:
@@ -1046,9 +1048,9 @@ class TCPOptions:
                 raise OSError(
                     exc.errno, f"socket option {option!r} refused: {exc.strerror or exc}"
                 ) from exc
-        if self.local_address is not None:
+        if self.bind_to is not None:
             try:
-                sock.bind((self.local_address, 0))
+                sock.bind(self.bind_to)
             except OSError as exc:
                 raise _LocalAddressError(
                     exc.errno, f"cannot bind local address {self.local_address}: {exc.strerror}"
@@ -1065,23 +1067,32 @@ def tcp_options(
     """The checked ``local_address`` and ``socket_options`` arguments (``None``: neither).
 
     Raises:
-        UsageError: ``local_address`` is not an IP address, or an option is not a
-            ``(level, option, value)`` tuple of ints with an int or bytes value.
+        UsageError: ``local_address`` is not an IP address (an IPv6 one may be in
+            brackets and name a zone this machine has), or an option is not a ``(level,
+            option, value)`` tuple of C ints with a C int or bytes value.
     """
     if local_address is None and socket_options is None:
         return None
     family = None
+    bind_to = None
     if local_address is not None:
         if not isinstance(local_address, str):
             raise UsageError(f"local_address must be an IP address string, not {local_address!r}")
+        text = local_address
+        if text.startswith("[") and text.endswith("]") and ":" in text:
+            text = text[1:-1]  # an IPv6 address as URLs write it
         try:
-            address = ipaddress.ip_address(local_address.strip("[]"))
-        except ValueError:
+            address = ipaddress.ip_address(text)
+            infos = _stdsocket.getaddrinfo(
+                text, 0, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_NUMERICHOST
+            )
+        except (ValueError, OSError, UnicodeError):
             raise UsageError(
-                f"local_address must be an IP address (such as 192.0.2.7 or ::), "
-                f"not {local_address!r}"
+                f"local_address must be an IP address (such as 192.0.2.7 or ::, an IPv6 "
+                f"zone one this machine has), not {local_address!r}"
             ) from None
         family = _stdsocket.AF_INET6 if address.version == 6 else _stdsocket.AF_INET
+        bind_to = infos[0][4]
         local_address = str(address)
     options: list[tuple[int, int, int | bytes]] = []
     if socket_options is not None:
@@ -1094,15 +1105,24 @@ def tcp_options(
             if not (
                 isinstance(option, tuple)
                 and len(option) == 3
-                and all(type(part) is int for part in option[:2])
-                and isinstance(option[2], (int, bytes))
+                and all(
+                    type(part) is int and _C_INT[0] <= part <= _C_INT[1] for part in option[:2]
+                )
+                and (
+                    isinstance(option[2], bytes)
+                    or (isinstance(option[2], int) and _C_INT[0] <= option[2] <= _C_INT[1])
+                )
             ):
                 raise UsageError(
                     f"a socket option must be a (level: int, option: int, value: int | bytes) "
-                    f"tuple, not {option!r}"
+                    f"tuple of C ints, not {option!r}"
                 )
             options.append(option)
-    return TCPOptions(local_address, family, tuple(options))
+    return TCPOptions(local_address, family, bind_to, tuple(options))
+
+
+#: What ``setsockopt`` takes as an int (a C ``int``).
+_C_INT: Final = (-(2**31), 2**31 - 1)
 
 
 #: RFC 8305's "Connection Attempt Delay" (anyio, trio and Python's asyncio use 250 ms).
@@ -1231,9 +1251,18 @@ async def _happy_eyeballs(infos: list[_AddrInfo], options: TCPOptions | None = N
     if winner is None:
         if len(errors) == 1:
             raise errors[0]
-        raise OSError(
-            f"all {len(errors)} addresses failed: " + "; ".join(map(str, errors))
-        ) from errors[-1]
+        message = f"all {len(errors)} addresses failed: " + "; ".join(map(str, errors))
+        # The same errno from every address is the failure's (a local address this machine
+        # lacks, say: then no shortage either).
+        numbers = {error.errno for error in errors}
+        kind = (
+            _LocalAddressError
+            if all(isinstance(e, _LocalAddressError) for e in errors)
+            else OSError
+        )
+        if len(numbers) == 1 and None not in numbers:
+            raise kind(numbers.pop(), message) from errors[-1]
+        raise kind(message) from errors[-1]
     return winner
 
 

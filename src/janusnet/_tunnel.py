@@ -380,6 +380,7 @@ class ProxyTunnel:
         Raises:
             UsageError: the proxy variable holds a bad URL, or a bad argument.
         """
+        tcp_options(local_address, socket_options)  # refused even when no proxy applies
         url = proxy_from_env(host, port, os.environ if environ is None else environ)
         if url is None:
             return None
