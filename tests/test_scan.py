@@ -303,9 +303,10 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
         pytest.param([b"ab", b"ac"], True, id="shared-prefix"),
         pytest.param([b"aa", b"ab"], False, id="self-prefix-overlap"),
         pytest.param([bytes([b]) for b in range(255)], False, id="no-free-bytes"),
-        pytest.param([bytes([b]) for b in b"abcdefgh"], True, id="eight-bytes"),
-        pytest.param([bytes([b]) for b in b"abcdefghi"], False, id="nine-bytes"),
-        pytest.param([b"\xf0" + bytes([k]) for k in range(7)], True, id="eight-bytes-multi"),
+        pytest.param([bytes([b]) for b in range(65, 65 + 24)], True, id="24-bytes"),
+        pytest.param([bytes([b]) for b in range(65, 65 + 25)], False, id="25-bytes"),
+        pytest.param([b"<END1>", b"[STOP]"], True, id="two-tokens-ten-bytes"),
+        pytest.param([b"\xf0" + bytes([k]) for k in range(8)], True, id="eight-multi"),
         pytest.param([b"\xf0" + bytes([k]) for k in range(9)], False, id="nine-multi"),
     ],
 )
@@ -652,3 +653,31 @@ def test_scanner_records_over_a_small_limit_back_off_from_cutting_ahead() -> Non
     # (The tenth 100 bytes end at the token: it starts at the limit, so it counts.)
     assert records == ([(b"q" * 100, None, 0)] * 9 + [(b"q" * 100, b"\r\n", 1)]) * 2000
     assert cuts < 100  # 2000 before
+
+
+def test_scanner_many_tokens_small_limit_searches_within_the_limit() -> None:
+    """Over FIND_EACH_MAX tokens, a small max_bytes and a long stretch with no token: each
+    scan searches as far as a token could start and count, not the whole buffer (which
+    made reading 1 MB in 100-byte pieces quadratic)."""
+    tokens = TokenSet([b"<T%d>" % k for k in range(5)])
+    scanner = Scanner()
+    scanner.feed(b"x" * 1_000_000 + b"<T3>")
+    searched = 0
+    pattern = tokens._split_plan.pattern
+
+    class Counting:
+        def search(self, buf: bytes, start: int, stop: int) -> object:
+            nonlocal searched
+            searched += stop - start
+            return pattern.search(buf, start, stop)
+
+    tokens._split_plan.pattern = Counting()  # type: ignore[assignment]
+    try:
+        pieces = 0
+        while (record := scanner.scan(tokens, 100, eof=False)) is not None and not record.index:
+            pieces += 1
+    finally:
+        tokens._split_plan.pattern = pattern
+    # (The token starts at the limit of the last 100 bytes: it counts.)
+    assert pieces == 9_999 and record == (b"x" * 100, b"<T3>", 4)
+    assert searched < 10_001 * (100 + 4 + 1)
