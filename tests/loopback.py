@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import pytest
@@ -260,3 +260,45 @@ async def stall_after_hello(stream: anyio.abc.ByteReceiveStream) -> None:
     """A peer that reads the ClientHello and never answers (a handshake that hangs)."""
     await stream.receive()
     await anyio.sleep(30)
+
+
+@asynccontextmanager
+async def unanswering_listener(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """A listener whose accept queue is full, so a further SYN gets no answer and a
+    connect to it hangs; yields its port."""
+    full = socket.socket()
+    full.bind((host, port))
+    full.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+            fillers.append(filler)
+        await anyio.sleep(0.1)
+        yield int(full.getsockname()[1])
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()
+
+
+@contextmanager
+def cycles_left(watched: set[str]) -> Iterator[list[str]]:
+    """The collector off inside the block; then the list holds the names of the watched
+    objects it would have had to free (cycles), one per object."""
+    import gc
+
+    found: list[str] = []
+    gc.collect()
+    gc.disable()
+    try:
+        yield found
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+        gc.enable()
+    found.extend(type(o).__name__ for o in gc.garbage if type(o).__name__ in watched)
+    gc.garbage.clear()

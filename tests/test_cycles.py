@@ -17,12 +17,12 @@ import pytest
 import janusnet
 from janusnet import ProxyTunnel
 from janusnet.testing import ConnectProxy, TLSOrigin
-from loopback import reset_connection, serve, stall_after_hello
+from loopback import cycles_left, reset_connection, serve, stall_after_hello
 
 pytestmark = pytest.mark.anyio
 
 #: Client-side objects that must never be left to the collector.
-WATCHED = ("Socket", "FdStream", "FdTLSStream", "ConnectReplyReader", "SSLObject", "MemoryBIO")
+WATCHED = {"Socket", "FdStream", "FdTLSStream", "ConnectReplyReader", "SSLObject", "MemoryBIO"}
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +34,9 @@ def origin() -> Iterator[TLSOrigin]:
 async def left_in_cycles(attempt: Callable[[], Awaitable[None]], times: int = 20) -> list[str]:
     """The watched objects the collector would free after ``times`` attempts."""
     await attempt()  # warm-up: caches, lazy imports
-    gc.collect()
-    gc.disable()
-    try:
+    with cycles_left(WATCHED) as found:
         for _ in range(times):
             await attempt()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-    finally:
-        gc.set_debug(0)
-        gc.enable()
-    found = [type(o).__name__ for o in gc.garbage if type(o).__name__ in WATCHED]
-    gc.garbage.clear()
     return found
 
 

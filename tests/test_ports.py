@@ -24,7 +24,7 @@ from janusnet import (
     allow,
     deny,
 )
-from loopback import read_line, read_until_eof, serve
+from loopback import read_line, read_until_eof, serve, unanswering_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -397,37 +397,22 @@ async def test_ip_rules_keep_happy_eyeballs(
     from janusnet._transport import HAPPY_EYEBALLS_DELAY
 
     recorder = Recorder()
-    async with serve(recorder) as number:
-        # 127.0.0.2 on the same port number, its accept queue full: a SYN gets no answer.
-        full = socket.socket()
-        full.bind(("127.0.0.2", number))
-        full.listen(0)
-        fillers = []
-        try:
-            for _ in range(8):
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.2", number))
-                fillers.append(filler)
-            await anyio.sleep(0.1)
-            resolved = [
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, number))
-                for address in ("127.0.0.2", "127.0.0.1")
-            ]
+    async with serve(recorder) as number, unanswering_listener("127.0.0.2", number):
+        # 127.0.0.2 on the same port number gives no answer; 127.0.0.1 serves.
+        resolved = [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, number))
+            for address in ("127.0.0.2", "127.0.0.1")
+        ]
 
-            async def fake_getaddrinfo(host: str, port: int, **kwargs: object) -> object:
-                assert host == "multi.test"
-                return resolved
+        async def fake_getaddrinfo(host: str, port: int, **kwargs: object) -> object:
+            assert host == "multi.test"
+            return resolved
 
-            monkeypatch.setattr(anyio, "getaddrinfo", fake_getaddrinfo)
-            guarded = ClientPort("RACED", rules=[A("multi.test"), A("127.0.0.0/8")])
-            started = anyio.current_time()
-            with anyio.fail_after(5):
-                sock = await Socket.connect("multi.test", number, client_port=guarded, timeout=3)
-            assert anyio.current_time() - started < 3 * HAPPY_EYEBALLS_DELAY
-            await say_and_hang_up(sock, "raced")
-        finally:
-            for filler in fillers:
-                filler.close()
-            full.close()
+        monkeypatch.setattr(anyio, "getaddrinfo", fake_getaddrinfo)
+        guarded = ClientPort("RACED", rules=[A("multi.test"), A("127.0.0.0/8")])
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            sock = await Socket.connect("multi.test", number, client_port=guarded, timeout=3)
+        assert anyio.current_time() - started < 3 * HAPPY_EYEBALLS_DELAY
+        await say_and_hang_up(sock, "raced")
     assert recorder.accepted == [b"raced"]

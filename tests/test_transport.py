@@ -14,7 +14,14 @@ import pytest
 
 import janusnet
 from janusnet._transport import FdStream, open_tcp
-from loopback import BACKENDS_WITH_UVLOOP, Backend, needs_ipv6, reset_connection, serve
+from loopback import (
+    BACKENDS_WITH_UVLOOP,
+    Backend,
+    needs_ipv6,
+    reset_connection,
+    serve,
+    unanswering_listener,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -78,31 +85,15 @@ async def test_happy_eyeballs_skips_an_address_that_hangs(anyio_backend: Backend
     the second is tried and wins, and the pending attempt is closed."""
     from janusnet._transport import HAPPY_EYEBALLS_DELAY, _happy_eyeballs
 
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    fillers = []
-    try:
-        # Fill the accept queue so a further SYN is dropped and the connect hangs.
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(full.getsockname())
-            fillers.append(filler)
-        await anyio.sleep(0.1)
-        async with serve(greet) as port:
-            hanging = (socket.AF_INET, socket.SOCK_STREAM, 6, "", full.getsockname())
-            good = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
-            started = anyio.current_time()
-            with anyio.fail_after(5):
-                stream = await _happy_eyeballs([hanging, good])
-                async with stream:
-                    assert await stream.receive() == b"hello\r\n"
-            assert anyio.current_time() - started >= HAPPY_EYEBALLS_DELAY * 0.9
-    finally:
-        for filler in fillers:
-            filler.close()
-        full.close()
+    async with unanswering_listener() as hanging_port, serve(greet) as port:
+        hanging = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", hanging_port))
+        good = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            stream = await _happy_eyeballs([hanging, good])
+            async with stream:
+                assert await stream.receive() == b"hello\r\n"
+        assert anyio.current_time() - started >= HAPPY_EYEBALLS_DELAY * 0.9
     gc.collect()
 
 
