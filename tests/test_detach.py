@@ -299,3 +299,82 @@ async def test_detach_refuses_a_broken_connection(anyio_backend: str) -> None:
                 sock.detach()
             assert isinstance(info.value.__cause__, ConnectionResetError)
             assert not sock.closed
+
+
+# -- stop_at_head: nothing read past the proxy's reply, for a server that speaks first -------
+
+BANNER = b"SSH-2.0-janusnet-test\r\n"
+
+
+async def banner_then_echo(stream: anyio.abc.SocketStream) -> None:
+    await stream.send(BANNER)  # the server speaks first, as SSH, SMTP and FTP do
+    await stream.send(await stream.receive())
+
+
+def read_banner(raw: socket.socket) -> bytes:
+    raw.settimeout(10)
+    got = b""
+    while not got.endswith(b"\r\n"):
+        chunk = raw.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+async def test_stop_at_head_hands_over_a_greeting_that_came_with_the_reply(
+    anyio_backend: str, proxy: ConnectProxy
+) -> None:
+    """On loopback the banner mostly arrives with the 200: without stop_at_head it would
+    sit in janusnet's buffer and detach() would refuse it; with it, it stays in the
+    kernel for the library that takes the socket."""
+    async with serve(banner_then_echo) as number:
+        tunnel = ProxyTunnel(proxy.url)
+        for _ in range(10):
+            sock = await tunnel.open("127.0.0.1", number, stop_at_head=True)
+            assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+            assert sock.pending == 0
+            with sock.detach() as raw:
+                assert await anyio.to_thread.run_sync(read_banner, raw) == BANNER
+                raw.sendall(b"ping")
+                assert await anyio.to_thread.run_sync(raw.recv, 100) == b"ping"
+
+
+async def test_stop_at_head_through_basic_auth(anyio_backend: str) -> None:
+    """A 407 first (its body taken whole, for the drain), then the 2xx read exactly."""
+    with ConnectProxy(auth=("alice", "s3cret")) as guarded:
+        async with serve(banner_then_echo) as number:
+            tunnel = ProxyTunnel(guarded.url, auth=("alice", "s3cret"), preemptive_basic=False)
+            sock = await tunnel.open("127.0.0.1", number, stop_at_head=True)
+            assert [r.status for r in guarded.log] == [407, 200]
+            with sock.detach() as raw:
+                assert await anyio.to_thread.run_sync(read_banner, raw) == BANNER
+
+
+async def test_stop_at_head_keeps_injected_bytes_from_tls(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """The bytes a proxy sends after its 200 stay in the kernel: ssl_on() still refuses
+    them (-112), and they are still there to read."""
+    proxy.behaviour = ProxyBehaviour.EXTRA_BYTES
+    async with await ProxyTunnel(proxy.url, client_port=port).open(
+        "localhost", origin.port, stop_at_head=True
+    ) as sock:
+        assert sock.pending == 0  # not in janusnet's buffer
+        with pytest.raises(PendingDataError) as info:
+            await sock.ssl_on()
+        assert info.value.pending == len(b"INJECTED")
+        assert await sock.recv() == b"INJECTED"
+
+
+@pytest.mark.parametrize("kind", ["https-proxy", "always-port"])
+async def test_stop_at_head_needs_a_plain_tunnel(
+    anyio_backend: str, origin: TLSOrigin, kind: str
+) -> None:
+    if kind == "https-proxy":
+        tunnel = ProxyTunnel("https://localhost:1", proxy_ssl_context=origin.client_context())
+    else:
+        always = ClientPort("ALWAYS", tls=TLSMode.ALWAYS, ssl_context=origin.client_context())
+        tunnel = ProxyTunnel("http://127.0.0.1:1", client_port=always)
+    with pytest.raises(UsageError, match="stop_at_head"):
+        await tunnel.open("localhost", origin.port, stop_at_head=True)

@@ -409,6 +409,36 @@ class FdStream(_Direct):
         self._closed = True  # so closing this stream leaves the socket be
         return self._sock
 
+    async def peek(self, max_bytes: int = TRANSPORT_READ) -> bytes:
+        """What :meth:`receive` would return, left in the socket (``MSG_PEEK``): a reader
+        that must not read past its own data takes what it used with :meth:`discard`."""
+        await self._checkpoint()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._receiving = True
+        try:
+            data: bytes | None = self._now(self._peek_now, max_bytes)
+            if data is None:
+                data = await self._call(self._peek_now, max_bytes, _wait_readable)
+        finally:
+            self._receiving = False
+        if data:
+            return data
+        raise anyio.EndOfStream
+
+    def _peek_now(self, size: int) -> bytes:
+        return self._sock.recv(size, _stdsocket.MSG_PEEK)
+
+    def discard(self, count: int) -> None:
+        """Take ``count`` bytes :meth:`peek` returned out of the socket (they are there)."""
+        while count > 0:
+            data = self._sock.recv(count)
+            if not data:
+                break
+            count -= len(data)
+
     async def send_eof(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError

@@ -61,6 +61,7 @@ from ._exceptions import (
     PendingDataError,
     ProxyAuthenticationRequired,
     ProxyProtocolError,
+    SocketClosedError,
     SocketResetError,
     SSLOnOtherError,
     UsageError,
@@ -73,7 +74,7 @@ from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
 from ._tls import default_context_for
-from ._transport import open_hop, tcp_options
+from ._transport import FdStream, open_hop, tcp_options
 
 __all__ = ["ProxyTunnel"]
 
@@ -407,12 +408,17 @@ class ProxyTunnel:
         auth = ", auth=<hidden>" if self._credentials or self._flow else ""
         return f"ProxyTunnel('{self._url.scheme}://{self._address}'{auth})"
 
-    async def open(self, host: str, port: int) -> Socket:
+    async def open(self, host: str, port: int, *, stop_at_head: bool = False) -> Socket:
         """Connect to the proxy and ``CONNECT`` to ``host:port``.
 
         Args:
             host: the target host name or IP address (IPv6 with or without brackets).
             port: the target port.
+            stop_at_head: read the proxy's reply head and not one byte past it, as curl
+                does: what follows stays in the operating system's buffer, for a
+                library :meth:`Socket.detach` hands the tunnel to (a server that speaks
+                first, such as SSH's). ``ssl_on()`` still refuses those bytes (-112);
+                ``sock.pending`` does not count them. An ``http://`` proxy only.
 
         Returns:
             A plain socket inside the tunnel, ready for ``ssl_on()`` (whose
@@ -421,7 +427,8 @@ class ProxyTunnel:
             ``TLSMode.ALWAYS`` client port the socket is TLS already: :meth:`open_tls`.
 
         Raises:
-            UsageError: bad host, port or header (nothing was sent), or a
+            UsageError: bad host, port or header (nothing was sent), ``stop_at_head``
+                with an ``https://`` proxy or a ``TLSMode.ALWAYS`` port, or a
                 :class:`ProxyAuth` flow yielded a value that is no header value.
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
             PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
@@ -439,13 +446,21 @@ class ProxyTunnel:
 
         Cancellation closes the socket and propagates.
         """
+        if stop_at_head and (
+            self._url.scheme == "https" or self._client_port.tls is TLSMode.ALWAYS
+        ):
+            raise UsageError(
+                "stop_at_head leaves the bytes after the reply in the socket for another "
+                "library: the tunnel must be plain (an http:// proxy, a port that is not "
+                "TLSMode.ALWAYS)"
+            )
         if self._client_port.tls is TLSMode.ALWAYS:  # TLS at connect, as Socket.connect
             return await self.open_tls(host, port)
         authority, target = self._checked_target(host, port)
         phase = [self._connect_phase()]
         try:
             with anyio.fail_after(self._timeout):
-                return await self._open(authority, target, phase)
+                return await self._open(authority, target, phase, stop_at_head)
         except TimeoutError as exc:
             raise self._timed_out(exc, authority, phase[0]) from None
 
@@ -579,13 +594,20 @@ class ProxyTunnel:
             await anyio.aclose_forcefully(stream)
             raise
 
-    async def _open(self, authority: str, target: str, phase: list[str]) -> Socket:
+    async def _open(
+        self, authority: str, target: str, phase: list[str], stop_at_head: bool = False
+    ) -> Socket:
         sock = await self._connect_proxy(target)
         phase[0] = "waiting for the proxy's reply"
-        return await self._exchange(sock, authority, target, phase)
+        return await self._exchange(sock, authority, target, phase, stop_at_head)
 
     async def _exchange(
-        self, sock: Socket, authority: str, target: str, phase: list[str] | None = None
+        self,
+        sock: Socket,
+        authority: str,
+        target: str,
+        phase: list[str] | None = None,
+        stop_at_head: bool = False,
     ) -> Socket:
         """Run CONNECT on ``sock`` (a fresh connection to the proxy); close it on failure.
 
@@ -593,7 +615,7 @@ class ProxyTunnel:
         first one after a Digest challenge.
         """
         if self._flow is not None:
-            return await self._exchange_flow(sock, authority, target, phase)
+            return await self._exchange_flow(sock, authority, target, phase, stop_at_head)
         credentials = self._credentials
         authorization = (
             basic_proxy_authorization(*credentials)
@@ -613,7 +635,7 @@ class ProxyTunnel:
                 reader = self._reader(self._secrets)
                 try:
                     await self._send(sock, request)
-                    reply = await self._read_reply(sock, reader)
+                    reply = await self._read_reply(sock, reader, stop_at_head)
                 except ProxyProtocolError:
                     if not (kept and challenge is not None and not reader.received):
                         raise
@@ -635,7 +657,7 @@ class ProxyTunnel:
                     reply = _withhold_from_reply(reply, self._secrets)
                 self._log_reply(authority, reply)
                 if 200 <= reply.status < 300:
-                    return self._tunnel_open(sock, reader, reply)
+                    return self._tunnel_open(sock, reader, reply, stop_at_head)
                 if reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
                 elif reply.status == 407 and answered and not stale_retried and _stale(reply):
@@ -666,7 +688,12 @@ class ProxyTunnel:
             raise
 
     async def _exchange_flow(
-        self, sock: Socket, authority: str, target: str, phase: list[str] | None
+        self,
+        sock: Socket,
+        authority: str,
+        target: str,
+        phase: list[str] | None,
+        stop_at_head: bool = False,
     ) -> Socket:
         """:meth:`_exchange` with a :class:`ProxyAuth` flow answering the 407s.
 
@@ -698,7 +725,7 @@ class ProxyTunnel:
                 reader = self._reader(secrets)
                 try:
                     await self._send(sock, request)
-                    reply = await self._read_reply(sock, reader)
+                    reply = await self._read_reply(sock, reader, stop_at_head)
                 except ProxyProtocolError:
                     if not (kept and not restarted and not reader.received):
                         raise
@@ -721,7 +748,7 @@ class ProxyTunnel:
                 self._log_reply(authority, shown)
                 if 200 <= reply.status < 300:
                     await self._close_flow(flow, phase)  # may fail: the socket closes then
-                    return self._tunnel_open(sock, reader, shown)
+                    return self._tunnel_open(sock, reader, shown, stop_at_head)
                 answer = None
                 asked = reply.status == 407 and rounds < MAX_AUTH_ROUNDS
                 if asked:
@@ -814,9 +841,17 @@ class ProxyTunnel:
             printable(reply.reason),
         )
 
-    def _tunnel_open(self, sock: Socket, reader: ConnectReplyReader, reply: ProxyReply) -> Socket:
-        """The tunnel is open: every byte after the head stays buffered (-112 at TLS)."""
-        sock._unread(reader.leftover)
+    def _tunnel_open(
+        self,
+        sock: Socket,
+        reader: ConnectReplyReader,
+        reply: ProxyReply,
+        stop_at_head: bool = False,
+    ) -> Socket:
+        """The tunnel is open: every byte after the head stays buffered (-112 at TLS), in
+        the socket's buffer or, with ``stop_at_head``, the operating system's."""
+        if not stop_at_head:
+            sock._unread(reader.leftover)
         sock._shed_scanner()
         sock.proxy_reply = reply
         return sock
@@ -939,7 +974,11 @@ class ProxyTunnel:
             return basic_proxy_authorization(*self._credentials)
         return None
 
-    async def _read_reply(self, sock: Socket, reader: ConnectReplyReader) -> ProxyReply:
+    async def _read_reply(
+        self, sock: Socket, reader: ConnectReplyReader, stop_at_head: bool = False
+    ) -> ProxyReply:
+        if stop_at_head:
+            return await self._read_reply_head(sock, reader)
         reply = None
         while reply is None:
             try:
@@ -950,6 +989,30 @@ class ProxyTunnel:
                     proxy=self._address,
                 ) from exc
             reply = reader.feed(data) if data else reader.feed_eof()
+        return reply
+
+    async def _read_reply_head(self, sock: Socket, reader: ConnectReplyReader) -> ProxyReply:
+        """:meth:`_read_reply` taking no byte past a 2xx head out of the socket: reads are
+        peeks, and only what the head used is taken (a 407's body is taken with it, for
+        the drain)."""
+        stream = sock._stream
+        assert isinstance(stream, FdStream)  # open() refused the other kinds
+        reply = None
+        while reply is None:
+            try:
+                data = await stream.peek(RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            except anyio.BrokenResourceError as exc:
+                raise ProxyProtocolError(
+                    f"proxy {self._address} reset the connection during CONNECT",
+                    proxy=self._address,
+                ) from exc.__cause__ or exc
+            except anyio.ClosedResourceError as exc:
+                raise SocketClosedError("the socket was closed during CONNECT") from exc
+            reply = reader.feed(data) if data else reader.feed_eof()
+            past = len(reader.leftover) if reply is not None and 200 <= reply.status < 300 else 0
+            stream.discard(len(data) - past)
         return reply
 
     async def _drain(self, sock: Socket, reader: ConnectReplyReader) -> bool:
