@@ -681,3 +681,22 @@ def test_scanner_many_tokens_small_limit_searches_within_the_limit() -> None:
     # (The token starts at the limit of the last 100 bytes: it counts.)
     assert pieces == 9_999 and record == (b"x" * 100, b"<T3>", 4)
     assert searched < 10_001 * (100 + 4 + 1)
+
+
+def test_scanner_few_tokens_small_limit_searches_within_the_limit() -> None:
+    """Up to FIND_EACH_MAX tokens a find per token, bounded by the limit too: scans that
+    alternate between two token sets (which clears the per-token positions) read a long
+    stretch in 100-byte pieces without searching it all each time."""
+    first, second = TokenSet([b"<A>"]), TokenSet([b"<B>"])
+    scanner = Scanner()
+    scanner.feed(b"x" * 1_000_000)
+    assert scanner.scan(first, 100, eof=False) == (b"x" * 100, None, 0)
+    assert scanner._searched[0] <= 100 + 1  # searched to the limit, not to the end
+    scanner.feed(b"<A>")
+    records = [Parsed(b"x" * 100, None, 0)]
+    while (record := scanner.scan(second if len(records) % 2 else first, 100, False)) is not None:
+        records.append(record)
+        if record.index:
+            break
+    assert sum(len(r.data) for r in records) == 1_000_000
+    assert records[-1].token == b"<A>" and not scanner.pending

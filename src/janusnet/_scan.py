@@ -866,14 +866,18 @@ class Scanner:
         else:
             best = -1
             best_k = -1
+            # A token counts only if it starts within the limit: search no further (so
+            # scans alternating between token sets stay linear over a long stretch).
+            bound = size if max_bytes is None else pos + max_bytes
             for k in range(len(toks)):
                 at = found[k]
                 if at < start:
                     tok = toks[k]
                     from_ = searched[k] if searched[k] > start else start
-                    at = buf.find(tok, from_)
+                    end = bound + len(tok) if bound + len(tok) < size else size
+                    at = buf.find(tok, from_, end)
                     if at < 0:
-                        done = size - len(tok) + 1
+                        done = end - len(tok) + 1
                         searched[k] = done if done > from_ else from_
                         continue
                     found[k] = at
