@@ -1315,14 +1315,16 @@ class Socket:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
                 tls_stream = await self._handshake(stream, hostname, tls_name, context)
             else:
-                try:
-                    with anyio.fail_after(timeout):
-                        tls_stream = await self._handshake(stream, hostname, tls_name, context)
-                except TimeoutError:
+                # A cancel scope of our own rather than fail_after(): on Python 3.13 the
+                # generator-based context manager's frames keep the cancellation, and
+                # with it the failed socket, in a reference cycle.
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    tls_stream = await self._handshake(stream, hostname, tls_name, context)
+                if scope.cancelled_caught:
                     raise TimeoutError(
                         f"TLS handshake with {hostname or 'the peer'}: "
                         f"no answer within {timeout:g} s"
-                    ) from None
+                    )
         finally:
             self._receiving = self._sending = False
         if self._stream is not stream:  # aclose() from another task won the race

@@ -536,7 +536,7 @@ class FdTLSStream(_Direct):
                 incoming, outgoing, server_side=False, server_hostname=hostname
             )
         except BaseException:
-            await plain.aclose()
+            plain._close_now()  # (no checkpoint: it would raise over this error)
             raise
         # Until the handshake is done ``plain`` still owns the socket, so another task's
         # aclose() closes it and wakes the waits below (ClosedResourceError).
@@ -559,7 +559,10 @@ class FdTLSStream(_Direct):
                     await stream._feed(raw=True)
             await stream._flush(raw=True)  # the client's Finished
         except BaseException:
-            await plain.aclose()
+            # Closed at once, without aclose()'s checkpoint: in a cancelled scope that
+            # would raise a second cancellation over this error (and on Python 3.13 leave
+            # the pair in a reference cycle holding the socket).
+            plain._close_now()
             raise
         if plain._closed:
             raise anyio.ClosedResourceError
