@@ -144,7 +144,13 @@ async def test_a_reset_met_by_a_send_is_a_reset_for_the_receives_after_it(
             for receive in (sock.recv, sock.recv_parsed, lambda: sock.recv_exactly(1)):
                 with pytest.raises(SocketResetError) as info:
                     await receive()
-                assert isinstance(info.value.__cause__, ConnectionResetError)
+                cause = info.value.__cause__
+                if stack == "wrapped" and type(cause) is anyio.BrokenResourceError:
+                    # A stream of the caller's says what it knows: older anyio releases
+                    # (the floor, 4.10) raise their error without the OS error under it.
+                    assert cause.__cause__ is None
+                else:
+                    assert isinstance(cause, ConnectionResetError)
             assert sock.state is SocketState.RESET
 
 
