@@ -381,17 +381,18 @@ class FdStream(_Direct):
 
     __slots__ = ()
 
-    async def receive(self, max_bytes: int = TRANSPORT_READ) -> bytes:
+    async def receive(self, max_bytes: int = TRANSPORT_READ, *, _peek: bool = False) -> bytes:
         await self._checkpoint()
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
         if self._closed:
             raise anyio.ClosedResourceError
         self._receiving = True
+        op = self._peek_now if _peek else self._sock.recv
         try:
-            data: bytes | None = self._now(self._sock.recv, max_bytes)  # there after the yield
+            data: bytes | None = self._now(op, max_bytes)  # there after the yield
             if data is None:
-                data = await self._call(self._sock.recv, max_bytes, _wait_readable)
+                data = await self._call(op, max_bytes, _wait_readable)
         finally:
             self._receiving = False
         if data:
@@ -412,21 +413,7 @@ class FdStream(_Direct):
     async def peek(self, max_bytes: int = TRANSPORT_READ) -> bytes:
         """What :meth:`receive` would return, left in the socket (``MSG_PEEK``): a reader
         that must not read past its own data takes what it used with :meth:`discard`."""
-        await self._checkpoint()
-        if self._receiving:
-            raise anyio.BusyResourceError("receiving from")
-        if self._closed:
-            raise anyio.ClosedResourceError
-        self._receiving = True
-        try:
-            data: bytes | None = self._now(self._peek_now, max_bytes)
-            if data is None:
-                data = await self._call(self._peek_now, max_bytes, _wait_readable)
-        finally:
-            self._receiving = False
-        if data:
-            return data
-        raise anyio.EndOfStream
+        return await self.receive(max_bytes, _peek=True)
 
     def _peek_now(self, size: int) -> bytes:
         return self._sock.recv(size, _stdsocket.MSG_PEEK)
