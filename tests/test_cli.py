@@ -439,10 +439,10 @@ def test_cli_probe_ctrl_c_before_the_first_step_still_reports(
     with "interrupted", not an empty output."""
     import janusnet.__main__ as cli
 
-    def interrupted(cafile: str) -> None:
+    def interrupted(cafile: str | None) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "verified_context", interrupted)
+    monkeypatch.setattr(cli, "create_ssl_context", interrupted)
     status, text = run("probe", "localhost:443", "--proxy", "", "--json")
     assert status == 130
     report = json.loads(text)

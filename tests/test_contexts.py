@@ -1,6 +1,9 @@
 """Contexts users bring: truststore's OS trust store (its verification runs inside the
-handshake janusnet drives over memory BIOs), and ``SSLKEYLOGFILE`` (the default context
-honours it, as curl, httpx and Python's own do; janusnet's TLS writes the keys)."""
+handshake janusnet drives over memory BIOs), ``SSLKEYLOGFILE`` (the default context
+honours it, as curl, httpx and Python's own do; janusnet's TLS writes the keys), and
+``create_ssl_context`` (the default policy on other CAs, a client certificate). Also what
+a failed handshake says when the cause is likely a CA variable janusnet does not read, or
+a peer that answered in plain text."""
 
 from __future__ import annotations
 
@@ -13,11 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 import truststore
+from anyio.abc import SocketStream
 
 import janusnet
 from janusnet import HandshakeError, ProxyTunnel
 from janusnet.testing import ConnectProxy, TLSOrigin
+from loopback import read_until_eof, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +86,216 @@ def test_sslkeylogfile_is_honoured(tmp_path: Path, origin: TLSOrigin) -> None:
     assert result.returncode == 0, result.stderr
     lines = keylog.read_text().splitlines()
     assert any(line.startswith("CLIENT_TRAFFIC_SECRET_0 ") for line in lines), lines
+
+
+# ------------------------------------------------- create_ssl_context: policy and trust
+
+
+def test_create_ssl_context_has_the_default_policy_and_is_new_each_time() -> None:
+    first, second = janusnet.create_ssl_context(), janusnet.create_ssl_context()
+    assert first is not second and first is not janusnet.default_ssl_context()
+    for context in (first, janusnet.default_ssl_context()):
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert context.hostname_checks_common_name is False
+    # certifi's bundle, as the default context's (a few hundred CAs)
+    assert (
+        first.cert_store_stats()["x509_ca"]
+        == (janusnet.default_ssl_context().cert_store_stats()["x509_ca"])
+    )
+    assert first.cert_store_stats()["x509_ca"] > 50
+
+
+async def _get(sock: janusnet.Socket) -> bytes:
+    await sock.send(b"GET /ctx HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    return (await sock.recv_parsed()).data
+
+
+def _hashed_directory(tmp_path: Path, pem: bytes) -> Path:
+    """A directory in OpenSSL's hashed layout (``<subject hash>.0``) holding ``pem``."""
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout"],
+        input=pem,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    (tmp_path / "cas").mkdir()
+    (tmp_path / "cas" / f"{subject_hash.decode()}.0").write_bytes(pem)
+    return tmp_path / "cas"
+
+
+@pytest.mark.parametrize("form", ["cafile", "pathlike", "cadata-pem", "cadata-der", "capath"])
+async def test_create_ssl_context_trusts_what_it_is_given(
+    anyio_backend: str, origin: TLSOrigin, tmp_path: Path, form: str
+) -> None:
+    pem = origin.ca.cert_pem.bytes()
+    (tmp_path / "ca.pem").write_bytes(pem)
+    if form == "cafile":
+        context = janusnet.create_ssl_context(str(tmp_path / "ca.pem"))
+    elif form == "pathlike":
+        context = janusnet.create_ssl_context(tmp_path / "ca.pem")
+    elif form == "cadata-pem":
+        context = janusnet.create_ssl_context(cadata=pem.decode())
+    elif form == "cadata-der":
+        context = janusnet.create_ssl_context(cadata=ssl.PEM_cert_to_DER_cert(pem.decode()))
+    else:
+        context = janusnet.create_ssl_context(capath=_hashed_directory(tmp_path, pem))
+    port = janusnet.ClientPort("MINE", ssl_context=context)
+    with ConnectProxy() as proxy:
+        tunnel = ProxyTunnel(proxy.url, client_port=port)
+        async with await tunnel.open_tls("localhost", origin.port) as sock:
+            assert await _get(sock) == b"HTTP/1.1 200 OK"
+    # ... and only that: the default context does not know the test CA
+    sock = await janusnet.Socket.connect("localhost", origin.port)
+    with pytest.raises(HandshakeError, match="CERTIFICATE_VERIFY_FAILED"):
+        await sock.ssl_on()
+
+
+def test_create_ssl_context_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "empty.pem").write_bytes(b"")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        janusnet.create_ssl_context(str(tmp_path / "missing.pem"))
+    with pytest.raises(ssl.SSLError):
+        janusnet.create_ssl_context(str(tmp_path / "empty.pem"))
+    with pytest.raises(ssl.SSLError):
+        janusnet.create_ssl_context(cadata="not a certificate")
+    # OpenSSL would only find nothing in it at the first handshake: said at once here
+    with pytest.raises(FileNotFoundError, match="missing"):
+        janusnet.create_ssl_context(capath=tmp_path / "missing")
+    with pytest.raises(NotADirectoryError, match="file"):
+        janusnet.create_ssl_context(capath=tmp_path / "file")
+
+
+@pytest.fixture(scope="module")
+def mutual_origin() -> Iterator[tuple[TLSOrigin, trustme.CA]]:
+    """An origin that asks for a client certificate and trusts only ``client_ca``'s."""
+    client_ca = trustme.CA()
+    server_ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ca.issue_cert("localhost").configure_cert(context)
+    client_ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with TLSOrigin(server_context=context, ca=server_ca) as server:
+        yield server, client_ca
+
+
+async def test_create_ssl_context_takes_a_client_certificate(
+    anyio_backend: str, mutual_origin: tuple[TLSOrigin, trustme.CA]
+) -> None:
+    """Mutual TLS through a tunnel: the context create_ssl_context gives is the caller's
+    to load a certificate chain into (the shared default one is not)."""
+    origin, client_ca = mutual_origin
+    context = janusnet.create_ssl_context(cadata=origin.ca.cert_pem.bytes().decode())
+    client_ca.issue_cert("client@example.test").configure_cert(context)
+    with ConnectProxy() as proxy:
+        tunnel = ProxyTunnel(proxy.url)
+        async with await tunnel.open("localhost", origin.port) as sock:
+            await sock.ssl_on(ssl_context=context)
+            assert await _get(sock) == b"HTTP/1.1 200 OK"
+        # Without one the server refuses: in TLS 1.3 after the client's handshake has
+        # ended, so what the client meets is the connection ending (or an alert).
+        bare = janusnet.create_ssl_context(cadata=origin.ca.cert_pem.bytes().decode())
+        async with await tunnel.open("localhost", origin.port) as sock:
+            await sock.ssl_on(ssl_context=bare)
+            try:
+                answer: bytes | None = await _get(sock)
+            except janusnet.SocketResetError:
+                answer = None
+            assert answer in (None, b""), answer
+
+
+# ------------------------------------- what a verification failure says of SSL_CERT_FILE
+
+
+@pytest.fixture
+def ca_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+async def _verify_failure(
+    host: str, port: int, context: ssl.SSLContext | None, *, name: str | None = None
+) -> str:
+    sock = await janusnet.Socket.connect(host, port)
+    with pytest.raises(HandshakeError) as info:
+        await sock.ssl_on(ssl_context=context, server_hostname=name)
+    assert sock.closed
+    return str(info.value)
+
+
+async def test_verification_failure_names_a_ca_variable_janusnet_does_not_read(
+    anyio_backend: str, origin: TLSOrigin, tmp_path: Path, ca_variables: pytest.MonkeyPatch
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    origin.ca.cert_pem.write_to_path(str(ca_file))
+    assert "is set" not in await _verify_failure("localhost", origin.port, None)
+    ca_variables.setenv("SSL_CERT_FILE", str(ca_file))
+    ca_variables.setenv("CURL_CA_BUNDLE", str(ca_file))
+    said = await _verify_failure("localhost", origin.port, None)
+    assert said.endswith(
+        "(SSL_CERT_FILE is set, but janusnet reads no such variable: this context trusts "
+        "certifi's bundle only; to trust that one, pass "
+        "janusnet.create_ssl_context(os.environ['SSL_CERT_FILE']))"
+    ), said
+    # What it suggests works.
+    context = janusnet.create_ssl_context(os.environ["SSL_CERT_FILE"])
+    async with await janusnet.Socket.connect("localhost", origin.port) as sock:
+        await sock.ssl_on(ssl_context=context)
+    # A fresh certifi-only context from create_ssl_context() says it too; one given
+    # other CAs does not (the variable is not what it lacks), nor does a name mismatch.
+    assert "SSL_CERT_FILE is set" in await _verify_failure(
+        "localhost", origin.port, janusnet.create_ssl_context()
+    )
+    other = janusnet.create_ssl_context(cadata=trustme.CA().cert_pem.bytes().decode())
+    assert "is set" not in await _verify_failure("localhost", origin.port, other)
+    mismatch = await _verify_failure("localhost", origin.port, context, name="other.test")
+    assert "mismatch" in mismatch.lower() and "is set" not in mismatch
+    ca_variables.delenv("SSL_CERT_FILE")
+    ca_variables.delenv("CURL_CA_BUNDLE")
+    ca_variables.setenv("SSL_CERT_DIR", str(tmp_path))
+    assert (await _verify_failure("localhost", origin.port, None)).endswith(
+        "create_ssl_context(capath=os.environ['SSL_CERT_DIR']))"
+    )
+
+
+# --------------------------------------- a plain-text answer to the ClientHello, said so
+
+
+@pytest.mark.parametrize("through", ["ssl_on", "https proxy"])
+async def test_a_plain_http_answer_to_the_client_hello_is_named(
+    anyio_backend: str, through: str
+) -> None:
+    async def http_server(stream: SocketStream) -> None:
+        await stream.receive()  # the ClientHello
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await read_until_eof(stream)
+
+    async with serve(http_server) as port:
+        if through == "ssl_on":
+            sock = await janusnet.Socket.connect("localhost", port)
+            with pytest.raises(HandshakeError) as info:
+                await sock.ssl_on()
+            assert sock.closed
+        else:
+            tunnel = ProxyTunnel(f"https://localhost:{port}", timeout=10)
+            with pytest.raises(HandshakeError) as info:
+                await tunnel.open_tls("localhost", 443)
+    said = str(info.value)
+    assert "(the peer answered in plain text, 'HTTP/1.1 400 Bad Request': it does not " in said
+    proxy_hint = "use http:// for a proxy that speaks plain HTTP"
+    assert (proxy_hint in said) == (through == "https proxy"), said
+
+
+async def test_a_binary_answer_to_the_client_hello_is_not_quoted(anyio_backend: str) -> None:
+    async def binary_server(stream: SocketStream) -> None:
+        await stream.receive()
+        await stream.send(b"\x00\x01\x02\x03HTTP/1.1 400 garbage\r\n\r\n")
+        await read_until_eof(stream)
+
+    async with serve(binary_server) as port:
+        sock = await janusnet.Socket.connect("localhost", port)
+        with pytest.raises(HandshakeError) as info:
+            await sock.ssl_on()
+    assert "plain text" not in str(info.value), info.value

@@ -38,7 +38,7 @@ from ._ports import AccessRule, ClientPort, TLSMode, allow, deny
 from ._proxyauth import ProxyAuth
 from ._scan import Parsed, TokenSet
 from ._socket import Socket, SocketState
-from ._tls import CertInfo, TLSInfo, default_ssl_context
+from ._tls import CertInfo, TLSInfo, create_ssl_context, default_ssl_context
 from ._tunnel import ProxyTunnel
 
 __version__ = "0.1.0.dev0"
@@ -83,6 +83,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "allow",
+    "create_ssl_context",
     "default_ssl_context",
     "deny",
 ]

@@ -47,7 +47,7 @@ from ._exceptions import (
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
-from ._tls import CertInfo, TLSInfo, _cert_from_der, default_ssl_context, verified_context
+from ._tls import CertInfo, TLSInfo, _cert_from_der, create_ssl_context, default_ssl_context
 from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
 from ._tunnel import ProxyTunnel
 
@@ -333,7 +333,7 @@ async def _proxy_tls(stream: ByteStream, url: ProxyURL, context: ssl.SSLContext)
         return await start_tls(stream, hostname=url.host, ssl_context=context)
     except BaseException as exc:
         await anyio.aclose_forcefully(stream)
-        raise_handshake_error(exc, f"proxy {url.address}")
+        raise_handshake_error(exc, f"proxy {url.address}", context)
         raise  # pragma: no cover - raise_handshake_error always raises
 
 
@@ -581,17 +581,11 @@ def _context(cafile: str | None, insecure: bool, *, alpn: bool) -> ssl.SSLContex
     # A fresh context with the library's policy (TLS >= 1.2, no CN fallback), so the probe
     # passes what a janusnet program passes and setting ALPN below does not touch the
     # shared default context.
-    context = _unverified_context() if insecure else verified_context(cafile or _certifi_where())
+    context = _unverified_context() if insecure else create_ssl_context(cafile)
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
     if alpn:
         context.set_alpn_protocols(["http/1.1"])
     return context
-
-
-def _certifi_where() -> str:
-    import certifi
-
-    return certifi.where()
 
 
 #: The exit status after Ctrl-C, as a shell reports a command killed by SIGINT.

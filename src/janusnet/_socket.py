@@ -1177,7 +1177,7 @@ class Socket:
             return await start_tls(stream, hostname=tls_name, ssl_context=context)
         except BaseException as exc:
             await self._close_stream()
-            raise_handshake_error(exc, hostname)
+            raise_handshake_error(exc, hostname, context)
             raise  # pragma: no cover - raise_handshake_error always raises
 
     def _transport_pending(self) -> int:

@@ -9,15 +9,25 @@ costs milliseconds, and janusnet never mutates a context, its own or a caller's.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import ssl
 import threading
+import weakref
 from dataclasses import dataclass, field
+from typing import Final
 
 import certifi
 
 from ._exceptions import SSLOnOtherError
 
-__all__ = ["CertInfo", "TLSInfo", "default_context_for", "default_ssl_context"]
+__all__ = [
+    "CertInfo",
+    "TLSInfo",
+    "create_ssl_context",
+    "default_context_for",
+    "default_ssl_context",
+    "env_trust_hint",
+]
 
 
 _default_lock = threading.Lock()  # event loops in several threads may ask at once
@@ -42,7 +52,7 @@ def default_ssl_context() -> ssl.SSLContext:
     if context is None:
         with _default_lock:
             if _default_context is None:
-                _default_context = verified_context(certifi.where())
+                _default_context = create_ssl_context()
             context = _default_context
     return context
 
@@ -66,18 +76,87 @@ def default_context_for(what: str) -> ssl.SSLContext:
         ) from exc
 
 
-def verified_context(cafile: str) -> ssl.SSLContext:
-    """A new client context with the default context's policy, trusting ``cafile``.
+#: Variables other tools read for the CAs to trust; janusnet does not (its default is
+#: certifi's bundle), so a verification failure while one is set says so.
+CA_VARIABLES: Final = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+#: OpenSSL's verify codes for "no trusted CA for this chain" (a name mismatch, an
+#: expired certificate and the like are not cured by another bundle).
+_UNTRUSTED_CHAIN: Final = frozenset({2, 18, 19, 20, 21})
+
+
+#: Contexts :func:`create_ssl_context` made on certifi's bundle (the default one too).
+_CERTIFI_ONLY: Final[weakref.WeakSet[ssl.SSLContext]] = weakref.WeakSet()
+
+
+def create_ssl_context(
+    cafile: str | os.PathLike[str] | None = None,
+    *,
+    capath: str | os.PathLike[str] | None = None,
+    cadata: str | bytes | None = None,
+) -> ssl.SSLContext:
+    """A new client context with the default context's policy, yours to change.
+
+    The policy is :func:`default_ssl_context`'s: certificates verified, TLS >= 1.2, host
+    names checked against subjectAltName only. It trusts the CAs given (any of the
+    three, as ``ssl.create_default_context`` takes them), else certifi's bundle. Unlike
+    the shared default context it is a fresh one per call, so it can take a client
+    certificate (``load_cert_chain``, for servers that ask for one: mutual TLS), ALPN
+    protocols or ciphers. janusnet never reads ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
+    by itself; ``create_ssl_context(os.environ["SSL_CERT_FILE"])`` trusts that bundle.
+
+    Args:
+        cafile: a PEM file of CA certificates to trust.
+        capath: a directory of CA certificates in OpenSSL's hashed layout
+            (``openssl rehash``); its files are read when a handshake needs them.
+        cadata: CA certificates as PEM text or DER bytes.
+
+    Returns:
+        A verified client ``SSLContext``.
 
     Raises:
-        OSError, ssl.SSLError: ``cafile`` cannot be read or holds no certificate.
+        FileNotFoundError: ``cafile`` or ``capath`` does not exist.
+        NotADirectoryError: ``capath`` is not a directory.
+        OSError: ``cafile`` cannot be read.
+        ssl.SSLError: ``cafile`` or ``cadata`` holds no certificate, or a broken one.
     """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if capath is not None and not os.path.isdir(capath):
+        # OpenSSL reads the directory only when a handshake looks a CA up, and then
+        # merely finds nothing: say so now.
+        if os.path.exists(capath):
+            raise NotADirectoryError(f"capath {os.fspath(capath)!r} is not a directory")
+        raise FileNotFoundError(f"capath {os.fspath(capath)!r} does not exist")
+    certifi_only = cafile is None and capath is None and cadata is None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH,
+        cafile=certifi.where() if certifi_only else cafile,
+        capath=capath,
+        cadata=cadata,
+    )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Names are matched against subjectAltName only, never the subject's CN (RFC 6125
     # §6.4.4; urllib3 2 and browsers dropped the fallback too).
     context.hostname_checks_common_name = False
+    if certifi_only:
+        _CERTIFI_ONLY.add(context)
     return context
+
+
+def env_trust_hint(exc: BaseException, context: ssl.SSLContext | None) -> str:
+    """A sentence for a verification failure on certifi's bundle while the environment
+    names a CA bundle janusnet does not read (``""`` otherwise)."""
+    if getattr(exc, "verify_code", None) not in _UNTRUSTED_CHAIN or context not in _CERTIFI_ONLY:
+        return ""
+    named = next((name for name in CA_VARIABLES if os.environ.get(name)), None)
+    if named is None:
+        return ""
+    where = f"os.environ[{named!r}]"
+    if named == "SSL_CERT_DIR":
+        where = f"capath={where}"
+    return (
+        f" ({named} is set, but janusnet reads no such variable: this context trusts "
+        f"certifi's bundle only; to trust that one, pass janusnet.create_ssl_context({where}))"
+    )
 
 
 def _name_fields(rdns: object) -> dict[str, str]:

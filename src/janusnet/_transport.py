@@ -38,6 +38,7 @@ from ._exceptions import (
     UsageError,
     show_address,
 )
+from ._tls import env_trust_hint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -529,6 +530,7 @@ class FdTLSStream(_Direct):
         # aclose() closes it and wakes the waits below (ClosedResourceError).
         stream = cls(plain._sock, obj, incoming, outgoing)
         hello = True
+        answer: bytes | None = None  # the peer's first bytes
         try:
             while True:
                 if plain._closed:
@@ -543,13 +545,18 @@ class FdTLSStream(_Direct):
                         # a checkpoint, even when every answer is there at once.
                         hello = False
                         await stream._checkpoint()
-                    await stream._feed(raw=True)
+                    if answer is None:
+                        answer = await stream._feed(raw=True)
+                    else:
+                        await stream._feed(raw=True)
             await stream._flush(raw=True)  # the client's Finished
-        except BaseException:
+        except BaseException as exc:
             # Closed at once, without aclose()'s checkpoint: in a cancelled scope that
             # would raise a second cancellation over this error (and on Python 3.13 leave
             # the pair in a reference cycle holding the socket).
             plain._close_now()
+            if answer and isinstance(exc, ssl.SSLError):
+                _note_plain_answer(exc, answer)
             raise
         if plain._closed:
             raise anyio.ClosedResourceError
@@ -629,12 +636,13 @@ class FdTLSStream(_Direct):
                 raise
             raise anyio.BrokenResourceError from exc
 
-    async def _feed(self, raw: bool = False) -> None:
+    async def _feed(self, raw: bool = False) -> bytes | None:
         """Read ciphertext from the socket into the incoming BIO (EOF included), waiting
-        for the socket if there is none yet; or wait while another task does that."""
+        for the socket if there is none yet; or wait while another task does that.
+        Returns what it read (``None`` when it waited for another task)."""
         if self._feeding:
             await self._wait_progress()
-            return
+            return None
         self._feeding = True
         try:
             while True:
@@ -658,6 +666,7 @@ class FdTLSStream(_Direct):
             self._in.write(data)
         else:
             self._in.write_eof()
+        return data
 
     def _push_now(self) -> bool:
         """:meth:`_flush_now` for a receiver: an error sending is left for the sender (or
@@ -1412,7 +1421,7 @@ async def open_hop(
         return await start_tls(stream, hostname=tls_name_for(host), ssl_context=ssl_context)
     except BaseException as exc:
         await anyio.aclose_forcefully(stream)
-        raise_handshake_error(exc, label)
+        raise_handshake_error(exc, label, ssl_context)
         raise  # pragma: no cover - _raise_handshake_error always raises
 
 
@@ -1456,18 +1465,57 @@ class WideReceive(anyio.abc.ByteStream):
         return self._inner.extra_attributes
 
 
-def raise_handshake_error(exc: BaseException, hostname: str | None) -> None:
+#: The attribute on a handshake's ``SSLError`` that keeps a plain-text answer's first line.
+_PLAIN_ANSWER: Final = "janusnet_plain_answer"
+#: How much of it an error message quotes.
+PLAIN_ANSWER_SHOWN: Final = 80
+
+
+def _note_plain_answer(exc: ssl.SSLError, answer: bytes) -> None:
+    """Keep on ``exc`` the first line of the peer's answer to our ClientHello when it is
+    plain text (a server speaking HTTP or SMTP on that port, a plain proxy reached as
+    ``https://``), so the error can say so. TLS records never start with a printable
+    byte."""
+    line = answer.split(b"\n", 1)[0].rstrip(b"\r")[:PLAIN_ANSWER_SHOWN]
+    if len(line) >= 4 and all(32 <= byte < 127 for byte in line):
+        setattr(exc, _PLAIN_ANSWER, line.decode("ascii"))
+
+
+def _plain_answer_hint(exc: BaseException, hostname: str | None) -> str:
+    answer = getattr(exc, _PLAIN_ANSWER, None)
+    if not isinstance(answer, str):
+        return ""
+    hint = f" (the peer answered in plain text, {answer!r}: it does not speak TLS here"
+    if answer.startswith("HTTP/") and hostname is not None and hostname.startswith("proxy "):
+        # (a host name has no space: this is open_hop's label for the proxy)
+        hint += (
+            "; an https:// proxy URL means TLS to the proxy itself: use http:// for a "
+            "proxy that speaks plain HTTP"
+        )
+    return hint + ")"
+
+
+def raise_handshake_error(
+    exc: BaseException, hostname: str | None, context: ssl.SSLContext | None = None
+) -> None:
     """Translate a failed handshake into -111 / -149 (cancellation propagates as is).
+
+    ``context`` is the one the handshake used: a certificate no CA in certifi's bundle
+    vouches for, on a context trusting only those, while the environment names a CA
+    bundle (``SSL_CERT_FILE``...), says that janusnet does not read it.
 
     Log records get the error's text, never the exception object: a record kept by a
     handler would otherwise keep the traceback, and with it the failed socket, alive.
     """
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError, anyio.EndOfStream)):
-        reason = str(exc) or (
-            "the peer closed the connection"
-            if isinstance(exc, anyio.EndOfStream)
-            else type(exc).__name__
-        )
+        reason = (
+            str(exc)
+            or (
+                "the peer closed the connection"
+                if isinstance(exc, anyio.EndOfStream)
+                else type(exc).__name__
+            )
+        ) + (env_trust_hint(exc, context) or _plain_answer_hint(exc, hostname))
         logger.warning("TLS handshake with %s failed: %s", hostname, reason)
         raise HandshakeError(f"TLS handshake with {hostname} failed: {reason}") from exc
     if isinstance(exc, anyio.BrokenResourceError):
