@@ -679,7 +679,13 @@ class ProxyTunnel:
                     if phase is not None:
                         phase[0] = "waiting for the proxy's reply to the answer to its 407"
                     continue
-                why = self._why_407(reply, authorization) if reply.status == 407 else ""
+                why = (
+                    self._why_407(
+                        reply, authorization, basic_first=answered and self._preemptive_basic
+                    )
+                    if reply.status == 407
+                    else ""
+                )
                 self._refuse(authority, reply, why)
         except BaseException as exc:
             await sock.aclose()
@@ -927,8 +933,11 @@ class ProxyTunnel:
             )
         return why
 
-    def _why_407(self, reply: ProxyReply, sent: bytes | None) -> str:
-        """Why a 407 ends the exchange, in words that never include the credentials."""
+    def _why_407(self, reply: ProxyReply, sent: bytes | None, *, basic_first: bool) -> str:
+        """Why a 407 ends the exchange, in words that never include the credentials.
+
+        ``sent`` is the last ``Proxy-Authorization`` sent; ``basic_first``: Basic went
+        with the first request, before that answer."""
         challenges = parse_challenges(reply.get_all("proxy-authenticate"))
         schemes = list(dict.fromkeys(c.scheme for c in challenges))
         if not self._credentials and (not schemes or choose_challenge(challenges)):
@@ -944,6 +953,8 @@ class ProxyTunnel:
             if not schemes or scheme.lower() in schemes or choose_challenge(challenges):
                 # (also a proxy that answers a Digest answer by offering only Basic,
                 # which was sent already or is not tried after Digest)
+                if basic_first and scheme.lower() != "basic":
+                    scheme = f"Basic, then {scheme}"
                 return f"the credentials sent ({scheme}) were rejected"
         if "digest" in schemes:
             # Offered, but not in a form janusnet answers (see digest_supported).
