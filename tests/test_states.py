@@ -276,6 +276,39 @@ async def test_tls_peer_certificate_subject_and_issuer_fields(
                 assert sock.tls.chain == (cert,)
 
 
+async def test_tls_peer_certificate_der_is_the_certificate_served(anyio_backend: str) -> None:
+    """``CertInfo.der`` is the leaf's DER (what pinning hashes), from the live session,
+    from the chain (3.13+) and from the snapshot after close; never in ``repr``."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(server)
+    served = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    port = ClientPort("DER", tls=TLSMode.ALWAYS, ssl_context=client)
+
+    async def handler(stream: SocketStream) -> None:
+        await echo(await tls_server_side(stream, server))
+
+    async with serve(handler) as number:
+        sock = await Socket.connect("localhost", number, client_port=port)
+        async with sock:
+            assert sock.tls is not None and sock.tls.peer_certificate is not None
+            assert sock.tls.peer_certificate.der == served
+            assert sock.tls.chain[0].der == served
+            if sys.version_info >= (3, 13):
+                assert sock.tls.chain[-1].der == ssl.PEM_cert_to_DER_cert(
+                    ca.cert_pem.bytes().decode()
+                )
+            assert served.hex() not in repr(sock.tls) and "der=" not in repr(sock.tls)
+        # A socket closed before anyone read sock.tls answers from its snapshot.
+        sock = await Socket.connect("localhost", number, client_port=port)
+        await sock.aclose()
+        assert sock.tls is not None and sock.tls.peer_certificate is not None
+        assert sock.tls.peer_certificate.der == served
+
+
 def test_tls_chain_certificates_as_bytes_or_certificate_objects() -> None:
     """``get_verified_chain()`` gives DER bytes through ``ssl`` (Python 3.13+) and
     ``Certificate`` objects through ``_ssl``: both describe the chain; anything else is a
@@ -294,5 +327,6 @@ def test_tls_chain_certificates_as_bytes_or_certificate_objects() -> None:
     assert _der(der) == der
     assert _der(CertificateObject()) == der
     assert _cert_from_der(_der(der)).subject["organizationName"].startswith("trustme")
+    assert _cert_from_der(der).der == der
     with pytest.raises(ValueError, match="not a certificate"):
         _der("PEM text")

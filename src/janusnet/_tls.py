@@ -199,6 +199,10 @@ class CertInfo:
         not_before: start of validity (UTC), when known.
         not_after: end of validity (UTC), when known.
         serial_number: hex serial, when known.
+        der: the certificate itself (DER), ``b""`` when not known: to pin it
+            (``hashlib.sha256(der).hexdigest()``) or to read what the fields above leave
+            out (``cryptography.x509.load_der_x509_certificate(der)``). Left out of
+            ``repr``.
     """
 
     # Compared but not hashed (a dict is unhashable): hash() works on CertInfo and TLSInfo.
@@ -208,10 +212,12 @@ class CertInfo:
     not_before: _dt.datetime | None = None
     not_after: _dt.datetime | None = None
     serial_number: str | None = None
+    der: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def from_peercert(cls, cert: dict[str, object]) -> CertInfo:
-        """Build from ``SSLObject.getpeercert()``'s dictionary."""
+    def from_peercert(cls, cert: dict[str, object], der: bytes = b"") -> CertInfo:
+        """Build from ``SSLObject.getpeercert()``'s dictionary (and the certificate's DER
+        bytes, ``getpeercert(binary_form=True)``, when at hand)."""
 
         def when(key: str) -> _dt.datetime | None:
             value = cert.get(key)
@@ -230,6 +236,7 @@ class CertInfo:
             not_before=when("notBefore"),
             not_after=when("notAfter"),
             serial_number=serial if isinstance(serial, str) else None,
+            der=der,
         )
 
 
@@ -264,7 +271,11 @@ class TLSInfo:
         """Describe a completed handshake."""
         cipher = ssl_object.cipher()
         raw = ssl_object.getpeercert()
-        leaf = CertInfo.from_peercert(dict(raw)) if raw else None
+        leaf = (
+            CertInfo.from_peercert(dict(raw), ssl_object.getpeercert(binary_form=True) or b"")
+            if raw
+            else None
+        )
         chain: tuple[CertInfo, ...] = (leaf,) if leaf else ()
         get_chain = getattr(ssl_object, "get_verified_chain", None)
         if get_chain is not None:  # Python 3.13+
@@ -350,4 +361,4 @@ def _cert_from_der(der: bytes) -> CertInfo:
         decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
     finally:
         os.unlink(path)
-    return CertInfo.from_peercert(dict(decoded))
+    return CertInfo.from_peercert(dict(decoded), der)
