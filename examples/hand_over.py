@@ -21,11 +21,12 @@ from janusnet.testing import ConnectProxy, TLSOrigin
 
 async def fetch(proxy_url: str, origin_port: int, context: ssl.SSLContext) -> None:
     tunnel = janusnet.ProxyTunnel(proxy_url, timeout=10)
-    sock = await tunnel.open("localhost", origin_port)  # CONNECT done, 2xx checked
-    reply = sock.proxy_reply
-    assert reply is not None
-    print(f"proxy     HTTP/{reply.http_version} {reply.status} {reply.reason}")
-    raw = sock.detach()  # the Socket is closed now; `raw` is ours to close
+    # `async with` closes the Socket if detach() refuses (bytes it had read, -112).
+    async with await tunnel.open("localhost", origin_port) as sock:  # CONNECT, 2xx checked
+        reply = sock.proxy_reply
+        assert reply is not None
+        print(f"proxy     HTTP/{reply.http_version} {reply.status} {reply.reason}")
+        raw = sock.detach()  # the Socket is closed now; `raw` is ours to close
     print(f"detached  {raw.getpeername()} (the proxy), blocking={raw.getblocking()}")
 
     reader, writer = await asyncio.open_connection(

@@ -357,6 +357,9 @@ async def test_compat_arguments_of_the_wrong_type_are_usage_errors(anyio_backend
         for call in bad_calls:
             with pytest.raises(UsageError):
                 await call()
+        # Tokens passed where Janus has none per call: the message says where they go.
+        with pytest.raises(UsageError, match=r"sock_set\(num, 'PRSTOK', 'AMBIG\|0D0A\|0D'\)"):
+            await sock_recvprs(num, "AMBIG|0D0A|0D")  # type: ignore[arg-type]
         for value in (2.9, True, "2.9", "", None):
             with pytest.raises(UsageError, match="RECVLIM"):
                 sock_set(num, "RECVLIM", value)  # type: ignore[arg-type]

@@ -283,7 +283,11 @@ async def test_a_plain_http_answer_to_the_client_hello_is_named(
             with pytest.raises(HandshakeError) as info:
                 await tunnel.open_tls("localhost", 443)
     said = str(info.value)
-    assert "(the peer answered in plain text, 'HTTP/1.1 400 Bad Request': it does not " in said
+    assert (
+        "(plain text came where TLS was expected, 'HTTP/1.1 400 Bad Request': the peer "
+        "does not speak TLS here, or wrote before its handshake, or something on the way "
+        "injected it"
+    ) in said
     proxy_hint = "use http:// for a proxy that speaks plain HTTP"
     assert (proxy_hint in said) == (through == "https proxy"), said
 

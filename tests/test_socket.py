@@ -1029,7 +1029,7 @@ async def test_socket_ssl_on_leaves_caller_context_untouched(
 
 
 async def test_socket_ssl_on_deadline_closes_the_socket(
-    anyio_backend: str, port: ClientPort
+    anyio_backend: str, port: ClientPort, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with serve(stall_after_hello) as number:
         sock = await Socket.connect("localhost", number, client_port=port)
@@ -1040,6 +1040,10 @@ async def test_socket_ssl_on_deadline_closes_the_socket(
             await sock.ssl_on(timeout=0.3)
         assert anyio.current_time() - start < 5
         assert sock.closed
+    # Logged as the other handshake failures are (compat callers get only a code).
+    assert ("WARNING", "TLS handshake with localhost timed out (0.3 s)") in [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "janusnet"
+    ]
 
 
 async def test_sockets_never_share_received_bytes(anyio_backend: str) -> None:

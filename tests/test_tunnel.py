@@ -223,14 +223,18 @@ async def test_tunnel_bad_reply_is_protocol_error(
 
 
 async def test_tunnel_silent_proxy_hits_deadline(
-    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy.behaviour = ProxyBehaviour.NEVER_ANSWER
     start = anyio.current_time()
     # The message says which deadline and what it was waiting for.
-    with pytest.raises(TimeoutError, match=r"0\.5 s deadline expired while waiting for the proxy"):
+    with pytest.raises(
+        TimeoutError, match=r"0\.5 s deadline expired while waiting for the proxy"
+    ) as info:
         await ProxyTunnel(proxy.url, timeout=0.5).open("localhost", origin.port)
     assert anyio.current_time() - start < 5
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "janusnet"]
+    assert ("WARNING", str(info.value)) in logged
 
 
 async def test_tunnel_open_tls_deadline_names_the_handshake(
@@ -262,7 +266,7 @@ async def test_tunnel_open_tls_refuses_injected_bytes(
         await ProxyTunnel(proxy.url, client_port=port).open_tls("localhost", origin.port)
     # Not ssl_on()'s "read them first": open_tls() has closed the socket.
     assert info.value.code == -112 and info.value.pending == len(b"INJECTED")
-    assert f"proxy {proxy.authority} sent 8 byte(s) after its reply" in str(info.value)
+    assert f"8 byte(s) came through proxy {proxy.authority} after its reply" in str(info.value)
     assert "socket is closed" in str(info.value) and "read them first" not in str(info.value)
 
 

@@ -209,7 +209,13 @@ async def sock_recvprs(
     if modes.prstok_none:
         raise UsageError("$Sock_RecvPrs: PRSTOK is NONE; set parse tokens first")
     if type(maxbytes) is not int:
-        raise UsageError(f"$Sock_RecvPrs: maxbytes must be an int, not {maxbytes!r}")
+        hint = (
+            " (the parse tokens are the socket's PRSTOK, as in Janus: "
+            f"sock_set(num, 'PRSTOK', {maxbytes!r}) first)"
+            if isinstance(maxbytes, str)
+            else ""
+        )
+        raise UsageError(f"$Sock_RecvPrs: maxbytes must be an int, not {maxbytes!r}{hint}")
     limit = LONGSTRING_MAX if maxbytes in (-1, 0) else maxbytes
     if limit < 0:
         raise UsageError("$Sock_RecvPrs: maxbytes must be -1, 0 or positive")

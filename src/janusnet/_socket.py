@@ -1291,7 +1291,9 @@ class Socket:
         pending = self.pending or self._transport_pending()
         if pending:
             raise PendingDataError(
-                f"ssl_on: {pending} unread byte(s) arrived before TLS; read them first",
+                f"ssl_on: {pending} unread byte(s) arrived before TLS: refused, nothing "
+                "lost (a server that speaks first: read them, then ssl_on() again; after "
+                "a STARTTLS go-ahead nothing should come: close, they may be injected)",
                 pending=pending,
             )
         if self._eof or self._reset or self._peer_closed():
@@ -1321,6 +1323,9 @@ class Socket:
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                     tls_stream = await self._handshake(stream, hostname, tls_name, context)
                 if scope.cancelled_caught:
+                    logger.warning(
+                        "TLS handshake with %s timed out (%g s)", hostname or "the peer", timeout
+                    )
                     raise TimeoutError(
                         f"TLS handshake with {hostname or 'the peer'}: "
                         f"no answer within {timeout:g} s"

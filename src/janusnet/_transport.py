@@ -1485,7 +1485,10 @@ def _plain_answer_hint(exc: BaseException, hostname: str | None) -> str:
     answer = getattr(exc, _PLAIN_ANSWER, None)
     if not isinstance(answer, str):
         return ""
-    hint = f" (the peer answered in plain text, {answer!r}: it does not speak TLS here"
+    hint = (
+        f" (plain text came where TLS was expected, {answer!r}: the peer does not speak "
+        "TLS here, or wrote before its handshake, or something on the way injected it"
+    )
     if answer.startswith("HTTP/") and hostname is not None and hostname.startswith("proxy "):
         # (a host name has no space: this is open_hop's label for the proxy)
         hint += (

@@ -525,17 +525,18 @@ class ProxyTunnel:
                         raise HandshakeError(
                             f"TLS handshake with {host} failed: proxy {self._address} {how} "
                             f"the tunnel to {authority} before the handshake was done (it "
-                            "may not have reached the target)"
+                            "may not have reached the target, or the target ended the "
+                            "handshake: a server that requires a client certificate does)"
                         ) from exc
                     raise
                 except PendingDataError as exc:
                     await sock.aclose()
                     # ssl_on()'s "read them first" does not apply: the socket is closed.
                     raise PendingDataError(
-                        f"proxy {self._address} sent {exc.pending} byte(s) after its reply "
-                        f"to CONNECT {authority}, before TLS: refused (they did not come from "
-                        "the target over TLS); the socket is closed (open() + ssl_on() lets "
-                        "you read them)",
+                        f"{exc.pending} byte(s) came through proxy {self._address} after its "
+                        f"reply to CONNECT {authority}, before TLS (from the proxy, or from "
+                        "a target that speaks first): refused, they did not come over TLS; "
+                        "the socket is closed (open() + ssl_on() lets you read them)",
                         pending=exc.pending,
                     ) from exc
                 except BaseException:
@@ -554,10 +555,12 @@ class ProxyTunnel:
         """The deadline's ``TimeoutError``, saying what it was waiting for."""
         if exc.args:  # already says what timed out (the proxy's connect_timeout)
             return exc
-        return TimeoutError(
+        message = (
             f"CONNECT {authority} via proxy {self._address}: the {self._timeout:g} s "
             f"deadline expired while {phase}"
         )
+        logger.warning("%s", message)
+        return TimeoutError(message)
 
     # ------------------------------------------------------------------ internals
 
