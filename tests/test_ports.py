@@ -85,6 +85,24 @@ RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
     ("unspecified v6 is v6 loopback", [D("127.0.0.0/8"), A("*")], "::", 80, True),
     ("v6 deny-all leaves 0.0.0.0", [D("::/0"), A("*")], "0.0.0.0", 80, True),
     ("allow v6 range, mapped v4", [A("::ffff:0:0/96"), D("*")], "::ffff:10.1.2.3", 443, False),
+    # A deny rule also meets the IPv4 address an IPv6 address embeds, which a network may
+    # translate or tunnel to: IPv4-compatible, IPv4-translated, NAT64, 6to4.
+    ("v4-compatible", [D("127.0.0.0/8"), A("*")], "[::127.0.0.1]", 443, False),
+    ("v4-compatible, hex", [D("127.0.0.0/8"), A("*")], "[::7f00:1]", 443, False),
+    ("v4-translated", [D("127.0.0.0/8"), A("*")], "[::ffff:0:7f00:1]", 443, False),
+    ("nat64 well-known prefix", [A("*"), D("10.0.0.0/8")], "64:ff9b::10.1.2.3", 443, False),
+    ("nat64, public inside", [D("10.0.0.0/8"), A("*")], "64:ff9b::8.8.8.8", 443, True),
+    ("6to4", [D("10.0.0.0/8"), A("*")], "[2002:a01:203::1]", 443, False),
+    ("6to4, public inside", [D("10.0.0.0/8"), A("*")], "[2002:808:808::1]", 443, True),
+    ("nat64 unspecified inside", [D("127.0.0.0/8"), A("*")], "64:ff9b::", 443, False),
+    ("v6 loopback is not v4-compatible", [D("0.0.0.1"), A("*")], "::1", 443, True),
+    # ... but an allow rule still admits only the host really reached.
+    ("allow v4, nat64 spelling", [A("10.0.0.0/8"), D("*")], "64:ff9b::10.1.2.3", 443, False),
+    # Forms no connection could be made to are allowed by no rule.
+    ("mapped short form", [D("127.0.0.0/8"), A("*")], "::ffff:127.1", 443, False),
+    ("slash in a name", [A("*")], "a/b", 443, False),
+    ("space inside a name", [A("*")], "exa mple.com", 443, False),
+    ("star as a host", [A("*")], "*", 443, False),
     # Names are judged as the name that goes on the wire (UTS #46 mapping, then the IDNA
     # 2008 A-label): no bypass by spelling there either.
     ("full-width letters", [D("secret.example"), A("*")], "ｓｅｃｒｅｔ.example", 443, False),

@@ -1001,3 +1001,64 @@ async def test_tunnel_407_body_that_stalls_costs_a_second_then_a_new_connection(
             async with await tunnel.open("localhost", 443) as sock:
                 assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
     assert len(answers) == 1
+
+
+# ------------------------------------------------------------- resolve_locally
+
+
+async def test_resolve_locally_holds_ip_rules_for_names(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    """Through a tunnel the proxy resolves names, so IP rules meet only IP literals: a
+    name that resolves to loopback passes them. ``resolve_locally`` resolves it here,
+    checks every address, and sends nothing when one is denied."""
+    relay = ClientPort(
+        "RELAY",
+        ssl_context=origin.client_context(),
+        rules=[janusnet.deny("127.0.0.0/8"), janusnet.deny("::1"), janusnet.allow("*")],
+    )
+    # The documented limit, without it: the proxy resolves "localhost" and connects.
+    async with await ProxyTunnel(proxy.url, client_port=relay).open("localhost", origin.port):
+        assert proxy.log[-1].target == f"localhost:{origin.port}"
+    proxy.log.clear()
+    before = proxy.connections
+    guarded = ProxyTunnel(proxy.url, client_port=relay, resolve_locally=True)
+    with pytest.raises(janusnet.AccessDeniedError, match=r"localhost \((127\.0\.0\.1|::1)\)"):
+        await guarded.open_tls("localhost", origin.port)
+    with pytest.raises(janusnet.AccessDeniedError):
+        await guarded.open("localhost", origin.port)
+    assert proxy.connections == before and proxy.log == []  # the proxy never heard of it
+    # An IP literal is judged as before (no resolution).
+    with pytest.raises(janusnet.AccessDeniedError):
+        await guarded.open("127.0.0.1", origin.port)
+
+
+async def test_resolve_locally_connects_to_the_address_and_verifies_the_name(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    tunnel = ProxyTunnel(proxy.url, client_port=port, resolve_locally=True)
+    assert repr(tunnel).endswith(", resolve_locally=True)")
+    async with await tunnel.open_tls("localhost", origin.port) as sock:
+        assert proxy.log[-1].target in (f"127.0.0.1:{origin.port}", f"[::1]:{origin.port}")
+        assert sock.tls is not None and sock.tls.server_hostname == "localhost"
+        assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+    # open() + ssl_on(): the socket still names the target, so ssl_on() verifies it.
+    async with await tunnel.open("localhost", origin.port) as sock:
+        await sock.ssl_on()
+        assert sock.tls is not None and sock.tls.server_hostname == "localhost"
+
+
+async def test_resolve_locally_failures_send_nothing(
+    anyio_backend: str, proxy: ConnectProxy
+) -> None:
+    before = proxy.connections
+    tunnel = ProxyTunnel(proxy.url, resolve_locally=True)
+    with pytest.raises(janusnet.ConnectError, match=r"cannot resolve no-such-host\.invalid"):
+        await tunnel.open("no-such-host.invalid", 443)
+    assert proxy.connections == before
+    with pytest.raises(UsageError, match="resolve_locally must be a bool"):
+        ProxyTunnel(proxy.url, resolve_locally="yes")  # type: ignore[arg-type]
+    from_env = ProxyTunnel.from_env(
+        "example.com", 443, environ={"HTTPS_PROXY": proxy.url}, resolve_locally=True
+    )
+    assert from_env is not None and "resolve_locally=True" in repr(from_env)

@@ -223,11 +223,36 @@ def _reaches(address: _IPAddress) -> _IPAddress:
     return address
 
 
+#: NAT64's well-known prefix (RFC 6052): ``64:ff9b::a.b.c.d`` is translated to a.b.c.d.
+_NAT64_WKP: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and may be translated or tunnelled to:
+    IPv4-mapped (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``, deprecated but
+    still parsed), IPv4-translated (``::ffff:0:a.b.c.d``), NAT64's well-known prefix,
+    6to4 (``2002:aabb:ccdd::/48``)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    value = int(address)
+    if value >> 32 == 0 and value > 1:  # (:: and ::1 are IPv6's own)
+        return ipaddress.IPv4Address(value)
+    if value >> 32 == 0xFFFF0000:  # IPv4-translated, ::ffff:0:a.b.c.d (RFC 2765)
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address in _NAT64_WKP:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return address.sixtofour
+
+
 def _spellings(address: _IPAddress) -> tuple[_IPAddress, ...]:
-    """``address`` as written, as IPv4 when it is IPv4-mapped, and what it reaches: a
-    rule about ``10.0.0.0/8`` or ``127.0.0.0/8`` is not bypassed by spelling."""
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return tuple(dict.fromkeys(a for a in (address, mapped, _reaches(address)) if a is not None))
+    """``address`` as written, the IPv4 address it embeds (mapped, compatible, NAT64,
+    6to4), and what it reaches: a deny rule about ``10.0.0.0/8`` or ``127.0.0.0/8`` is not
+    bypassed by spelling, nor by a translation the network may do."""
+    embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    candidates: list[_IPAddress | None] = [address, embedded, _reaches(address)]
+    if embedded is not None:
+        candidates.append(_reaches(embedded))  # ::0.0.0.0 and 64:ff9b::0.0.0.0
+    return tuple(dict.fromkeys(a for a in candidates if a is not None))
 
 
 def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -346,7 +371,7 @@ class ClientPort:
         if not self.rules:
             return True
         name = _canonical_host(host)
-        if name is None:
+        if name is None or not _reachable_form(name):
             return False  # not a name any connection could reach: nothing to allow
         for rule in self.rules:
             if rule.matches_port(port) and rule.matches_host(name):
@@ -398,6 +423,24 @@ class ClientPort:
     def _release(self) -> None:
         with self._lock:
             self._open[0] -= 1
+
+
+#: What a host a connection could reach is made of, once canonical: a name's characters
+#: (IP literals among them), or an IPv6 address (with a zone on direct connects).
+_HOST_CHARS_RE: Final = re.compile(r"[a-z0-9_.-]+")
+
+
+def _reachable_form(name: str) -> bool:
+    """Whether a canonical host could name a destination at all (``::ffff:127.1``,
+    ``a/b`` or ``*`` cannot: no connection would be made to them, so no rule allows
+    them)."""
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        return True
+    return _HOST_CHARS_RE.fullmatch(name) is not None
 
 
 def _is_ip_literal(host: str) -> bool:

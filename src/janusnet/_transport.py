@@ -1543,12 +1543,16 @@ def raise_handshake_error(
         del exc  # (this frame, in its traceback, would hold it: a cycle)
 
 
-async def allowed_addresses(port: ClientPort, host: str, number: int) -> list[str]:
-    """Resolve ``host`` when IP rules apply, refusing names that resolve to denied IPs.
+async def allowed_addresses(
+    port: ClientPort, host: str, number: int, *, always: bool = False
+) -> list[str]:
+    """Resolve ``host`` when IP rules apply (or ``always``), refusing names that resolve
+    to denied IPs.
 
-    Returns the addresses to connect to (``[host]`` when no IP rule could apply).
+    Returns the addresses to connect to (``[host]`` when no IP rule could apply and
+    ``always`` is false).
     """
-    if not any(rule.is_ip_rule for rule in port.rules):
+    if not always and not any(rule.is_ip_rule for rule in port.rules):
         return [host]
     name = host.strip("[]")
     if not name.isascii():  # the name open_tcp() would connect to, not IDNA 2003's

@@ -29,6 +29,7 @@ import base64
 import dataclasses
 import functools
 import inspect
+import ipaddress
 import logging
 import os
 import re
@@ -74,7 +75,7 @@ from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
 from ._tls import default_context_for
-from ._transport import FdStream, open_hop, tcp_options
+from ._transport import FdStream, allowed_addresses, open_hop, tcp_options
 
 __all__ = ["ProxyTunnel"]
 
@@ -268,6 +269,13 @@ class ProxyTunnel:
         socket_options: ``(level, option, value)`` tuples set on the socket to the
             proxy before it connects (as for :meth:`Socket.connect`; e.g. TCP
             keepalive for long-lived tunnels).
+        resolve_locally: resolve a target *name* here and ``CONNECT`` to its first
+            address, after checking every address it resolves to against the client
+            port's IP rules, as :meth:`Socket.connect` does (the DNS-rebinding guard);
+            TLS still verifies, and SNI still names, the name. For a service whose
+            targets come from its users: otherwise the proxy resolves names, and a name
+            that resolves to an internal address passes IP rules. Off by default (behind
+            many proxies only the proxy can resolve names, as curl and httpx assume).
 
     Raises:
         UsageError: a bad proxy URL, a header with a control character, bad credentials,
@@ -291,6 +299,7 @@ class ProxyTunnel:
         preemptive_basic: bool = True,
         local_address: str | None = None,
         socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
+        resolve_locally: bool = False,
     ) -> None:
         url: ProxyURL = parse_proxy_url(proxy)
         self._url = url
@@ -329,6 +338,9 @@ class ProxyTunnel:
         self._max_head_bytes = max_head_bytes
         self._preemptive_basic = preemptive_basic
         self._tcp_options = tcp_options(local_address, socket_options)
+        if not isinstance(resolve_locally, bool):
+            raise UsageError(f"resolve_locally must be a bool, not {resolve_locally!r}")
+        self._resolve_locally = resolve_locally
         self._address = url.address  # host:port for messages (format_authority is not free)
         # Serialised CONNECT requests by (authority, Proxy-Authorization): building one
         # with h11 costs more than the rest of the exchange's Python work, and most
@@ -352,6 +364,7 @@ class ProxyTunnel:
         preemptive_basic: bool = True,
         local_address: str | None = None,
         socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
+        resolve_locally: bool = False,
     ) -> ProxyTunnel | None:
         """The tunnel the environment asks for to reach ``host:port``, or ``None``.
 
@@ -374,6 +387,7 @@ class ProxyTunnel:
             preemptive_basic: as for :class:`ProxyTunnel`.
             local_address: as for :class:`ProxyTunnel`.
             socket_options: as for :class:`ProxyTunnel`.
+            resolve_locally: as for :class:`ProxyTunnel`.
 
         Returns:
             A tunnel, or ``None`` when no proxy applies.
@@ -397,6 +411,7 @@ class ProxyTunnel:
             preemptive_basic=preemptive_basic,
             local_address=local_address,
             socket_options=socket_options,
+            resolve_locally=resolve_locally,
         )
 
     @property
@@ -406,7 +421,8 @@ class ProxyTunnel:
 
     def __repr__(self) -> str:
         auth = ", auth=<hidden>" if self._credentials or self._flow else ""
-        return f"ProxyTunnel('{self._url.scheme}://{self._address}'{auth})"
+        resolve = ", resolve_locally=True" if self._resolve_locally else ""
+        return f"ProxyTunnel('{self._url.scheme}://{self._address}'{auth}{resolve})"
 
     async def open(self, host: str, port: int, *, stop_at_head: bool = False) -> Socket:
         """Connect to the proxy and ``CONNECT`` to ``host:port``.
@@ -460,6 +476,8 @@ class ProxyTunnel:
         phase = [self._connect_phase()]
         try:
             with anyio.fail_after(self._timeout):
+                if self._resolve_locally:
+                    authority = await self._resolved(authority, target, port, phase)
                 return await self._open(authority, target, phase, stop_at_head)
         except TimeoutError as exc:
             raise self._timed_out(exc, authority, phase[0]) from None
@@ -503,6 +521,8 @@ class ProxyTunnel:
         phase = [self._connect_phase()]
         try:
             with anyio.fail_after(self._timeout):
+                if self._resolve_locally:
+                    authority = await self._resolved(authority, target, port, phase)
                 sock = await self._open(authority, target, phase)
                 phase[0] = "doing the TLS handshake with the target"
                 try:
@@ -577,6 +597,25 @@ class ProxyTunnel:
         self._client_port.check_access(target, port)
         self._client_port._check_capacity()
         return authority, target
+
+    async def _resolved(self, authority: str, target: str, port: int, phase: list[str]) -> str:
+        """``CONNECT``'s authority for ``resolve_locally``: a name's first address, once
+        every address it resolves to has passed the client port's IP rules.
+
+        Raises:
+            ConnectError: the name does not resolve.
+            AccessDeniedError: an address it resolves to is denied (nothing was sent).
+        """
+        try:
+            ipaddress.ip_address(target)
+        except ValueError:
+            pass  # a name
+        else:
+            return authority
+        phase[0] = f"resolving {target}"
+        addresses = await allowed_addresses(self._client_port, target, port, always=True)
+        phase[0] = self._connect_phase()
+        return format_authority(addresses[0], port)
 
     async def _connect_proxy(self, target: str) -> Socket:
         url = self._url
