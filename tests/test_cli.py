@@ -8,10 +8,12 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from janusnet.__main__ import main
 from janusnet.testing import ConnectProxy, OriginMode, ProxyBehaviour, TLSOrigin
@@ -1000,3 +1002,33 @@ def test_cli_a_cancelled_main_task_counts_as_ctrl_c() -> None:
     with pytest.raises(KeyboardInterrupt):
         run_interruptible(cancelled_from_outside)
     assert run_interruptible(asyncio.sleep, 0, "done") == "done"
+
+
+@pytest.mark.parametrize(
+    ("variable", "advice"),
+    [
+        ("SSL_CERT_FILE", '--cafile "$SSL_CERT_FILE" trusts that bundle'),
+        ("SSL_CERT_DIR", "--cafile FILE trusts a CA file (the probe takes no directory)"),
+    ],
+)
+def test_cli_probe_names_a_ca_variable_with_its_own_option(
+    origin: TLSOrigin, cafile: str, monkeypatch: pytest.MonkeyPatch, variable: str, advice: str
+) -> None:
+    """The library's -111 says how to pass such a bundle in Python; the probe says it
+    with its option (and with --cafile given, the variable is not what is missing)."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, cafile)
+    status, text = run("probe", f"localhost:{origin.port}", "--proxy", "", "--json")
+    assert status == 1
+    [failed] = [step for step in json.loads(text)["steps"] if not step["ok"]]
+    assert failed["summary"].endswith(
+        f"({variable} is set, but janusnet reads no such variable: {advice})"
+    ), failed["summary"]
+    assert "create_ssl_context" not in text
+    other = trustme.CA()
+    with tempfile.NamedTemporaryFile(suffix=".pem") as file:
+        other.cert_pem.write_to_path(file.name)
+        target = f"localhost:{origin.port}"
+        status, text = run("probe", target, "--proxy", "", "--cafile", file.name)
+    assert status == 1 and "is set" not in text

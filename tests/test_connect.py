@@ -801,8 +801,38 @@ def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
     with pytest.raises(error_type) as caught:
         check_reply(reply, proxy="p:3128")
     assert type(caught.value) is error_type
-    assert str(caught.value) == f"proxy p:3128 refused CONNECT: {status} Reason"
+    meaning = ": the proxy could not connect to the target" if status == 502 else ""
+    assert str(caught.value) == f"proxy p:3128 refused CONNECT: {status} Reason{meaning}"
     assert caught.value.headers == (("X", "y"),)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "detail"),
+    [
+        (503, [("X-Squid-Error", "ERR_CONNECT_FAIL 111")], "X-Squid-Error: ERR_CONNECT_FAIL 111"),
+        (
+            504,
+            [("Via", "1.1 p"), ("Proxy-Status", "p; error=connection_timeout")],
+            "the proxy timed out reaching the target; Proxy-Status: p; error=connection_timeout",
+        ),
+        (403, [("Proxy-Status", "p; error=destination_ip_prohibited\x1b[2J")], None),
+        (403, [("Via", "1.1 p")], ""),
+        (407, [("X-Squid-Error", "ERR_CACHE_ACCESS_DENIED 0")], ""),
+    ],
+    ids=["squid", "proxy-status", "escaped", "none", "407-is-the-tunnel's"],
+)
+def test_refusals_say_what_the_proxy_said_why(
+    status: int, headers: list[tuple[str, str]], detail: str | None
+) -> None:
+    """The diagnostic headers (RFC 9209's Proxy-Status, squid's X-Squid-Error) reach
+    the message, escaped and cut short; only .headers had them."""
+    with pytest.raises(ProxyRefusedError) as caught:
+        check_reply(ProxyReply(status, "R", "1.1", tuple(headers)), proxy="p:1")
+    if detail is None:  # a control character from the proxy is shown escaped
+        assert caught.value.detail == "Proxy-Status: p; error=destination_ip_prohibited\\x1b[2J"
+        assert "\x1b" not in str(caught.value)
+    else:
+        assert caught.value.detail == detail
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import janusnet
 from janusnet import (
     ProxyAuth,
     ProxyAuthenticationRequired,
+    ProxyProtocolError,
     ProxyRefusedError,
     ProxyReply,
     ProxyTunnel,
@@ -573,6 +574,29 @@ async def test_flow_starts_again_when_the_kept_connection_closed_before_the_answ
         (1, b"Round 2 n1"),
     ]
     assert flow.closed == 2
+
+
+async def test_flow_against_a_proxy_that_closes_after_every_407_says_so(
+    anyio_backend: str,
+) -> None:
+    """A proxy that closes every connection after its 407 without saying
+    ``Connection: close``: after the second try the error names that, not the generic
+    "closed without replying" (which pointed at the target)."""
+
+    async def decide(connection: int, head: list[bytes]) -> bytes | None:
+        if authorization(head) == b"Round 1":
+            return challenge(f"Round n{connection}")
+        return None  # closed without a reply
+
+    exc, proxy = await failing_open(decide, Rounds(), ProxyProtocolError)
+    assert [(c, authorization(head)) for c, head in proxy.heads] == [
+        (0, b"Round 1"),
+        (0, b"Round 2 n0"),
+        (1, b"Round 1"),
+        (1, b"Round 2 n1"),
+    ]
+    assert "closed the connection after its 407 before replying to the proxy auth" in str(exc)
+    assert "on two connections" in str(exc) and "Round 2" not in str(exc)
 
 
 async def test_flow_answer_on_a_new_connection_says_so_when_it_fails(anyio_backend: str) -> None:

@@ -85,6 +85,8 @@ async def test_tunnel_open_then_ssl_on_reaches_origin(
             "1.1",
         )
         assert sock.tls is None
+        # remote is the proxy; repr names the target as well
+        assert f"remote=('127.0.0.1', {proxy.port}) target='localhost:{origin.port}'" in repr(sock)
         await sock.ssl_on()
         assert sock.tls is not None and sock.tls.server_hostname == "localhost"
         lines = await get(sock, "/x")

@@ -47,7 +47,15 @@ from ._exceptions import (
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
-from ._tls import CertInfo, TLSInfo, _cert_from_der, create_ssl_context, default_ssl_context
+from ._tls import (
+    CertInfo,
+    TLSInfo,
+    _cert_from_der,
+    create_ssl_context,
+    default_ssl_context,
+    env_trust_hint,
+    env_trust_variable,
+)
 from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
 from ._tunnel import ProxyTunnel
 
@@ -308,6 +316,22 @@ def _pending_explanation(exc: PendingDataError, reply_status: int | None) -> str
     return f"{type(exc).__name__} ({int(exc.code)}): {came}; refused ({suspect})"
 
 
+def _cli_text(exc: SSLOnError, context: ssl.SSLContext, option: str = "--cafile") -> str:
+    """The error's text, with the library's advice about a CA variable it does not read
+    (a Python call) given as the probe's option instead."""
+    text = str(exc)
+    named = env_trust_variable(exc.__cause__, context)
+    if named is None:
+        return text
+    use = f'{option} "${named}" trusts that bundle'
+    if named == "SSL_CERT_DIR":
+        use = f"{option} FILE trusts a CA file (the probe takes no directory)"
+    return text.replace(
+        env_trust_hint(exc.__cause__, context),  # (what raise_handshake_error appended)
+        f" ({named} is set, but janusnet reads no such variable: {use})",
+    )
+
+
 def _timeout_explanation(
     exc: TimeoutError, step: str, host: str, port: int, url: ProxyURL | None, timeout: float
 ) -> str:
@@ -416,7 +440,12 @@ async def probe(
                 try:
                     stream = await _proxy_tls(stream, url, proxy_context)
                 except SSLOnError as exc:
-                    fail("proxy-tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
+                    fail(
+                        "proxy-tls",
+                        exc,
+                        f"{type(exc).__name__} ({int(exc.code)}): "
+                        f"{_cli_text(exc, proxy_context, '--proxy-cafile')}",
+                    )
                     return "proxy-tls" if _is_certificate_failure(exc) else None
                 ssl_object = ssl_object_of(stream)
                 summary, details = _tls_step(
@@ -470,7 +499,7 @@ async def probe(
             fail("tls", exc, _pending_explanation(exc, reply_status))
             return None
         except SSLOnError as exc:
-            fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {exc}")
+            fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {_cli_text(exc, context)}")
             return "tls" if _is_certificate_failure(exc) else None
         assert sock.tls is not None
         summary, details = _tls_step(sock.tls, sock._ssl_object)

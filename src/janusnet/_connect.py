@@ -434,7 +434,31 @@ def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
     if 200 <= reply.status < 300:
         return
     error = ProxyAuthenticationRequired if reply.status == 407 else ProxyRefusedError
-    raise error(reply.status, reply.reason, reply.headers, proxy=proxy)
+    raise error(reply.status, reply.reason, reply.headers, proxy=proxy, detail=_why(reply))
+
+
+#: Headers in which proxies say why they refused: RFC 9209's, and squid's own.
+_DIAGNOSTIC_HEADERS: Final = frozenset({"proxy-status", "x-squid-error"})
+#: What 502 and 504 mean for CONNECT.
+_GATEWAY: Final = {
+    502: "the proxy could not connect to the target",
+    504: "the proxy timed out reaching the target",
+}
+
+
+def _why(reply: ProxyReply) -> str:
+    """What a refusal's message adds: the meaning of a 502 or 504, and the proxy's own
+    diagnostic headers (``Proxy-Status``, ``X-Squid-Error``), which otherwise only
+    ``.headers`` shows (a 407's detail is the tunnel's, which knows what it sent)."""
+    if reply.status == 407:
+        return ""
+    parts = [_GATEWAY[reply.status]] if reply.status in _GATEWAY else []
+    parts += [
+        f"{name}: {printable(value, 120)}"
+        for name, value in reply.headers
+        if name.lower() in _DIAGNOSTIC_HEADERS
+    ]
+    return "; ".join(parts)
 
 
 class ConnectReplyReader:

@@ -239,6 +239,7 @@ class Socket:
         "_server_hostname",
         "_ssl_object",
         "_stream",
+        "_target",
         "_tls",
         "_tokens",
         "proxy_reply",
@@ -308,6 +309,7 @@ class Socket:
         #: The proxy's reply to CONNECT when a :class:`~janusnet.ProxyTunnel` made this
         #: socket, else ``None``.
         self.proxy_reply: ProxyReply | None = None
+        self._target: str | None = None  # the CONNECT target, for repr
 
     def __del__(
         self,
@@ -1468,7 +1470,9 @@ class Socket:
     def __repr__(self) -> str:
         info = self.tls
         tls = f" tls={info.version}" if info else ""
+        # A tunnel's remote end is the proxy: name the target too.
+        target = f" target={self._target!r}" if self._target is not None else ""
         return (
-            f"<janusnet.Socket port={self._port.name!r} remote={self.remote_address!r} "
-            f"state={self.state.name}{tls} pending={self.pending}>"
+            f"<janusnet.Socket port={self._port.name!r} remote={self.remote_address!r}"
+            f"{target} state={self.state.name}{tls} pending={self.pending}>"
         )

@@ -27,6 +27,7 @@ __all__ = [
     "default_context_for",
     "default_ssl_context",
     "env_trust_hint",
+    "env_trust_variable",
 ]
 
 
@@ -142,12 +143,19 @@ def create_ssl_context(
     return context
 
 
-def env_trust_hint(exc: BaseException, context: ssl.SSLContext | None) -> str:
+def env_trust_variable(exc: BaseException | None, context: ssl.SSLContext | None) -> str | None:
+    """The CA variable (``SSL_CERT_FILE``...) set in the environment when ``exc`` is a
+    verification failure for want of a trusted CA on a context trusting certifi's bundle
+    only; ``None`` otherwise."""
+    if getattr(exc, "verify_code", None) not in _UNTRUSTED_CHAIN or context not in _CERTIFI_ONLY:
+        return None
+    return next((name for name in CA_VARIABLES if os.environ.get(name)), None)
+
+
+def env_trust_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:
     """A sentence for a verification failure on certifi's bundle while the environment
     names a CA bundle janusnet does not read (``""`` otherwise)."""
-    if getattr(exc, "verify_code", None) not in _UNTRUSTED_CHAIN or context not in _CERTIFI_ONLY:
-        return ""
-    named = next((name for name in CA_VARIABLES if os.environ.get(name)), None)
+    named = env_trust_variable(exc, context)
     if named is None:
         return ""
     where = f"os.environ[{named!r}]"

@@ -699,7 +699,7 @@ class ProxyTunnel:
                     reply = _withhold_from_reply(reply, self._secrets)
                 self._log_reply(authority, reply)
                 if 200 <= reply.status < 300:
-                    return self._tunnel_open(sock, reader, reply, stop_at_head)
+                    return self._tunnel_open(sock, reader, reply, authority, stop_at_head)
                 if reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
                 elif reply.status == 407 and answered and not stale_retried and _stale(reply):
@@ -774,7 +774,19 @@ class ProxyTunnel:
                 try:
                     await self._send(sock, request)
                     reply = await self._read_reply(sock, reader, stop_at_head)
-                except ProxyProtocolError:
+                except ProxyProtocolError as exc:
+                    if kept and restarted and not reader.received:
+                        # The same again on the new connection: say what the proxy does,
+                        # not only what the reply reader saw.
+                        raise ProxyProtocolError(
+                            f"proxy {self._address} closed the connection after its 407 "
+                            "before replying to the proxy auth flow's answer, on two "
+                            "connections: it keeps none open after a 407 (though it did not "
+                            "say Connection: close), so an answer cannot ride the "
+                            "connection its challenge came on, as a connection-bound "
+                            "scheme such as NTLM needs",
+                            proxy=self._address,
+                        ) from exc
                     if not (kept and not restarted and not reader.received):
                         raise
                     restarted, kept = True, False
@@ -796,7 +808,7 @@ class ProxyTunnel:
                 self._log_reply(authority, shown)
                 if 200 <= reply.status < 300:
                     await self._close_flow(flow, phase)  # may fail: the socket closes then
-                    return self._tunnel_open(sock, reader, shown, stop_at_head)
+                    return self._tunnel_open(sock, reader, shown, authority, stop_at_head)
                 answer = None
                 asked = reply.status == 407 and rounds < MAX_AUTH_ROUNDS
                 if asked:
@@ -894,6 +906,7 @@ class ProxyTunnel:
         sock: Socket,
         reader: ConnectReplyReader,
         reply: ProxyReply,
+        authority: str,
         stop_at_head: bool = False,
     ) -> Socket:
         """The tunnel is open: every byte after the head stays buffered (-112 at TLS), in
@@ -902,6 +915,7 @@ class ProxyTunnel:
             sock._unread(reader.leftover)
         sock._shed_scanner()
         sock.proxy_reply = reply
+        sock._target = authority
         return sock
 
     def _refuse(self, authority: str, reply: ProxyReply, why_407: str) -> NoReturn:
