@@ -1026,6 +1026,9 @@ def test_cli_probe_names_a_ca_variable_with_its_own_option(
         f"({variable} is set, but janusnet reads no such variable: {advice})"
     ), failed["summary"]
     assert "create_ssl_context" not in text
+    # --cafile "" is no file: certifi's bundle, never the store the variable names.
+    status, text = run("probe", f"localhost:{origin.port}", "--proxy", "", "--cafile", "")
+    assert status == 1 and "CERTIFICATE_VERIFY_FAILED" in text
     other = trustme.CA()
     with tempfile.NamedTemporaryFile(suffix=".pem") as file:
         other.cert_pem.write_to_path(file.name)

@@ -817,9 +817,14 @@ def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
         ),
         (403, [("Proxy-Status", "p; error=destination_ip_prohibited\x1b[2J")], None),
         (403, [("Via", "1.1 p")], ""),
+        (
+            403,
+            [("Proxy-Status", f"p{k}") for k in range(50)],
+            "Proxy-Status: p0; Proxy-Status: p1; Proxy-Status: p2; 47 more",
+        ),
         (407, [("X-Squid-Error", "ERR_CACHE_ACCESS_DENIED 0")], ""),
     ],
-    ids=["squid", "proxy-status", "escaped", "none", "407-is-the-tunnel's"],
+    ids=["squid", "proxy-status", "escaped", "none", "many", "407-is-the-tunnel's"],
 )
 def test_refusals_say_what_the_proxy_said_why(
     status: int, headers: list[tuple[str, str]], detail: str | None

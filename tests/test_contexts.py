@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import trustme
 import truststore
@@ -154,6 +155,13 @@ async def test_create_ssl_context_trusts_what_it_is_given(
 def test_create_ssl_context_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     (tmp_path / "empty.pem").write_bytes(b"")
     (tmp_path / "file").write_bytes(b"x")
+    # ssl would take an empty value for "none given" and load the OS store (which
+    # SSL_CERT_FILE redirects): refused, not silently trusted.
+    for empty in ({"cafile": ""}, {"cafile": b""}, {"capath": ""}, {"cadata": ""}):
+        with pytest.raises(janusnet.UsageError, match="is empty"):
+            janusnet.create_ssl_context(**empty)  # type: ignore[arg-type]
+    with pytest.raises(janusnet.UsageError, match="cadata is empty"):
+        janusnet.create_ssl_context(cadata=b"")
     with pytest.raises(FileNotFoundError):
         janusnet.create_ssl_context(str(tmp_path / "missing.pem"))
     with pytest.raises(ssl.SSLError):
@@ -165,6 +173,24 @@ def test_create_ssl_context_refuses_what_it_cannot_use(tmp_path: Path) -> None:
         janusnet.create_ssl_context(capath=tmp_path / "missing")
     with pytest.raises(NotADirectoryError, match="file"):
         janusnet.create_ssl_context(capath=tmp_path / "file")
+    # A list joined with os.pathsep (SSL_CERT_DIR often is one), as OpenSSL takes it:
+    # refused only when no entry is a directory.
+    (tmp_path / "cas").mkdir()
+    listed = os.pathsep.join([str(tmp_path / "missing"), str(tmp_path / "cas")])
+    assert janusnet.create_ssl_context(capath=listed).verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(FileNotFoundError):
+        janusnet.create_ssl_context(capath=os.pathsep.join(["/no/such/a", "/no/such/b"]))
+
+
+async def test_create_ssl_context_capath_list_verifies(
+    anyio_backend: str, origin: TLSOrigin, tmp_path: Path
+) -> None:
+    cas = _hashed_directory(tmp_path, origin.ca.cert_pem.bytes())
+    listed = os.pathsep.join([str(tmp_path / "missing"), str(cas)])
+    port = janusnet.ClientPort("LISTED", ssl_context=janusnet.create_ssl_context(capath=listed))
+    async with await janusnet.Socket.connect("localhost", origin.port, client_port=port) as sock:
+        await sock.ssl_on()
+        assert await _get(sock) == b"HTTP/1.1 200 OK"
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +276,10 @@ async def test_verification_failure_names_a_ca_variable_janusnet_does_not_read(
     )
     other = janusnet.create_ssl_context(cadata=trustme.CA().cert_pem.bytes().decode())
     assert "is set" not in await _verify_failure("localhost", origin.port, other)
+    # One made on certifi's bundle and then given more CAs is not "certifi's only".
+    grown = janusnet.create_ssl_context()
+    grown.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+    assert "is set" not in await _verify_failure("localhost", origin.port, grown)
     mismatch = await _verify_failure("localhost", origin.port, context, name="other.test")
     assert "mismatch" in mismatch.lower() and "is set" not in mismatch
     ca_variables.delenv("SSL_CERT_FILE")
@@ -265,7 +295,7 @@ async def test_verification_failure_names_a_ca_variable_janusnet_does_not_read(
 
 @pytest.mark.parametrize("through", ["ssl_on", "https proxy"])
 async def test_a_plain_http_answer_to_the_client_hello_is_named(
-    anyio_backend: str, through: str
+    anyio_backend: str, through: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def http_server(stream: SocketStream) -> None:
         await stream.receive()  # the ClientHello
@@ -290,6 +320,25 @@ async def test_a_plain_http_answer_to_the_client_hello_is_named(
     ) in said
     proxy_hint = "use http:// for a proxy that speaks plain HTTP"
     assert (proxy_hint in said) == (through == "https proxy"), said
+    # The log says so without quoting it (a proxy's answer may quote the credentials a
+    # tunnel sent, which only the error withholds), and the quote is not kept elsewhere.
+    [logged] = [r.getMessage() for r in caplog.records if "plain text came" in r.getMessage()]
+    assert "Bad Request" not in logged and "expected: the peer does not speak" in logged
+    assert "janusnet_plain_answer" not in vars(info.value.__cause__)
+
+
+async def test_a_plain_answer_split_across_reads_is_quoted(anyio_backend: str) -> None:
+    async def trickling_server(stream: SocketStream) -> None:
+        await stream.receive()
+        await stream.send(b"H")
+        await anyio.sleep(0.05)
+        await stream.send(b"TTP/1.1 400 Bad Request\r\n\r\n")
+        await read_until_eof(stream)
+
+    async with serve(trickling_server) as port:
+        sock = await janusnet.Socket.connect("localhost", port)
+        with pytest.raises(HandshakeError, match=r"'HTTP/1\.1 400 Bad Request'"):
+            await sock.ssl_on()
 
 
 async def test_a_binary_answer_to_the_client_hello_is_not_quoted(anyio_backend: str) -> None:

@@ -610,7 +610,8 @@ def _context(cafile: str | None, insecure: bool, *, alpn: bool) -> ssl.SSLContex
     # A fresh context with the library's policy (TLS >= 1.2, no CN fallback), so the probe
     # passes what a janusnet program passes and setting ALPN below does not touch the
     # shared default context.
-    context = _unverified_context() if insecure else create_ssl_context(cafile)
+    # (--cafile "" is no file: certifi's bundle, as before)
+    context = _unverified_context() if insecure else create_ssl_context(cafile or None)
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
     if alpn:
         context.set_alpn_protocols(["http/1.1"])

@@ -439,6 +439,8 @@ def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
 
 #: Headers in which proxies say why they refused: RFC 9209's, and squid's own.
 _DIAGNOSTIC_HEADERS: Final = frozenset({"proxy-status", "x-squid-error"})
+#: How many of them a message quotes (each cut at 120 characters).
+DIAGNOSTICS_SHOWN: Final = 3
 #: What 502 and 504 mean for CONNECT.
 _GATEWAY: Final = {
     502: "the proxy could not connect to the target",
@@ -453,11 +455,14 @@ def _why(reply: ProxyReply) -> str:
     if reply.status == 407:
         return ""
     parts = [_GATEWAY[reply.status]] if reply.status in _GATEWAY else []
-    parts += [
+    said = [
         f"{name}: {printable(value, 120)}"
         for name, value in reply.headers
         if name.lower() in _DIAGNOSTIC_HEADERS
     ]
+    parts += said[:DIAGNOSTICS_SHOWN]
+    if len(said) > DIAGNOSTICS_SHOWN:  # (the rest are in .headers)
+        parts.append(f"{len(said) - DIAGNOSTICS_SHOWN} more")
     return "; ".join(parts)
 
 

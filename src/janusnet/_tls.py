@@ -18,7 +18,7 @@ from typing import Final
 
 import certifi
 
-from ._exceptions import SSLOnOtherError
+from ._exceptions import SSLOnOtherError, UsageError
 
 __all__ = [
     "CertInfo",
@@ -86,8 +86,10 @@ CA_VARIABLES: Final = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "C
 _UNTRUSTED_CHAIN: Final = frozenset({2, 18, 19, 20, 21})
 
 
-#: Contexts :func:`create_ssl_context` made on certifi's bundle (the default one too).
-_CERTIFI_ONLY: Final[weakref.WeakSet[ssl.SSLContext]] = weakref.WeakSet()
+#: Contexts :func:`create_ssl_context` made on certifi's bundle (the default one too), with
+#: the number of CAs they held then: one that has been given more since is not "certifi
+#: only" any more.
+_CERTIFI_ONLY: Final[weakref.WeakKeyDictionary[ssl.SSLContext, int]] = weakref.WeakKeyDictionary()
 
 
 def create_ssl_context(
@@ -109,24 +111,32 @@ def create_ssl_context(
     Args:
         cafile: a PEM file of CA certificates to trust.
         capath: a directory of CA certificates in OpenSSL's hashed layout
-            (``openssl rehash``); its files are read when a handshake needs them.
+            (``openssl rehash``), or several joined with ``os.pathsep`` as in
+            ``SSL_CERT_DIR``; its files are read when a handshake needs them.
         cadata: CA certificates as PEM text or DER bytes.
 
     Returns:
         A verified client ``SSLContext``.
 
     Raises:
-        FileNotFoundError: ``cafile`` or ``capath`` does not exist.
-        NotADirectoryError: ``capath`` is not a directory.
+        UsageError: an empty ``cafile``, ``capath`` or ``cadata`` (``None`` means
+            certifi's bundle; ``ssl`` would take an empty one for the OS store, which
+            ``SSL_CERT_FILE`` redirects).
+        FileNotFoundError: ``cafile`` does not exist, or no entry of ``capath`` does.
+        NotADirectoryError: no entry of ``capath`` is a directory.
         OSError: ``cafile`` cannot be read.
         ssl.SSLError: ``cafile`` or ``cadata`` holds no certificate, or a broken one.
     """
-    if capath is not None and not os.path.isdir(capath):
-        # OpenSSL reads the directory only when a handshake looks a CA up, and then
-        # merely finds nothing: say so now.
-        if os.path.exists(capath):
-            raise NotADirectoryError(f"capath {os.fspath(capath)!r} is not a directory")
-        raise FileNotFoundError(f"capath {os.fspath(capath)!r} does not exist")
+    for name, value in (("cafile", cafile), ("capath", capath), ("cadata", cadata)):
+        if (
+            value is not None
+            and len(value if isinstance(value, (str, bytes)) else os.fspath(value)) == 0
+        ):
+            # ssl.create_default_context() would take it for "none given" and load the
+            # OS store, which SSL_CERT_FILE redirects: never what an empty value meant.
+            raise UsageError(f"{name} is empty (None: certifi's bundle)")
+    if capath is not None:
+        _check_capath(os.fsdecode(capath))
     certifi_only = cafile is None and capath is None and cadata is None
     context = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH,
@@ -139,16 +149,37 @@ def create_ssl_context(
     # §6.4.4; urllib3 2 and browsers dropped the fallback too).
     context.hostname_checks_common_name = False
     if certifi_only:
-        _CERTIFI_ONLY.add(context)
+        _CERTIFI_ONLY[context] = context.cert_store_stats()["x509_ca"]
     return context
+
+
+def _check_capath(capath: str) -> None:
+    """Refuse a ``capath`` in which OpenSSL could find nothing. It reads the directory
+    only when a handshake looks a CA up, and then merely finds none; like OpenSSL, take a
+    list joined with ``os.pathsep`` (``SSL_CERT_DIR`` often is one), of which at least
+    one must be a directory.
+
+    Raises:
+        FileNotFoundError: no entry exists.
+        NotADirectoryError: an entry exists but none is a directory.
+    """
+    entries = [entry for entry in capath.split(os.pathsep) if entry]
+    if any(os.path.isdir(entry) for entry in entries):
+        return
+    if any(os.path.exists(entry) for entry in entries):
+        raise NotADirectoryError(f"capath {capath!r} is not a directory")
+    raise FileNotFoundError(f"capath {capath!r} does not exist")
 
 
 def env_trust_variable(exc: BaseException | None, context: ssl.SSLContext | None) -> str | None:
     """The CA variable (``SSL_CERT_FILE``...) set in the environment when ``exc`` is a
     verification failure for want of a trusted CA on a context trusting certifi's bundle
     only; ``None`` otherwise."""
-    if getattr(exc, "verify_code", None) not in _UNTRUSTED_CHAIN or context not in _CERTIFI_ONLY:
+    if getattr(exc, "verify_code", None) not in _UNTRUSTED_CHAIN or context is None:
         return None
+    held = _CERTIFI_ONLY.get(context)
+    if held is None or context.cert_store_stats()["x509_ca"] != held:
+        return None  # not certifi's alone, or given more CAs since
     return next((name for name in CA_VARIABLES if os.environ.get(name)), None)
 
 

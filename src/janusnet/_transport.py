@@ -530,7 +530,7 @@ class FdTLSStream(_Direct):
         # aclose() closes it and wakes the waits below (ClosedResourceError).
         stream = cls(plain._sock, obj, incoming, outgoing)
         hello = True
-        answer: bytes | None = None  # the peer's first bytes
+        answer = b""  # the peer's first bytes (up to a quote's worth)
         try:
             while True:
                 if plain._closed:
@@ -545,10 +545,9 @@ class FdTLSStream(_Direct):
                         # a checkpoint, even when every answer is there at once.
                         hello = False
                         await stream._checkpoint()
-                    if answer is None:
-                        answer = await stream._feed(raw=True)
-                    else:
-                        await stream._feed(raw=True)
+                    got = await stream._feed(raw=True)
+                    if got and len(answer) < PLAIN_ANSWER_SHOWN:
+                        answer += got[:PLAIN_ANSWER_SHOWN]
             await stream._flush(raw=True)  # the client's Finished
         except BaseException as exc:
             # Closed at once, without aclose()'s checkpoint: in a cancelled scope that
@@ -1481,12 +1480,15 @@ def _note_plain_answer(exc: ssl.SSLError, answer: bytes) -> None:
         setattr(exc, _PLAIN_ANSWER, line.decode("ascii"))
 
 
-def _plain_answer_hint(exc: BaseException, hostname: str | None) -> str:
+def _plain_answer_hint(exc: BaseException, hostname: str | None, *, quoted: bool) -> str:
+    """What a handshake error adds when the peer answered in plain text (see
+    :func:`_note_plain_answer`), with or without quoting it."""
     answer = getattr(exc, _PLAIN_ANSWER, None)
     if not isinstance(answer, str):
         return ""
+    shown = f", {answer!r}" if quoted else ""
     hint = (
-        f" (plain text came where TLS was expected, {answer!r}: the peer does not speak "
+        f" (plain text came where TLS was expected{shown}: the peer does not speak "
         "TLS here, or wrote before its handshake, or something on the way injected it"
     )
     if answer.startswith("HTTP/") and hostname is not None and hostname.startswith("proxy "):
@@ -1518,9 +1520,20 @@ def raise_handshake_error(
                 if isinstance(exc, anyio.EndOfStream)
                 else type(exc).__name__
             )
-        ) + (env_trust_hint(exc, context) or _plain_answer_hint(exc, hostname))
-        logger.warning("TLS handshake with %s failed: %s", hostname, reason)
-        raise HandshakeError(f"TLS handshake with {hostname} failed: {reason}") from exc
+        ) + env_trust_hint(exc, context)
+        plain = _plain_answer_hint(exc, hostname, quoted=True)
+        # The log gets no quote of what the peer wrote: a proxy's answer may quote the
+        # credentials a tunnel sent, which the tunnel withholds from the error only (and
+        # the quote lives on in that message alone, not on the cause).
+        logger.warning(
+            "TLS handshake with %s failed: %s%s",
+            hostname,
+            reason,
+            _plain_answer_hint(exc, hostname, quoted=False),
+        )
+        if hasattr(exc, "__dict__"):
+            vars(exc).pop(_PLAIN_ANSWER, None)
+        raise HandshakeError(f"TLS handshake with {hostname} failed: {reason}{plain}") from exc
     if isinstance(exc, anyio.BrokenResourceError):
         cause = exc.__cause__
         if cause is None or isinstance(cause, ssl.SSLError):

@@ -448,7 +448,9 @@ class ProxyTunnel:
                 :class:`ProxyAuth` flow yielded a value that is no header value.
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
             PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
-            ConnectError: the proxy could not be reached (``role == "proxy"``).
+            ConnectError: the proxy could not be reached (``role == "proxy"``); with
+                ``resolve_locally``, also a target name that does not resolve
+                (``role == "target"``; nothing was sent).
             HandshakeError: TLS to an ``https://`` proxy failed (-111).
             SSLOnOtherError: the connection broke during TLS to an ``https://`` proxy
                 (-149).
