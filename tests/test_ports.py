@@ -98,6 +98,10 @@ RULE_TABLE: list[tuple[str, list[AccessRule], str, int, bool]] = [
     ("v6 loopback is not v4-compatible", [D("0.0.0.1"), A("*")], "::1", 443, True),
     # ... but an allow rule still admits only the host really reached.
     ("allow v4, nat64 spelling", [A("10.0.0.0/8"), D("*")], "64:ff9b::10.1.2.3", 443, False),
+    # A deny rule written in the mapped form is about IPv4 hosts: it meets their literals.
+    ("mapped-form deny, v4 literal", [D("::ffff:7f00:0/104"), A("*")], "127.0.0.1", 443, False),
+    ("mapped-form deny, other v4", [D("::ffff:7f00:0/104"), A("*")], "192.0.2.1", 443, True),
+    ("v6 deny-all, v4 literal", [D("::/0"), A("*")], "192.0.2.1", 443, True),
     # Forms no connection could be made to are allowed by no rule.
     ("mapped short form", [D("127.0.0.0/8"), A("*")], "::ffff:127.1", 443, False),
     ("slash in a name", [A("*")], "a/b", 443, False),

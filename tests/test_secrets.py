@@ -287,6 +287,10 @@ def echoing_proxy(reply: bytes) -> Any:
         answer = reply
         for name, spelling in percent_spellings(authorization.decode()).items():
             answer = answer.replace(name.encode(), spelling.encode())
+        token = authorization.split()[1]
+        unpadded = token.rstrip(b"=")
+        answer = answer.replace(b"{unpadded}", unpadded)
+        answer = answer.replace(b"{urlsafe}", unpadded.replace(b"+", b"-").replace(b"/", b"_"))
         await client.send(answer.replace(b"{auth}", authorization).replace(b"{pair}", pair))
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
@@ -394,6 +398,34 @@ async def test_secrets_sent_back_percent_encoded(
         for piece in (encoded[i : i + 12] for i in range(len(encoded) - 12)):
             assert piece not in text, f"{piece!r} leaked into {text!r}"
     assert "[credentials withheld]" in repr(info.value.headers)
+
+
+@pytest.mark.parametrize("spelling", ["{unpadded}", "{urlsafe}"])
+async def test_secrets_sent_back_re_encoded_in_diagnostic_headers(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, spelling: str
+) -> None:
+    """A refusal's Proxy-Status / X-Squid-Error reach the message: the Basic token a
+    proxy quotes there without its padding, or in the URL-safe alphabet, is withheld."""
+    password = "long-password>>??~~x"
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    assert token.endswith("=") and set(token) & set("+/")
+    reply = (
+        b'HTTP/1.1 403 Forbidden\r\nProxy-Status: p; details="saw ' + spelling.encode() + b'"'
+        b"\r\nX-Squid-Error: ERR_ACCESS_DENIED " + spelling.encode() + b"\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    async with echoing_proxy(reply) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    texts = [*exception_texts(info.value), repr(info.value.headers)]
+    texts += [record.getMessage() for record in caplog.records]
+    unpadded = token.rstrip("=")
+    for form in (unpadded, unpadded.replace("+", "-").replace("/", "_")):
+        for text in texts:
+            for piece in (form[i : i + 12] for i in range(len(form) - 12)):
+                assert piece not in text, f"{piece!r} leaked into {text!r}"
+    assert 'Proxy-Status: p; details="saw [credentials withheld]"' in str(info.value)
 
 
 async def test_secrets_sent_back_in_a_2xx_reply(

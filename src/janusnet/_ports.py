@@ -148,6 +148,15 @@ class AccessRule:
             # A deny rule matches any spelling of the destination; an allow rule only
             # the host the connection really reaches.
             candidates = (_reaches(address),) if self.allow else _spellings(address)
+            if (
+                not self.allow
+                and isinstance(address, ipaddress.IPv4Address)
+                and isinstance(self._network, ipaddress.IPv6Network)
+                and self._network.subnet_of(_MAPPED)
+            ):
+                # A deny rule written as IPv4-mapped (::ffff:7f00:0/104) is about the
+                # IPv4 hosts it maps: it meets their IPv4 literals too.
+                candidates += (ipaddress.IPv6Address(f"::ffff:{address}"),)
             return any(each in self._network for each in candidates)
         if self.host.startswith("*."):
             return name.endswith(self.host[1:])
@@ -223,6 +232,8 @@ def _reaches(address: _IPAddress) -> _IPAddress:
     return address
 
 
+#: IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``).
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 #: NAT64's well-known prefix (RFC 6052): ``64:ff9b::a.b.c.d`` is translated to a.b.c.d.
 _NAT64_WKP: Final = ipaddress.IPv6Network("64:ff9b::/96")
 

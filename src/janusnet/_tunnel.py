@@ -106,11 +106,15 @@ _HEX_ESCAPE: Final = re.compile(r"%[0-9A-F]{2}")
 def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     """The forms in which a proxy could send the credentials back, longest first: the
     Basic header value (``Basic <token>``), ``user:password`` (decoded), and the token
-    and the password (as text and percent-encoded) when long enough to be told from
-    chance."""
+    (also unpadded and URL-safe) and the password (as text and percent-encoded) when
+    long enough to be told from chance."""
     pair = f"{user}:{password}"
     token = base64.b64encode(pair.encode("utf-8", "replace")).decode("ascii")
-    forms = {token, password, *_percent_forms(password), *_percent_forms(token)}
+    # ... also without its "=" padding, and in the URL-safe alphabet, as a proxy's
+    # logging or a JSON error body may re-encode it.
+    unpadded = token.rstrip("=")
+    urlsafe = unpadded.replace("+", "-").replace("/", "_")
+    forms = {token, unpadded, urlsafe, password, *_percent_forms(password), *_percent_forms(token)}
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
     if password and len(pair) >= _MIN_FORM:
         kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
