@@ -372,6 +372,27 @@ async def test_secrets_sent_back_whatever_their_length(
     assert "[credentials withheld]" in str(info.value)
 
 
+async def refused_with(
+    reply: bytes, password: str, caplog: pytest.LogCaptureFixture
+) -> tuple[pytest.ExceptionInfo[ProxyRefusedError], list[str]]:
+    """Open a tunnel with ``password`` through a proxy refusing with ``reply``: the error,
+    and every text it and the log records show."""
+    async with echoing_proxy(reply) as port:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    texts = [*exception_texts(info.value), repr(info.value.headers)]
+    texts += [record.getMessage() for record in caplog.records]
+    return info, texts
+
+
+def assert_no_piece_of(form: str, texts: list[str]) -> None:
+    """No 12-character piece of ``form`` is in any of ``texts``."""
+    for text in texts:
+        for piece in (form[i : i + 12] for i in range(len(form) - 12)):
+            assert piece not in text, f"{piece!r} leaked into {text!r}"
+
+
 @pytest.mark.parametrize("spelling", ["{quoted}", "{quoted-slash}", "{quoted-lower}"])
 async def test_secrets_sent_back_percent_encoded(
     anyio_backend: str, caplog: pytest.LogCaptureFixture, spelling: str
@@ -387,16 +408,8 @@ async def test_secrets_sent_back_percent_encoded(
         + spelling.encode()
         + b"\r\nContent-Length: 0\r\n\r\n"
     )
-    async with echoing_proxy(reply) as port:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
-        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
-            await tunnel.open("localhost", 443)
-    texts = [*exception_texts(info.value), repr(info.value.headers)]
-    texts += [record.getMessage() for record in caplog.records]
-    encoded = percent_spellings(f"Basic {token}")[spelling]
-    for text in texts:
-        for piece in (encoded[i : i + 12] for i in range(len(encoded) - 12)):
-            assert piece not in text, f"{piece!r} leaked into {text!r}"
+    info, texts = await refused_with(reply, password, caplog)
+    assert_no_piece_of(percent_spellings(f"Basic {token}")[spelling], texts)
     assert "[credentials withheld]" in repr(info.value.headers)
 
 
@@ -414,17 +427,10 @@ async def test_secrets_sent_back_re_encoded_in_diagnostic_headers(
         b"\r\nX-Squid-Error: ERR_ACCESS_DENIED " + spelling.encode() + b"\r\n"
         b"Content-Length: 0\r\n\r\n"
     )
-    async with echoing_proxy(reply) as port:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=(USER, password))
-        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
-            await tunnel.open("localhost", 443)
-    texts = [*exception_texts(info.value), repr(info.value.headers)]
-    texts += [record.getMessage() for record in caplog.records]
+    info, texts = await refused_with(reply, password, caplog)
     unpadded = token.rstrip("=")
     for form in (unpadded, unpadded.replace("+", "-").replace("/", "_")):
-        for text in texts:
-            for piece in (form[i : i + 12] for i in range(len(form) - 12)):
-                assert piece not in text, f"{piece!r} leaked into {text!r}"
+        assert_no_piece_of(form, texts)
     assert 'Proxy-Status: p; details="saw [credentials withheld]"' in str(info.value)
 
 

@@ -29,7 +29,6 @@ import base64
 import dataclasses
 import functools
 import inspect
-import ipaddress
 import logging
 import os
 import re
@@ -70,7 +69,7 @@ from ._exceptions import (
     check_timeout,
     printable,
 )
-from ._ports import ClientPort, TLSMode
+from ._ports import ClientPort, TLSMode, _is_ip_literal
 from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
 from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
@@ -612,11 +611,7 @@ class ProxyTunnel:
             ConnectError: the name does not resolve.
             AccessDeniedError: an address it resolves to is denied (nothing was sent).
         """
-        try:
-            ipaddress.ip_address(target)
-        except ValueError:
-            pass  # a name
-        else:
+        if _is_ip_literal(target):
             return authority
         phase[0] = f"resolving {target}"
         addresses = await allowed_addresses(self._client_port, target, port, always=True)
