@@ -197,6 +197,31 @@ def test_cli_probe_json_argument_errors_are_json_too(
     assert json.loads(abbreviated.getvalue())["message"] == report["message"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Characters a password may hold that no pattern tells from the text around it:
+        # ' and / (argparse quotes the URL as given), a space (the shell kept it).
+        ["localhost:443", "-x", "http://alice:it's-a-secret@127.0.0.1:3128"],
+        ["localhost:443", "-x", "http://alice:pa/ss-secret@127.0.0.1:3128"],
+        ["localhost:443", "--bogus=alice:spaced secret@proxy:1"],
+        ["alice:it's-a-secret@proxy.example"],
+    ],
+    ids=["quote", "slash", "space", "stray-target"],
+)
+def test_cli_argument_errors_withhold_any_password(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--json", *argv], out=out)
+    assert info.value.code == 2
+    shown = out.getvalue() + capsys.readouterr().err
+    assert "***@" in shown
+    for piece in ("secret", "alice", "it'", "pa/"):
+        assert piece not in shown, shown
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])
 def test_cli_probe_unusable_cafile_is_a_usage_error(
     kind: str, tmp_path: pathlib.Path, origin: TLSOrigin

@@ -165,6 +165,12 @@ def test_rules_address_guard_applies_only_ip_rules() -> None:
         lambda: deny("127.0.0.1", (443,)),  # type: ignore[arg-type]
         lambda: deny("127.0.0.1", True),
         lambda: AccessRule(False, "h.example", (1.5, 2)),  # type: ignore[arg-type]
+        # Hex spellings of an address: as a name rule they would never meet 127.0.0.1,
+        # and a deny rule would fail open.
+        lambda: deny("0x7f.0.0.1"),
+        lambda: deny("0x7f000001"),
+        lambda: deny("0X7F.1"),
+        lambda: deny("host.123"),
     ],
     ids=[
         "empty-host",
@@ -184,6 +190,10 @@ def test_rules_address_guard_applies_only_ip_rules() -> None:
         "port-1-tuple",
         "port-bool",
         "port-float",
+        "hex-dotted",
+        "hex-whole",
+        "hex-short-upper",
+        "numeric-last-label",
     ],
 )
 def test_rules_refuse_bad_patterns(bad: object) -> None:

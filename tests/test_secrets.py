@@ -291,6 +291,7 @@ def echoing_proxy(reply: bytes) -> Any:
         unpadded = token.rstrip(b"=")
         answer = answer.replace(b"{unpadded}", unpadded)
         answer = answer.replace(b"{urlsafe}", unpadded.replace(b"+", b"-").replace(b"/", b"_"))
+        answer = answer.replace(b"{pair-quoted}", quote(pair.decode(), safe="").encode())
         await client.send(answer.replace(b"{auth}", authorization).replace(b"{pair}", pair))
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
@@ -334,8 +335,14 @@ async def test_secrets_proxy_that_sends_them_back(
         # A long password (an API token): h11's text quotes the line and the message is
         # cut at 200 characters, which must not leave the start of the token in it.
         ("eyJhbGciOiJIUzI1NiJ9." + "A1b2C3d4E5" * 12, b"HTTP/1.1 999999 {auth}\r\n\r\n"),
-        # A short one, quoted back decoded: user:password is withheld all the same.
+        # A short one, quoted back decoded: user:password is withheld all the same, also
+        # percent-encoded (a proxy's diagnostic or a URL), which the password alone is not.
         ("hunter2", b"HTTP/1.1 403 Forbidden for {pair}\r\nContent-Length: 0\r\n\r\n"),
+        (
+            "hunter2",
+            b"HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED user={pair-quoted}"
+            b"\r\nContent-Length: 0\r\n\r\n",
+        ),
         # Spelled as the text reaches janusnet: latin-1 (ö reads Ã¶), or a bytes literal
         # in h11's words about a malformed line (\xc3\xb6, \\, \').
         ("geheim-w\u00f6rt", b"HTTP/1.1 403 Forbidden for {pair}\r\nContent-Length: 0\r\n\r\n"),
@@ -346,6 +353,7 @@ async def test_secrets_proxy_that_sends_them_back(
     ids=[
         "long-password-cut-message",
         "short-password-decoded",
+        "short-password-percent-encoded",
         "non-ascii-latin-1",
         "non-ascii-bytes-literal",
         "backslashes",
@@ -365,7 +373,7 @@ async def test_secrets_sent_back_whatever_their_length(
     pair = f"{USER}:{password}".encode()
     pieces = [token[i : i + 12] for i in range(0, len(token) - 12)]
     pieces += [pair.decode(), pair.decode("latin-1"), repr(pair)[2:-1]]
-    pieces += [repr(pair)[2:-1].replace("'", "\\'")]
+    pieces += [repr(pair)[2:-1].replace("'", "\\'"), quote(pair.decode(), safe="")]
     for text in texts:
         for piece in pieces:
             assert piece not in text, f"{piece!r} leaked into {text!r}"
@@ -432,6 +440,132 @@ async def test_secrets_sent_back_re_encoded_in_diagnostic_headers(
     for form in (unpadded, unpadded.replace("+", "-").replace("/", "_")):
         assert_no_piece_of(form, texts)
     assert 'Proxy-Status: p; details="saw [credentials withheld]"' in str(info.value)
+
+
+def quoting_proxy(reply: bytes, *, challenge: bool) -> Any:
+    """A loopback proxy that (with ``challenge``) answers a CONNECT without a Digest
+    answer with a Digest 407 on a kept connection, then the CONNECT that has one with
+    ``reply``, in which ``{auth}`` stands for the ``Proxy-Authorization`` value it got and
+    ``{response}`` for a Digest answer's hash."""
+
+    async def handler(client: SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            authorization = b""
+            while line := await read_line(client, buf):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"proxy-authorization":
+                    authorization = value.strip()
+            if challenge and not authorization.startswith(b"Digest "):
+                await client.send(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b'Proxy-Authenticate: Digest realm="r", nonce="n0nce-1", qop="auth"\r\n'
+                    b"Content-Length: 0\r\n\r\n"
+                )
+                continue
+            found = re.search(rb'response="([0-9a-f]+)"', authorization)
+            response = found.group(1) if found else b"-"
+            await client.send(
+                reply.replace(b"{auth}", authorization).replace(b"{response}", response)
+            )
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await client.receive()
+            return
+
+    return serve(handler)
+
+
+QUOTING_REPLIES = {
+    "whole-value": b"HTTP/1.1 403 Forbidden: {auth}\r\nX-Seen: {auth}\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    "hash-only": b"HTTP/1.1 403 Bad response {response}\r\nX-Squid-Error: ERR {response}\r\n"
+    b"Content-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("quoted", list(QUOTING_REPLIES))
+@pytest.mark.parametrize("preemptive_basic", [True, False], ids=["basic-first", "digest-only"])
+async def test_secrets_digest_answer_sent_back(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    quoted: str,
+    preemptive_basic: bool,
+) -> None:
+    """The Digest answer janusnet computed, quoted back by a proxy (whole, or its
+    ``response`` hash alone: with the challenge, enough to guess the password offline),
+    is withheld like the Basic value."""
+    async with quoting_proxy(QUOTING_REPLIES[quoted], challenge=True) as port:
+        tunnel = make_tunnel(f"http://127.0.0.1:{port}", where, preemptive_basic=preemptive_basic)
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    assert info.value.status == 403
+    texts = [*exception_texts(info.value), repr(info.value.headers)]
+    texts += [record.getMessage() for record in caplog.records]
+    shown = str(info.value)
+    assert "[credentials withheld]" in shown
+    assert 'response="' not in shown and "cnonce=" not in shown
+    # No 32-hex-digit run (the MD5 response) is left anywhere.
+    for text in texts:
+        assert re.search(r"[0-9a-f]{32}", text) is None, text
+
+
+async def test_secrets_authorization_given_in_headers_sent_back(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``Proxy-Authorization`` given in ``headers=`` (a bearer token) is a credential
+    as janusnet's own are: withheld when the proxy quotes it back."""
+    token = "eyJhbGciOiJIUzI1NiJ9.c2VydmljZS1hY2NvdW50.s3cr3t-sig"
+    async with quoting_proxy(QUOTING_REPLIES["whole-value"], challenge=False) as port:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{port}", headers={"Proxy-Authorization": f"Bearer {token}"}
+        )
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    texts = [*exception_texts(info.value), repr(info.value.headers)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert_no_piece_of(token, texts)
+    assert "[credentials withheld]" in str(info.value)
+
+
+def plain_answering_proxy() -> Any:
+    """A loopback proxy that answers CONNECT with 200, reads the ClientHello, and answers
+    it in plain text quoting the ``Proxy-Authorization`` it got (a broken proxy)."""
+
+    async def handler(client: SocketStream) -> None:
+        buf = bytearray()
+        authorization = b""
+        while line := await read_line(client, buf):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"proxy-authorization":
+                authorization = value.strip()
+        await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await client.receive()  # the ClientHello
+        await client.send(b"HTTP/1.1 502 " + authorization + b"\r\n\r\n")
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            await client.receive()
+
+    return serve(handler)
+
+
+@pytest.mark.parametrize("how", ["open_tls", "open-then-ssl_on"])
+async def test_secrets_quoted_in_a_plain_answer_to_the_client_hello(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str, how: str
+) -> None:
+    """The -111 for a plain-text answer to the ClientHello quotes its first line; the
+    credentials in it are withheld as in the proxy's reply to CONNECT."""
+    async with plain_answering_proxy() as port:
+        tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
+
+        async def attempt() -> None:
+            if how == "open_tls":
+                await tunnel.open_tls("localhost", 443)
+            else:
+                async with await tunnel.open("localhost", 443) as sock:
+                    await sock.ssl_on()
+
+        exc = await check_failure(caplog, how, HandshakeError, attempt)
+    assert "'HTTP/1.1 502 [credentials withheld]'" in str(exc)
 
 
 async def test_secrets_sent_back_in_a_2xx_reply(

@@ -787,10 +787,16 @@ class _ProbeParser(argparse.ArgumentParser):
     parsing are."""
 
     json_out: TextIO | None = None
+    #: The userinfo of every argument with an ``@`` (see :func:`_argv_userinfo`).
+    userinfo: tuple[str, ...] = ()
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes what it refused: a proxy URL with its password, given to an
-        # option that does not exist (curl's -x, say) or as a stray argument.
+        # option that does not exist (curl's -x, say) or as a stray argument. What the
+        # arguments hold is cut out as given (a password may hold ' / or a space, which
+        # no pattern can tell from the text around it), then any userinfo left.
+        for userinfo in self.userinfo:
+            message = message.replace(userinfo, "***")
         message = _USERINFO.sub("***@", message)
         if self.json_out is not None:
             report = {"ok": False, "error": "UsageError", "message": message}
@@ -803,6 +809,27 @@ class _ProbeParser(argparse.ArgumentParser):
 #: Userinfo in text argparse quotes: ``user:password@`` after ``//`` or at the start of
 #: a word (``alice:pw@proxy:3128``).
 _USERINFO: Final = re.compile(r"(?:(?<=//)|(?<![^\s'\"=,(\[]))[^\s'\"/@]*@")
+
+
+def _argv_userinfo(raw: Sequence[str]) -> tuple[str, ...]:
+    """What comes before the last ``@`` of each argument that has one, after its
+    ``scheme://`` (or an option's ``=``), longest first: the ``user:password`` of a proxy
+    URL, however it is spelled."""
+    found = set()
+    for arg in raw:
+        at = arg.rfind("@")
+        if at <= 0:
+            continue
+        head = arg[:at]
+        if "//" in head:
+            start = head.index("//") + 2
+        elif head.startswith("-") and "=" in head:
+            start = head.index("=") + 1
+        else:
+            start = 0
+        if head[start:]:
+            found.add(head[start:])
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def _wants_json(raw: Sequence[str]) -> bool:
@@ -825,6 +852,7 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
         ),
     )
     parser.json_out = json_out  # (its errors: an argument no command knows)
+    parser.userinfo = _argv_userinfo(raw)
     parser.add_argument("--version", action="version", version=f"janusnet {__version__}")
     # metavar: the usage line and the "required" error both name the commands.
     commands = parser.add_subparsers(
@@ -844,6 +872,7 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     )
     if isinstance(p, _ProbeParser):
         p.json_out = json_out
+        p.userinfo = parser.userinfo
     p.add_argument(
         "target",
         type=_target,
@@ -906,6 +935,8 @@ def _run(argv: Sequence[str] | None, out: TextIO) -> int:
         default="asyncio",
         help="the event loop the client runs on (default: asyncio; trio needs trio installed)",
     )
+    if isinstance(d, _ProbeParser):
+        d.userinfo = parser.userinfo
 
     args = parser.parse_args(argv)
     if args.command == "probe":

@@ -128,6 +128,33 @@ def printable(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+#: What stands in for credentials in text a proxy sent back.
+WITHHELD: Final = "[credentials withheld]"
+
+
+def withhold(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` with every credential form in it (``forms``, longest first) replaced by
+    :data:`WITHHELD`."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, WITHHELD)
+    return text
+
+
+def withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
+    """Cut the credentials out of an error and its chain (their text may quote what a
+    proxy sent, such as a malformed status line, or a plain-text answer to a
+    ClientHello, that echoes them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(
+            withhold(arg, forms) if isinstance(arg, str) else arg for arg in current.args
+        )
+        current = current.__cause__ or current.__context__
+
+
 def show_address(host: str, port: int) -> str:
     """``host:port`` for messages, an IPv6 address in brackets (``[::1]:443``)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

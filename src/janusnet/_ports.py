@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Final
 
-from ._connect import idna_host
+from ._connect import _NUMERIC_LABEL_RE, idna_host
 from ._exceptions import (
     AccessDeniedError,
     PortLimitError,
@@ -186,6 +186,14 @@ def _rule_network(pattern: str, host: str, wildcard: str) -> IPNetwork | None:
     name = host[len(wildcard) :]
     if "/" in name or ":" in name or (_NUMERIC_RE.fullmatch(name) and not wildcard):
         raise UsageError(f"access rule host {pattern!r} is not a valid IP address or CIDR range")
+    if not wildcard and _NUMERIC_LABEL_RE.fullmatch(name.rsplit(".", 1)[-1]):
+        # "0x7f.0.0.1", "0x7f000001", "host.123": a last label that is a number makes
+        # inet_aton() and URL parsers read the host as an address, which no name rule
+        # would meet (the tunnel refuses such hosts; a direct connect resolves them).
+        raise UsageError(
+            f"access rule host {pattern!r} ends in a number but is not an IP address: "
+            "write the address dotted-decimal (127.0.0.1) or as a CIDR range"
+        )
     if _RULE_NAME_RE.fullmatch(name) is None:
         raise UsageError(
             f"access rule host {pattern!r} is not '*', a host name, '*.' and a domain, an "

@@ -44,6 +44,7 @@ from ._exceptions import (
     BusyError,
     HandshakeError,
     IncompleteReadError,
+    JanusnetError,
     NotSSLPortError,
     PendingDataError,
     SocketClosedError,
@@ -55,6 +56,7 @@ from ._exceptions import (
     check_ssl_context,
     check_timeout,
     show_address,
+    withhold_from_error,
 )
 from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
 from ._scan import Parsed, Scanner, TokenSet, _new_parsed, as_token_set
@@ -234,6 +236,7 @@ class Socket:
         "_receiving",
         "_reset",
         "_scanner",
+        "_secrets",
         "_send_reset",
         "_sending",
         "_server_hostname",
@@ -310,6 +313,9 @@ class Socket:
         #: socket, else ``None``.
         self.proxy_reply: ProxyReply | None = None
         self._target: str | None = None  # the CONNECT target, for repr
+        # A tunnel's credential forms: withheld from handshake errors, which may quote
+        # the proxy's plain-text answer to our ClientHello.
+        self._secrets: tuple[str, ...] = ()
 
     def __del__(
         self,
@@ -1332,6 +1338,10 @@ class Socket:
                         f"TLS handshake with {hostname or 'the peer'}: "
                         f"no answer within {timeout:g} s"
                     )
+        except JanusnetError as exc:
+            if self._secrets:
+                withhold_from_error(exc, self._secrets)
+            raise
         finally:
             self._receiving = self._sending = False
         if self._stream is not stream:  # aclose() from another task won the race

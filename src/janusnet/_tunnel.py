@@ -68,6 +68,8 @@ from ._exceptions import (
     check_ssl_context,
     check_timeout,
     printable,
+    withhold,
+    withhold_from_error,
 )
 from ._ports import ClientPort, TLSMode, _is_ip_literal
 from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
@@ -93,13 +95,15 @@ REQUEST_CACHE_SIZE: Final = 256
 
 #: How many of the schemes a 407 offers its error names.
 _SHOWN_SCHEMES: Final = 5
-#: What stands in for credentials in text a proxy sent back.
-WITHHELD: Final = "[credentials withheld]"
 #: Shorter forms are not looked for on their own: a 5-letter password would be "found"
 #: in every other reason phrase, and where the cuts fell would spell it out. A proxy
 #: cannot send back what it never saw, and what it sees is the Basic header value.
 _MIN_FORM: Final = 8
 _HEX_ESCAPE: Final = re.compile(r"%[0-9A-F]{2}")
+#: A Digest answer's ``response`` hash (32 or 64 hex digits, MD5 or SHA-256).
+_DIGEST_RESPONSE: Final = re.compile(r"\bresponse=\"?([0-9A-Fa-f]{16,})")
+#: Headers given in ``headers=`` whose values are credentials, withheld as ours are.
+_CREDENTIAL_HEADERS: Final = frozenset({"proxy-authorization", "authorization"})
 
 
 def _secret_forms(user: str, password: str) -> tuple[str, ...]:
@@ -116,7 +120,8 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     forms = {token, unpadded, urlsafe, password, *_percent_forms(password), *_percent_forms(token)}
     kept = {form for form in forms if len(form) >= _MIN_FORM} | {f"Basic {token}"}
     if password and len(pair) >= _MIN_FORM:
-        kept.add(pair)  # a proxy that decodes the Basic header and quotes it back
+        # A proxy that decodes the Basic header and quotes it back, as it is or in a URL.
+        kept.update({pair, *_percent_forms(pair)})
     return _as_received(kept)
 
 
@@ -143,46 +148,28 @@ def _as_received(forms: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(kept, key=len, reverse=True))
 
 
-def _withhold(text: str, forms: tuple[str, ...]) -> str:
-    """``text`` with every credential form in it replaced by :data:`WITHHELD`."""
-    for form in forms:
-        if form in text:
-            text = text.replace(form, WITHHELD)
-    return text
-
-
 def _withhold_from_reply(reply: ProxyReply, forms: tuple[str, ...]) -> ProxyReply:
     """``reply`` as given, or a copy without the credentials a proxy sent back in it
     (a reason phrase or a header that echoes the request's ``Proxy-Authorization``)."""
-    reason = _withhold(reply.reason, forms)
-    headers = tuple((name, _withhold(value, forms)) for name, value in reply.headers)
+    reason = withhold(reply.reason, forms)
+    headers = tuple((name, withhold(value, forms)) for name, value in reply.headers)
     if reason == reply.reason and headers == reply.headers:
         return reply
     return dataclasses.replace(reply, reason=reason, headers=headers)
 
 
-def _withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
-    """Cut the credentials out of an error and its chain (their text may quote what the
-    proxy sent, such as a malformed status line that echoes them)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        current.args = tuple(
-            _withhold(arg, forms) if isinstance(arg, str) else arg for arg in current.args
-        )
-        current = current.__cause__ or current.__context__
-
-
-def _flow_forms(value: bytes, known: tuple[str, ...]) -> tuple[str, ...]:
-    """``known`` and the forms of a flow's ``Proxy-Authorization`` value a proxy could
-    send back, longest first: the value, and its credentials (what follows the scheme)
-    when long enough to be told from chance, as sent and percent-encoded."""
-    text = value.decode("ascii")
+def _flow_forms(value: str | bytes, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``known`` and the forms of a ``Proxy-Authorization`` value sent (a flow's, a
+    Digest answer, one given in ``headers``) a proxy could send back, longest first: the
+    value, and its credentials (what follows the scheme) when long enough to be told from
+    chance, as sent and percent-encoded; for Digest also the ``response`` hash alone
+    (with the challenge, it is enough to guess the password offline)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
     forms = {text, *_percent_forms(text)}
     credentials = text.partition(" ")[2].strip()
     if len(credentials) >= _MIN_FORM:
         forms.update({credentials, *_percent_forms(credentials)})
+    forms.update(match.group(1) for match in _DIGEST_RESPONSE.finditer(credentials))
     return tuple(sorted({*known, *_as_received(forms)}, key=len, reverse=True))
 
 
@@ -328,6 +315,8 @@ class ProxyTunnel:
         items = _header_items(headers)
         for name, value in items:
             validate_extra_header(name, value)
+            if name.strip().lower() in _CREDENTIAL_HEADERS:
+                self._secrets = _flow_forms(value, self._secrets)
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
         self._client_port = _client_port(client_port)
         check_ssl_context(proxy_ssl_context, "proxy_ssl_context")
@@ -665,6 +654,7 @@ class ProxyTunnel:
             if credentials and self._preemptive_basic
             else None
         )
+        secrets = self._secrets  # and each Digest answer sent, from then on
         answered = False
         stale_retried = False
         # The 407 an answer replies to (and whether Basic had gone with the request), and
@@ -675,7 +665,7 @@ class ProxyTunnel:
             while True:
                 # An answer to a challenge is single-use (nonce): not cached.
                 request = self._request(authority, authorization, cache=not answered)
-                reader = self._reader(self._secrets)
+                reader = self._reader(secrets)
                 try:
                     await self._send(sock, request)
                     reply = await self._read_reply(sock, reader, stop_at_head)
@@ -694,13 +684,15 @@ class ProxyTunnel:
                     )
                     sock = await self._reconnect(sock, target, phase)
                     authorization = self._answer(challenge[0], authority, sent_basic=challenge[1])
+                    if authorization is not None:
+                        secrets = _flow_forms(authorization, secrets)
                     continue
                 kept = False
-                if self._secrets:
-                    reply = _withhold_from_reply(reply, self._secrets)
+                if secrets:
+                    reply = _withhold_from_reply(reply, secrets)
                 self._log_reply(authority, reply)
                 if 200 <= reply.status < 300:
-                    return self._tunnel_open(sock, reader, reply, authority, stop_at_head)
+                    return self._tunnel_open(sock, reader, reply, authority, secrets, stop_at_head)
                 if reply.status == 407 and credentials and not answered:
                     answer = self._answer(reply, authority, sent_basic=authorization is not None)
                 elif reply.status == 407 and answered and not stale_retried and _stale(reply):
@@ -714,6 +706,7 @@ class ProxyTunnel:
                     answered = True
                     challenge = (reply, stale_retried or authorization is not None)
                     authorization = answer
+                    secrets = _flow_forms(answer, secrets)
                     if phase is not None:
                         phase[0] = "reading the body of the proxy's 407, to answer it"
                     kept = await self._drain(sock, reader)
@@ -732,8 +725,8 @@ class ProxyTunnel:
                 self._refuse(authority, reply, why)
         except BaseException as exc:
             await sock.aclose()
-            if self._secrets and isinstance(exc, JanusnetError):
-                _withhold_from_error(exc, self._secrets)
+            if secrets and isinstance(exc, JanusnetError):
+                withhold_from_error(exc, secrets)
             raise
 
     async def _exchange_flow(
@@ -809,7 +802,7 @@ class ProxyTunnel:
                 self._log_reply(authority, shown)
                 if 200 <= reply.status < 300:
                     await self._close_flow(flow, phase)  # may fail: the socket closes then
-                    return self._tunnel_open(sock, reader, shown, authority, stop_at_head)
+                    return self._tunnel_open(sock, reader, shown, authority, secrets, stop_at_head)
                 answer = None
                 asked = reply.status == 407 and rounds < MAX_AUTH_ROUNDS
                 if asked:
@@ -829,7 +822,7 @@ class ProxyTunnel:
         except BaseException as exc:
             await sock.aclose()
             if secrets and isinstance(exc, JanusnetError):
-                _withhold_from_error(exc, secrets)
+                withhold_from_error(exc, secrets)
             if flow is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 # The flow's clean-up runs now, under the deadline; should the deadline
                 # expire in it, the timeout says so, and what had ended the exchange.
@@ -881,7 +874,7 @@ class ProxyTunnel:
         return ConnectReplyReader(
             max_head_bytes=self._max_head_bytes,
             proxy=self._address,
-            redact=functools.partial(_withhold, forms=secrets) if secrets else None,
+            redact=functools.partial(withhold, forms=secrets) if secrets else None,
         )
 
     async def _send(self, sock: Socket, request: bytes) -> None:
@@ -908,15 +901,19 @@ class ProxyTunnel:
         reader: ConnectReplyReader,
         reply: ProxyReply,
         authority: str,
+        secrets: tuple[str, ...],
         stop_at_head: bool = False,
     ) -> Socket:
         """The tunnel is open: every byte after the head stays buffered (-112 at TLS), in
-        the socket's buffer or, with ``stop_at_head``, the operating system's."""
+        the socket's buffer or, with ``stop_at_head``, the operating system's. ``secrets``:
+        the credential forms the socket's handshake errors withhold (they may quote a
+        proxy's plain-text answer to the ClientHello)."""
         if not stop_at_head:
             sock._unread(reader.leftover)
         sock._shed_scanner()
         sock.proxy_reply = reply
         sock._target = authority
+        sock._secrets = secrets
         return sock
 
     def _refuse(self, authority: str, reply: ProxyReply, why_407: str) -> NoReturn:
