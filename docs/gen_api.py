@@ -5,8 +5,9 @@ Usage::
     python docs/gen_api.py > docs/api.md
 
 Covers every name in ``janusnet.__all__``, ``janusnet.compat.__all__`` and
-``janusnet.testing.__all__``, and the pytest fixtures of ``janusnet.testing.plugin``. The output depends only on the source (no addresses, no
-dates), so regenerating it after a docstring change gives a clean diff.
+``janusnet.testing.__all__``, and the pytest fixtures of ``janusnet.testing.plugin``.
+The output depends only on the source (no addresses, no dates), so regenerating it
+after a docstring change gives a clean diff.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def render_docstring(doc: str | None) -> str:
             continue
         if stripped.endswith("::"):
             # A literal block follows: the indented lines after it.
-            intro = line[:-1] if not stripped == "::" else ""
+            intro = line[:-1] if stripped != "::" else ""
             if intro.strip():
                 out.append(_inline(intro.rstrip()))
             out.append("")
@@ -170,9 +171,7 @@ def _own_members(cls: type) -> list[tuple[str, object]]:
             continue
         if name == "__aenter__":
             continue
-        if isinstance(value, (staticmethod, classmethod)):
-            members.append((name, value))
-        elif isinstance(value, property) or inspect.isfunction(value):
+        if isinstance(value, (staticmethod, classmethod, property)) or inspect.isfunction(value):
             members.append((name, value))
     return members
 
@@ -220,7 +219,8 @@ def render_class(qualname: str, cls: type) -> list[str]:
     for name, value in _own_members(cls):
         kind_text = _kind_of(value)
         if isinstance(value, property):
-            out.append(f"#### `{qualname}.{name}` *(property{', settable' if value.fset else ''})*\n")
+            settable = ", settable" if value.fset else ""
+            out.append(f"#### `{qualname}.{name}` *(property{settable})*\n")
             out.append(render_docstring(value.fget.__doc__ if value.fget else None))
             continue
         func = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
@@ -321,9 +321,7 @@ def main() -> int:
         DOCUMENTED.update(
             v for v in (getattr(module, n) for n in module.__all__) if inspect.isclass(v)
         )
-    out += render_module(
-        janusnet, "janusnet", render_docstring(janusnet.__doc__).strip()
-    )
+    out += render_module(janusnet, "janusnet", render_docstring(janusnet.__doc__).strip())
     out += render_module(
         janusnet.compat, "janusnet.compat", render_docstring(janusnet.compat.__doc__).strip()
     )
