@@ -585,7 +585,7 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
     [
         (b"HTTP/1.1 2000 OK\r\n\r\n", "illegal status line"),
         (b"ICY 200 OK\r\n\r\n", "illegal status line"),
-        (b"\x00\x01garbage\r\n\r\n", "malformed reply to CONNECT"),
+        (b"\x00\x01garbage\r\n\r\n", "binary data .* not HTTP"),
         (b"HTTP/1.1 OK\r\n\r\n", "illegal status line"),
         (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", "illegal header line"),
         (b"HTTP/1.1 200 OK\r\nNo colon\r\n\r\n", "illegal header line"),
@@ -598,6 +598,12 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0"),
         (b"\x15\x03\x03\x00\x02\x01\x00", "with TLS, not HTTP: is it an https:// proxy"),
         (b"HTTP/1.1 000 X\r\n\r\n", "status code 000 is not one of 100-599"),
+        # Another protocol's answer, as when a SOCKS or HTTP/2-only port is given as
+        # http:// (h11's words would be "illegal request line").
+        (b"\x05\xff", "a SOCKS5 reply .* is it a SOCKS proxy"),
+        (b"\x00\x5b\x00\x00\x00\x00\x00\x00", "not HTTP: a SOCKS4 proxy"),
+        (b"\x00\x00\x12\x04\x00\x00\x00\x00\x00", "or a port that speaks only HTTP/2"),
+        (b"\x80\x81\r\n\r\n", r"binary data \(b'\\x80'\.\.\.\), not HTTP"),
     ],
     ids=[
         "four-digit-status",
@@ -615,6 +621,10 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         "http2",
         "tls-alert",
         "status-000",
+        "socks5",
+        "socks4",
+        "http2-settings",
+        "binary",
     ],
 )
 @pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])

@@ -207,8 +207,22 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         ("x" * 64 + ".test", "not a valid host name"),
         (".test", "not a valid host name"),
         ("a\x00b.test", "not a valid host name"),
+        ("127.0.0.010", "looks numeric"),
+        ("0x7f.0.0.1", "looks numeric"),
+        ("127.1", "looks numeric"),
+        ("2130706433", "looks numeric"),
     ],
-    ids=["bad-idna", "empty-label", "long-label", "leading-dot", "nul"],
+    ids=[
+        "bad-idna",
+        "empty-label",
+        "long-label",
+        "leading-dot",
+        "nul",
+        "octal",
+        "hex",
+        "short",
+        "integer",
+    ],
 )
 async def test_socket_ssl_on_invalid_name_changes_nothing(
     anyio_backend: str, port: ClientPort, name: str, message: str
@@ -221,6 +235,27 @@ async def test_socket_ssl_on_invalid_name_changes_nothing(
         # Asked for TLS at connect: refused before any packet.
         with pytest.raises(SSLOnOtherError, match=message):
             await Socket.connect("127.0.0.1", number, tls=True, server_hostname=name)
+
+
+async def test_socket_numeric_host_is_not_verified_as_another_address(
+    anyio_backend: str, ca: trustme.CA
+) -> None:
+    """``127.0.0.010`` reaches 127.0.0.8 (the resolver reads a leading 0 as octal) while
+    OpenSSL would check a certificate against 127.0.0.10: a certificate for another
+    address than the one reached passed. Now refused before the handshake (-149)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.10").configure_cert(context)
+    client = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    async with serve(starttls_handler(context), host="127.0.0.8") as number:
+        async with await Socket.connect("127.0.0.010", number) as sock:
+            assert sock.remote_address == ("127.0.0.8", number)
+            await ask_starttls(sock)
+            with pytest.raises(SSLOnOtherError, match="looks numeric") as info:
+                await sock.ssl_on(ssl_context=client)
+            assert info.value.code == ReturnCode.OTHER
+            assert not sock.closed and sock.tls is None
+        with pytest.raises(SSLOnOtherError, match="looks numeric"):
+            await Socket.connect("127.0.0.010", number, tls=True, ssl_context=client)
 
 
 async def test_socket_ssl_on_in_a_cancelled_scope_changes_nothing(

@@ -17,10 +17,12 @@ import trustme
 
 from janusnet import (
     ClientPort,
+    HandshakeError,
     PendingDataError,
     ProxyTunnel,
     Socket,
     SocketResetError,
+    SSLOnOtherError,
     TLSMode,
     compat,
 )
@@ -233,6 +235,51 @@ async def test_a_bad_record_from_an_https_proxy_behind_injected_bytes(
             assert await sock.recv() == b"junk"
             with pytest.raises(SocketResetError):
                 await sock.recv()
+    peer.thread.join(10)
+
+
+@pytest.mark.parametrize("when", ["before-ssl_on", "during-handshake"])
+async def test_a_bad_record_from_an_https_proxy_is_not_a_close(
+    anyio_backend: str, ca: trustme.CA, when: str
+) -> None:
+    """A record on the hop to an ``https://`` proxy that does not decrypt (tampering, or
+    a broken proxy) is named as such: before ``ssl_on()`` it is -149 (the stream was
+    broken before the call), during the origin's handshake -111 naming the hop; neither
+    says the peer closed the connection."""
+
+    def proxy(
+        tls: ssl.SSLObject, incoming: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+    ) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            try:
+                head += tls.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(conn.recv(65536))
+        conn.sendall(record(tls, out, b"HTTP/1.1 200 OK\r\n\r\n"))
+        if when == "during-handshake":
+            conn.recv(65536)  # the ClientHello to the origin, inside our TLS
+        conn.sendall(record(tls, out, b"tampered", bad=True))
+        conn.recv(65536)  # until the client closes
+
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    peer = ScriptedTLSPeer(server_context(ca), proxy)
+    tunnel = ProxyTunnel(f"https://localhost:{peer.port}", proxy_ssl_context=client)
+    with anyio.fail_after(10):
+        if when == "during-handshake":
+            with pytest.raises(HandshakeError, match=r"runs in \(to the proxy\) broke") as info:
+                await tunnel.open_tls("origin.example", 443, ssl_context=client)
+            assert "closed" not in str(info.value)
+        else:
+            async with await tunnel.open("origin.example", 443) as sock:
+                await anyio.sleep(0.2)  # the bad record is here
+                with pytest.raises(SSLOnOtherError, match="did not decrypt") as other:
+                    await sock.ssl_on(ssl_context=client)
+                assert isinstance(other.value.__cause__, ssl.SSLError)
+                assert not sock.closed
+                with pytest.raises(SocketResetError, match=r"BAD_RECORD_MAC|DECRYPT"):
+                    await sock.recv()
     peer.thread.join(10)
 
 

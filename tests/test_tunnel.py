@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -237,6 +238,23 @@ async def test_tunnel_silent_proxy_hits_deadline(
     assert anyio.current_time() - start < 5
     logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "janusnet"]
     assert ("WARNING", str(info.value)) in logged
+
+
+async def test_tunnel_deadline_while_the_proxy_reads_nothing_says_so(
+    anyio_backend: str,
+) -> None:
+    """A proxy that accepts and never reads: a CONNECT too large for the kernel buffers
+    (megabytes of extra headers) cannot go out, and the deadline says that, not that it
+    waited for a reply."""
+
+    headers = {f"X-Filler-{i}": "x" * 60000 for i in range(300)}  # 18 MB
+    # Never accepted: the kernel takes the connection and as much as its buffer holds.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", headers=headers, timeout=0.5)
+        with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
+            await tunnel.open("localhost", 443)
+    assert "while sending CONNECT: the proxy is not reading it" in str(info.value)
 
 
 async def test_tunnel_open_tls_deadline_names_the_handshake(

@@ -466,6 +466,24 @@ def _why(reply: ProxyReply) -> str:
     return "; ".join(parts)
 
 
+def _other_protocol(head: bytes) -> str:
+    """What a reply that is not HTTP/1.x looks like, for a message (h11's own words would
+    be "illegal request line"); ``""`` when it does not look like another protocol.
+    Judged on the first byte, the one h11 may refuse alone, so that the words do not
+    depend on how the reply was split."""
+    first = head[:1]
+    if first == b"\x05":
+        return "a SOCKS5 reply (b'\\x05...'), not HTTP: is it a SOCKS proxy? janusnet speaks HTTP"
+    if first == b"\x00":
+        return (
+            "binary data (b'\\x00...'), not HTTP: a SOCKS4 proxy, or a port that speaks "
+            "only HTTP/2? janusnet speaks HTTP/1.1 CONNECT"
+        )
+    if first and not (0x20 <= first[0] < 0x7F or first[0] in (0x09, 0x0A, 0x0D)):
+        return f"binary data ({first!r}...), not HTTP: is it an HTTP proxy?"
+    return ""
+
+
 class ConnectReplyReader:
     """Parse the proxy's reply to one ``CONNECT``, fed bytes as they arrive.
 
@@ -732,6 +750,12 @@ class ConnectReplyReader:
                 raise ProxyProtocolError(
                     f"{self._where()} answered CONNECT with TLS, not HTTP: is it an "
                     "https:// proxy?",
+                    proxy=self._proxy,
+                ) from exc
+            other = _other_protocol(bytes(self._head_data[:1]))
+            if other:
+                raise ProxyProtocolError(
+                    f"{self._where()} answered CONNECT with {other}",
                     proxy=self._proxy,
                 ) from exc
             raise ProxyProtocolError(

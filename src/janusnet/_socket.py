@@ -73,6 +73,7 @@ from ._transport import (
     kept_error,
     kernel_closed,
     kernel_pending,
+    linger,
     raise_handshake_error,
     raw_socket_of,
     ssl_object_of,
@@ -1304,6 +1305,14 @@ class Socket:
                 "a STARTTLS go-ahead nothing should come: close, they may be injected)",
                 pending=pending,
             )
+        broken = stream.failure if isinstance(stream, FdTLSStream) else None
+        if broken is not None:
+            # Before the handshake, not the handshake's failure: the peer did not close.
+            raise SSLOnOtherError(
+                "ssl_on: the TLS connection to the proxy is broken: a record from it did "
+                f"not decrypt or was not TLS ({broken!r}: tampering on the way, or a "
+                "broken proxy); nothing more can be read or sent on it"
+            ) from broken
         if self._eof or self._reset or self._peer_closed():
             reply = self.proxy_reply
             raise SSLOnOtherError(
@@ -1375,16 +1384,27 @@ class Socket:
         if stream is None:
             return
         self._port._release()
-        with anyio.CancelScope(shield=True):
-            try:
-                await stream.aclose()
-            except (anyio.BrokenResourceError, OSError):  # closing a broken stream
-                pass
+        try:
+            # Bytes the kernel has taken from send() and not sent yet are sent first: a
+            # reset would throw them away (see _transport._Direct.linger).
+            await linger(stream)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (anyio.BrokenResourceError, OSError):  # closing a broken stream
+                    pass
 
     async def aclose(self) -> None:
         """Close the connection. Idempotent; never raises for a broken connection.
 
-        Cancellation cannot stop it: the close is shielded (it does not wait on the peer).
+        Bytes ``send()`` handed to the kernel that it has not sent yet (a large upload
+        to a slow peer) are sent first, on Linux: the close waits for them (reading and
+        dropping anything that arrives) until they are out, the peer ends the
+        connection, or nothing moves for 2 s (30 s at most). Without that wait, anything
+        the peer sends after the close (a TLS 1.3 server's session tickets) makes the
+        kernel reset the connection and drop them. Cancellation ends the wait; the
+        socket closes all the same (the close itself is shielded).
 
         Raises:
             Nothing of its own: closing a broken or closed socket is quiet.

@@ -29,7 +29,7 @@ import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._connect import idna_host, wire_name
+from ._connect import _NUMERIC_LABEL_RE, idna_host, wire_name
 from ._exceptions import (
     AccessDeniedError,
     ConnectError,
@@ -87,6 +87,13 @@ QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 #: Unread received bytes read and dropped at most when a direct socket closes (see
 #: ``_Direct._close_now``); past that the close is a reset.
 CLOSE_DRAIN: Final = 1 << 20
+#: How long a close waits at most for the kernel to send what it still holds of ours
+#: (see ``_Direct._linger``), as asyncio's TLS close waits for the peer's close_notify
+#: (``ssl_shutdown_timeout``, 30 s), and how long without progress it keeps waiting.
+LINGER_MAX: Final = 30.0
+LINGER_STALL: Final = 2.0
+#: Linux's ``SIOCOUTQNSD``: bytes a TCP socket holds that it has not sent yet.
+_SIOCOUTQNSD: Final = 0x894B
 #: No limit, for :meth:`FdTLSStream._read_ready`.
 _ALL: Final = 1 << 62
 #: Bytes peeked at most where FIONREAD is missing.
@@ -100,6 +107,19 @@ try:  # how many bytes the kernel holds for a socket, without reading them (Unix
 except ImportError:  # pragma: no cover - Windows
     _FIONREAD = None
 _unpack_int = struct.Struct("i").unpack
+
+
+def _unsent(sock: _stdsocket.socket) -> int:
+    """Bytes the kernel holds for ``sock`` that it has not sent yet (0 where it cannot
+    say, or on error)."""
+    if _FIONREAD is None:  # (no ioctl)
+        return 0
+    try:
+        return int(_unpack_int(_ioctl(sock.fileno(), _SIOCOUTQNSD, bytes(4)))[0])
+    except (OSError, ValueError):  # not Linux, or closed
+        return 0
+
+
 #: ``poll()`` flags: the peer shut down its sending side (Linux), and a socket error.
 _POLLRDHUP: Final = int(getattr(select, "POLLRDHUP", 0))
 _POLLERR: Final = int(getattr(select, "POLLERR", 0))
@@ -367,6 +387,57 @@ class _Direct(SocketStream):
         # (a socket closed from another backend's loop than the one that made it).
         self._close_now()
         await anyio.lowlevel.checkpoint()
+
+    async def linger(self) -> None:
+        """Wait for the kernel to send what it still holds of ours before the close.
+
+        ``send()`` returns once the kernel has taken the bytes, and it may hold megabytes
+        it has not sent yet (a fast upload, a slow peer). Closing the socket lets the
+        kernel send them, unless anything arrives from the peer after the close: then
+        Linux answers with a reset and throws the rest away. A TLS 1.3 server's session
+        tickets, sent when it first reads, did that to uploads whose end the peer had
+        confirmed reading (an FTPS STOR stored 98 KiB of 2 MB and answered 226). So the
+        close waits while unsent bytes remain, reading and dropping what arrives (the
+        stream is closing; nobody reads it), until they are sent, the peer ends the
+        connection, nothing moves for :data:`LINGER_STALL` s or :data:`LINGER_MAX` s
+        pass. Linux only (elsewhere the kernel does not say). Cancellation ends the wait.
+        """
+        sock = self._sock
+        if self._closed or not _unsent(sock):
+            return
+        _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
+        start = last_move = anyio.current_time()
+        unsent = _unsent(sock)
+        drained = 0
+        delay = 0.001
+        while True:
+            try:
+                while drained < CLOSE_DRAIN:
+                    data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
+                    if not data:
+                        return  # the peer's FIN: nothing more comes to reset against
+                    drained += len(data)
+                return  # a flood: closing anyway (CLOSE_DRAIN)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # reset: nothing left to save
+            now = anyio.current_time()
+            left = _unsent(sock)
+            if not left:
+                return
+            if left < unsent:
+                unsent, last_move = left, now
+            if now - last_move >= LINGER_STALL or now - start >= LINGER_MAX:
+                logger.warning(
+                    "closing with %d byte(s) the kernel has not sent yet: the peer has "
+                    "not taken them for %.1f s",
+                    left,
+                    now - last_move,
+                )
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 class FdStream(_Direct):
@@ -842,6 +913,11 @@ class FdTLSStream(_Direct):
         self._failure = kept_error(exc)
         self._push_now()
 
+    @property
+    def failure(self) -> ssl.SSLError | None:
+        """The TLS error that broke the stream (a record that does not decrypt), if any."""
+        return self._failure
+
     def read_again(self) -> None:
         """The caller read the ``SSLObject`` into close_notify, EOF or an error and left
         it for the next :meth:`receive`, which then asks OpenSSL again."""
@@ -1022,7 +1098,26 @@ def tls_name_for(hostname: str) -> str:
             f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
             "over 63 characters, a space or a control character)"
         )
+    if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ipv4(name):
+        # "127.0.0.010", "0x7f.1", "127.1": the resolver (inet_aton) reads a leading 0 as
+        # octal, 0x as hex and fills short forms in, while OpenSSL checks the text as a
+        # decimal address: connected to 127.0.0.8, verified as 127.0.0.10.
+        raise SSLOnOtherError(
+            f"ssl_on: {hostname!r} looks numeric but is not a dotted-decimal IPv4 "
+            "address: the resolver reaches another address than the one a certificate "
+            "would be checked against (127.0.0.010 reaches 127.0.0.8: a leading 0 is "
+            "octal); connect to the address written dotted-decimal, or give "
+            "server_hostname= the name to verify"
+        )
     return name
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def start_tls(
@@ -1294,6 +1389,23 @@ async def _happy_eyeballs(infos: list[_AddrInfo], options: TCPOptions | None = N
     return winner
 
 
+async def linger(stream: ByteStream) -> None:
+    """Before ``stream`` closes: :meth:`_Direct.linger` of the janusnet socket under it
+    (under anyio's TLS layer of a TLS-in-TLS tunnel too); nothing for other streams,
+    whose socket janusnet does not read."""
+    under: object = stream
+    for _ in range(4):
+        if isinstance(under, _Direct):
+            await under.linger()
+            return
+        if isinstance(under, TLSStream):
+            under = under.transport_stream
+        elif isinstance(under, WideReceive):
+            under = under._inner
+        else:
+            return
+
+
 def raw_socket_of(stream: ByteStream) -> Any:
     """The OS socket under ``stream`` (for ``setsockopt``/``FIONREAD``), or ``None``.
 
@@ -1536,11 +1648,17 @@ def raise_handshake_error(
         raise HandshakeError(f"TLS handshake with {hostname} failed: {reason}{plain}") from exc
     if isinstance(exc, anyio.BrokenResourceError):
         cause = exc.__cause__
-        if cause is None or isinstance(cause, ssl.SSLError):
+        if cause is None or isinstance(cause, ssl.SSLEOFError):
             logger.warning("TLS handshake with %s failed: peer closed", hostname)
             raise HandshakeError(
                 f"TLS handshake with {hostname} failed: the peer closed the connection"
             ) from (cause or exc)  # the error under anyio's bare wrapper, when there is one
+        if isinstance(cause, ssl.SSLError):  # the TLS under this one (an https:// proxy's)
+            logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
+            raise HandshakeError(
+                f"TLS handshake with {hostname} failed: the TLS connection it runs in (to "
+                f"the proxy) broke: {cause}"
+            ) from cause
         logger.warning("TLS handshake with %s failed: %s", hostname, repr(cause))
         raise SSLOnOtherError(f"TLS handshake with {hostname} broke: {cause!r}") from cause
     if isinstance(exc, OSError):

@@ -667,7 +667,7 @@ class ProxyTunnel:
                 request = self._request(authority, authorization, cache=not answered)
                 reader = self._reader(secrets)
                 try:
-                    await self._send(sock, request)
+                    await self._send(sock, request, phase)
                     reply = await self._read_reply(sock, reader, stop_at_head)
                 except ProxyProtocolError:
                     if not (kept and challenge is not None and not reader.received):
@@ -766,7 +766,7 @@ class ProxyTunnel:
                 request = self._request(authority, authorization, cache=authorization is None)
                 reader = self._reader(secrets)
                 try:
-                    await self._send(sock, request)
+                    await self._send(sock, request, phase)
                     reply = await self._read_reply(sock, reader, stop_at_head)
                 except ProxyProtocolError as exc:
                     if kept and restarted and not reader.received:
@@ -877,9 +877,16 @@ class ProxyTunnel:
             redact=functools.partial(withhold, forms=secrets) if secrets else None,
         )
 
-    async def _send(self, sock: Socket, request: bytes) -> None:
+    async def _send(self, sock: Socket, request: bytes, phase: list[str] | None) -> None:
+        """Send ``request``; a deadline that expires meanwhile says the proxy was not
+        reading it (a send waits only when the proxy takes nothing)."""
+        waiting = phase[0] if phase is not None else ""
+        if phase is not None:
+            phase[0] = "sending CONNECT: the proxy is not reading it"
         try:
             await sock.send(request)
+            if phase is not None:
+                phase[0] = waiting
         except SocketResetError as exc:
             raise ProxyProtocolError(
                 f"proxy {self._address} reset the connection before CONNECT went out",
