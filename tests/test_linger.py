@@ -144,3 +144,18 @@ async def test_cancelling_the_wait_still_closes(anyio_backend: str) -> None:
         assert scope.cancelled_caught  # the close was waiting for the peer
         assert sock.closed
         await sock.aclose()  # idempotent
+
+
+async def test_cancelling_a_group_close_closes_every_member(anyio_backend: str) -> None:
+    with peer(None, wait=0, read=False) as one, peer(None, wait=0, read=False) as two:
+        group = janusnet.SocketGroup()
+        for server in (one, two):
+            sock = await Socket.connect("127.0.0.1", server.port)
+            group.add(sock)
+            await sock.send(b"x" * UPLOAD)
+        members = list(group)
+        with anyio.move_on_after(0.1) as scope:
+            await group.aclose()
+        assert scope.cancelled_caught
+        assert all(sock.closed for sock in members)
+        assert len(group) == 0

@@ -258,6 +258,59 @@ async def test_socket_numeric_host_is_not_verified_as_another_address(
             await Socket.connect("127.0.0.010", number, tls=True, ssl_context=client)
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+async def test_socket_ssl_on_resumes_a_session(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, version: str
+) -> None:
+    """The FTPS pattern: a data connection resumes the control connection's session
+    (servers require it: vsftpd's require_ssl_reuse, proftpd's default)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    context.maximum_version = ssl.TLSVersion[version]
+    async with serve(starttls_handler(context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as control:
+            assert control.tls_session is None
+            await ask_starttls(control)
+            await control.ssl_on()
+            await control.send_line("PBSZ 0")  # a reply read: TLS 1.3's tickets with it
+            assert (await control.recv_parsed()).data == b"PBSZ 0"
+            session = control.tls_session
+            assert session is not None
+            assert control.tls is not None and not control.tls.session_reused
+        async with await Socket.connect("localhost", number, client_port=port) as data:
+            await ask_starttls(data)
+            await data.ssl_on(session=session)
+            assert data.tls is not None and data.tls.session_reused
+            assert data.tls.version == version.replace("_", ".")
+            await data.send_line("STOR")
+            assert (await data.recv_parsed()).data == b"STOR"
+
+
+async def test_socket_ssl_on_refuses_a_session_it_cannot_offer(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, server_context: ssl.SSLContext
+) -> None:
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as first:
+            await ask_starttls(first)
+            await first.ssl_on()
+            await first.send_line("x")
+            await first.recv_parsed()
+            session = first.tls_session
+        assert session is not None
+        other = ssl.create_default_context()
+        ca.configure_trust(other)
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await ask_starttls(sock)
+            with pytest.raises(UsageError, match=r"session must be an ssl\.SSLSession"):
+                await sock.ssl_on(session="resume")  # type: ignore[arg-type]
+            # A session resumes only with its own context: refused, nothing sent.
+            with pytest.raises(UsageError, match="the context of the connection it came"):
+                await sock.ssl_on(ssl_context=other, session=session)
+            assert not sock.closed and sock.tls is None
+            await sock.ssl_on(session=session)
+            assert sock.tls is not None and sock.tls.session_reused
+
+
 async def test_socket_ssl_on_in_a_cancelled_scope_changes_nothing(
     anyio_backend: str, port: ClientPort
 ) -> None:

@@ -443,6 +443,44 @@ async def test_tunnel_https_proxy_tls_in_tls(
         assert tls_proxy.log[0].target == f"localhost:{origin.port}"
 
 
+async def test_tunnel_open_tls_resumes_a_session(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    tunnel = ProxyTunnel(proxy.url, client_port=port)
+    async with await tunnel.open_tls("localhost", origin.port) as first:
+        assert (await get(first))[0] == b"HTTP/1.1 200 OK"  # (TLS 1.3: tickets read)
+        session = first.tls_session
+    async with await tunnel.open_tls("localhost", origin.port, session=session) as second:
+        assert second.tls is not None and second.tls.session_reused
+        assert (await get(second))[0] == b"HTTP/1.1 200 OK"
+
+
+async def test_tunnel_session_inside_an_https_proxy_is_refused(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
+) -> None:
+    async with await ProxyTunnel(proxy.url, client_port=port).open_tls(
+        "localhost", origin.port
+    ) as first:
+        await get(first)
+        session = first.tls_session
+    assert session is not None
+    with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
+        tunnel = ProxyTunnel(
+            f"https://localhost:{tls_proxy.port}",
+            client_port=port,
+            proxy_ssl_context=origin.client_context(),
+        )
+        with pytest.raises(UsageError, match="nothing was sent"):
+            await tunnel.open_tls("localhost", origin.port, session=session)
+        assert tls_proxy.log == []
+        async with await tunnel.open("localhost", origin.port) as sock:
+            with pytest.raises(UsageError, match="not inside another TLS layer"):
+                await sock.ssl_on(session=session)
+            assert not sock.closed and sock.tls is None
+            await sock.ssl_on()  # the tunnel still works
+            assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+
+
 async def test_tunnel_https_proxy_that_ends_tls_after_its_reply(
     anyio_backend: str, origin: TLSOrigin, port: ClientPort
 ) -> None:

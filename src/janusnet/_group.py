@@ -327,15 +327,24 @@ class SocketGroup:
     async def aclose(self) -> None:
         """Close every member and empty the group (Janus ``$Sock_Close(-1)``).
 
-        Never raises for a broken connection. Cancellation cannot stop it: each close is
-        shielded, as :meth:`Socket.aclose` is.
+        Never raises for a broken connection. Each member closes as
+        :meth:`Socket.aclose` does; cancellation ends the wait for unsent bytes and the
+        members not closed yet close at once, without it.
 
         Raises:
             Nothing of its own: a broken or already closed member is closed quietly.
         """
-        for sock in list(self._members):
-            await sock.aclose()
-            self.discard(sock)
+        members = list(self._members)
+        try:
+            for sock in members:
+                await sock.aclose()
+                self.discard(sock)
+        finally:
+            for sock in members:  # (cancelled: the rest, now)
+                if sock in self._members:
+                    with anyio.CancelScope(shield=True):
+                        await sock._close_stream(wait=False)
+                    self.discard(sock)
 
     async def __aenter__(self) -> SocketGroup:
         return self

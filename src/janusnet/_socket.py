@@ -144,6 +144,27 @@ def _original(exc: BaseException) -> BaseException:
     return exc
 
 
+def _check_session(session: ssl.SSLSession, context: ssl.SSLContext, stream: ByteStream) -> None:
+    """Refuse, before any I/O, a session ``ssl_on`` could not offer.
+
+    Raises:
+        UsageError: it belongs to another context, or the stream is not a direct socket
+            (anyio's TLS layer, inside an ``https://`` proxy's TLS, cannot resume one).
+    """
+    if not isinstance(stream, FdStream):
+        raise UsageError(
+            "ssl_on(session=...): resuming a TLS session is supported on a direct "
+            "connection or a tunnel through an http:// proxy, not inside another TLS layer"
+        )
+    try:
+        context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=False, session=session)
+    except ValueError as exc:
+        raise UsageError(
+            f"ssl_on(session=...): {exc} (a session resumes only with the context of the "
+            "connection it came from)"
+        ) from None
+
+
 def _why(exc: BaseException) -> str:
     """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
     if isinstance(exc, anyio.EndOfStream):  # anyio's TLSStream, writing after a ragged end
@@ -539,6 +560,15 @@ class Socket:
             info = tls.describe(self._server_hostname)
         self._tls = info
         return info
+
+    @property
+    def tls_session(self) -> ssl.SSLSession | None:
+        """The TLS session, to resume on another connection (``ssl_on(session=...)``);
+        ``None`` before TLS. With TLS 1.3 a server sends the tickets that make it
+        resumable after the handshake: read something first (a reply).
+        """
+        ssl_object = self._ssl_object
+        return ssl_object.session if ssl_object is not None else None
 
     @property
     def closed(self) -> bool:
@@ -1180,10 +1210,11 @@ class Socket:
         hostname: str | None,
         tls_name: str | None,
         context: ssl.SSLContext,
+        session: ssl.SSLSession | None = None,
     ) -> ByteStream:
         """TLS over ``stream``; on any failure the socket is closed and the error mapped."""
         try:
-            return await start_tls(stream, hostname=tls_name, ssl_context=context)
+            return await start_tls(stream, hostname=tls_name, ssl_context=context, session=session)
         except BaseException as exc:
             await self._close_stream()
             raise_handshake_error(exc, hostname, context)
@@ -1227,6 +1258,7 @@ class Socket:
         server_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         """Upgrade this live connection to TLS, in place (Janus ``SSLOn``).
 
@@ -1240,10 +1272,15 @@ class Socket:
             timeout: deadline for the handshake, in seconds (``None`` for none), so a peer
                 that stalls mid-handshake cannot hang the caller (asyncio's
                 ``start_tls`` uses the same 60 s).
+            session: a TLS session to resume (another socket's :attr:`tls_session`,
+                made with the same context), as FTPS servers require of a data
+                connection; ``tls.session_reused`` says whether the server took it.
 
         Raises:
-            UsageError: ``ssl_context``, ``server_hostname`` or ``timeout`` of the wrong
-                type (or a negative ``timeout``); socket unchanged.
+            UsageError: ``ssl_context``, ``server_hostname``, ``timeout`` or ``session``
+                of the wrong type (or a negative ``timeout``), a ``session`` of another
+                context, or one to resume inside an ``https://`` proxy's TLS (not
+                supported there); socket unchanged.
             TimeoutError: the handshake did not finish within ``timeout``; the socket is
                 closed.
             NotSSLPortError: (-110) the port does not allow an upgrade (Janus: it lacks
@@ -1267,6 +1304,8 @@ class Socket:
         check_ssl_context(ssl_context)
         check_timeout(timeout)
         check_server_hostname(server_hostname)
+        if session is not None and not isinstance(session, ssl.SSLSession):
+            raise UsageError(f"session must be an ssl.SSLSession or None, not {session!r}")
         stream = self._stream
         if stream is None:
             raise SSLOnOtherError("ssl_on: the socket is closed")
@@ -1329,16 +1368,20 @@ class Socket:
         if hostname is None and context.check_hostname:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         tls_name = tls_name_for(hostname) if hostname else None
+        if session is not None:
+            _check_session(session, context, stream)
         self._receiving = self._sending = True  # nothing may interleave with the handshake
         try:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)
-                tls_stream = await self._handshake(stream, hostname, tls_name, context)
+                tls_stream = await self._handshake(stream, hostname, tls_name, context, session)
             else:
                 # A cancel scope of our own rather than fail_after(): on Python 3.13 the
                 # generator-based context manager's frames keep the cancellation, and
                 # with it the failed socket, in a reference cycle.
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    tls_stream = await self._handshake(stream, hostname, tls_name, context)
+                    tls_stream = await self._handshake(
+                        stream, hostname, tls_name, context, session
+                    )
                 if scope.cancelled_caught:
                     logger.warning(
                         "TLS handshake with %s timed out (%g s)", hostname or "the peer", timeout
@@ -1376,7 +1419,8 @@ class Socket:
 
     # ------------------------------------------------------------------ closing
 
-    async def _close_stream(self) -> None:
+    async def _close_stream(self, *, wait: bool = True) -> None:
+        """Close the stream; ``wait``: first let the kernel send what it holds unsent."""
         self._ready = self._ready_args = ()
         self._scanner = _NO_BYTES_YET  # nothing can be read any more: let the buffer go
         self._held = b""
@@ -1387,7 +1431,8 @@ class Socket:
         try:
             # Bytes the kernel has taken from send() and not sent yet are sent first: a
             # reset would throw them away (see _transport._Direct.linger).
-            await linger(stream)
+            if wait:
+                await linger(stream)
         finally:
             with anyio.CancelScope(shield=True):
                 try:

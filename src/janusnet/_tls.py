@@ -294,6 +294,7 @@ class TLSInfo:
             not verify it (``CERT_NONE`` hides it).
         chain: the verified chain, leaf first, on Python versions that expose it (3.13+);
             otherwise just the leaf, when known.
+        session_reused: the server resumed the session offered (``ssl_on(session=...)``).
     """
 
     version: str | None
@@ -302,6 +303,7 @@ class TLSInfo:
     server_hostname: str | None
     peer_certificate: CertInfo | None
     chain: tuple[CertInfo, ...] = ()
+    session_reused: bool = False
 
     @classmethod
     def from_ssl_object(
@@ -329,6 +331,7 @@ class TLSInfo:
             server_hostname=server_hostname,
             peer_certificate=leaf,
             chain=chain,
+            session_reused=bool(ssl_object.session_reused),
         )
 
 
@@ -341,7 +344,7 @@ class TLSSnapshot:
     the fallback that keeps ``sock.tls`` (and ``repr``) answering.
     """
 
-    __slots__ = ("alpn", "cipher", "der", "version")
+    __slots__ = ("alpn", "cipher", "der", "reused", "version")
 
     def __init__(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> None:
         self.version = ssl_object.version()
@@ -350,6 +353,7 @@ class TLSSnapshot:
         self.alpn = ssl_object.selected_alpn_protocol()
         verified = ssl_object.context.verify_mode != ssl.CERT_NONE
         self.der = ssl_object.getpeercert(binary_form=True) if verified else None
+        self.reused = bool(ssl_object.session_reused)
 
     def describe(self, server_hostname: str | None) -> TLSInfo:
         """The :class:`TLSInfo` these facts give (the chain is just the leaf)."""
@@ -366,6 +370,7 @@ class TLSSnapshot:
             server_hostname=server_hostname,
             peer_certificate=leaf,
             chain=(leaf,) if leaf else (),
+            session_reused=self.reused,
         )
 
 

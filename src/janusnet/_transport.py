@@ -578,9 +578,15 @@ class FdTLSStream(_Direct):
 
     @classmethod
     async def wrap(
-        cls, plain: FdStream, *, hostname: str | None, ssl_context: ssl.SSLContext
+        cls,
+        plain: FdStream,
+        *,
+        hostname: str | None,
+        ssl_context: ssl.SSLContext,
+        session: ssl.SSLSession | None = None,
     ) -> FdTLSStream:
-        """Handshake as a client over ``plain``, which it takes over (even on failure).
+        """Handshake as a client over ``plain``, which it takes over (even on failure),
+        offering to resume ``session``.
 
         Raises:
             ssl.SSLError: the handshake or the certificate failed.
@@ -592,7 +598,7 @@ class FdTLSStream(_Direct):
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
             obj = ssl_context.wrap_bio(
-                incoming, outgoing, server_side=False, server_hostname=hostname
+                incoming, outgoing, server_side=False, server_hostname=hostname, session=session
             )
         except BaseException:
             plain._close_now()  # (no checkpoint: it would raise over this error)
@@ -1121,17 +1127,24 @@ def _is_ipv4(text: str) -> bool:
 
 
 async def start_tls(
-    stream: ByteStream, *, hostname: str | None, ssl_context: ssl.SSLContext
+    stream: ByteStream,
+    *,
+    hostname: str | None,
+    ssl_context: ssl.SSLContext,
+    session: ssl.SSLSession | None = None,
 ) -> ByteStream:
     """A client TLS layer over ``stream``: :class:`FdTLSStream` over a direct socket,
-    anyio's ``TLSStream`` over anything else (another TLS stream included).
+    anyio's ``TLSStream`` over anything else (another TLS stream included), which cannot
+    resume a ``session`` (the caller refuses that first).
 
     Raises:
         ssl.SSLError, ssl.CertificateError, OSError, anyio errors: as the layer raises
             them; ``raise_handshake_error`` maps them to the SSLOn codes.
     """
     if isinstance(stream, FdStream):
-        return await FdTLSStream.wrap(stream, hostname=hostname, ssl_context=ssl_context)
+        return await FdTLSStream.wrap(
+            stream, hostname=hostname, ssl_context=ssl_context, session=session
+        )
     return await TLSStream.wrap(
         wide(stream),
         server_side=False,

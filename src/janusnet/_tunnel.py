@@ -477,7 +477,12 @@ class ProxyTunnel:
             raise self._timed_out(exc, authority, phase[0]) from None
 
     async def open_tls(
-        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> Socket:
         """:meth:`open`, then ``ssl_on()`` to the target, under the same deadline.
 
@@ -486,12 +491,17 @@ class ProxyTunnel:
             port: the target port.
             ssl_context: the origin's context (default: the port's, else the verified
                 default).
+            session: a TLS session to resume (``Socket.tls_session`` of an earlier
+                connection with the same context); not inside an ``https://`` proxy's
+                TLS.
 
         Returns:
             A TLS socket to the target.
 
         Raises:
-            UsageError: as :meth:`open`, or ``ssl_context`` is not an ``SSLContext``.
+            UsageError: as :meth:`open`, or ``ssl_context`` is not an ``SSLContext``;
+                ``session`` is not an ``SSLSession`` or the proxy is ``https://``
+                (nothing sent), or it is of another context (the tunnel is closed).
             NotSSLPortError: the client port is ``TLSMode.NEVER`` (-110; nothing sent).
             AccessDeniedError: as :meth:`open`.
             PortLimitError: as :meth:`open`.
@@ -507,6 +517,13 @@ class ProxyTunnel:
             TimeoutError: the deadline expired; nothing is left open.
         """
         check_ssl_context(ssl_context)
+        if session is not None and not isinstance(session, ssl.SSLSession):
+            raise UsageError(f"session must be an ssl.SSLSession or None, not {session!r}")
+        if session is not None and self._url.scheme == "https":
+            raise UsageError(
+                "open_tls(session=...): resuming a TLS session is not supported inside an "
+                "https:// proxy's TLS (nothing was sent)"
+            )
         if self._client_port.tls is TLSMode.NEVER:
             raise NotSSLPortError(
                 f"client port {self._client_port.name!r} does not allow TLS (nothing was sent)"
@@ -520,7 +537,8 @@ class ProxyTunnel:
                 sock = await self._open(authority, target, phase)
                 phase[0] = "doing the TLS handshake with the target"
                 try:
-                    await sock.ssl_on(ssl_context=ssl_context, timeout=None)  # ours governs
+                    # (the deadline is ours)
+                    await sock.ssl_on(ssl_context=ssl_context, timeout=None, session=session)
                 except (SSLOnOtherError, HandshakeError) as exc:
                     # The tunnel ended before our ClientHello or during the handshake (a
                     # proxy that answers 200 before it reaches the target, then gives up):

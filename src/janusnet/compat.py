@@ -324,8 +324,10 @@ async def sock_close(num: int) -> int:
         await registry.aclose()
         return 1
     sock = registry.get(num)
-    await sock.aclose()
-    registry.remove(sock)
+    try:
+        await sock.aclose()
+    finally:  # (closed even when cancelled)
+        registry.remove(sock)
     return 1
 
 
