@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trustme
 
-from janusnet.__main__ import main
+from janusnet import PendingDataError
+from janusnet.__main__ import _pending_explanation, main
 from janusnet.testing import ConnectProxy, OriginMode, ProxyBehaviour, TLSOrigin
 from loopback import needs_ipv6, unusual_certificate
 
@@ -408,6 +409,17 @@ def test_cli_probe_direct_timeout_names_the_tls_handshake(cafile: str) -> None:
     )
 
 
+def test_cli_pending_explanation_of_a_direct_server_that_speaks_first() -> None:
+    """TLS at once to a STARTTLS port (SMTP's 25): when the greeting came before the
+    ClientHello (-112; after it, -111 quotes it), the probe quotes it and says the
+    server may speak first."""
+    text = _pending_explanation(PendingDataError("x", pending=11), None, "220 ready")
+    assert text.startswith(
+        "PendingDataError (-112): the server sent 11 byte(s) before TLS started, "
+        "beginning '220 ready'; refused: the server speaks first (an SMTP"
+    )
+
+
 def test_cli_probe_injected_bytes_are_explained_for_a_cli_user(
     origin: TLSOrigin, cafile: str
 ) -> None:
@@ -422,8 +434,11 @@ def test_cli_probe_injected_bytes_are_explained_for_a_cli_user(
     failed = next(line for line in text.splitlines() if " FAIL " in line)
     assert failed.split()[0] == "tls"
     assert "PendingDataError (-112): " in failed
-    assert "came through the tunnel after the proxy's 200 reply, before TLS started" in failed
-    assert "refused" in failed and "injected" in failed
+    assert (
+        "came through the tunnel after the proxy's 200 reply, before TLS started, "
+        "beginning 'INJECTED'" in failed
+    )
+    assert "refused" in failed and "injected" in failed and "speaks first" in failed
     assert "read them first" not in text  # advice for API callers, not for the CLI
     step = report["steps"][-1]
     assert (step["step"], step["error"], step["code"]) == ("tls", "PendingDataError", -112)

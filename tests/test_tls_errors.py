@@ -189,8 +189,10 @@ async def test_a_send_after_a_ragged_end_is_a_reset(
     try:
         with anyio.fail_after(10):
             assert await sock.recv() == b"hello\r\n"
+            assert not sock.close_notify_received
             assert await sock.recv() == b""
-            with pytest.raises(SocketResetError):
+            assert not sock.close_notify_received  # TCP ended: maybe a truncation
+            with pytest.raises(SocketResetError, match="the peer had ended the connection"):
                 await sock.send(b"after\r\n")
             assert await compat.sock_send(num, b"after") == -1
     finally:
@@ -320,8 +322,10 @@ async def test_small_records_already_here_come_in_one_receive(
         await anyio.sleep(0.3)  # all of it is in the kernel before the first read
         with anyio.fail_after(10):
             assert await sock.recv(65536) == LINES
+            assert not sock.close_notify_received
             if end == "close_notify":
                 assert await sock.recv() == b""
+                assert sock.close_notify_received  # a clean end: nothing was cut off
             elif end == "bad":
                 for _ in range(2):
                     with pytest.raises(SocketResetError, match=r"BAD_RECORD_MAC|DECRYPT"):

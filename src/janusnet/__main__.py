@@ -44,6 +44,7 @@ from ._exceptions import (
     UsageError,
     printable,
     show_address,
+    withhold,
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
@@ -56,7 +57,13 @@ from ._tls import (
     env_trust_hint,
     env_trust_variable,
 )
-from ._transport import open_hop, raise_handshake_error, ssl_object_of, start_tls
+from ._transport import (
+    PLAIN_ANSWER_SHOWN,
+    open_hop,
+    raise_handshake_error,
+    ssl_object_of,
+    start_tls,
+)
 from ._tunnel import ProxyTunnel
 
 if TYPE_CHECKING:
@@ -302,18 +309,37 @@ def _auth_explanation(exc: ProxyAuthenticationRequired, proxy: ProxyURL) -> str:
     return "credentials rejected"
 
 
-def _pending_explanation(exc: PendingDataError, reply_status: int | None) -> str:
-    """-112 for someone at a command line: where the bytes came from, why they were refused."""
+def _pending_explanation(exc: PendingDataError, reply_status: int | None, first: str) -> str:
+    """-112 for someone at a command line: where the bytes came from (``first``: their
+    first line, quoted), why they were refused."""
+    quoted = f", beginning {first!r}" if first else ""
+    speaks_first = (
+        "the server speaks first (an SMTP, IMAP, POP3 or FTP greeting: such a server "
+        "starts TLS after STARTTLS or AUTH TLS, not at once)"
+    )
     if reply_status is not None:
         came = (
             f"{exc.pending} byte(s) came through the tunnel after the proxy's {reply_status} "
-            "reply, before TLS started"
+            f"reply, before TLS started{quoted}"
         )
-        suspect = "the proxy, or something on the way, may have injected them"
+        suspect = f"{speaks_first}, or the proxy or something on the way injected them"
     else:
-        came = f"the server sent {exc.pending} byte(s) before TLS started"
-        suspect = "it may not speak TLS on this port, or something on the way injected them"
-    return f"{type(exc).__name__} ({int(exc.code)}): {came}; refused ({suspect})"
+        came = f"the server sent {exc.pending} byte(s) before TLS started{quoted}"
+        suspect = (
+            f"{speaks_first}, or it does not speak TLS on this port, or something on the "
+            "way injected them"
+        )
+    return f"{type(exc).__name__} ({int(exc.code)}): {came}; refused: {suspect}"
+
+
+async def _first_line(sock: Socket) -> str:
+    """The first line of the bytes ``ssl_on()`` refused (already buffered: no wait),
+    printable and short, without credentials a tunnel withholds."""
+    if not sock.pending:
+        return ""
+    data = await sock.recv(min(sock.pending, PLAIN_ANSWER_SHOWN))
+    line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+    return printable(withhold(line, sock._secrets), PLAIN_ANSWER_SHOWN)
 
 
 def _cli_text(exc: SSLOnError, context: ssl.SSLContext, option: str = "--cafile") -> str:
@@ -496,7 +522,7 @@ async def probe(
             await sock.ssl_on(server_hostname=host, ssl_context=context, timeout=None)  # ours
         except PendingDataError as exc:
             reply_status = sock.proxy_reply.status if sock.proxy_reply else None
-            fail("tls", exc, _pending_explanation(exc, reply_status))
+            fail("tls", exc, _pending_explanation(exc, reply_status, await _first_line(sock)))
             return None
         except SSLOnError as exc:
             fail("tls", exc, f"{type(exc).__name__} ({int(exc.code)}): {_cli_text(exc, context)}")

@@ -242,6 +242,7 @@ class Socket:
         "_ack_due",
         "_acks",
         "_allot",
+        "_close_notify",
         "_encoding",
         "_eof",
         "_fin_sent",
@@ -335,6 +336,7 @@ class Socket:
         #: socket, else ``None``.
         self.proxy_reply: ProxyReply | None = None
         self._target: str | None = None  # the CONNECT target, for repr
+        self._close_notify = False  # the end of stream read was TLS's close_notify
         # A tunnel's credential forms: withheld from handshake errors, which may quote
         # the proxy's plain-text answer to our ClientHello.
         self._secrets: tuple[str, ...] = ()
@@ -562,6 +564,20 @@ class Socket:
         return info
 
     @property
+    def close_notify_received(self) -> bool:
+        """True once a receive has returned the end of a TLS stream that the peer ended
+        with ``close_notify``: TLS vouches that nothing was cut off.
+
+        False before the end is read, on a plain connection, after a ragged end (TCP
+        closed without ``close_notify``: many servers end so, and so does an attacker
+        cutting a transfer short), and inside an ``https://`` proxy's TLS or on a
+        ``Socket(stream)`` of your own, where anyio's TLS layer does not tell. A
+        protocol that reads "until the end" (FTPS stream mode, HTTP/1.0 bodies) checks
+        it to tell a whole transfer from a truncated one.
+        """
+        return self._close_notify
+
+    @property
     def tls_session(self) -> ssl.SSLSession | None:
         """The TLS session, to resume on another connection (``ssl_on(session=...)``);
         ``None`` before TLS. With TLS 1.3 a server sends the tickets that make it
@@ -703,9 +719,12 @@ class Socket:
             # (anyio's TLSStream says EndOfStream when OpenSSL's write meets the end of a
             # broken or raggedly ended TLS session)
             self._broke_while_sending(exc, stream)
-            raise SocketResetError(f"connection broke while sending: {_why(exc)}") from _original(
-                exc
-            )
+            why = _why(exc)
+            if self._eof or isinstance(_original(exc), ssl.SSLEOFError):
+                # The peer ended the connection before this send (an FTP or SMTP server
+                # after QUIT, openssl s_server's Q): not an attack, not a network fault.
+                why = f"the peer had ended the connection ({why})"
+            raise SocketResetError(f"connection broke while sending: {why}") from _original(exc)
         except anyio.ClosedResourceError as exc:
             raise SocketClosedError("the socket was closed during send") from exc
         except anyio.BusyResourceError as exc:
@@ -862,6 +881,8 @@ class Socket:
                     f"connection was reset (a send met it first): {_why(self._send_reset)}"
                 ) from self._send_reset
             self._eof = True
+            if isinstance(stream, FdTLSStream):
+                self._close_notify = stream.close_notify_received
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:
             self._reset = True

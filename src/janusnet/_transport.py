@@ -542,9 +542,11 @@ class FdTLSStream(_Direct):
         "_out",
         "_plain",
         "_progress",
+        "_ragged",
         "_read_again",
         "_reset",
         "_unsent",
+        "close_notify_received",
     )
     _sock: _stdsocket.socket
 
@@ -575,6 +577,9 @@ class FdTLSStream(_Direct):
         self._reset: ConnectionResetError | None = None
         # Plaintext a sender had to read (see _take_incoming), for the next receive.
         self._plain = b""
+        # How the stream ended: the peer's close_notify, or TCP's end without it.
+        self.close_notify_received = False
+        self._ragged = False
 
     @classmethod
     async def wrap(
@@ -823,6 +828,7 @@ class FdTLSStream(_Direct):
                     if self._reset is not None:  # the end a reset leaves: not clean
                         raise anyio.BrokenResourceError from self._reset
                     data = b""  # a ragged EOF (standard_compatible=False)
+                    self._ragged = True
                 except ssl.SSLError as exc:
                     self.fail(exc)
                     raise anyio.BrokenResourceError from exc
@@ -839,6 +845,7 @@ class FdTLSStream(_Direct):
             self._receiving = False
         if data:
             return data
+        self.close_notify_received = not self._ragged  # (b"" from OpenSSL: close_notify)
         raise anyio.EndOfStream
 
     def _read_ready(self, chunks: list[bytes], limit: int) -> None:
