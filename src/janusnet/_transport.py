@@ -88,7 +88,7 @@ QUICKACK: Final = int(getattr(_stdsocket, "TCP_QUICKACK", 0))
 #: ``_Direct._close_now``); past that the close is a reset.
 CLOSE_DRAIN: Final = 1 << 20
 #: How long a close waits at most for the kernel to send what it still holds of ours
-#: (see ``_Direct._linger``), as asyncio's TLS close waits for the peer's close_notify
+#: (see ``_Direct.linger``), as asyncio's TLS close waits for the peer's close_notify
 #: (``ssl_shutdown_timeout``, 30 s), and how long without progress it keeps waiting.
 LINGER_MAX: Final = 30.0
 LINGER_STALL: Final = 2.0
