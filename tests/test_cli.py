@@ -223,6 +223,17 @@ def test_cli_argument_errors_withhold_any_password(
         assert piece not in shown, shown
 
 
+def test_cli_argument_errors_withhold_only_the_userinfo(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A one-letter user name is cut out where it stands before the @, not wherever its
+    letter appears in argparse's words (which would spell it out)."""
+    with pytest.raises(SystemExit):
+        main(["probe", "localhost:443", "-x", "http://u@proxy.example:3128"])
+    err = capsys.readouterr().err
+    assert "error: unrecognized arguments: -x http://***@proxy.example:3128" in err
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])
 def test_cli_probe_unusable_cafile_is_a_usage_error(
     kind: str, tmp_path: pathlib.Path, origin: TLSOrigin

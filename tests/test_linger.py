@@ -24,7 +24,7 @@ import trustme
 
 import janusnet
 import janusnet._transport
-from janusnet import Socket
+from janusnet import Socket, compat
 
 pytestmark = [
     pytest.mark.anyio,
@@ -159,3 +159,27 @@ async def test_cancelling_a_group_close_closes_every_member(anyio_backend: str) 
         assert scope.cancelled_caught
         assert all(sock.closed for sock in members)
         assert len(group) == 0
+
+
+async def test_compat_close_while_another_close_waits(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sock_close(n)`` waiting for unsent bytes while ``sock_close(-1)`` closes every
+    socket: both answer 1 (the first found its number already freed)."""
+    monkeypatch.setattr(janusnet._transport, "LINGER_STALL", 0.3)
+    with peer(None, wait=0, read=False) as server:
+        sock = await Socket.connect("127.0.0.1", server.port)
+        compat.registry.add(sock)
+        num = compat.registry.number_of(sock)
+        await sock.send(b"x" * UPLOAD)
+        codes: list[int] = []
+
+        async def close_one() -> None:
+            codes.append(await compat.sock_close(num))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close_one)
+            await anyio.sleep(0.05)  # sock_close(num) is waiting now
+            codes.append(await compat.sock_close(-1))
+        assert sorted(codes) == [1, 1]
+        assert sock.closed and len(compat.registry) == 0

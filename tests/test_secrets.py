@@ -528,9 +528,30 @@ async def test_secrets_authorization_given_in_headers_sent_back(
     assert "[credentials withheld]" in str(info.value)
 
 
-def plain_answering_proxy() -> Any:
+async def test_secrets_basic_given_in_headers_sent_back_decoded(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Basic value given in ``headers=`` is withheld as credentials from the URL are,
+    also decoded (``user:password``), whatever its length."""
+    password = "hunter2"
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    reply = b"HTTP/1.1 403 user {pair} not allowed\r\nContent-Length: 0\r\n\r\n"
+    async with echoing_proxy(reply) as port:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{port}", headers={"Proxy-Authorization": f"Basic {token}"}
+        )
+        with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+            await tunnel.open("localhost", 443)
+    texts = [*exception_texts(info.value), *(r.getMessage() for r in caplog.records)]
+    for text in texts:
+        assert f"{USER}:{password}" not in text, text
+    assert "user [credentials withheld] not allowed" in str(info.value)
+
+
+def plain_answering_proxy(padding: int = 0) -> Any:
     """A loopback proxy that answers CONNECT with 200, reads the ClientHello, and answers
-    it in plain text quoting the ``Proxy-Authorization`` it got (a broken proxy)."""
+    it in plain text quoting the ``Proxy-Authorization`` it got (a broken proxy), after
+    ``padding`` characters (so that it crosses where a quote is cut)."""
 
     async def handler(client: SocketStream) -> None:
         buf = bytearray()
@@ -541,20 +562,22 @@ def plain_answering_proxy() -> Any:
                 authorization = value.strip()
         await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client.receive()  # the ClientHello
-        await client.send(b"HTTP/1.1 502 " + authorization + b"\r\n\r\n")
+        await client.send(b"HTTP/1.1 502 " + b"x" * padding + authorization + b"\r\n\r\n")
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
 
     return serve(handler)
 
 
+@pytest.mark.parametrize("padding", [0, 40], ids=["whole", "across-the-cut"])
 @pytest.mark.parametrize("how", ["open_tls", "open-then-ssl_on"])
 async def test_secrets_quoted_in_a_plain_answer_to_the_client_hello(
-    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str, how: str
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str, how: str, padding: int
 ) -> None:
     """The -111 for a plain-text answer to the ClientHello quotes its first line; the
-    credentials in it are withheld as in the proxy's reply to CONNECT."""
-    async with plain_answering_proxy() as port:
+    credentials in it are withheld as in the proxy's reply to CONNECT, also when the
+    quote's cut (80 characters) falls inside them."""
+    async with plain_answering_proxy(padding) as port:
         tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
 
         async def attempt() -> None:
@@ -565,7 +588,10 @@ async def test_secrets_quoted_in_a_plain_answer_to_the_client_hello(
                     await sock.ssl_on()
 
         exc = await check_failure(caplog, how, HandshakeError, attempt)
-    assert "'HTTP/1.1 502 [credentials withheld]'" in str(exc)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert_no_piece_of(token, list(exception_texts(exc)))
+    if not padding:
+        assert "'HTTP/1.1 502 [credentials withheld]'" in str(exc)
 
 
 async def test_secrets_sent_back_in_a_2xx_reply(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 import ssl
 from typing import Any
 
@@ -29,6 +30,7 @@ from janusnet import (
     TLSMode,
     UsageError,
 )
+from janusnet._transport import tls_name_for
 from loopback import (
     echo,
     needs_ipv6,
@@ -237,6 +239,15 @@ async def test_socket_ssl_on_invalid_name_changes_nothing(
             await Socket.connect("127.0.0.1", number, tls=True, server_hostname=name)
 
 
+@pytest.mark.parametrize(
+    "name", ["127.0.0.1", "::ffff:127.0.0.1", "[::ffff:127.0.0.1]", "64:ff9b::192.0.2.1", "::1"]
+)
+def test_tls_name_for_takes_ip_addresses_ending_in_ipv4(name: str) -> None:
+    """Only numeric forms that are no IP address are refused: an IPv6 address may end in
+    a dotted IPv4 address and is checked against the IP SANs as it is."""
+    assert tls_name_for(name) == name.strip("[]")
+
+
 async def test_socket_numeric_host_is_not_verified_as_another_address(
     anyio_backend: str, ca: trustme.CA
 ) -> None:
@@ -307,8 +318,42 @@ async def test_socket_ssl_on_refuses_a_session_it_cannot_offer(
             with pytest.raises(UsageError, match="the context of the connection it came"):
                 await sock.ssl_on(ssl_context=other, session=session)
             assert not sock.closed and sock.tls is None
+            # A resumed handshake checks no certificate: the session resumes only for the
+            # name it was verified for (localhost here), not for another one.
+            with pytest.raises(UsageError, match="the session was verified for 'localhost'"):
+                await sock.ssl_on(server_hostname="bank.example", session=session)
+            assert not sock.closed and sock.tls is None
             await sock.ssl_on(session=session)
             assert sock.tls is not None and sock.tls.session_reused
+
+
+async def test_socket_ssl_on_refuses_a_session_it_did_not_hand_out(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort, server_context: ssl.SSLContext
+) -> None:
+    """A session janusnet did not verify (one from an ``ssl.SSLSocket``) has no known
+    name: refused, since resuming it would check none."""
+    context = port.ssl_context
+    assert context is not None
+    async with serve(starttls_handler(server_context)) as number:
+
+        def foreign_session() -> ssl.SSLSession:
+            with socket.create_connection(("127.0.0.1", number)) as raw:
+                raw.recv(100)
+                raw.sendall(b"STARTTLS\r\n")
+                raw.recv(100)
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"x\r\n")
+                    tls.recv(100)
+                    session = tls.session
+            assert session is not None
+            return session
+
+        session = await anyio.to_thread.run_sync(foreign_session)
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await ask_starttls(sock)
+            with pytest.raises(UsageError, match=r"resume a session from Socket\.tls_session"):
+                await sock.ssl_on(session=session)
+            assert not sock.closed and sock.tls is None
 
 
 async def test_socket_ssl_on_in_a_cancelled_scope_changes_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from janusnet import (
     UsageError,
 )
 from janusnet.testing import ConnectProxy, ProxyBehaviour, TLSOrigin, byte_pattern
-from loopback import has_ipv6_loopback
+from loopback import has_ipv6_loopback, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -257,6 +258,37 @@ async def test_tunnel_deadline_while_the_proxy_reads_nothing_says_so(
     assert "while sending CONNECT: the proxy is not reading it" in str(info.value)
 
 
+async def test_tunnel_refusal_of_a_large_request_is_not_held_up_by_the_close(
+    anyio_backend: str,
+) -> None:
+    """A proxy that refuses a CONNECT of a megabyte after reading its start, and then
+    reads nothing more: the refusal comes as it is, not after the close waited for the
+    rest of the request to go out (it would, for a plain aclose(): see test_linger)."""
+
+    done = threading.Event()
+
+    def refuse_early(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")
+            done.wait(10)  # reading nothing more
+
+    headers = {f"X-Filler-{i}": "x" * 60000 for i in range(16)}  # ~1 MB
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=refuse_early, args=(listener,))
+        thread.start()
+        try:
+            port = listener.getsockname()[1]
+            tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", headers=headers, timeout=1)
+            with anyio.fail_after(10), pytest.raises(ProxyRefusedError) as info:
+                await tunnel.open("localhost", 443)
+        finally:
+            done.set()
+            thread.join(10)
+    assert info.value.status == 431
+
+
 async def test_tunnel_open_tls_deadline_names_the_handshake(
     anyio_backend: str, proxy: ConnectProxy
 ) -> None:
@@ -479,6 +511,29 @@ async def test_tunnel_session_inside_an_https_proxy_is_refused(
             assert not sock.closed and sock.tls is None
             await sock.ssl_on()  # the tunnel still works
             assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+
+
+async def test_tunnel_plain_through_an_https_proxy_has_no_close_notify_of_its_own(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """A plain tunnel inside an https:// proxy's TLS: when the target's end comes, the
+    proxy ends its TLS cleanly; that close_notify is the hop's, not the target's."""
+
+    async def say_bye(stream: anyio.abc.SocketStream) -> None:
+        await stream.send(b"bye\r\n")
+
+    async with serve(say_bye) as target:
+        with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
+            tunnel = ProxyTunnel(
+                f"https://localhost:{tls_proxy.port}",
+                client_port=port,
+                proxy_ssl_context=origin.client_context(),
+            )
+            async with await tunnel.open("127.0.0.1", target) as sock:
+                with anyio.fail_after(10):
+                    assert (await sock.recv_parsed()).data == b"bye"
+                    assert await sock.recv() == b""
+                assert sock.tls is None and not sock.close_notify_received
 
 
 async def test_tunnel_https_proxy_that_ends_tls_after_its_reply(

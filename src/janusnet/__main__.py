@@ -58,6 +58,7 @@ from ._tls import (
     env_trust_variable,
 )
 from ._transport import (
+    PLAIN_ANSWER_KEPT,
     PLAIN_ANSWER_SHOWN,
     open_hop,
     raise_handshake_error,
@@ -337,7 +338,9 @@ async def _first_line(sock: Socket) -> str:
     printable and short, without credentials a tunnel withholds."""
     if not sock.pending:
         return ""
-    data = await sock.recv(min(sock.pending, PLAIN_ANSWER_SHOWN))
+    # The whole line (as much as is kept) first, then withheld, then cut: cut first,
+    # a credential across the cut would show its first part.
+    data = await sock.recv(min(sock.pending, PLAIN_ANSWER_KEPT))
     line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
     return printable(withhold(line, sock._secrets), PLAIN_ANSWER_SHOWN)
 
@@ -822,7 +825,7 @@ class _ProbeParser(argparse.ArgumentParser):
         # arguments hold is cut out as given (a password may hold ' / or a space, which
         # no pattern can tell from the text around it), then any userinfo left.
         for userinfo in self.userinfo:
-            message = message.replace(userinfo, "***")
+            message = message.replace(userinfo + "@", "***@")
         message = _USERINFO.sub("***@", message)
         if self.json_out is not None:
             report = {"ok": False, "error": "UsageError", "message": message}

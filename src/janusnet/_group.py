@@ -327,24 +327,25 @@ class SocketGroup:
     async def aclose(self) -> None:
         """Close every member and empty the group (Janus ``$Sock_Close(-1)``).
 
-        Never raises for a broken connection. Each member closes as
-        :meth:`Socket.aclose` does; cancellation ends the wait for unsent bytes and the
-        members not closed yet close at once, without it.
+        Never raises for a broken connection. The members close at once, each as
+        :meth:`Socket.aclose` does (waiting for bytes the kernel has not sent yet: the
+        waits run side by side, not one after another); cancellation ends the waits,
+        and every member is closed all the same.
 
         Raises:
             Nothing of its own: a broken or already closed member is closed quietly.
         """
         members = list(self._members)
         try:
-            for sock in members:
-                await sock.aclose()
-                self.discard(sock)
+            async with anyio.create_task_group() as tg:
+                for sock in members:
+                    tg.start_soon(sock.aclose)
         finally:
-            for sock in members:  # (cancelled: the rest, now)
-                if sock in self._members:
+            for sock in members:  # (cancelled: any left, now)
+                if not sock.closed:
                     with anyio.CancelScope(shield=True):
                         await sock._close_stream(wait=False)
-                    self.discard(sock)
+                self.discard(sock)
 
     async def __aenter__(self) -> SocketGroup:
         return self

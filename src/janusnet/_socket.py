@@ -144,13 +144,41 @@ def _original(exc: BaseException) -> BaseException:
     return exc
 
 
-def _check_session(session: ssl.SSLSession, context: ssl.SSLContext, stream: ByteStream) -> None:
+#: The name each session :attr:`Socket.tls_session` handed out was verified for, by
+#: session ID. A resumed handshake checks no certificate (OpenSSL trusts the session),
+#: so a session may resume only for the name its certificate was checked against.
+_SESSION_NAMES: dict[bytes, str | None] = {}
+_SESSION_NAMES_MAX: Final = 4096
+_UNKNOWN: Final = object()
+
+
+def _check_session(
+    session: ssl.SSLSession,
+    context: ssl.SSLContext,
+    stream: ByteStream,
+    tls_name: str | None,
+) -> None:
     """Refuse, before any I/O, a session ``ssl_on`` could not offer.
 
     Raises:
-        UsageError: it belongs to another context, or the stream is not a direct socket
-            (anyio's TLS layer, inside an ``https://`` proxy's TLS, cannot resume one).
+        UsageError: it belongs to another context, the stream is not a direct socket
+            (anyio's TLS layer, inside an ``https://`` proxy's TLS, cannot resume one),
+            or (host names checked) it was not verified for ``tls_name`` by janusnet.
     """
+    if context.check_hostname:
+        verified = _SESSION_NAMES.get(session.id, _UNKNOWN)
+        if verified is _UNKNOWN:
+            raise UsageError(
+                "ssl_on(session=...): resume a session from Socket.tls_session (a resumed "
+                "handshake checks no certificate, so janusnet must know the name the "
+                "session's certificate was verified for)"
+            )
+        if verified != tls_name:
+            raise UsageError(
+                f"ssl_on(session=...): the session was verified for {verified!r}, not "
+                f"{tls_name!r}: a resumed handshake checks no certificate; pass "
+                f"server_hostname={verified!r} (for FTPS: the control connection's name)"
+            )
     if not isinstance(stream, FdStream):
         raise UsageError(
             "ssl_on(session=...): resuming a TLS session is supported on a direct "
@@ -579,12 +607,20 @@ class Socket:
 
     @property
     def tls_session(self) -> ssl.SSLSession | None:
-        """The TLS session, to resume on another connection (``ssl_on(session=...)``);
-        ``None`` before TLS. With TLS 1.3 a server sends the tickets that make it
-        resumable after the handshake: read something first (a reply).
+        """The TLS session, to resume on another connection (``ssl_on(session=...)``,
+        for the same server name: a resumed handshake checks no certificate); ``None``
+        before TLS. With TLS 1.3 a server sends the tickets that make it resumable after
+        the handshake: read something first (a reply).
         """
         ssl_object = self._ssl_object
-        return ssl_object.session if ssl_object is not None else None
+        if ssl_object is None:
+            return None
+        session = ssl_object.session
+        if session is not None and session.id:
+            if len(_SESSION_NAMES) >= _SESSION_NAMES_MAX:
+                _SESSION_NAMES.clear()
+            _SESSION_NAMES[session.id] = self._server_hostname  # (the name verified)
+        return session
 
     @property
     def closed(self) -> bool:
@@ -881,7 +917,9 @@ class Socket:
                     f"connection was reset (a send met it first): {_why(self._send_reset)}"
                 ) from self._send_reset
             self._eof = True
-            if isinstance(stream, FdTLSStream):
+            if self._ssl_object is not None and isinstance(stream, FdTLSStream):
+                # (not the TLS to an https:// proxy under a plain tunnel: the target's
+                # end is not that hop's)
                 self._close_notify = stream.close_notify_received
             return b""
         except (anyio.BrokenResourceError, OSError) as exc:
@@ -1237,8 +1275,8 @@ class Socket:
         try:
             return await start_tls(stream, hostname=tls_name, ssl_context=context, session=session)
         except BaseException as exc:
-            await self._close_stream()
-            raise_handshake_error(exc, hostname, context)
+            await self._close_stream(wait=False)  # (a failed handshake: nothing to keep)
+            raise_handshake_error(exc, hostname, context, self._secrets)
             raise  # pragma: no cover - raise_handshake_error always raises
 
     def _transport_pending(self) -> int:
@@ -1294,14 +1332,16 @@ class Socket:
                 that stalls mid-handshake cannot hang the caller (asyncio's
                 ``start_tls`` uses the same 60 s).
             session: a TLS session to resume (another socket's :attr:`tls_session`,
-                made with the same context), as FTPS servers require of a data
+                made with the same context, for the same ``server_hostname``: a resumed
+                handshake checks no certificate), as FTPS servers require of a data
                 connection; ``tls.session_reused`` says whether the server took it.
 
         Raises:
             UsageError: ``ssl_context``, ``server_hostname``, ``timeout`` or ``session``
                 of the wrong type (or a negative ``timeout``), a ``session`` of another
-                context, or one to resume inside an ``https://`` proxy's TLS (not
-                supported there); socket unchanged.
+                context, not from :attr:`tls_session` or verified for another name, or
+                one to resume inside an ``https://`` proxy's TLS (not supported there);
+                socket unchanged.
             TimeoutError: the handshake did not finish within ``timeout``; the socket is
                 closed.
             NotSSLPortError: (-110) the port does not allow an upgrade (Janus: it lacks
@@ -1390,7 +1430,7 @@ class Socket:
             raise SSLOnOtherError("ssl_on: no server_hostname to verify")
         tls_name = tls_name_for(hostname) if hostname else None
         if session is not None:
-            _check_session(session, context, stream)
+            _check_session(session, context, stream, tls_name)
         self._receiving = self._sending = True  # nothing may interleave with the handshake
         try:
             if timeout is None:  # a caller's deadline governs (ProxyTunnel.open_tls)

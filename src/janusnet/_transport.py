@@ -37,6 +37,7 @@ from ._exceptions import (
     SSLOnOtherError,
     UsageError,
     show_address,
+    withhold,
 )
 from ._tls import env_trust_hint
 
@@ -628,8 +629,8 @@ class FdTLSStream(_Direct):
                         hello = False
                         await stream._checkpoint()
                     got = await stream._feed(raw=True)
-                    if got and len(answer) < PLAIN_ANSWER_SHOWN:
-                        answer += got[:PLAIN_ANSWER_SHOWN]
+                    if got and len(answer) < PLAIN_ANSWER_KEPT:
+                        answer += got[:PLAIN_ANSWER_KEPT]
             await stream._flush(raw=True)  # the client's Finished
         except BaseException as exc:
             # Closed at once, without aclose()'s checkpoint: in a cancelled scope that
@@ -1111,7 +1112,7 @@ def tls_name_for(hostname: str) -> str:
             f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
             "over 63 characters, a space or a control character)"
         )
-    if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ipv4(name):
+    if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ip(name):
         # "127.0.0.010", "0x7f.1", "127.1": the resolver (inet_aton) reads a leading 0 as
         # octal, 0x as hex and fills short forms in, while OpenSSL checks the text as a
         # decimal address: connected to 127.0.0.8, verified as 127.0.0.10.
@@ -1125,9 +1126,11 @@ def tls_name_for(hostname: str) -> str:
     return name
 
 
-def _is_ipv4(text: str) -> bool:
+def _is_ip(text: str) -> bool:
+    """An IP address as ``ipaddress`` reads it: dotted-decimal IPv4, or IPv6 (which may
+    end in an IPv4 address: ``::ffff:127.0.0.1``)."""
     try:
-        ipaddress.IPv4Address(text)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
@@ -1598,8 +1601,10 @@ class WideReceive(anyio.abc.ByteStream):
 
 #: The attribute on a handshake's ``SSLError`` that keeps a plain-text answer's first line.
 _PLAIN_ANSWER: Final = "janusnet_plain_answer"
-#: How much of it an error message quotes.
+#: How much of it an error message quotes, and how much is kept to withhold credentials
+#: from before it is cut (a credential across the cut would show its first part).
 PLAIN_ANSWER_SHOWN: Final = 80
+PLAIN_ANSWER_KEPT: Final = 4096
 
 
 def _note_plain_answer(exc: ssl.SSLError, answer: bytes) -> None:
@@ -1607,17 +1612,29 @@ def _note_plain_answer(exc: ssl.SSLError, answer: bytes) -> None:
     plain text (a server speaking HTTP or SMTP on that port, a plain proxy reached as
     ``https://``), so the error can say so. TLS records never start with a printable
     byte."""
-    line = answer.split(b"\n", 1)[0].rstrip(b"\r")[:PLAIN_ANSWER_SHOWN]
+    line = answer.split(b"\n", 1)[0].rstrip(b"\r")[:PLAIN_ANSWER_KEPT]
     if len(line) >= 4 and all(32 <= byte < 127 for byte in line):
         setattr(exc, _PLAIN_ANSWER, line.decode("ascii"))
 
 
-def _plain_answer_hint(exc: BaseException, hostname: str | None, *, quoted: bool) -> str:
+def _plain_answer_hint(
+    exc: BaseException,
+    hostname: str | None,
+    *,
+    quoted: bool,
+    secrets: tuple[str, ...] = (),
+) -> str:
     """What a handshake error adds when the peer answered in plain text (see
-    :func:`_note_plain_answer`), with or without quoting it."""
+    :func:`_note_plain_answer`), with or without quoting it: its start, once the
+    credentials in ``secrets`` are withheld from the whole line (cut first, a
+    credential across the cut would show its first part)."""
     answer = getattr(exc, _PLAIN_ANSWER, None)
     if not isinstance(answer, str):
         return ""
+    if quoted and secrets:
+        answer = withhold(answer, secrets)
+    if len(answer) > PLAIN_ANSWER_SHOWN:
+        answer = answer[:PLAIN_ANSWER_SHOWN] + "..."
     shown = f", {answer!r}" if quoted else ""
     hint = (
         f" (plain text came where TLS was expected{shown}: the peer does not speak "
@@ -1633,7 +1650,10 @@ def _plain_answer_hint(exc: BaseException, hostname: str | None, *, quoted: bool
 
 
 def raise_handshake_error(
-    exc: BaseException, hostname: str | None, context: ssl.SSLContext | None = None
+    exc: BaseException,
+    hostname: str | None,
+    context: ssl.SSLContext | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> None:
     """Translate a failed handshake into -111 / -149 (cancellation propagates as is).
 
@@ -1653,7 +1673,7 @@ def raise_handshake_error(
                 else type(exc).__name__
             )
         ) + env_trust_hint(exc, context)
-        plain = _plain_answer_hint(exc, hostname, quoted=True)
+        plain = _plain_answer_hint(exc, hostname, quoted=True, secrets=secrets)
         # The log gets no quote of what the peer wrote: a proxy's answer may quote the
         # credentials a tunnel sent, which the tunnel withholds from the error only (and
         # the quote lives on in that message alone, not on the cause).

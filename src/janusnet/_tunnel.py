@@ -125,6 +125,19 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     return _as_received(kept)
 
 
+def _basic_pair(value: str) -> tuple[str, str] | None:
+    """``(user, password)`` of a Basic ``Proxy-Authorization`` value, or None."""
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
 def _percent_forms(text: str) -> set[str]:
     """``text`` percent-encoded the ways a proxy may quote it back in a URL or header:
     every reserved character encoded, or ``/`` left as it is (``quote``'s default), or
@@ -317,6 +330,11 @@ class ProxyTunnel:
             validate_extra_header(name, value)
             if name.strip().lower() in _CREDENTIAL_HEADERS:
                 self._secrets = _flow_forms(value, self._secrets)
+                pair = _basic_pair(value)
+                if pair is not None:  # decoded, as a proxy may quote it
+                    self._secrets = tuple(
+                        sorted({*self._secrets, *_secret_forms(*pair)}, key=len, reverse=True)
+                    )
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
         self._client_port = _client_port(client_port)
         check_ssl_context(proxy_ssl_context, "proxy_ssl_context")
@@ -551,7 +569,7 @@ class ProxyTunnel:
                         if isinstance(exc, SSLOnOtherError)
                         else _ended_by_eof(exc)
                     )
-                    await sock.aclose()
+                    await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
                     if ended:
                         how = "reset" if reset else "closed"
                         raise HandshakeError(
@@ -562,7 +580,7 @@ class ProxyTunnel:
                         ) from exc
                     raise
                 except PendingDataError as exc:
-                    await sock.aclose()
+                    await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
                     # ssl_on()'s "read them first" does not apply: the socket is closed.
                     raise PendingDataError(
                         f"{exc.pending} byte(s) came through proxy {self._address} after its "
@@ -572,7 +590,7 @@ class ProxyTunnel:
                         pending=exc.pending,
                     ) from exc
                 except BaseException:
-                    await sock.aclose()
+                    await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
                     raise
                 return sock
         except TimeoutError as exc:
@@ -742,7 +760,7 @@ class ProxyTunnel:
                 )
                 self._refuse(authority, reply, why)
         except BaseException as exc:
-            await sock.aclose()
+            await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
             if secrets and isinstance(exc, JanusnetError):
                 withhold_from_error(exc, secrets)
             raise
@@ -838,7 +856,7 @@ class ProxyTunnel:
                     sock = await self._reconnect(sock, target, phase)
                 authorization = answer
         except BaseException as exc:
-            await sock.aclose()
+            await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
             if secrets and isinstance(exc, JanusnetError):
                 withhold_from_error(exc, secrets)
             if flow is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -867,7 +885,7 @@ class ProxyTunnel:
 
     async def _reconnect(self, sock: Socket, target: str, phase: list[str] | None) -> Socket:
         """Close ``sock`` and connect to the proxy again, to answer its 407 there."""
-        await sock.aclose()
+        await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
         if phase is not None:
             phase[0] = self._connect_phase() + " again, to answer its 407"
         return await self._connect_proxy(target)

@@ -326,8 +326,8 @@ async def sock_close(num: int) -> int:
     sock = registry.get(num)
     try:
         await sock.aclose()
-    finally:  # (closed even when cancelled)
-        registry.remove(sock)
+    finally:  # (closed even when cancelled; a sock_close(-1) meanwhile may have freed it)
+        registry.discard(sock)
     return 1
 
 
