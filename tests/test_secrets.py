@@ -271,17 +271,23 @@ def percent_spellings(text: str) -> dict[str, str]:
     }
 
 
+async def read_authorization(client: SocketStream, buf: bytearray) -> bytes:
+    """Read a request head; the ``Proxy-Authorization`` value it carried (``b""``: none)."""
+    authorization = b""
+    while line := await read_line(client, buf):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"proxy-authorization":
+            authorization = value.strip()
+    return authorization
+
+
 def echoing_proxy(reply: bytes) -> Any:
     """A loopback proxy that answers CONNECT with ``reply``, in which ``{auth}`` stands for
     the ``Proxy-Authorization`` value it was sent (a proxy quoting the request back)."""
 
     async def handler(client: SocketStream) -> None:
         buf = bytearray()
-        authorization = b""
-        while line := await read_line(client, buf):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"proxy-authorization":
-                authorization = value.strip()
+        authorization = await read_authorization(client, buf)
         assert authorization.startswith(b"Basic ")
         pair = base64.b64decode(authorization.split()[1])
         answer = reply
@@ -451,11 +457,7 @@ def quoting_proxy(reply: bytes, *, challenge: bool) -> Any:
     async def handler(client: SocketStream) -> None:
         buf = bytearray()
         while True:
-            authorization = b""
-            while line := await read_line(client, buf):
-                name, _, value = line.partition(b":")
-                if name.lower() == b"proxy-authorization":
-                    authorization = value.strip()
+            authorization = await read_authorization(client, buf)
             if challenge and not authorization.startswith(b"Digest "):
                 await client.send(
                     b"HTTP/1.1 407 Proxy Authentication Required\r\n"
@@ -555,11 +557,7 @@ def plain_answering_proxy(padding: int = 0) -> Any:
 
     async def handler(client: SocketStream) -> None:
         buf = bytearray()
-        authorization = b""
-        while line := await read_line(client, buf):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"proxy-authorization":
-                authorization = value.strip()
+        authorization = await read_authorization(client, buf)
         await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client.receive()  # the ClientHello
         await client.send(b"HTTP/1.1 502 " + b"x" * padding + authorization + b"\r\n\r\n")

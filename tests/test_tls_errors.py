@@ -69,6 +69,17 @@ def record(
     return bytes(wire)
 
 
+def read_head(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, conn: socket.socket) -> bytes:
+    """Read a request head through ``tls`` (a scripted https:// proxy's CONNECT)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        try:
+            head += tls.read(65536)
+        except ssl.SSLWantReadError:
+            incoming.write(conn.recv(65536))
+    return head
+
+
 def send_then_bad(
     tls: ssl.SSLObject, out: ssl.MemoryBIO, conn: socket.socket, good: bytes, together: bool
 ) -> None:
@@ -212,12 +223,7 @@ async def test_a_bad_record_from_an_https_proxy_behind_injected_bytes(
     def proxy(
         tls: ssl.SSLObject, incoming: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
     ) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            try:
-                head += tls.read(65536)
-            except ssl.SSLWantReadError:
-                incoming.write(conn.recv(65536))
+        read_head(tls, incoming, conn)
         good = record(tls, out, b"HTTP/1.1 200 OK\r\n\r\n") + record(tls, out, b"junk")
         send_then_bad(tls, out, conn, good, together)
 
@@ -252,12 +258,7 @@ async def test_a_bad_record_from_an_https_proxy_is_not_a_close(
     def proxy(
         tls: ssl.SSLObject, incoming: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
     ) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            try:
-                head += tls.read(65536)
-            except ssl.SSLWantReadError:
-                incoming.write(conn.recv(65536))
+        read_head(tls, incoming, conn)
         conn.sendall(record(tls, out, b"HTTP/1.1 200 OK\r\n\r\n"))
         if when == "during-handshake":
             conn.recv(65536)  # the ClientHello to the origin, inside our TLS
