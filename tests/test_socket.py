@@ -327,6 +327,29 @@ async def test_socket_ssl_on_refuses_a_session_it_cannot_offer(
             assert sock.tls is not None and sock.tls.session_reused
 
 
+async def test_socket_resumed_session_must_carry_the_certificate_verified(
+    anyio_backend: str, port: ClientPort, server_context: ssl.SSLContext
+) -> None:
+    """A server picks its session IDs, so another session could carry the ID of one
+    janusnet verified: a resumed session whose certificate is not the one verified for
+    that ID closes the connection (-111). (The entry is altered here to stand for that.)"""
+    async with serve(starttls_handler(server_context)) as number:
+        async with await Socket.connect("localhost", number, client_port=port) as first:
+            await ask_starttls(first)
+            await first.ssl_on()
+            await first.send_line("x")
+            await first.recv_parsed()
+            session = first.tls_session
+        assert session is not None
+        name, _ = janusnet._socket._SESSION_NAMES[session.id]
+        janusnet._socket._SESSION_NAMES[session.id] = (name, b"another certificate")
+        async with await Socket.connect("localhost", number, client_port=port) as sock:
+            await ask_starttls(sock)
+            with pytest.raises(HandshakeError, match="resumed session's certificate"):
+                await sock.ssl_on(session=session)
+            assert sock.closed and port.open_sockets == 0
+
+
 async def test_socket_ssl_on_refuses_a_session_it_did_not_hand_out(
     anyio_backend: str, ca: trustme.CA, port: ClientPort, server_context: ssl.SSLContext
 ) -> None:

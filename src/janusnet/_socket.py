@@ -144,10 +144,12 @@ def _original(exc: BaseException) -> BaseException:
     return exc
 
 
-#: The name each session :attr:`Socket.tls_session` handed out was verified for, by
-#: session ID. A resumed handshake checks no certificate (OpenSSL trusts the session),
-#: so a session may resume only for the name its certificate was checked against.
-_SESSION_NAMES: dict[bytes, str | None] = {}
+#: The name each session :attr:`Socket.tls_session` handed out was verified for, and the
+#: certificate then verified, by session ID. A resumed handshake checks no certificate
+#: (OpenSSL trusts the session), so a session may resume only for the name its
+#: certificate was checked against, and only with that certificate (a server picks its
+#: session IDs: another session could carry the same one).
+_SESSION_NAMES: dict[bytes, tuple[str | None, bytes | None]] = {}
 _SESSION_NAMES_MAX: Final = 4096
 _UNKNOWN: Final = object()
 
@@ -166,7 +168,8 @@ def _check_session(
             or (host names checked) it was not verified for ``tls_name`` by janusnet.
     """
     if context.check_hostname:
-        verified = _SESSION_NAMES.get(session.id, _UNKNOWN)
+        known = _SESSION_NAMES.get(session.id)
+        verified = known[0] if known is not None else _UNKNOWN
         if verified is _UNKNOWN:
             raise UsageError(
                 "ssl_on(session=...): resume a session from Socket.tls_session (a resumed "
@@ -619,7 +622,11 @@ class Socket:
         if session is not None and session.id:
             if len(_SESSION_NAMES) >= _SESSION_NAMES_MAX:
                 _SESSION_NAMES.clear()
-            _SESSION_NAMES[session.id] = self._server_hostname  # (the name verified)
+            # (the name verified, and the certificate that was)
+            _SESSION_NAMES[session.id] = (
+                self._server_hostname,
+                ssl_object.getpeercert(binary_form=True),
+            )
         return session
 
     @property
@@ -1279,6 +1286,29 @@ class Socket:
             raise_handshake_error(exc, hostname, context, self._secrets)
             raise  # pragma: no cover - raise_handshake_error always raises
 
+    async def _check_resumed(
+        self,
+        tls_stream: ByteStream,
+        ssl_object: ssl.SSLObject | ssl.SSLSocket,
+        session: ssl.SSLSession,
+    ) -> None:
+        """A resumed session must carry the certificate verified when it was handed out
+        (see :data:`_SESSION_NAMES`); else the connection closes (-111).
+
+        Raises:
+            HandshakeError: it carries another one.
+        """
+        known = _SESSION_NAMES.get(session.id)
+        if known is not None and ssl_object.getpeercert(binary_form=True) == known[1]:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(tls_stream)
+        await self._close_stream(wait=False)  # (the plain stream TLS took over; the count)
+        raise HandshakeError(
+            "ssl_on: the resumed session's certificate is not the one verified for "
+            f"{known[0] if known else '?'!r} when the session was handed out; closed"
+        )
+
     def _transport_pending(self) -> int:
         """Bytes received by the transport but not yet read by us (looked at, not read)."""
         stream = self._stream
@@ -1461,11 +1491,13 @@ class Socket:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(tls_stream)
             raise SSLOnOtherError("ssl_on: the socket was closed during the handshake")
+        ssl_object = ssl_object_of(tls_stream)
+        if session is not None and ssl_object.session_reused and context.check_hostname:
+            await self._check_resumed(tls_stream, ssl_object, session)
         self._stream = tls_stream
         self._raw_socket = raw_socket_of(tls_stream)  # a direct socket's is now TLS's
         self._acks = not isinstance(tls_stream, FdTLSStream)
         self._ack_promptly()  # the TLS 1.3 session tickets arrive after the handshake
-        ssl_object = ssl_object_of(tls_stream)
         # What was verified: an international name as its A-label, no brackets or final dot.
         self._server_hostname = tls_name if tls_name is not None else hostname
         self._ssl_object = ssl_object
