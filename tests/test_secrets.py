@@ -550,7 +550,7 @@ async def test_secrets_basic_given_in_headers_sent_back_decoded(
     assert "user [credentials withheld] not allowed" in str(info.value)
 
 
-def plain_answering_proxy(padding: int = 0) -> Any:
+def plain_answering_proxy(padding: int = 0, *, split: bool = False) -> Any:
     """A loopback proxy that answers CONNECT with 200, reads the ClientHello, and answers
     it in plain text quoting the ``Proxy-Authorization`` it got (a broken proxy), after
     ``padding`` characters (so that it crosses where a quote is cut)."""
@@ -560,22 +560,36 @@ def plain_answering_proxy(padding: int = 0) -> Any:
         authorization = await read_authorization(client, buf)
         await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client.receive()  # the ClientHello
-        await client.send(b"HTTP/1.1 502 " + b"x" * padding + authorization + b"\r\n\r\n")
+        answer = b"HTTP/1.1 502 " + b"x" * padding + authorization + b"\r\n\r\n"
+        if split:  # half the credentials now, the rest after the client has given up
+            await client.send(answer[: len(answer) // 2])
+            await anyio.sleep(0.3)
+            answer = answer[len(answer) // 2 :]
+        await client.send(answer)
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             await client.receive()
 
     return serve(handler)
 
 
-@pytest.mark.parametrize("padding", [0, 40], ids=["whole", "across-the-cut"])
+@pytest.mark.parametrize(
+    ("padding", "split"),
+    [(0, False), (40, False), (0, True)],
+    ids=["whole", "across-the-cut", "split-in-two-segments"],
+)
 @pytest.mark.parametrize("how", ["open_tls", "open-then-ssl_on"])
 async def test_secrets_quoted_in_a_plain_answer_to_the_client_hello(
-    anyio_backend: str, caplog: pytest.LogCaptureFixture, where: str, how: str, padding: int
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    how: str,
+    padding: int,
+    split: bool,
 ) -> None:
     """The -111 for a plain-text answer to the ClientHello quotes its first line; the
     credentials in it are withheld as in the proxy's reply to CONNECT, also when the
     quote's cut (80 characters) falls inside them."""
-    async with plain_answering_proxy(padding) as port:
+    async with plain_answering_proxy(padding, split=split) as port:
         tunnel = make_tunnel(f"http://127.0.0.1:{port}", where)
 
         async def attempt() -> None:
@@ -588,7 +602,7 @@ async def test_secrets_quoted_in_a_plain_answer_to_the_client_hello(
         exc = await check_failure(caplog, how, HandshakeError, attempt)
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert_no_piece_of(token, list(exception_texts(exc)))
-    if not padding:
+    if not padding:  # (split: the line stops inside them, and what arrived is withheld)
         assert "'HTTP/1.1 502 [credentials withheld]'" in str(exc)
 
 
@@ -687,6 +701,15 @@ async def test_secrets_success_reprs(
     assert "auth=<hidden>" in repr(tunnel)
     assert_no_secret(texts, "success")
     assert_clean_logs(caplog, "success")
+
+
+def test_withhold_cut_takes_a_credential_the_text_stops_inside() -> None:
+    forms = ("Basic YWxpY2U6czNjcmV0LXBhc3N3b3Jk", "YWxpY2U6czNjcmV0LXBhc3N3b3Jk")
+    cut = janusnet._exceptions.withhold_cut
+    assert cut("400 Basic YWxpY2U6czNj", forms) == "400 [credentials withheld]"
+    assert cut("400 YWxpY2U6czNjcmV0", forms) == "400 [credentials withheld]"
+    assert cut("400 bad", forms) == "400 bad"  # (no start of a form at its end)
+    assert cut("a Basic YWxpY2U6czNjcmV0LXBhc3N3b3Jk b", forms) == "a [credentials withheld] b"
 
 
 def test_secrets_search_catches_a_leak() -> None:

@@ -44,7 +44,7 @@ from ._exceptions import (
     UsageError,
     printable,
     show_address,
-    withhold,
+    withhold_cut,
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
@@ -342,7 +342,8 @@ async def _first_line(sock: Socket) -> str:
     # a credential across the cut would show its first part.
     data = await sock.recv(min(sock.pending, PLAIN_ANSWER_KEPT))
     line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
-    return printable(withhold(line, sock._secrets), PLAIN_ANSWER_SHOWN)
+    # (what arrived so far: it may stop inside a credential)
+    return printable(withhold_cut(line, sock._secrets), PLAIN_ANSWER_SHOWN)
 
 
 def _cli_text(exc: SSLOnError, context: ssl.SSLContext, option: str = "--cafile") -> str:

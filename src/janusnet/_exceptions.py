@@ -141,6 +141,22 @@ def withhold(text: str, forms: tuple[str, ...]) -> str:
     return text
 
 
+#: The shortest start of a credential form that a cut text may end in and still be
+#: withheld (shorter starts tell nothing).
+_PARTIAL_FORM: Final = 4
+
+
+def withhold_cut(text: str, forms: tuple[str, ...]) -> str:
+    """:func:`withhold` for text that may stop inside a credential (the part of a line
+    that arrived, or what was kept of it): also an end that is the start of a form."""
+    text = withhold(text, forms)
+    for form in forms:
+        for size in range(min(len(form) - 1, len(text)), _PARTIAL_FORM - 1, -1):
+            if text.endswith(form[:size]):
+                return text[:-size] + WITHHELD
+    return text
+
+
 def withhold_from_error(exc: BaseException, forms: tuple[str, ...]) -> None:
     """Cut the credentials out of an error and its chain (their text may quote what a
     proxy sent, such as a malformed status line, or a plain-text answer to a

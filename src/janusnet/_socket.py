@@ -176,7 +176,11 @@ def _check_session(
                 "handshake checks no certificate, so janusnet must know the name the "
                 "session's certificate was verified for)"
             )
-        if verified != tls_name:
+        if (
+            not isinstance(verified, str)
+            or tls_name is None
+            or verified.lower() != tls_name.lower()
+        ):
             raise UsageError(
                 f"ssl_on(session=...): the session was verified for {verified!r}, not "
                 f"{tls_name!r}: a resumed handshake checks no certificate; pass "

@@ -37,7 +37,7 @@ from ._exceptions import (
     SSLOnOtherError,
     UsageError,
     show_address,
-    withhold,
+    withhold_cut,
 )
 from ._tls import env_trust_hint
 
@@ -1632,7 +1632,8 @@ def _plain_answer_hint(
     if not isinstance(answer, str):
         return ""
     if quoted and secrets:
-        answer = withhold(answer, secrets)
+        # (the line may be cut: what arrived before the error, or what is kept of it)
+        answer = withhold_cut(answer, secrets)
     if len(answer) > PLAIN_ANSWER_SHOWN:
         answer = answer[:PLAIN_ANSWER_SHOWN] + "..."
     shown = f", {answer!r}" if quoted else ""
