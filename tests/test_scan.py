@@ -377,6 +377,31 @@ def test_scanner_many_records_match_oracle(
     assert drive(chunks, tokens, max_bytes) == oracle(stream, tokens, max_bytes)
 
 
+@st.composite
+def long_record_streams(draw: st.DrawFn) -> tuple[TokenSet, bytes]:
+    """Records of 0.5-5 KB ended by one token (records this long are cut ahead without
+    searching the first one again); the data sometimes hold the token's bytes."""
+    token = draw(st.sampled_from([b"\r\n", b"\n", b"ab"]))
+    fill = draw(st.sampled_from([b"x", b"xa", b"x\r", b"b"]))
+    sizes = draw(st.lists(st.integers(500, 5000), min_size=1, max_size=8))
+    stream = b"".join((fill * size)[:size] + token for size in sizes)
+    return TokenSet([token]), stream + draw(st.sampled_from([b"", b"x" * 700]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    long_record_streams(),
+    st.integers(1, 12000),
+    st.one_of(st.none(), st.integers(300, 12000)),
+)
+def test_scanner_long_records_match_oracle(
+    case: tuple[TokenSet, bytes], chunk: int, max_bytes: int | None
+) -> None:
+    tokens, stream = case
+    chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+    assert drive(chunks, tokens, max_bytes) == oracle(stream, tokens, max_bytes)
+
+
 def test_scanner_cuts_a_large_buffer_in_windows_within_the_limit() -> None:
     """With a limit, records are cut a window at a time; none is over the limit."""
     tokens = TokenSet([b"\r\n", b"\n", b"|"])

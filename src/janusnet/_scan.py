@@ -63,6 +63,9 @@ SKIP_MAX: Final = 64
 #: on its own: converting the buffer to ``bytes`` and then splitting it would hold the
 #: record three times over at the peak instead of twice.
 BIG_RECORD: Final = 1 << 20
+#: A first record at least this long is not searched again when records are cut ahead
+#: (its token was just found); shorter ones cost less to split over than to set apart.
+SPLIT_AFTER_FIRST: Final = 1024
 #: Up to this many tokens, ``scan`` looks for each with ``bytes.find`` (``memchr`` speed,
 #: positions cached per token); beyond, one regular-expression search finds the earliest
 #: (each token's own search would cover the buffer again and again).
@@ -634,7 +637,15 @@ class Scanner:
         """Cut every complete record ended by ``token`` (the only token) at once, from
         the window :meth:`_window` gives (records over the limit: see there)."""
         buf, pos, stop, limit = self._window(max_bytes, len(token), len(token), need)
-        parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
+        if need < SPLIT_AFTER_FIRST:
+            parts = (buf[pos:stop] if pos or stop < len(buf) else buf).split(token)
+        else:
+            # The first record's token was just found at pos + need: split only what
+            # follows it (long records would otherwise be searched twice, and a window
+            # capped by the limit ends in most of the next one).
+            after = pos + need + len(token)
+            parts = buf[after:stop].split(token)
+            parts.insert(0, buf[pos : pos + need])
         tail = len(parts.pop())  # the unfinished tail
         if limit is not None and parts and max(map(len, parts)) > limit:
             # A record over the limit: cut the window that cannot hold one instead, and
