@@ -510,8 +510,8 @@ class ProxyTunnel:
             ssl_context: the origin's context (default: the port's, else the verified
                 default).
             session: a TLS session to resume (``Socket.tls_session`` of an earlier
-                connection with the same context); not inside an ``https://`` proxy's
-                TLS.
+                connection to ``host`` with the same context: a resumed handshake checks
+                no certificate); not inside an ``https://`` proxy's TLS.
 
         Returns:
             A TLS socket to the target.
@@ -519,7 +519,8 @@ class ProxyTunnel:
         Raises:
             UsageError: as :meth:`open`, or ``ssl_context`` is not an ``SSLContext``;
                 ``session`` is not an ``SSLSession`` or the proxy is ``https://``
-                (nothing sent), or it is of another context (the tunnel is closed).
+                (nothing sent), or it is of another context, not from ``tls_session`` or
+                verified for another name (the tunnel is closed).
             NotSSLPortError: the client port is ``TLSMode.NEVER`` (-110; nothing sent).
             AccessDeniedError: as :meth:`open`.
             PortLimitError: as :meth:`open`.
