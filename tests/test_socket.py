@@ -283,6 +283,7 @@ async def test_socket_ssl_on_resumes_a_session(
             assert control.tls_session is None
             await ask_starttls(control)
             await control.ssl_on()
+            early = control.tls_session  # TLS 1.3: before the tickets, nothing to resume
             await control.send_line("PBSZ 0")  # a reply read: TLS 1.3's tickets with it
             assert (await control.recv_parsed()).data == b"PBSZ 0"
             session = control.tls_session
@@ -290,6 +291,10 @@ async def test_socket_ssl_on_resumes_a_session(
             assert control.tls is not None and not control.tls.session_reused
         async with await Socket.connect("localhost", number, client_port=port) as data:
             await ask_starttls(data)
+            if version == "TLSv1_3":
+                assert early is not None
+                with pytest.raises(UsageError, match="not resumable yet"):
+                    await data.ssl_on(session=early)
             await data.ssl_on(session=session)
             assert data.tls is not None and data.tls.session_reused
             assert data.tls.version == version.replace("_", ".")

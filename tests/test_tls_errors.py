@@ -186,6 +186,26 @@ async def test_every_receive_after_a_bad_record_fails_at_once(
     peer.thread.join(10)
 
 
+async def test_plain_text_after_tls_is_named(
+    anyio_backend: str, ca: trustme.CA, port: ClientPort
+) -> None:
+    """A server that writes plain text on a TLS connection (vsftpd's "500 OOPS" after a
+    failed data connection): the reset says plain text came, not only OpenSSL's words."""
+
+    def plain_after(
+        tls: ssl.SSLObject, _: ssl.MemoryBIO, out: ssl.MemoryBIO, conn: socket.socket
+    ) -> None:
+        conn.sendall(record(tls, out, b"hello\r\n") + b"500 OOPS: vsftpd\r\n")
+
+    peer = ScriptedTLSPeer(server_context(ca), plain_after)
+    async with await connect(peer, port, "direct") as sock:
+        with anyio.fail_after(10):
+            assert (await sock.recv_parsed()).data == b"hello"
+            with pytest.raises(SocketResetError, match="plain text came where TLS records"):
+                await sock.recv_parsed()
+    peer.thread.join(10)
+
+
 @pytest.mark.parametrize("stack", ["direct", "anyio-stream"])
 async def test_a_send_after_a_ragged_end_is_a_reset(
     anyio_backend: str, ca: trustme.CA, port: ClientPort, stack: str

@@ -170,6 +170,12 @@ def _check_session(
     if context.check_hostname:
         known = _SESSION_NAMES.get(session.id)
         verified = known[0] if known is not None else _UNKNOWN
+        if verified is _UNKNOWN and not session.id:
+            raise UsageError(
+                "ssl_on(session=...): the session is not resumable yet (no ticket): with "
+                "TLS 1.3 the server sends its tickets after the handshake; read a reply on "
+                "that connection first, then take its tls_session again"
+            )
         if verified is _UNKNOWN:
             raise UsageError(
                 "ssl_on(session=...): resume a session from Socket.tls_session (a resumed "
@@ -202,9 +208,13 @@ def _check_session(
 
 def _why(exc: BaseException) -> str:
     """What broke, for a message: the OS or TLS error under anyio's bare wrapper."""
-    if isinstance(exc, anyio.EndOfStream):  # anyio's TLSStream, writing after a ragged end
+    if isinstance(exc, anyio.EndOfStream):  # anyio's TLS stream, writing after a ragged end
         return "the peer ended the TLS session (without close_notify)"
-    return repr(_original(exc))
+    original = _original(exc)
+    if isinstance(original, ssl.SSLError) and original.reason == "WRONG_VERSION_NUMBER":
+        # (an FTPS server's "500 OOPS" after a failed data connection, say)
+        return f"{original!r}: plain text came where TLS records were expected"
+    return repr(original)
 
 
 def _is_peer_reset(exc: BaseException) -> bool:
