@@ -302,17 +302,24 @@ async def test_socket_ssl_on_resumes_a_session(
             assert (await data.recv_parsed()).data == b"STOR"
 
 
+async def resumable_session(number: int, port: ClientPort) -> ssl.SSLSession:
+    """A session of a STARTTLS exchange on ``number``, taken after a reply was read (so
+    that a TLS 1.3 server's tickets came)."""
+    async with await Socket.connect("localhost", number, client_port=port) as first:
+        await ask_starttls(first)
+        await first.ssl_on()
+        await first.send_line("x")
+        await first.recv_parsed()
+        session = first.tls_session
+    assert session is not None
+    return session
+
+
 async def test_socket_ssl_on_refuses_a_session_it_cannot_offer(
     anyio_backend: str, ca: trustme.CA, port: ClientPort, server_context: ssl.SSLContext
 ) -> None:
     async with serve(starttls_handler(server_context)) as number:
-        async with await Socket.connect("localhost", number, client_port=port) as first:
-            await ask_starttls(first)
-            await first.ssl_on()
-            await first.send_line("x")
-            await first.recv_parsed()
-            session = first.tls_session
-        assert session is not None
+        session = await resumable_session(number, port)
         other = ssl.create_default_context()
         ca.configure_trust(other)
         async with await Socket.connect("localhost", number, client_port=port) as sock:
@@ -339,13 +346,7 @@ async def test_socket_resumed_session_must_carry_the_certificate_verified(
     janusnet verified: a resumed session whose certificate is not the one verified for
     that ID closes the connection (-111). (The entry is altered here to stand for that.)"""
     async with serve(starttls_handler(server_context)) as number:
-        async with await Socket.connect("localhost", number, client_port=port) as first:
-            await ask_starttls(first)
-            await first.ssl_on()
-            await first.send_line("x")
-            await first.recv_parsed()
-            session = first.tls_session
-        assert session is not None
+        session = await resumable_session(number, port)
         name, _ = janusnet._socket._SESSION_NAMES[session.id]
         janusnet._socket._SESSION_NAMES[session.id] = (name, b"another certificate")
         async with await Socket.connect("localhost", number, client_port=port) as sock:
