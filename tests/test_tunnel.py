@@ -461,15 +461,20 @@ def test_tunnel_from_env_rejects_unknown_arguments() -> None:
         ProxyTunnel.from_env("example.com", 443, environ={}, colour="blue")  # type: ignore[call-arg]
 
 
+def https_tunnel(tls_proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort) -> ProxyTunnel:
+    """A tunnel through ``tls_proxy`` as an ``https://`` proxy (trusting origin's CA)."""
+    return ProxyTunnel(
+        f"https://localhost:{tls_proxy.port}",
+        client_port=port,
+        proxy_ssl_context=origin.client_context(),
+    )
+
+
 async def test_tunnel_https_proxy_tls_in_tls(
     anyio_backend: str, origin: TLSOrigin, port: ClientPort
 ) -> None:
     with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
-        tunnel = ProxyTunnel(
-            f"https://localhost:{tls_proxy.port}",
-            client_port=port,
-            proxy_ssl_context=origin.client_context(),
-        )
+        tunnel = https_tunnel(tls_proxy, origin, port)
         async with await tunnel.open_tls("localhost", origin.port) as sock:
             assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
         assert tls_proxy.log[0].target == f"localhost:{origin.port}"
@@ -497,11 +502,7 @@ async def test_tunnel_session_inside_an_https_proxy_is_refused(
         session = first.tls_session
     assert session is not None
     with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
-        tunnel = ProxyTunnel(
-            f"https://localhost:{tls_proxy.port}",
-            client_port=port,
-            proxy_ssl_context=origin.client_context(),
-        )
+        tunnel = https_tunnel(tls_proxy, origin, port)
         with pytest.raises(UsageError, match="nothing was sent"):
             await tunnel.open_tls("localhost", origin.port, session=session)
         assert tls_proxy.log == []
@@ -524,11 +525,7 @@ async def test_tunnel_plain_through_an_https_proxy_has_no_close_notify_of_its_ow
 
     async with serve(say_bye) as target:
         with ConnectProxy(ssl_context=origin.server_context) as tls_proxy:
-            tunnel = ProxyTunnel(
-                f"https://localhost:{tls_proxy.port}",
-                client_port=port,
-                proxy_ssl_context=origin.client_context(),
-            )
+            tunnel = https_tunnel(tls_proxy, origin, port)
             async with await tunnel.open("127.0.0.1", target) as sock:
                 with anyio.fail_after(10):
                     assert (await sock.recv_parsed()).data == b"bye"

@@ -44,7 +44,6 @@ from ._exceptions import (
     UsageError,
     printable,
     show_address,
-    withhold_cut,
 )
 from ._proxyenv import ProxyURL, no_proxy_matches, parse_proxy_url
 from ._socket import TLS_PHASE, Socket
@@ -59,8 +58,8 @@ from ._tls import (
 )
 from ._transport import (
     PLAIN_ANSWER_KEPT,
-    PLAIN_ANSWER_SHOWN,
     open_hop,
+    quote_line,
     raise_handshake_error,
     ssl_object_of,
     start_tls,
@@ -342,8 +341,7 @@ async def _first_line(sock: Socket) -> str:
     # a credential across the cut would show its first part.
     data = await sock.recv(min(sock.pending, PLAIN_ANSWER_KEPT))
     line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
-    # (what arrived so far: it may stop inside a credential)
-    return printable(withhold_cut(line, sock._secrets), PLAIN_ANSWER_SHOWN)
+    return quote_line(line, sock._secrets)  # (what arrived so far: it may stop anywhere)
 
 
 def _cli_text(exc: SSLOnError, context: ssl.SSLContext, option: str = "--cafile") -> str:

@@ -151,7 +151,6 @@ def _original(exc: BaseException) -> BaseException:
 #: session IDs: another session could carry the same one).
 _SESSION_NAMES: dict[bytes, tuple[str | None, bytes | None]] = {}
 _SESSION_NAMES_MAX: Final = 4096
-_UNKNOWN: Final = object()
 
 
 def _check_session(
@@ -169,24 +168,20 @@ def _check_session(
     """
     if context.check_hostname:
         known = _SESSION_NAMES.get(session.id)
-        verified = known[0] if known is not None else _UNKNOWN
-        if verified is _UNKNOWN and not session.id:
+        if known is None and not session.id:
             raise UsageError(
                 "ssl_on(session=...): the session is not resumable yet (no ticket): with "
                 "TLS 1.3 the server sends its tickets after the handshake; read a reply on "
                 "that connection first, then take its tls_session again"
             )
-        if verified is _UNKNOWN:
+        if known is None:
             raise UsageError(
                 "ssl_on(session=...): resume a session from Socket.tls_session (a resumed "
                 "handshake checks no certificate, so janusnet must know the name the "
                 "session's certificate was verified for)"
             )
-        if (
-            not isinstance(verified, str)
-            or tls_name is None
-            or verified.lower() != tls_name.lower()
-        ):
+        verified = known[0]
+        if str(verified).lower() != str(tls_name).lower():  # (names match in any case)
             raise UsageError(
                 f"ssl_on(session=...): the session was verified for {verified!r}, not "
                 f"{tls_name!r}: a resumed handshake checks no certificate; pass "

@@ -36,9 +36,11 @@ from ._exceptions import (
     HandshakeError,
     SSLOnOtherError,
     UsageError,
+    printable,
     show_address,
     withhold_cut,
 )
+from ._ports import _is_ip_literal
 from ._tls import env_trust_hint
 
 if TYPE_CHECKING:
@@ -108,6 +110,24 @@ try:  # how many bytes the kernel holds for a socket, without reading them (Unix
 except ImportError:  # pragma: no cover - Windows
     _FIONREAD = None
 _unpack_int = struct.Struct("i").unpack
+
+
+def _drop_arrived(sock: _stdsocket.socket, budget: int) -> int | None:
+    """Read and drop, without waiting, what the kernel has received for ``sock``, up to
+    ``budget`` bytes: how many, or ``None`` once no more can come or be dropped (the
+    peer's FIN, an error, the budget spent)."""
+    dropped = 0
+    try:
+        while dropped < budget:
+            data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
+            if not data:
+                return None
+            dropped += len(data)
+    except BlockingIOError:  # all of it
+        return dropped
+    except OSError:
+        return None
+    return None
 
 
 def _unsent(sock: _stdsocket.socket) -> int:
@@ -370,15 +390,7 @@ class _Direct(SocketStream):
         try:  # (trio raises KeyboardInterrupt anywhere: the descriptor is closed anyway)
             if notify:
                 _notify_closing(sock)  # wakes a task waiting on it: ClosedResourceError
-            drained = 0
-            try:
-                while drained < CLOSE_DRAIN:
-                    data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
-                    if not data:
-                        break
-                    drained += len(data)
-            except OSError:  # BlockingIOError: nothing unread; else: closing anyway
-                pass
+            _drop_arrived(sock, CLOSE_DRAIN)
         finally:
             sock.close()
 
@@ -412,17 +424,12 @@ class _Direct(SocketStream):
         drained = 0
         delay = 0.001
         while True:
-            try:
-                while drained < CLOSE_DRAIN:
-                    data = sock.recv(65536, _stdsocket.MSG_DONTWAIT)
-                    if not data:
-                        return  # the peer's FIN: nothing more comes to reset against
-                    drained += len(data)
-                return  # a flood: closing anyway (CLOSE_DRAIN)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return  # reset: nothing left to save
+            # The peer's FIN (nothing more comes to reset against), a reset (nothing left
+            # to save) or a flood (CLOSE_DRAIN): close now.
+            dropped = _drop_arrived(sock, CLOSE_DRAIN - drained)
+            if dropped is None:
+                return
+            drained += dropped
             now = anyio.current_time()
             left = _unsent(sock)
             if not left:
@@ -1112,7 +1119,7 @@ def tls_name_for(hostname: str) -> str:
             f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
             "over 63 characters, a space or a control character)"
         )
-    if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ip(name):
+    if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ip_literal(name):
         # "127.0.0.010", "0x7f.1", "127.1": the resolver (inet_aton) reads a leading 0 as
         # octal, 0x as hex and fills short forms in, while OpenSSL checks the text as a
         # decimal address: connected to 127.0.0.8, verified as 127.0.0.10.
@@ -1124,16 +1131,6 @@ def tls_name_for(hostname: str) -> str:
             "server_hostname= the name to verify"
         )
     return name
-
-
-def _is_ip(text: str) -> bool:
-    """An IP address as ``ipaddress`` reads it: dotted-decimal IPv4, or IPv6 (which may
-    end in an IPv4 address: ``::ffff:127.0.0.1``)."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 async def start_tls(
@@ -1617,6 +1614,14 @@ def _note_plain_answer(exc: ssl.SSLError, answer: bytes) -> None:
         setattr(exc, _PLAIN_ANSWER, line.decode("ascii"))
 
 
+def quote_line(line: str, secrets: tuple[str, ...]) -> str:
+    """The start of a line a peer sent, for a message: the credentials in ``secrets``
+    withheld first, also where the line stops inside one (what arrived before an error,
+    or what is kept of it: cut first, a credential across the cut would show its first
+    part), then escaped and cut to :data:`PLAIN_ANSWER_SHOWN` characters."""
+    return printable(withhold_cut(line, secrets), PLAIN_ANSWER_SHOWN)
+
+
 def _plain_answer_hint(
     exc: BaseException,
     hostname: str | None,
@@ -1631,12 +1636,7 @@ def _plain_answer_hint(
     answer = getattr(exc, _PLAIN_ANSWER, None)
     if not isinstance(answer, str):
         return ""
-    if quoted and secrets:
-        # (the line may be cut: what arrived before the error, or what is kept of it)
-        answer = withhold_cut(answer, secrets)
-    if len(answer) > PLAIN_ANSWER_SHOWN:
-        answer = answer[:PLAIN_ANSWER_SHOWN] + "..."
-    shown = f", {answer!r}" if quoted else ""
+    shown = f", {quote_line(answer, secrets)!r}" if quoted else ""
     hint = (
         f" (plain text came where TLS was expected{shown}: the peer does not speak "
         "TLS here, or wrote before its handshake, or something on the way injected it"

@@ -176,14 +176,17 @@ def _flow_forms(value: str | bytes, known: tuple[str, ...]) -> tuple[str, ...]:
     Digest answer, one given in ``headers``) a proxy could send back, longest first: the
     value, and its credentials (what follows the scheme) when long enough to be told from
     chance, as sent and percent-encoded; for Digest also the ``response`` hash alone
-    (with the challenge, it is enough to guess the password offline)."""
+    (with the challenge, it is enough to guess the password offline), for Basic the
+    forms of the ``user:password`` it decodes to (as a proxy may quote it)."""
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     forms = {text, *_percent_forms(text)}
     credentials = text.partition(" ")[2].strip()
     if len(credentials) >= _MIN_FORM:
         forms.update({credentials, *_percent_forms(credentials)})
     forms.update(match.group(1) for match in _DIGEST_RESPONSE.finditer(credentials))
-    return tuple(sorted({*known, *_as_received(forms)}, key=len, reverse=True))
+    pair = _basic_pair(text)
+    decoded = _secret_forms(*pair) if pair is not None else ()
+    return tuple(sorted({*known, *_as_received(forms), *decoded}, key=len, reverse=True))
 
 
 def _offered(schemes: Iterable[str]) -> str:
@@ -330,11 +333,6 @@ class ProxyTunnel:
             validate_extra_header(name, value)
             if name.strip().lower() in _CREDENTIAL_HEADERS:
                 self._secrets = _flow_forms(value, self._secrets)
-                pair = _basic_pair(value)
-                if pair is not None:  # decoded, as a proxy may quote it
-                    self._secrets = tuple(
-                        sorted({*self._secrets, *_secret_forms(*pair)}, key=len, reverse=True)
-                    )
         self._headers: tuple[tuple[str, str], ...] = tuple(items)
         self._client_port = _client_port(client_port)
         check_ssl_context(proxy_ssl_context, "proxy_ssl_context")
