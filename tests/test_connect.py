@@ -817,6 +817,27 @@ def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        # A right-to-left override and a line separator, sent as UTF-8 (shown as UTF-8).
+        ("abc\u202edcba\u2028x", "abc\\u202edcba\\u2028x"),
+        ("a\u2066b\u2069\u200b\ufeffc", "a\\u2066b\\u2069\\u200b\\ufeffc"),
+        ("caf\u00e9 \u65e5\u672c", "caf\u00e9 \u65e5\u672c"),  # ordinary text stays
+    ],
+    ids=["rtl-override", "isolates-zero-width", "plain-unicode"],
+)
+def test_refusal_messages_escape_text_that_reorders_or_hides(reason: str, shown: str) -> None:
+    """A reason phrase cannot pose as other text in a log line ("Trojan Source"): the
+    characters that reorder or hide text are shown escaped, in the message and the
+    log record; the reason itself stays on ``.reason`` as sent."""
+    wire = reason.encode("utf-8").decode("latin-1")  # what the reply reader hands over
+    with pytest.raises(ProxyRefusedError) as caught:
+        check_reply(ProxyReply(403, wire, "1.1", ()), proxy="p:1")
+    assert str(caught.value) == f"proxy p:1 refused CONNECT: 403 {shown}"
+    assert caught.value.reason == wire
+
+
+@pytest.mark.parametrize(
     ("status", "headers", "detail"),
     [
         (503, [("X-Squid-Error", "ERR_CONNECT_FAIL 111")], "X-Squid-Error: ERR_CONNECT_FAIL 111"),

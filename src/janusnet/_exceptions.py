@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import re
 import ssl
+import unicodedata
 from collections.abc import Sequence
 from typing import Final
 
@@ -118,14 +119,32 @@ class UsageError(JanusnetError, ValueError):
 
 
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: Unicode categories shown escaped as well: format characters (bidirectional overrides
+#: and isolates, zero-width characters), line and paragraph separators, surrogates and
+#: unassigned code points.
+_HIDDEN: Final = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(text: str, limit: int = 200) -> str:
     """Text a peer sent (a reason phrase, a header), safe for a message, a log line or a
     terminal: control characters (C0 but tab, DEL, C1) as ``\\xNN`` escapes, so an escape
-    sequence cannot retitle, clear or repaint an operator's terminal; cut at ``limit``."""
-    text = _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    sequence cannot retitle, clear or repaint an operator's terminal; Unicode characters
+    that reorder or hide text (a right-to-left override, a line separator: "Trojan
+    Source") as ``\\uNNNN``, so a line cannot pose as another; cut at ``limit``."""
+    shown = _UNPRINTABLE.sub(lambda match: _escaped(match.group()), text[:limit])
+    if not shown.isascii():  # (escapes only lengthen: the first ``limit`` characters do)
+        shown = "".join(
+            _escaped(char) if char > "\x9f" and unicodedata.category(char) in _HIDDEN else char
+            for char in shown
+        )
+    return shown if len(shown) <= limit and len(text) <= limit else shown[:limit] + "..."
 
 
 #: What stands in for credentials in text a proxy sent back.
