@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -678,6 +679,52 @@ async def test_tunnel_open_tls_through_a_tunnel_closed_before_the_handshake(
             assert info.value.code == -111
         assert f"127.0.0.1:{number}" in str(info.value), info.value
         assert f"localhost:{origin.port}" in str(info.value), info.value
+
+
+async def test_tunnel_open_tls_through_a_proxy_that_answers_and_closes_at_once(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort
+) -> None:
+    """A proxy that answers 200 and closes the moment it accepts, before reading: when
+    its FIN goes out before our CONNECT arrives, its kernel answers the CONNECT with a
+    reset, and Linux then says EPIPE, not ECONNRESET, to our ClientHello. The same end
+    of the same tunnel: -111 saying the proxy closed it, as for the FIN or the reset
+    alone. (It was -149 "TLS handshake ... broke: BrokenPipeError", in 20-45 % of the
+    runs; found by a differential check against curl.) A thread accepts, so that the
+    answer races the request as a quick proxy's does."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    runs = 20
+
+    def answer_and_close() -> None:
+        for _ in range(runs):
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # (the test failed: no more connections come)
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+    thread = threading.Thread(target=answer_and_close)
+    thread.start()
+    try:
+        number = listener.getsockname()[1]
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", client_port=port)
+        for _ in range(runs):
+            with anyio.fail_after(10), pytest.raises(janusnet.JanusnetError) as info:
+                await tunnel.open_tls("localhost", origin.port)
+            if isinstance(info.value, ProxyProtocolError):
+                assert "reset the connection during CONNECT" in str(info.value), info.value
+                continue
+            assert isinstance(info.value, janusnet.HandshakeError), repr(info.value)
+            assert info.value.code == -111
+            assert f"proxy 127.0.0.1:{number} " in str(info.value), info.value
+            assert f"the tunnel to localhost:{origin.port}" in str(info.value), info.value
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def test_tunnel_context_not_mutated(origin: TLSOrigin) -> None:

@@ -216,13 +216,23 @@ def _is_peer_reset(exc: BaseException) -> bool:
     """``exc`` is, or was caused by, the peer resetting the connection (``ECONNRESET``).
 
     Not ``EPIPE``: Linux says that when the peer's FIN came before its reset, and then the
-    end of stream a read meets is the peer's real, clean end.
+    end of stream a read meets is the peer's real, clean end (see :func:`_is_broken_pipe`).
     """
+    return _caused_by(exc, ConnectionResetError)
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """``exc`` is, or was caused by, ``EPIPE``: on a socket whose sending side we did not
+    shut down, the peer closed (its FIN), then reset what we sent after."""
+    return _caused_by(exc, BrokenPipeError)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     seen: BaseException | None = exc
     for _ in range(8):  # anyio and janusnet wrap it a level or two deep
         if seen is None:
             return False
-        if isinstance(seen, ConnectionResetError):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -74,7 +74,7 @@ from ._exceptions import (
 from ._ports import ClientPort, TLSMode, _is_ip_literal
 from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_peer_reset
+from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_broken_pipe, _is_peer_reset
 from ._tls import default_context_for
 from ._transport import FdStream, allowed_addresses, open_hop, tcp_options
 
@@ -561,11 +561,14 @@ class ProxyTunnel:
                     # proxy that answers 200 before it reaches the target, then gives up):
                     # -111 either way, saying so (OpenSSL's words name neither end). A
                     # proxy that closes with our ClientHello unread makes its kernel send
-                    # a reset instead of FIN: the same end, so the same answer.
-                    reset = isinstance(exc, SSLOnOtherError) and _is_peer_reset(exc)
+                    # a reset instead of FIN: the same end, so the same answer. So does
+                    # one that closed before our CONNECT came: its reset then follows its
+                    # FIN, and Linux says EPIPE to the ClientHello.
+                    other = isinstance(exc, SSLOnOtherError)
+                    reset = other and _is_peer_reset(exc)
                     ended = reset or (
-                        sock._closed_before_tls()
-                        if isinstance(exc, SSLOnOtherError)
+                        (sock._closed_before_tls() or _is_broken_pipe(exc))
+                        if other
                         else _ended_by_eof(exc)
                     )
                     await sock._close_stream(wait=False)  # (at once: no wait for unsent bytes)
