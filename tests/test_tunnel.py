@@ -624,6 +624,50 @@ async def test_tunnel_answer_on_a_kept_connection_the_proxy_then_closed(
     assert len(heads) == (2 if how == "fin-after-407" else 3)
 
 
+async def test_tunnel_refusals_with_malformed_framing_are_refusals(anyio_backend: str) -> None:
+    """A 403 whose Content-Length is malformed is a ProxyRefusedError with status 403
+    (it was a ProxyProtocolError with the status only in its text); a 407 with one is
+    answered on a new connection, since its body has no length to drain."""
+    from loopback import read_line, serve
+
+    heads: list[list[bytes]] = []
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        head = []
+        while line := await read_line(stream, buf):
+            head.append(line)
+        heads.append(head)
+        target = head[0].split()[1]
+        if target.startswith(b"denied"):
+            await stream.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: abc\r\n\r\nno")
+        elif not any(h.lower().startswith(b"proxy-authorization:") for h in head):
+            await stream.send(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b'Proxy-Authenticate: Digest realm="r", nonce="n1", qop="auth"\r\n'
+                b"Transfer-Encoding: bogus\r\n\r\nno!"
+            )
+        else:
+            await stream.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await stream.send(await stream.receive())  # echo once
+        await stream.aclose()
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{number}", auth=("alice", "pw"), preemptive_basic=False
+        )
+        with anyio.fail_after(10):
+            with pytest.raises(ProxyRefusedError) as info:
+                await tunnel.open("denied.example", 443)
+            assert info.value.status == 403
+            assert ("Content-Length", "abc") in info.value.headers
+            async with await tunnel.open("target.example", 443) as sock:
+                assert sock.proxy_reply is not None and sock.proxy_reply.status == 200
+                await sock.send(b"ping")
+                assert await sock.recv() == b"ping"
+    assert len(heads) == 3  # the 403; the 407, then the answer on a connection of its own
+
+
 async def test_tunnel_proxy_that_closes_without_replying(anyio_backend: str) -> None:
     """pproxy reads CONNECT and closes without a word when it cannot reach the target:
     ``ProxyProtocolError`` says so, with no h11 error as its cause, and the socket is

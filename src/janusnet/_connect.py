@@ -763,7 +763,9 @@ class ConnectReplyReader:
                 proxy=self._proxy,
             ) from exc
 
-    def _complete(self, event: h11.Response, *, renamed: bool = False) -> ProxyReply:
+    def _complete(
+        self, event: h11.Response, *, renamed: bool = False, unframed: bool = False
+    ) -> ProxyReply:
         self._head_bytes = self._received - len(self._conn.trailing_data[0])
         if self._head_bytes > self._max_head_bytes:
             raise self._too_big()
@@ -784,7 +786,9 @@ class ConnectReplyReader:
             for token in value.split(",")
         }
         self._keep_alive = "close" not in tokens and (version != "1.0" or "keep-alive" in tokens)
-        if reply.status in _BODYLESS_STATUSES or 200 <= reply.status < 300:
+        if unframed:
+            self._body_length = None  # (malformed framing: the body ends with the connection)
+        elif reply.status in _BODYLESS_STATUSES or 200 <= reply.status < 300:
             self._body_length = 0  # a 2xx is a tunnel: its framing headers mean nothing
         elif reply.get_all("transfer-encoding"):
             self._body_length = -1  # chunked (h11 refuses any other coding)
@@ -803,48 +807,48 @@ class ConnectReplyReader:
         fresh h11 with those header names renamed in the 1xx and 2xx heads (and put back
         in the reply as sent); the bytes after them go as they came.
 
+        A final reply that is not 2xx and has malformed ones itself is read the same way
+        (a refusal is a refusal: its status reaches the caller), but its body then has no
+        length: it ends when the connection does, which is not reused.
+
         Returns:
             ``(True, reply)``, or ``(True, None)`` when the final head is still to come
             (the fresh h11 reads it); ``(False, None)`` when the heads cannot be read
             this way either (h11's first error stands).
-
-        Raises:
-            ProxyProtocolError: a final reply that is not 2xx has malformed framing
-                headers (they would frame its body).
         """
         data = bytes(self._head_data)
-        pos = 0
-        code = 0
-        heads = bytearray()
-        while code < 200 and (end := _HEAD_END.search(data, pos)) is not None:
-            status = _STATUS_CODE.match(data, pos)
-            if status is None:
-                return False, None
-            code = int(status.group(1))
-            head = data[pos : end.end()]
-            if code < 300:
-                head = _FRAMING_HEADER.sub(lambda m: _RENAMED + m.group(1).hex().encode(), head)
-            heads += head
-            pos = end.end()
-        conn = self._new_conn()
-        conn.receive_data(bytes(heads) + data[pos:])
-        try:
-            while not isinstance(event := conn.next_event(), h11.Response):
-                if event is h11.NEED_DATA and code < 200:
-                    self._h11 = conn
-                    return True, None
-                if not isinstance(event, h11.InformationalResponse):
+        for final_too in (False, True):
+            pos = 0
+            code = 0
+            heads = bytearray()
+            while code < 200 and (end := _HEAD_END.search(data, pos)) is not None:
+                status = _STATUS_CODE.match(data, pos)
+                if status is None:
                     return False, None
-        except h11.RemoteProtocolError as again:
-            if code < 300:
-                return False, None
-            raise ProxyProtocolError(
-                f"{self._where()} sent a malformed reply to CONNECT: the {code} reply's "
-                f"Content-Length or Transfer-Encoding is malformed ({self._quote(again)})",
-                proxy=self._proxy,
-            ) from again
-        self._h11 = conn
-        return True, self._complete(event, renamed=True)
+                code = int(status.group(1))
+                head = data[pos : end.end()]
+                if code < 300 or final_too:
+                    head = _FRAMING_HEADER.sub(
+                        lambda m: _RENAMED + m.group(1).hex().encode(), head
+                    )
+                heads += head
+                pos = end.end()
+            conn = self._new_conn()
+            conn.receive_data(bytes(heads) + data[pos:])
+            try:
+                while not isinstance(event := conn.next_event(), h11.Response):
+                    if event is h11.NEED_DATA and code < 200:
+                        self._h11 = conn
+                        return True, None
+                    if not isinstance(event, h11.InformationalResponse):
+                        return False, None
+            except h11.RemoteProtocolError:
+                if code < 300 or final_too:
+                    return False, None
+                continue  # the final reply's own framing is malformed: set it aside too
+            self._h11 = conn
+            return True, self._complete(event, renamed=True, unframed=final_too)
+        return False, None  # pragma: no cover - the second round returns
 
     def drain_body(self, data: bytes = b"") -> bool:
         """Consume the body of a non-2xx reply so the connection can be reused.
