@@ -1144,6 +1144,14 @@ async def test_tunnel_407_after_a_digest_answer_offering_only_basic_says_rejecte
 async def test_tunnel_407_says_why(
     anyio_backend: str, auth: tuple[str, str] | None, challenge: bytes, detail: str
 ) -> None:
+    await _check_why_407(auth, challenge, detail, preemptive=True)
+
+
+async def _check_why_407(
+    auth: tuple[str, str] | None, challenge: bytes, detail: str, *, preemptive: bool
+) -> None:
+    """A proxy answering every request with a 407 offering ``challenge``: its
+    ``detail`` starts with ``detail``, and the message is short and holds no password."""
     from loopback import serve
 
     async def refuse(stream: anyio.abc.ByteStream) -> None:
@@ -1159,13 +1167,34 @@ async def test_tunnel_407_says_why(
             )
 
     async with serve(refuse) as port:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=auth)
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{port}", auth=auth, preemptive_basic=preemptive)
         with anyio.fail_after(5), pytest.raises(ProxyAuthenticationRequired) as info:
             await tunnel.open("localhost", 443)
     assert info.value.detail.startswith(detail)
     assert str(info.value).endswith(info.value.detail)
     assert len(str(info.value)) < 400
     assert PASSWORD not in str(info.value) + repr(info.value)
+
+
+@pytest.mark.parametrize(
+    ("challenge", "detail"),
+    [
+        (b"===", "it offers no scheme janusnet can read (Proxy-Authenticate: '===')"),
+        # Quoting the credentials back there: withheld, as everywhere.
+        (
+            b"=" + PASSWORD.encode(),
+            "it offers no scheme janusnet can read (Proxy-Authenticate: "
+            "'=[credentials withheld]')",
+        ),
+    ],
+    ids=["unreadable", "unreadable-quoting-the-password"],
+)
+async def test_tunnel_407_with_no_readable_challenge_says_what_it_said(
+    anyio_backend: str, challenge: bytes, detail: str
+) -> None:
+    """A ``Proxy-Authenticate`` that holds no challenge janusnet can read: the message
+    quotes it (it said "it offers no scheme", while ``challenges`` held it)."""
+    await _check_why_407(("alice", PASSWORD), challenge, detail, preemptive=False)
 
 
 async def test_tunnel_407_body_that_stalls_costs_a_second_then_a_new_connection(

@@ -189,10 +189,14 @@ def _flow_forms(value: str | bytes, known: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({*known, *_as_received(forms), *decoded}, key=len, reverse=True))
 
 
-def _offered(schemes: Iterable[str]) -> str:
-    """The schemes a 407 offers, for a message: the first few, and how many more."""
+def _offered(schemes: Iterable[str], sent: Sequence[str] = ()) -> str:
+    """The schemes a 407 offers, for a message: the first few, and how many more; with
+    none, what ``Proxy-Authenticate`` said instead (``sent``), if anything."""
     distinct = list(dict.fromkeys(schemes))
     if not distinct:
+        said = [value.strip() for value in sent if value.strip()]
+        if said:
+            return f"no scheme janusnet can read (Proxy-Authenticate: {printable(said[0], 60)!r})"
         return "no scheme"
     shown = ", ".join(printable(scheme, 40) for scheme in distinct[:_SHOWN_SCHEMES])
     hidden = len(distinct) - _SHOWN_SCHEMES
@@ -1022,8 +1026,9 @@ class ProxyTunnel:
             why = f"the proxy auth flow {name} gave no Proxy-Authorization value"
         else:
             why = f"the proxy auth flow {name} gave up after {sent} Proxy-Authorization value(s)"
-        challenges = parse_challenges(reply.get_all("proxy-authenticate"))
-        why += f" (the proxy offers {_offered(c.scheme for c in challenges)})"
+        sent_values = reply.get_all("proxy-authenticate")
+        challenges = parse_challenges(sent_values)
+        why += f" (the proxy offers {_offered((c.scheme for c in challenges), sent_values)})"
         if moved:
             why += (
                 "; the proxy did not keep the connection after a 407 (it closed it, or "
@@ -1062,7 +1067,8 @@ class ProxyTunnel:
                 "answers Basic, and Digest with MD5 or SHA-256, qop=auth, auth-int or none)"
             )
         return (
-            f"it offers {_offered(schemes)}; janusnet answers Basic and Digest itself, and any "
+            f"it offers {_offered(schemes, reply.get_all('proxy-authenticate'))}; janusnet "
+            "answers Basic and Digest itself, and any "
             "scheme through a janusnet.ProxyAuth flow passed as auth="
         )
 
