@@ -695,6 +695,30 @@ def test_reply_reader_reads_a_refusal_with_malformed_framing(
         reader.drain_body()
 
 
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 2",
+        # (one h11 refuses: read again with its framing set aside)
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: x\r\n\r\n",
+    ],
+    ids=["100", "102-then-part-of-a-head", "103-malformed-length"],
+)
+def test_reply_reader_says_an_interim_reply_came_before_the_end(interim: bytes) -> None:
+    """An interim reply, then the end: the error says the final reply did not come."""
+    reply, reader = read_reply(interim)
+    assert reply is None
+    code = int(interim[9:12])
+    assert reader.interim == code
+    with pytest.raises(ProxyProtocolError) as caught:
+        reader.feed_eof()
+    assert str(caught.value).startswith(
+        f"proxy proxy.test:3128 closed the connection after an interim {code} reply, "
+        "before its final reply to CONNECT was complete"
+    )
+
+
 def test_reply_reader_reuses_a_refusal_whose_own_framing_is_sound() -> None:
     """Only the final reply's own malformed framing costs the connection: after an
     interim head with a malformed length, a 407 with a sound one is drained and reused."""
@@ -759,7 +783,8 @@ def test_reply_reader_head_exactly_at_cap_is_accepted() -> None:
 def test_reply_reader_eof_inside_head(data: bytes) -> None:
     reader = ConnectReplyReader(proxy="p:1")
     assert reader.feed(data) is None
-    with pytest.raises(ProxyProtocolError, match="connection closed inside the reply head"):
+    said = "after an interim 100 reply" if b"100" in data else "closed inside the reply head"
+    with pytest.raises(ProxyProtocolError, match=said):
         reader.feed_eof()
     with pytest.raises(UsageError, match="after feed_eof"):
         reader.feed(b"x")

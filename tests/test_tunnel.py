@@ -242,6 +242,40 @@ async def test_tunnel_silent_proxy_hits_deadline(
     assert ("WARNING", str(info.value)) in logged
 
 
+@pytest.mark.parametrize("stop_at_head", [False, True])
+@pytest.mark.parametrize("then", ["silence", "close"])
+async def test_tunnel_interim_reply_then_nothing_says_so(
+    anyio_backend: str, then: str, stop_at_head: bool
+) -> None:
+    """A proxy that sends ``100 Continue`` and then nothing, or closes: the error says an
+    interim reply came and the final one did not (it said "waiting for the proxy's
+    reply", or "closed inside the reply head": found by a differential check)."""
+    from loopback import read_line, serve
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while await read_line(stream, buf):
+            pass
+        await stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if then == "silence":
+            await anyio.sleep(5)
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", timeout=0.5)
+        expected = (TimeoutError, ProxyProtocolError)[then == "close"]
+        with anyio.fail_after(10), pytest.raises(expected) as info:
+            await tunnel.open("localhost", 443, stop_at_head=stop_at_head)
+    if then == "silence":
+        assert str(info.value).endswith(
+            "expired while waiting for the proxy's final reply (it sent an interim 100 reply)"
+        )
+    else:
+        assert str(info.value) == (
+            f"proxy 127.0.0.1:{number} closed the connection after an interim 100 reply, "
+            "before its final reply to CONNECT was complete (25 bytes)"
+        )
+
+
 async def test_tunnel_deadline_while_the_proxy_reads_nothing_says_so(
     anyio_backend: str,
 ) -> None:

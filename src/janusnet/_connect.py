@@ -525,6 +525,7 @@ class ConnectReplyReader:
         self._keep_alive = False
         self._cr_pending = False  # the head so far ends with a CR (its LF may follow)
         self._head_data = bytearray()  # every byte fed until the reply is known
+        self._interim: int | None = None  # the status of the last interim (1xx) reply
 
     @property
     def _conn(self) -> h11.Connection:
@@ -562,6 +563,12 @@ class ConnectReplyReader:
         if self._shortcut_leftover is not None:
             return self._shortcut_leftover
         return self._conn.trailing_data[0]
+
+    @property
+    def interim(self) -> int | None:
+        """The status of the last interim (1xx) reply read, if any (the final reply may
+        still be to come)."""
+        return self._interim
 
     @property
     def received(self) -> int:
@@ -720,7 +727,8 @@ class ConnectReplyReader:
                     return None
                 if isinstance(event, h11.Response):
                     return self._complete(event)
-                # Otherwise an InformationalResponse: skipped, its bytes still count.
+                if isinstance(event, h11.InformationalResponse):  # skipped; its bytes count
+                    self._interim = event.status_code
         except h11.RemoteProtocolError as exc:
             # h11 raises the error from a frame that holds it (``raise self``): without
             # its traceback it is no cycle keeping this reader and the socket until the
@@ -739,6 +747,13 @@ class ConnectReplyReader:
                     proxy=self._proxy,
                 ) from exc
             if self._eof:
+                if self._interim is not None:
+                    raise ProxyProtocolError(
+                        f"{self._where()} closed the connection after an interim "
+                        f"{self._interim} reply, before its final reply to CONNECT was "
+                        f"complete ({self._received} bytes)",
+                        proxy=self._proxy,
+                    ) from exc
                 raise ProxyProtocolError(
                     f"connection closed inside the reply head from {self._where()} "
                     f"after {self._received} bytes",
@@ -839,6 +854,7 @@ class ConnectReplyReader:
                 while not isinstance(event := conn.next_event(), h11.Response):
                     if event is h11.NEED_DATA and code < 200:
                         self._h11 = conn
+                        self._interim = code or self._interim
                         return True, None
                     if not isinstance(event, h11.InformationalResponse):
                         return False, None

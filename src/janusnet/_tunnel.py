@@ -710,7 +710,7 @@ class ProxyTunnel:
                 reader = self._reader(secrets)
                 try:
                     await self._send(sock, request, phase)
-                    reply = await self._read_reply(sock, reader, stop_at_head)
+                    reply = await self._read_reply(sock, reader, stop_at_head, phase)
                 except ProxyProtocolError:
                     if not (kept and challenge is not None and not reader.received):
                         raise
@@ -809,7 +809,7 @@ class ProxyTunnel:
                 reader = self._reader(secrets)
                 try:
                     await self._send(sock, request, phase)
-                    reply = await self._read_reply(sock, reader, stop_at_head)
+                    reply = await self._read_reply(sock, reader, stop_at_head, phase)
                 except ProxyProtocolError as exc:
                     if kept and restarted and not reader.received:
                         # The same again on the new connection: say what the proxy does,
@@ -1091,10 +1091,16 @@ class ProxyTunnel:
         return None
 
     async def _read_reply(
-        self, sock: Socket, reader: ConnectReplyReader, stop_at_head: bool = False
+        self,
+        sock: Socket,
+        reader: ConnectReplyReader,
+        stop_at_head: bool = False,
+        phase: list[str] | None = None,
     ) -> ProxyReply:
+        """The reply to the ``CONNECT`` sent (``phase``: said to be waiting for the final
+        reply once an interim one came, for the deadline's message)."""
         if stop_at_head:
-            return await self._read_reply_head(sock, reader)
+            return await self._read_reply_head(sock, reader, phase)
         reply = None
         while reply is None:
             try:
@@ -1105,9 +1111,21 @@ class ProxyTunnel:
                     proxy=self._address,
                 ) from exc
             reply = reader.feed(data) if data else reader.feed_eof()
+            self._note_interim(reader, reply, phase)
         return reply
 
-    async def _read_reply_head(self, sock: Socket, reader: ConnectReplyReader) -> ProxyReply:
+    @staticmethod
+    def _note_interim(
+        reader: ConnectReplyReader, reply: ProxyReply | None, phase: list[str] | None
+    ) -> None:
+        if reply is None and reader.interim is not None and phase is not None:
+            phase[0] = (
+                f"waiting for the proxy's final reply (it sent an interim {reader.interim} reply)"
+            )
+
+    async def _read_reply_head(
+        self, sock: Socket, reader: ConnectReplyReader, phase: list[str] | None
+    ) -> ProxyReply:
         """:meth:`_read_reply` taking no byte past a 2xx head out of the socket: reads are
         peeks, and only what the head used is taken (a 407's body is taken with it, for
         the drain)."""
@@ -1129,6 +1147,7 @@ class ProxyTunnel:
             reply = reader.feed(data) if data else reader.feed_eof()
             past = len(reader.leftover) if reply is not None and 200 <= reply.status < 300 else 0
             stream.discard(len(data) - past)
+            self._note_interim(reader, reply, phase)
         return reply
 
     async def _drain(self, sock: Socket, reader: ConnectReplyReader) -> bool:
