@@ -105,6 +105,7 @@ def unusual_certificate(
     dns_names: Sequence[str] = (),
     dir_name: str = "",
     issuer: trustme.CA | None = None,
+    lax_ca: bool = False,
 ) -> tuple[bytes, bytes]:
     """``(ca_pem, cert_and_key_pem)``: a certificate trustme does not issue: subject
     attributes in order (``CN``, ``O``, ``OU``, ``L``, ``DC``; repeats allowed, e.g.
@@ -112,7 +113,8 @@ def unusual_certificate(
     at all, a CN-only certificate) and a ``DirName`` SAN with that CN. Signed by
     ``issuer``, or by a throw-away CA of its own. It has what Python 3.13's strict
     verification (``VERIFY_X509_STRICT``) asks of a chain, so that any fault left is
-    the one meant."""
+    the one meant; but with ``lax_ca``, the throw-away CA's basicConstraints is not
+    marked critical (RFC 5280 says it must be; private CAs often leave it so)."""
     import datetime
 
     from cryptography import x509
@@ -148,7 +150,9 @@ def unusual_certificate(
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(
+                x509.BasicConstraints(ca=ca, path_length=None), critical=not (ca and lax_ca)
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(sign.public_key()), False

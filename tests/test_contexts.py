@@ -7,6 +7,7 @@ a peer that answered in plain text."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import subprocess
@@ -352,3 +353,52 @@ async def test_a_binary_answer_to_the_client_hello_is_not_quoted(anyio_backend: 
         with pytest.raises(HandshakeError) as info:
             await sock.ssl_on()
     assert "plain text" not in str(info.value), info.value
+
+
+# ------------------------------------------- what a failure of strict verification says
+
+
+@pytest.mark.parametrize("strict", [True, False])
+async def test_strict_verification_failure_says_what_checks_it(
+    anyio_backend: str, tmp_path: Path, strict: bool
+) -> None:
+    """A CA whose basicConstraints is not critical (RFC 5280 says it must be; private
+    and TLS-inspection CAs often leave it so) fails verification only where the context
+    checks strictly: Python 3.13's default, so the same code and CA verify on 3.12 and
+    fail on 3.13. The -111 names the flag and how to accept such a CA. The flag is set
+    or cleared here, so that the test means the same on every Python."""
+    from loopback import tls_server_side, unusual_certificate
+
+    ca_pem, cert_pem = unusual_certificate(
+        names=[("CN", "corp")], dns_names=["localhost"], lax_ca=True
+    )
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "cert.pem")
+    context = janusnet.create_ssl_context(cadata=ca_pem.decode())
+    if strict:
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+    else:
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    port = janusnet.ClientPort("CORP", tls=janusnet.TLSMode.OPTIONAL, ssl_context=context)
+
+    async def handler(stream: SocketStream) -> None:
+        with contextlib.suppress(Exception):
+            tls = await tls_server_side(stream, server)
+            await tls.send(b"hello")
+            await tls.aclose()
+
+    async with serve(handler) as number:
+        with anyio.fail_after(10):
+            if not strict:
+                async with await janusnet.Socket.connect(
+                    "localhost", number, client_port=port, tls=True
+                ) as sock:
+                    assert await sock.recv() == b"hello"
+                return
+            with pytest.raises(janusnet.HandshakeError) as info:
+                await janusnet.Socket.connect("localhost", number, client_port=port, tls=True)
+    text = str(info.value)
+    assert "Basic Constraints of CA cert not marked critical" in text
+    assert "ssl.VERIFY_X509_STRICT, Python's default from 3.13" in text
+    assert "context.verify_flags &= ~ssl.VERIFY_X509_STRICT" in text

@@ -28,6 +28,7 @@ __all__ = [
     "default_ssl_context",
     "env_trust_hint",
     "env_trust_variable",
+    "strict_hint",
 ]
 
 
@@ -84,6 +85,11 @@ CA_VARIABLES: Final = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "C
 #: OpenSSL's verify codes for "no trusted CA for this chain" (a name mismatch, an
 #: expired certificate and the like are not cured by another bundle).
 _UNTRUSTED_CHAIN: Final = frozenset({2, 18, 19, 20, 21})
+
+#: OpenSSL's verify codes for the RFC 5280 rules it checks only with
+#: ``VERIFY_X509_STRICT`` (x509_vfy.h of OpenSSL 3: a CA's basicConstraints not
+#: critical, a key identifier missing, an empty subject with its SAN not critical...).
+_STRICT_ONLY: Final = frozenset(range(80, 95))
 
 
 #: Contexts :func:`create_ssl_context` made on certifi's bundle (the default one too), with
@@ -181,6 +187,24 @@ def env_trust_variable(exc: BaseException | None, context: ssl.SSLContext | None
     if held is None or context.cert_store_stats()["x509_ca"] != held:
         return None  # not certifi's alone, or given more CAs since
     return next((name for name in CA_VARIABLES if os.environ.get(name)), None)
+
+
+def strict_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:
+    """A sentence for a verification failure that only strict checking raises, on a
+    context that checks strictly: Python 3.13 made that its default (janusnet's default
+    context takes Python's), and private or TLS-inspection CAs often break one of those
+    rules, so a chain that verifies on Python 3.12 fails on 3.13 (``""`` otherwise)."""
+    if getattr(exc, "verify_code", None) not in _STRICT_ONLY or context is None:
+        return ""
+    if not context.verify_flags & ssl.VERIFY_X509_STRICT:
+        return ""
+    return (
+        " (a rule of RFC 5280 that this context checks with ssl.VERIFY_X509_STRICT, "
+        "Python's default from 3.13; private and TLS-inspection CAs often break it. Fix "
+        "the CA, or accept it on a context of your own: context = "
+        "janusnet.create_ssl_context(cafile); context.verify_flags &= "
+        "~ssl.VERIFY_X509_STRICT)"
+    )
 
 
 def env_trust_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:
