@@ -213,6 +213,12 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         ("0x7f.0.0.1", "looks numeric"),
         ("127.1", "looks numeric"),
         ("2130706433", "looks numeric"),
+        ("127.0.0.1.", "an IP address with a final dot"),
+        ("::ffff:127.0.0.1.", "an IP address with a final dot"),
+        ("[example.test]", "brackets are for IPv6 addresses only"),
+        ("[127.0.0.1]", "brackets are for IPv6 addresses only"),
+        ("example.test:443", "a colon outside an IPv6 address"),
+        ("[::1]:443", "its brackets do not enclose it"),
     ],
     ids=[
         "bad-idna",
@@ -224,6 +230,12 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         "hex",
         "short",
         "integer",
+        "ip-final-dot",
+        "mapped-ip-final-dot",
+        "bracketed-name",
+        "bracketed-ipv4",
+        "host-port",
+        "bracketed-ipv6-port",
     ],
 )
 async def test_socket_ssl_on_invalid_name_changes_nothing(
@@ -237,6 +249,32 @@ async def test_socket_ssl_on_invalid_name_changes_nothing(
         # Asked for TLS at connect: refused before any packet.
         with pytest.raises(SSLOnOtherError, match=message):
             await Socket.connect("127.0.0.1", number, tls=True, server_hostname=name)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("127.0.0.1.", "an IP address with a final dot"),
+        ("::1.", "an IP address with a final dot"),
+        ("[example.test]", "brackets are for IPv6 addresses only"),
+        ("[127.0.0.1]", "brackets are for IPv6 addresses only"),
+        ("example.test:443", "a colon outside an IPv6 address"),
+        ("[::1", "its brackets do not enclose it"),
+    ],
+)
+async def test_socket_connect_refuses_host_forms_that_mean_two_things(
+    anyio_backend: str, host: str, message: str
+) -> None:
+    """Host forms whose address and name part ways, refused before any packet (found by
+    a differential check against curl): ``127.0.0.1.`` is a name to the resolver (an
+    ``/etc/hosts`` line ``127.0.0.2 127.0.0.1.`` reached 127.0.0.2), while an
+    ``allow("127.0.0.1")`` rule passed it and TLS verified it as the address 127.0.0.1;
+    brackets around a name were dropped unseen; ``host:port`` failed as an IPv6 address."""
+    port = ClientPort("ONLY-LOCAL", rules=[janusnet.allow("127.0.0.1")])
+    with pytest.raises(UsageError, match=message) as info:
+        await Socket.connect(host, 443, client_port=port, timeout=5)
+    assert repr(host) in str(info.value)
+    assert port.open_sockets == 0
 
 
 @pytest.mark.parametrize(

@@ -470,6 +470,32 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+def host_form_problem(host: str) -> str | None:
+    """What is wrong with the form of ``host`` (a name or an address to connect to or to
+    verify), or ``None``: brackets around anything but an IPv6 address (they would be
+    dropped unseen), a colon outside one (``host:port``), or an IP address with a final
+    dot, which the resolver looks up as a name while access rules and TLS would judge
+    the address (``127.0.0.1.`` in ``/etc/hosts`` reaching another host, verified as
+    127.0.0.1)."""
+    if host.endswith(".") and _is_ip_literal(host[:-1]):
+        return (
+            "an IP address with a final dot is a name to the resolver (looked up in DNS "
+            "or /etc/hosts), while access rules and TLS would judge the address; write "
+            "the address without the dot"
+        )
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if inner != host or ":" in inner or "[" in inner or "]" in inner:
+        try:
+            ipaddress.IPv6Address(inner)  # (a zone ID, "%eth0", included)
+        except ValueError:
+            if inner != host:
+                return "brackets are for IPv6 addresses only"
+            if "[" in host or "]" in host:
+                return "its brackets do not enclose it"
+            return "a colon outside an IPv6 address (a port goes in its own argument)"
+    return None
+
+
 def check_encoding(encoding: str) -> None:
     """Raise ``UsageError`` unless ``encoding`` names a Python text codec.
 

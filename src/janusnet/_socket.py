@@ -58,7 +58,7 @@ from ._exceptions import (
     show_address,
     withhold_from_error,
 )
-from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding
+from ._ports import DEFAULT_PORT, ClientPort, TLSMode, check_encoding, host_form_problem
 from ._scan import Parsed, Scanner, TokenSet, _new_parsed, as_token_set
 from ._tls import TLSInfo, TLSSnapshot, default_context_for
 from ._transport import (
@@ -256,6 +256,9 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError("host must be a non-empty str")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
         raise UsageError(f"host {host!r} contains a control character or a space")
+    problem = host_form_problem(host)
+    if problem is not None:
+        raise UsageError(f"host {host!r}: {problem}")
     if not host.isascii():
         wire_name(host.strip("[]"))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:

@@ -40,7 +40,7 @@ from ._exceptions import (
     show_address,
     withhold_cut,
 )
-from ._ports import _is_ip_literal
+from ._ports import _is_ip_literal, host_form_problem
 from ._tls import env_trust_hint, strict_hint
 
 if TYPE_CHECKING:
@@ -1096,6 +1096,9 @@ def tls_name_for(hostname: str) -> str:
         SSLOnOtherError: not a valid (international) host name, an empty label such as
             ``a..b`` or ``host..`` included (before any handshake byte).
     """
+    problem = host_form_problem(hostname)
+    if problem is not None:
+        raise SSLOnOtherError(f"ssl_on: {hostname!r} is not a name TLS can verify: {problem}")
     name = hostname.strip("[]")
     address, percent, _ = name.partition("%")
     if percent and ":" in address:
