@@ -219,6 +219,9 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         ("[127.0.0.1]", "brackets are for IPv6 addresses only"),
         ("example.test:443", "a colon outside an IPv6 address"),
         ("[::1]:443", "its brackets do not enclose it"),
+        # (a certificate's wildcard would match the text "*.example.test")
+        ("*.example.test", "not a valid host name"),
+        ("user@example.test", "not a valid host name"),
     ],
     ids=[
         "bad-idna",
@@ -236,6 +239,8 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         "bracketed-ipv4",
         "host-port",
         "bracketed-ipv6-port",
+        "wildcard",
+        "at-sign",
     ],
 )
 async def test_socket_ssl_on_invalid_name_changes_nothing(

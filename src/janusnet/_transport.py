@@ -18,6 +18,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import re
 import select
 import socket as _stdsocket
 import ssl
@@ -1069,11 +1070,23 @@ class FdTLSStream(_Direct):
         }
 
 
+#: The characters of an ASCII host name (an A-label's included), in either case.
+_HOST_CHARS_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 @functools.lru_cache(maxsize=256)
 def _valid_ascii_name(name: str) -> bool:
-    """Whether the ``ssl`` module takes ``name`` as a server name: it encodes it with
-    the ``idna`` codec (labels of 1-63 characters) and refuses NUL."""
-    if not name or any(char <= " " or char == "\x7f" for char in name):
+    """Whether ``name`` is an IPv6 address, or a host name the ``ssl`` module takes as a
+    server name (it encodes it with the ``idna`` codec: labels of 1-63 characters) made
+    of letters, digits, ``-``, ``_`` and dots (a ``*``, ``/`` or ``@`` names no host: a
+    certificate's wildcard would match it as text)."""
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        return True
+    if _HOST_CHARS_RE.fullmatch(name) is None:
         return False
     try:
         name.encode("idna")
@@ -1120,7 +1133,8 @@ def tls_name_for(hostname: str) -> str:
     if name.endswith(".") or not _valid_ascii_name(name):
         raise SSLOnOtherError(
             f"ssl_on: {hostname!r} is not a valid host name (an empty label, a label "
-            "over 63 characters, a space or a control character)"
+            "over 63 characters, or a character other than letters, digits, '-', '_' "
+            "and dots)"
         )
     if _NUMERIC_LABEL_RE.fullmatch(name.rpartition(".")[2].lower()) and not _is_ip_literal(name):
         # "127.0.0.010", "0x7f.1", "127.1": the resolver (inet_aton) reads a leading 0 as
