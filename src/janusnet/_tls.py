@@ -28,6 +28,7 @@ __all__ = [
     "default_ssl_context",
     "env_trust_hint",
     "env_trust_variable",
+    "name_hint",
     "strict_hint",
 ]
 
@@ -187,6 +188,22 @@ def env_trust_variable(exc: BaseException | None, context: ssl.SSLContext | None
     if held is None or context.cert_store_stats()["x509_ca"] != held:
         return None  # not certifi's alone, or given more CAs since
     return next((name for name in CA_VARIABLES if os.environ.get(name)), None)
+
+
+#: OpenSSL's verify code for a certificate whose names do not include the host's.
+_HOSTNAME_MISMATCH: Final = 62
+
+
+def name_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:
+    """A sentence for a host name mismatch on a context that checks subjectAltName only
+    (janusnet's policy): a certificate whose common name is the host, with no DNS name
+    in its subjectAltName, fails there though curl and older clients take it (``""``
+    otherwise)."""
+    if getattr(exc, "verify_code", None) != _HOSTNAME_MISMATCH or context is None:
+        return ""
+    if context.hostname_checks_common_name:
+        return ""
+    return " (names are checked against the certificate's subjectAltName only, not its CN)"
 
 
 def strict_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:

@@ -42,7 +42,7 @@ from ._exceptions import (
     withhold_cut,
 )
 from ._ports import _is_ip_literal, host_form_problem
-from ._tls import env_trust_hint, strict_hint
+from ._tls import env_trust_hint, name_hint, strict_hint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -1690,7 +1690,7 @@ def raise_handshake_error(
                 if isinstance(exc, anyio.EndOfStream)
                 else type(exc).__name__
             )
-        ) + (env_trust_hint(exc, context) or strict_hint(exc, context))
+        ) + (env_trust_hint(exc, context) or strict_hint(exc, context) or name_hint(exc, context))
         plain = _plain_answer_hint(exc, hostname, quoted=True, secrets=secrets)
         # The log gets no quote of what the peer wrote: a proxy's answer may quote the
         # credentials a tunnel sent, which the tunnel withholds from the error only (and
