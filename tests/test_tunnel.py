@@ -515,6 +515,39 @@ async def test_tunnel_https_proxy_tls_in_tls(
         assert tls_proxy.log[0].target == f"localhost:{origin.port}"
 
 
+@pytest.mark.parametrize("offered", [["h2", "http/1.1"], ["http/1.1"]])
+async def test_tunnel_https_proxy_that_chooses_h2_gets_no_connect(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort, offered: list[str]
+) -> None:
+    """A ``proxy_ssl_context`` made for an HTTP/2 client offers h2, and a proxy that
+    speaks it chooses it: an HTTP/1.1 CONNECT (with its credentials) must not follow,
+    where the proxy expects HTTP/2's preface (it did, and the proxy's answer was named
+    "binary data, not HTTP"). UsageError naming ALPN; offering http/1.1 alone works."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    origin.ca.issue_cert("localhost").configure_cert(server)
+    server.set_alpn_protocols(["h2", "http/1.1"])
+    client = origin.client_context()
+    client.set_alpn_protocols(offered)
+    with ConnectProxy(ssl_context=server, auth=("alice", PASSWORD)) as tls_proxy:
+        tunnel = ProxyTunnel(
+            f"https://localhost:{tls_proxy.port}",
+            auth=("alice", PASSWORD),
+            client_port=port,
+            proxy_ssl_context=client,
+        )
+        with anyio.fail_after(10):
+            if offered == ["http/1.1"]:
+                async with await tunnel.open_tls("localhost", origin.port) as sock:
+                    assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+                return
+            with pytest.raises(UsageError) as info:
+                await tunnel.open_tls("localhost", origin.port)
+        assert tls_proxy.log == []  # no CONNECT went
+        label = f"proxy localhost:{tls_proxy.port}"
+    assert f"{label} agreed on the ALPN protocol 'h2'" in str(info.value)
+    assert "context.set_alpn_protocols(['http/1.1'])" in str(info.value)
+
+
 async def test_tunnel_open_tls_resumes_a_session(
     anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
 ) -> None:

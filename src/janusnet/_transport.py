@@ -644,6 +644,14 @@ class FdTLSStream(_Direct):
             # Closed at once, without aclose()'s checkpoint: in a cancelled scope that
             # would raise a second cancellation over this error (and on Python 3.13 leave
             # the pair in a reference cycle holding the socket).
+            if isinstance(exc, ssl.SSLError):
+                # The alert OpenSSL wrote saying why (unknown_ca, bad_certificate), as a
+                # blocking SSLSocket sends it: the server's log then tells the reason,
+                # not an unexpected end. Best effort: what the kernel takes now.
+                try:
+                    stream._flush_now()
+                except OSError:
+                    pass
             plain._close_now()
             if answer and isinstance(exc, ssl.SSLError):
                 _note_plain_answer(exc, answer)
@@ -1548,6 +1556,8 @@ async def open_hop(
         TimeoutError: the TCP connect took longer than ``connect_timeout``.
         HandshakeError: the hop's TLS handshake or certificate failed.
         SSLOnOtherError: an I/O error during that handshake.
+        UsageError: ``ssl_context`` offers ALPN protocols and the hop chose one other
+            than ``http/1.1`` (the connection is closed).
     """
     role = label.split(" ", 1)[0]
     try:
@@ -1566,11 +1576,23 @@ async def open_hop(
     try:
         # The name as TLS verifies it: a proxy's final dot (https://proxy.corp.:3128)
         # is not in its certificate nor sent as SNI.
-        return await start_tls(stream, hostname=tls_name_for(host), ssl_context=ssl_context)
+        tls = await start_tls(stream, hostname=tls_name_for(host), ssl_context=ssl_context)
     except BaseException as exc:
         await anyio.aclose_forcefully(stream)
         raise_handshake_error(exc, label, ssl_context)
         raise  # pragma: no cover - _raise_handshake_error always raises
+    protocol = ssl_object_of(tls).selected_alpn_protocol()
+    if protocol not in (None, "http/1.1"):
+        # A context made for an HTTP/2 client, say: after "h2" the proxy expects HTTP/2's
+        # preface, and an HTTP/1.1 CONNECT (with its credentials) must not go.
+        await anyio.aclose_forcefully(tls)
+        raise UsageError(
+            f"{label} agreed on the ALPN protocol {printable(protocol, 40)!r} that "
+            "proxy_ssl_context offers, but a CONNECT goes as HTTP/1.1: offer only "
+            "'http/1.1' to the proxy (context.set_alpn_protocols(['http/1.1'])), or no "
+            "ALPN; nothing was sent, the connection is closed"
+        )
+    return tls
 
 
 def wide(stream: ByteStream) -> ByteStream:

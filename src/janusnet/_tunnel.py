@@ -456,8 +456,10 @@ class ProxyTunnel:
 
         Raises:
             UsageError: bad host, port or header (nothing was sent), ``stop_at_head``
-                with an ``https://`` proxy or a ``TLSMode.ALWAYS`` port, or a
-                :class:`ProxyAuth` flow yielded a value that is no header value.
+                with an ``https://`` proxy or a ``TLSMode.ALWAYS`` port, a
+                :class:`ProxyAuth` flow yielded a value that is no header value, or
+                ``proxy_ssl_context`` offers ALPN and an ``https://`` proxy chose
+                another protocol than ``http/1.1`` (no ``CONNECT`` was sent).
             AccessDeniedError: the client port's rules forbid the target (nothing sent).
             PortLimitError: the client port's ``max_sockets`` is reached (nothing sent).
             ConnectError: the proxy could not be reached (``role == "proxy"``); with
