@@ -470,22 +470,24 @@ async def test_socket_ssl_on_tells_the_server_why_it_refused(
     """A refused certificate: the server gets OpenSSL's alert (unknown_ca), as from a
     blocking ``SSLSocket`` or curl, not an unexpected end of the connection with nothing
     in its log to say why (found by a differential check against curl)."""
-    seen: list[BaseException] = []
+    seen: list[BaseException | None] = []
+    failed = anyio.Event()
 
     async def handler(stream: SocketStream) -> None:
         try:
             await tls_server_side(stream, server_context)
         except (ssl.SSLError, anyio.BrokenResourceError) as exc:
             seen.append(exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc)
+        finally:
+            failed.set()
 
     async with serve(handler) as number:
         sock = await Socket.connect("localhost", number)
         with pytest.raises(HandshakeError):
             await sock.ssl_on()
         with anyio.fail_after(10):
-            while not seen:
-                await anyio.sleep(0.01)
-    assert "ALERT_UNKNOWN_CA" in str(seen[0]), repr(seen[0])
+            await failed.wait()
+    assert seen and "ALERT_UNKNOWN_CA" in str(seen[0]), seen
 
 
 async def test_socket_ssl_on_pending_bytes_refused_then_drained(
