@@ -1059,7 +1059,7 @@ def test_cli_a_cancelled_main_task_counts_as_ctrl_c() -> None:
 @pytest.mark.parametrize(
     ("variable", "advice"),
     [
-        ("SSL_CERT_FILE", '--cafile "$SSL_CERT_FILE" trusts that bundle'),
+        ("SSL_CERT_FILE", 'if the CA is in that bundle, --cafile "$SSL_CERT_FILE" trusts it'),
         ("SSL_CERT_DIR", "--cafile FILE trusts a CA file (the probe takes no directory)"),
     ],
 )

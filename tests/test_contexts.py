@@ -263,7 +263,7 @@ async def test_verification_failure_names_a_ca_variable_janusnet_does_not_read(
     said = await _verify_failure("localhost", origin.port, None)
     assert said.endswith(
         "(SSL_CERT_FILE is set, but janusnet reads no such variable: this context trusts "
-        "certifi's bundle only; to trust that one, pass "
+        "certifi's bundle only; if the CA is in that one, pass "
         "janusnet.create_ssl_context(os.environ['SSL_CERT_FILE']))"
     ), said
     # What it suggests works.

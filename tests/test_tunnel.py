@@ -7,6 +7,7 @@ import hashlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -546,6 +547,78 @@ async def test_tunnel_https_proxy_that_chooses_h2_gets_no_connect(
         label = f"proxy localhost:{tls_proxy.port}"
     assert f"{label} agreed on the ALPN protocol 'h2'" in str(info.value)
     assert "context.set_alpn_protocols(['http/1.1'])" in str(info.value)
+
+
+@pytest.mark.parametrize("closes", ["at-once", "later"])
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+async def test_tunnel_https_proxy_that_wants_a_client_certificate(
+    anyio_backend: str, origin: TLSOrigin, port: ClientPort, version: str, closes: str
+) -> None:
+    """An ``https://`` proxy that requires a client certificate, given none: -111
+    naming the proxy, on both TLS versions. With TLS 1.3 the proxy refuses after our
+    side of the handshake is done, with an alert the reply's read meets: that read as
+    "reset the connection during CONNECT" (a ProxyProtocolError), with TLS 1.2 as the
+    handshake failing (found by a differential check against curl)."""
+    import socketserver
+
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    origin.ca.issue_cert("localhost").configure_cert(server)
+    origin.ca.configure_trust(server)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.maximum_version = ssl.TLSVersion[version]
+
+    class Refuse(socketserver.BaseRequestHandler):
+        def handle(self) -> None:  # a blocking SSLSocket: it sends its alert
+            self.request.settimeout(5)
+            # (It closes with our CONNECT unread: its kernel resets the connection,
+            # which the send of CONNECT meets, or, closing later, the reply's read
+            # meets the alert first.)
+            tls = server.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            with contextlib.suppress(OSError), tls:
+                try:
+                    tls.do_handshake()
+                finally:
+                    if closes == "later":
+                        time.sleep(0.3)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Refuse) as proxy:
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        label = f"proxy localhost:{proxy.server_address[1]}"
+        tunnel = ProxyTunnel(
+            f"https://localhost:{proxy.server_address[1]}",
+            client_port=port,
+            proxy_ssl_context=origin.client_context(),
+        )
+        try:
+            with anyio.fail_after(10), pytest.raises(janusnet.HandshakeError) as info:
+                await tunnel.open_tls("localhost", origin.port)
+        finally:
+            proxy.shutdown()
+            thread.join()
+    assert info.value.code == -111
+    assert str(info.value).startswith(f"TLS handshake with {label} failed: "), info.value
+    if version == "TLSv1_3":
+        assert "CERTIFICATE_REQUIRED: it wants a client certificate" in str(info.value)
+
+
+def test_tunnel_names_a_broken_proxy_tls_not_a_reset() -> None:
+    """Another TLS error on an ``https://`` proxy's connection during CONNECT (a record
+    that is not TLS, injected on the way) is named, not called a reset; a reset alone
+    still is one."""
+    tunnel = ProxyTunnel("https://proxy.test:3128")
+    broken = janusnet.SocketResetError("connection broke while receiving")
+    broken.__cause__ = ssl.SSLError(1, "[SSL: BAD_RECORD_TYPE] bad record type")
+    error = tunnel._broke_during_connect(broken)
+    assert isinstance(error, ProxyProtocolError)
+    assert str(error) == (
+        "proxy proxy.test:3128's TLS broke during CONNECT: [SSL: BAD_RECORD_TYPE] bad record type"
+    )
+    reset = janusnet.SocketResetError("connection broke while receiving")
+    reset.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    assert str(tunnel._broke_during_connect(reset)) == (
+        "proxy proxy.test:3128 reset the connection during CONNECT"
+    )
 
 
 async def test_tunnel_open_tls_resumes_a_session(

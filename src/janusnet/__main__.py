@@ -351,7 +351,7 @@ def _cli_text(exc: SSLOnError, context: ssl.SSLContext, option: str = "--cafile"
     named = env_trust_variable(exc.__cause__, context)
     if named is None:
         return text
-    use = f'{option} "${named}" trusts that bundle'
+    use = f'if the CA is in that bundle, {option} "${named}" trusts it'
     if named == "SSL_CERT_DIR":
         use = f"{option} FILE trusts a CA file (the probe takes no directory)"
     return text.replace(

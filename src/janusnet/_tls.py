@@ -235,7 +235,8 @@ def env_trust_hint(exc: BaseException | None, context: ssl.SSLContext | None) ->
         where = f"capath={where}"
     return (
         f" ({named} is set, but janusnet reads no such variable: this context trusts "
-        f"certifi's bundle only; to trust that one, pass janusnet.create_ssl_context({where}))"
+        f"certifi's bundle only; if the CA is in that one, pass "
+        f"janusnet.create_ssl_context({where}))"
     )
 
 

@@ -238,6 +238,39 @@ def _stale(reply: ProxyReply) -> bool:
     )
 
 
+#: How long a ``CONNECT`` that met a reset waits to read the alert that may have come
+#: before it (it is there already, or it is not coming).
+ALERT_WAIT: Final = 0.1
+
+#: The alerts with which a TLS server refuses the client's certificate, or the client
+#: (TLS 1.3 sends them after the client's side of the handshake is done).
+_HANDSHAKE_ALERTS: Final = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNSUPPORTED_CERTIFICATE",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_UNKNOWN",
+    "UNKNOWN_CA",
+    "ACCESS_DENIED",
+    "HANDSHAKE_FAILURE",
+)
+
+
+def _tls_error_in(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error (not an end of stream) under ``exc``, if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # janusnet and anyio wrap it a level or two deep
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError) and not isinstance(
+            seen, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _ended_by_eof(exc: BaseException) -> bool:
     """A failed handshake whose cause is the other end closing (not a bad certificate,
     not a TLS alert)."""
@@ -932,10 +965,31 @@ class ProxyTunnel:
             if phase is not None:
                 phase[0] = waiting
         except SocketResetError as exc:
+            if self._url.scheme == "https":
+                alert = await self._alert_behind_reset(sock)
+                if alert is not None:
+                    raise self._broke_during_connect(alert) from alert
             raise ProxyProtocolError(
                 f"proxy {self._address} reset the connection before CONNECT went out",
                 proxy=self._address,
             ) from exc
+
+    @staticmethod
+    async def _alert_behind_reset(sock: Socket) -> BaseException | None:
+        """The TLS alert an ``https://`` proxy sent before the reset our ``CONNECT`` met,
+        if it is there to read. With TLS 1.3 a proxy refuses our side of the handshake
+        (no client certificate) after it, with an alert, then closes with our
+        ``CONNECT`` unread: its kernel's reset then fails the send, while the alert still
+        waits in ours."""
+        try:
+            with anyio.move_on_after(ALERT_WAIT):
+                await sock.recv(RECEIVE_SIZE)
+        except SocketResetError as exc:
+            if _tls_error_in(exc) is not None:
+                return exc
+        except JanusnetError:
+            pass
+        return None
 
     def _log_reply(self, authority: str, reply: ProxyReply) -> None:
         logger.info(
@@ -1108,13 +1162,40 @@ class ProxyTunnel:
             try:
                 data = await sock.recv(RECEIVE_SIZE)
             except SocketResetError as exc:
-                raise ProxyProtocolError(
-                    f"proxy {self._address} reset the connection during CONNECT",
-                    proxy=self._address,
-                ) from exc
+                raise self._broke_during_connect(exc) from exc
             reply = reader.feed(data) if data else reader.feed_eof()
             self._note_interim(reader, reply, phase)
         return reply
+
+    def _broke_during_connect(self, exc: BaseException) -> JanusnetError:
+        """The error for a connection that broke while the reply to ``CONNECT`` was
+        awaited: a reset, or on an ``https://`` proxy its TLS ending in an alert. With
+        TLS 1.3 a proxy refuses a client certificate (or the lack of one) only after our
+        side of the handshake is done, with an alert the next read meets: that is the
+        proxy's handshake failing (-111), not a reset; another TLS error is named."""
+        tls_error = _tls_error_in(exc)
+        if tls_error is None:
+            return ProxyProtocolError(
+                f"proxy {self._address} reset the connection during CONNECT",
+                proxy=self._address,
+            )
+        reason = str(getattr(tls_error, "reason", None) or tls_error)
+        if any(alert in reason for alert in _HANDSHAKE_ALERTS):
+            hint = (
+                ": it wants a client certificate (load one on proxy_ssl_context with "
+                "load_cert_chain)"
+                if "CERTIFICATE_REQUIRED" in reason
+                else ""
+            )
+            logger.warning("TLS handshake with proxy %s failed: %s", self._address, reason)
+            return HandshakeError(
+                f"TLS handshake with proxy {self._address} failed: the proxy refused it "
+                f"after our side was done, with the alert {reason}{hint}"
+            )
+        return ProxyProtocolError(
+            f"proxy {self._address}'s TLS broke during CONNECT: {reason}",
+            proxy=self._address,
+        )
 
     @staticmethod
     def _note_interim(
@@ -1140,10 +1221,7 @@ class ProxyTunnel:
             except anyio.EndOfStream:
                 data = b""
             except anyio.BrokenResourceError as exc:
-                raise ProxyProtocolError(
-                    f"proxy {self._address} reset the connection during CONNECT",
-                    proxy=self._address,
-                ) from exc.__cause__ or exc
+                raise self._broke_during_connect(exc) from exc.__cause__ or exc
             except anyio.ClosedResourceError as exc:
                 raise SocketClosedError("the socket was closed during CONNECT") from exc
             reply = reader.feed(data) if data else reader.feed_eof()
