@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import io
+
 import pytest
 from anyio.abc import SocketStream
 
@@ -38,6 +41,24 @@ def test_cp1047_is_a_bijection_over_all_bytes() -> None:
     assert every.decode("cp1047").encode("cp1047") == every
     assert len(set(every.decode("cp1047"))) == 256
     assert janusnet.ClientPort(encoding="ibm-1047").encoding == "ibm-1047"
+
+
+def test_cp1047_incremental_codecs_and_text_streams() -> None:
+    """The incremental encoder and decoder (what ``io.TextIOWrapper`` and
+    ``codecs.iterdecode`` use) give what the one-shot codec gives, with their errors."""
+    text = "CONNECT [::1]:443 HTTP/1.0\n^\xac"
+    data = text.encode("cp1047")
+    encoder = codecs.getincrementalencoder("cp1047")()
+    assert b"".join(encoder.encode(char) for char in text) + encoder.encode("", True) == data
+    decoder = codecs.getincrementaldecoder("cp1047")()
+    pieces = [decoder.decode(data[i : i + 1]) for i in range(len(data))]
+    assert "".join(pieces) + decoder.decode(b"", True) == text
+    assert "".join(codecs.iterdecode([data[:5], data[5:]], "cp1047")) == text
+    assert io.TextIOWrapper(io.BytesIO(data), encoding="cp1047", newline="").read() == text
+    replacing = codecs.getincrementalencoder("cp1047")(errors="replace")
+    assert replacing.encode("A\u20acB") == "A?B".encode("cp1047")
+    with pytest.raises(UnicodeEncodeError):
+        codecs.getincrementalencoder("cp1047")().encode("\u20ac")
 
 
 @pytest.mark.anyio

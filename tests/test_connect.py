@@ -1250,6 +1250,9 @@ SECRET = "s3cr3t-PW"
         ("http://u:s3cr3t-PW@h:0", "1-65535"),
         ("http://u:s3cr3t-PW@h:12a", "port is not a number"),
         ("http://u:s3cr3t-PW@::1:3128", "in brackets"),
+        ("http://u:s3cr3t-PW@::1", "in brackets"),
+        ("svn+ssh://u:s3cr3t-PW@h", "'svn+ssh' is not supported"),
+        ("x://u:s3cr3t-PW@h", "'x' is not supported"),
         ("http://u:s3cr3t-PW@[::1", "without ']'"),
         ("http://u:s3cr3t-PW@[::1]x", "between ']'"),
         ("http://u:s3cr3t-PW@[fe80::1%25eth0]:1", "zone ID: a link-local proxy"),
@@ -1280,6 +1283,9 @@ SECRET = "s3cr3t-PW"
         "port-zero",
         "port-not-number",
         "unbracketed-ipv6",
+        "unbracketed-ipv6-without-port",
+        "scheme-with-plus",
+        "one-letter-scheme",
         "unclosed-bracket",
         "junk-after-bracket",
         "zone-id",
@@ -1314,6 +1320,15 @@ def test_parse_proxy_url_port_error_hints_at_encoding_only_when_it_may_help(
     with pytest.raises(UsageError, match="1-65535") as caught:
         parse_proxy_url(url)
     assert ("percent-encode" in str(caught.value)) is hint
+
+
+def test_parse_proxy_url_port_of_thousands_of_digits_is_a_usage_error() -> None:
+    """More than 5 digits are refused before int(), which raises a plain ValueError of
+    its own above 4300 digits."""
+    for digits in ("000080", "9" * 5000):
+        with pytest.raises(UsageError, match="port is not a number in 1-65535") as caught:
+            parse_proxy_url(f"http://u:s3cr3t-PW@h:{digits}")
+        assert "s3cr3t" not in str(caught.value)
 
 
 def test_parse_proxy_url_rejects_non_str() -> None:
@@ -1504,6 +1519,7 @@ def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> Non
         ("example.com", 443, "[::1", False),
         ("example.com", 443, "example.com:http", False),
         ("example.com", 443, ".", False),
+        ("10.9.9.9", 443, "10.1.2.3/8", True),
     ],
     ids=[
         "exact",
@@ -1554,6 +1570,7 @@ def test_proxy_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> Non
         "malformed-bracket-ignored",
         "malformed-port-ignored",
         "lone-dot-ignored",
+        "cidr-with-host-bits",
     ],
 )
 def test_no_proxy_matches(host: str, port: int, no_proxy: str, expected: bool) -> None:
@@ -1641,10 +1658,20 @@ def test_basic_proxy_authorization_rejects_lone_surrogate() -> None:
             [Challenge("negotiate", {}, "YIIBhgYGKwYBBQUCoIIBejCCAXag=="), Challenge("ntlm")],
         ),
         (["Bearer"], [Challenge("bearer")]),
+        (["Negotiate a+b/c=="], [Challenge("negotiate", {}, "a+b/c==")]),
+        (["NTLM TlRMTVNTUAAB"], [Challenge("ntlm", {}, "TlRMTVNTUAAB")]),
+        (["Negotiate "], [Challenge("negotiate")]),
+        (["Negotiate abc== \t, NTLM"], [Challenge("negotiate", {}, "abc=="), Challenge("ntlm")]),
+        (
+            ["Negotiate , Basic realm=x"],
+            [Challenge("negotiate"), Challenge("basic", {"realm": "x"})],
+        ),
         (['Basic realm=""'], [Challenge("basic", {"realm": ""})]),
         (['Basic realm="a", realm="b"'], [Challenge("basic", {"realm": "a"})]),
         ([", ,Basic realm=x,,"], [Challenge("basic", {"realm": "x"})]),
         (['="junk", Basic realm=x'], [Challenge("basic", {"realm": "x"})]),
+        (['="junk",Basic realm=x'], [Challenge("basic", {"realm": "x"})]),
+        (["Basic @x, Digest realm=r"], [Challenge("basic"), Challenge("digest", {"realm": "r"})]),
         (["\u00e9t\u00e9"], []),
         ([""], []),
         ([], []),
@@ -1657,10 +1684,17 @@ def test_basic_proxy_authorization_rejects_lone_surrogate() -> None:
         "quoted-escapes",
         "token68-then-bare-scheme",
         "bare-scheme",
+        "token68-base64-plus-and-slash",
+        "token68-without-padding",
+        "scheme-then-space-is-no-token68",
+        "token68-then-blanks-before-the-comma",
+        "scheme-then-space-then-comma",
         "empty-quoted",
         "duplicate-param-first-wins",
         "stray-commas",
         "leading-junk-skipped",
+        "leading-junk-skipped-no-space-after-comma",
+        "junk-after-scheme-skipped",
         "non-token-junk",
         "empty-value",
         "no-values",
@@ -1788,6 +1822,15 @@ def test_digest_proxy_authorization_sess(algorithm: str, hash_name: str) -> None
     ha1 = h(f"{h('u:r:p')}:n:c")
     assert params["response"] == h(f"{ha1}:n:00000002:c:auth:{h('CONNECT:h:443')}")
     assert (params["algorithm"], params["nc"], params["cnonce"]) == (algorithm, "00000002", "c")
+
+
+def test_digest_proxy_authorization_last_nonce_count() -> None:
+    """nc goes up to 0xFFFFFFFF (8 hex digits, RFC 7616 §3.4), that one included."""
+    challenge = Challenge("digest", {"realm": "r", "nonce": "n", "qop": "auth"})
+    value = digest_proxy_authorization(
+        challenge, "u", "p", method="CONNECT", uri="h:443", cnonce="c", nc=0xFFFFFFFF
+    )
+    assert parse_challenges([value.decode()])[0].params["nc"] == "ffffffff"
 
 
 @pytest.mark.parametrize(
@@ -1927,6 +1970,12 @@ def test_digest_proxy_authorization_quotes_username() -> None:
         ),
         (Challenge("digest", {"realm": "\u2603", "nonce": "n"}), {}, "realm cannot be echoed"),
         (Challenge("digest", {"realm": "r\x7f", "nonce": "n"}), {}, "realm cannot be echoed"),
+        (Challenge("digest", {"realm": "r\u2603", "nonce": "n"}), {}, "realm cannot be echoed"),
+        (
+            Challenge("digest", {"realm": "r", "nonce": "n"}),
+            {"uri": "h\u2603:1"},
+            "outside latin-1",
+        ),
         (
             Challenge("digest", {"realm": "r", "nonce": "n", "opaque": "\x01"}),
             {},
@@ -1948,6 +1997,8 @@ def test_digest_proxy_authorization_quotes_username() -> None:
         "surrogate-password",
         "non-latin-1-realm",
         "del-realm",
+        "ascii-and-non-latin-1-realm",
+        "non-latin-1-uri",
         "c0-opaque",
     ],
 )
@@ -1977,6 +2028,8 @@ def test_digest_proxy_authorization_refuses(
         ({"realm": "r", "nonce": "n", "qop": "auth-conf"}, False),
         ({"realm": "r"}, False),
         ({"nonce": "n"}, False),
+        ({"realm": "r\xff", "nonce": "n"}, True),
+        ({"realm": "r\u2603", "nonce": "n"}, False),
     ],
     ids=[
         "md5-default",
@@ -1987,6 +2040,8 @@ def test_digest_proxy_authorization_refuses(
         "unknown-qop",
         "no-nonce",
         "no-realm",
+        "latin-1-realm",
+        "non-latin-1-realm",
     ],
 )
 def test_digest_supported(params: dict[str, str], supported: bool) -> None:

@@ -201,6 +201,60 @@ def test_rules_refuse_bad_patterns(bad: object) -> None:
         bad()  # type: ignore[operator]
 
 
+def test_rule_pattern_errors_say_what_is_wrong() -> None:
+    for make, message in [
+        (lambda: allow(""), "needs a host pattern"),
+        (lambda: deny("127.0.0.0/33"), "is not a valid IP address or CIDR range"),
+        (lambda: deny("127.0.0.256"), "is not a valid IP address or CIDR range"),
+        (lambda: allow("*", 65536), "is not within 1-65535"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            make()
+
+
+def test_rule_edges_are_accepted() -> None:
+    """Ports 1 and 65535, labels of one and two characters, a CIDR range with host bits
+    set, and ports from a configuration file as a list (kept as a tuple, hashable)."""
+    assert allow("*", 1).matches_port(1)
+    assert allow("*", 65535).matches_port(65535)
+    assert deny("*", (1, 65535)).ports == (1, 65535)
+    for name in ("db", "a.b.example", "x.co", "*.co.uk"):
+        assert allow(name).host == name
+    rule = deny("10.1.2.3/8")
+    assert rule.is_ip_rule and rule.matches_host("10.200.0.1")
+    listed = AccessRule(True, "h.example", [80, 443])  # type: ignore[arg-type]
+    assert listed.ports == (80, 443)
+    assert hash(listed) == hash(allow("h.example", (80, 443)))
+    # A host that is no valid international name meets no pattern but '*'.
+    assert allow("*.example.com").matches_host("a\u200d.example.com") is False
+
+
+def test_deny_rule_meets_each_embedded_ipv4_spelling_of_one_address() -> None:
+    """IPv4-translated, NAT64 and IPv4-compatible spellings of single addresses (odd
+    last bits and addresses from 128.0.0.0 up included); 33 bits embed no IPv4."""
+    port = ClientPort(rules=[deny("10.0.0.1"), deny("200.1.2.3"), deny("0.0.0.2"), allow("*")])
+    for host in ("::ffff:0:a00:1", "64:ff9b::a00:1", "::a00:1", "::200.1.2.3", "::2"):
+        assert port.is_allowed(host, 443) is False, host
+    assert port.is_allowed("::1:a00:1", 443) is True
+
+
+def test_client_port_refuses_bad_settings_and_keeps_its_own_rules() -> None:
+    for bad in (
+        lambda: ClientPort(tls="ALWAYS"),  # type: ignore[arg-type]
+        lambda: ClientPort(line_end=b""),
+        lambda: ClientPort(line_end="\r\n"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(UsageError):
+            bad()
+    rules = [deny("10.0.0.0/8"), allow("*")]
+    port = ClientPort(rules=rules)
+    rules.insert(0, allow("*"))  # the caller's list, changed afterwards
+    assert port.rules == (deny("10.0.0.0/8"), allow("*"))
+    assert port.is_allowed("10.1.2.3", 443) is False
+    for empty in ("", "[]"):  # no host a connection could reach
+        assert port.is_allowed(empty, 443) is False
+
+
 def test_rules_must_be_access_rules() -> None:
     with pytest.raises(UsageError):
         ClientPort(rules=["*"])  # type: ignore[list-item]
@@ -353,6 +407,30 @@ async def test_max_sockets_is_port_limit_and_released_on_close(anyio_backend: st
         await recorder.wait_for(4)
         await anyio.sleep(0.05)  # time for a fifth accept, if there were one
     assert len(recorder.accepted) == 4  # the refused third connect never reached it
+
+
+async def test_max_sockets_holds_for_connects_that_race(anyio_backend: str) -> None:
+    """Connects started together all pass the early check (no socket is open yet); the
+    slot taken when a socket is made stays the authority: one socket, the rest -109."""
+    recorder = Recorder()
+    capped = ClientPort("ONE", max_sockets=1)
+    made: list[Socket] = []
+    refused: list[PortLimitError] = []
+
+    async def connect(number: int) -> None:
+        try:
+            made.append(await Socket.connect("127.0.0.1", number, client_port=capped))
+        except PortLimitError as exc:
+            refused.append(exc)
+
+    async with serve(recorder) as number:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(connect, number)
+        assert (len(made), len(refused), capped.open_sockets) == (1, 2, 1)
+        for sock in made:
+            await sock.aclose()
+    assert capped.open_sockets == 0
 
 
 async def test_max_sockets_released_by_failed_handshake(anyio_backend: str) -> None:

@@ -23,6 +23,7 @@ from janusnet import (
     ProxyTunnel,
     UsageError,
 )
+from janusnet._proxyauth import check_authorization
 from loopback import read_line, serve
 
 pytestmark = pytest.mark.anyio
@@ -284,6 +285,14 @@ async def test_flow_value_that_is_no_header_value_is_a_usage_error(
         assert value.strip() not in str(exc)
     assert len(proxy.heads) == (1 if when == "answer" else 0)
     assert all(b"X-Injected" not in line for _, head in proxy.heads for line in head)
+
+
+@pytest.mark.parametrize("value", ["x", "ab", "a b", "NTLM TlRMTVNTUAAB"])
+def test_flow_value_of_one_or_two_characters_is_a_header_value(value: str) -> None:
+    """A value is one visible character, or visible characters with spaces between:
+    the shortest ones (one or two characters) are values too."""
+    assert check_authorization(value, Rounds()) == value.encode("ascii")
+    assert check_authorization(None, Rounds()) is None
 
 
 @pytest.mark.parametrize("when", ["first", "answer"])
@@ -548,6 +557,31 @@ async def test_flow_clean_up_that_fails_after_the_2xx_closes_the_socket(
     assert port.open_sockets == 0
 
 
+async def test_sync_flow_clean_up_that_fails_after_the_2xx_propagates(anyio_backend: str) -> None:
+    """A sync ``auth_flow`` is closed before the tunnel is handed out, not left to the
+    garbage collector: an error in its clean-up propagates (it was swallowed)."""
+
+    class Failing(ProxyAuth):
+        def auth_flow(
+            self, *, proxy_host: str, target: str
+        ) -> Generator[str | None, ProxyReply, None]:
+            try:
+                yield "Token abcdefgh12345"
+            finally:
+                raise RuntimeError("clean-up failed")
+
+    async def decide(connection: int, head: list[bytes]) -> bytes:
+        return OK
+
+    port = janusnet.ClientPort("ONE", max_sockets=1)
+    proxy = ScriptedProxy(decide)
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Failing(), client_port=port)
+        with anyio.fail_after(10), pytest.raises(RuntimeError, match="clean-up failed"):
+            await tunnel.open("target.example", 443)
+    assert port.open_sockets == 0
+
+
 async def test_flow_starts_again_when_the_kept_connection_closed_before_the_answer(
     anyio_backend: str,
 ) -> None:
@@ -646,6 +680,13 @@ class AsyncInAuthFlow(ProxyAuth):
         yield "Bearer x"
 
 
+class CoroutineInAuthFlow(ProxyAuth):
+    async def auth_flow(  # type: ignore[override]
+        self, *, proxy_host: str, target: str
+    ) -> str:
+        return "Bearer x"
+
+
 class CoroutineFlow(ProxyAuth):
     async def async_auth_flow(  # type: ignore[override]
         self, *, proxy_host: str, target: str
@@ -666,12 +707,16 @@ class CoroutineFlow(ProxyAuth):
             "it returned async_generator; an async flow overrides async_auth_flow instead",
         ),
         (
+            CoroutineInAuthFlow(),
+            "it returned coroutine; an async flow overrides async_auth_flow instead",
+        ),
+        (
             CoroutineFlow(),
             "CoroutineFlow.async_auth_flow must be an async generator "
             "function (async def with yield); it returned coroutine",
         ),
     ],
-    ids=["returns-a-value", "async-auth-flow", "coroutine"],
+    ids=["returns-a-value", "async-auth-flow", "coroutine-auth-flow", "coroutine"],
 )
 async def test_flow_that_is_no_generator_is_a_usage_error(
     anyio_backend: str, flow: ProxyAuth, message: str

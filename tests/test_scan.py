@@ -225,6 +225,7 @@ def test_token_set_from_prstok_accepts(spec: str, tokens: list[bytes]) -> None:
         pytest.param("AMBIG|", "empty token", id="ambig-only"),
         pytest.param("0D0A|0d0a", "twice", id="duplicate"),
         pytest.param("NONE", "NONE", id="none"),
+        pytest.param(" none ", "NONE means no parse tokens", id="none-says-why"),
     ],
 )
 def test_token_set_from_prstok_rejects(spec: str, message: str) -> None:
@@ -237,6 +238,18 @@ def test_token_set_from_prstok_error_shows_a_long_spec_shortened() -> None:
     with pytest.raises(UsageError, match="not hex") as info:
         TokenSet.from_prstok(spec)
     assert len(str(info.value)) < 200
+
+
+def test_token_set_from_prstok_takes_only_a_str() -> None:
+    with pytest.raises(UsageError, match="PRSTOK must be a str"):
+        TokenSet.from_prstok(b"0D0A")  # type: ignore[arg-type]
+
+
+def test_token_set_token_length_limit() -> None:
+    """A token may be 256 bytes long, not one more."""
+    assert TokenSet([b"x" * 256]).max_len == 256
+    with pytest.raises(UsageError, match="limited to 256 bytes"):
+        TokenSet([b"x" * 257])
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import re
 import ssl
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -710,6 +711,63 @@ def test_withhold_cut_takes_a_credential_the_text_stops_inside() -> None:
     assert cut("400 YWxpY2U6czNjcmV0", forms) == "400 [credentials withheld]"
     assert cut("400 bad", forms) == "400 bad"  # (no start of a form at its end)
     assert cut("a Basic YWxpY2U6czNjcmV0LXBhc3N3b3Jk b", forms) == "a [credentials withheld] b"
+
+
+def test_withhold_cut_edges() -> None:
+    """An end one character short of a whole form is withheld, and so is an end that is
+    the form's first 4 characters; 3 tell nothing and stay."""
+    form = "Basic YWxpY2U6czNjcmV0LXBhc3N3b3Jk"
+    cut = janusnet._exceptions.withhold_cut
+    assert cut("400 " + form[:-1], (form,)) == "400 [credentials withheld]"
+    assert cut("400 " + form[:4], (form,)) == "400 [credentials withheld]"
+    assert cut("400 " + form[:3], (form,)) == "400 " + form[:3]
+
+
+def test_withhold_from_error_follows_the_whole_chain() -> None:
+    """The implicit chain (``__context__``, no ``__cause__``) is cleaned too, and a chain
+    that loops back (``__cause__`` can be set to anything) is cleaned and left."""
+    withhold_from_error = janusnet._exceptions.withhold_from_error
+    forms = ("czNjcmV0",)
+    try:
+        try:
+            raise KeyError("inner czNjcmV0")
+        except KeyError:
+            raise ValueError("outer czNjcmV0") from None
+    except ValueError as exc:
+        suppressed = exc
+    try:
+        try:
+            raise KeyError("inner czNjcmV0")
+        except KeyError:
+            raise ValueError("outer czNjcmV0")  # noqa: B904 (the implicit chain)
+    except ValueError as exc:
+        implicit = exc
+    for error in (suppressed, implicit):
+        withhold_from_error(error, forms)
+        assert error.args == ("outer [credentials withheld]",)
+        assert error.__context__ is not None
+        assert error.__context__.args == ("inner [credentials withheld]",)
+
+    first, second = ValueError("a czNjcmV0"), ValueError("b czNjcmV0")
+    first.__cause__, second.__cause__ = second, first
+    worker = threading.Thread(target=withhold_from_error, args=(first, forms), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "withhold_from_error went round the loop for ever"
+    assert (first.args, second.args) == (
+        ("a [credentials withheld]",),
+        ("b [credentials withheld]",),
+    )
+
+
+def test_printable_cuts_at_the_limit() -> None:
+    """``limit`` characters are kept whole; one more is cut, counted once escaped."""
+    printable = janusnet._exceptions.printable
+    assert printable("a" * 200) == "a" * 200
+    assert printable("a" * 201) == "a" * 200 + "..."
+    assert printable("\x1b" * 50) == "\\x1b" * 50
+    assert printable("\x1b" * 51) == "\\x1b" * 50 + "..."
+    assert printable("abc", limit=2) == "ab..."
 
 
 def test_secrets_search_catches_a_leak() -> None:
