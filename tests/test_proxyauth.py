@@ -784,3 +784,42 @@ async def test_flow_clean_up_that_outlives_the_deadline_is_named_in_the_timeout(
         "expired while running the clean-up of the proxy auth flow SlowCleanUp, after "
         "ProxyRefusedError" in str(exc)
     )
+
+
+class GivesNothing(ProxyAuth):
+    async def async_auth_flow(
+        self, *, proxy_host: str, target: str
+    ) -> AsyncGenerator[str | None, ProxyReply]:
+        yield None  # nothing of its own: the header given in headers= is the credential
+
+
+@pytest.mark.parametrize("header", ["Authorization", "Proxy-Authorization"])
+async def test_flow_path_withholds_credentials_given_in_headers(
+    anyio_backend: str, header: str
+) -> None:
+    """With a ``ProxyAuth`` flow, a credential given in ``headers=`` is withheld from what
+    a proxy quotes back, as without one (the flow's exchange started with nothing to
+    withhold; found by an adversarial review)."""
+    secret = "Bearer c2VjcmV0LXRva2VuLTEyMzQ1Njc4OTA"
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        head = []
+        while line := await read_line(stream, buf):
+            head.append(line)
+        sent = next(line for line in head if line.lower().startswith(header.lower().encode()))
+        echoed = sent.partition(b":")[2].strip()
+        await stream.send(
+            b"HTTP/1.1 407 Auth " + echoed + b"\r\nProxy-Authenticate: =" + echoed + b"\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(
+            f"http://127.0.0.1:{number}", auth=GivesNothing(), headers={header: secret}
+        )
+        with anyio.fail_after(5), pytest.raises(ProxyAuthenticationRequired) as info:
+            await tunnel.open("localhost", 443)
+    token = secret.split()[1]
+    assert token not in str(info.value) + repr(info.value.reason) + repr(info.value.headers)
+    assert "[credentials withheld]" in str(info.value)

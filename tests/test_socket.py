@@ -229,6 +229,8 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         # (a certificate's wildcard would match the text "*.example.test")
         ("*.example.test", "not a valid host name"),
         ("user@example.test", "not a valid host name"),
+        ("127.0.0.1\u3002", "an IP address with a final dot"),
+        ("\uff11\uff12\uff17.0.0.1.", "an IP address with a final dot"),
     ],
     ids=[
         "bad-idna",
@@ -248,6 +250,8 @@ async def test_socket_ssl_on_international_name_verifies_its_idna2008_a_label(
         "bracketed-ipv6-port",
         "wildcard",
         "at-sign",
+        "ip-ideographic-final-dot",
+        "full-width-ip-final-dot",
     ],
 )
 async def test_socket_ssl_on_invalid_name_changes_nothing(
@@ -272,6 +276,12 @@ async def test_socket_ssl_on_invalid_name_changes_nothing(
         ("[127.0.0.1]", "brackets are for IPv6 addresses only"),
         ("example.test:443", "a colon outside an IPv6 address"),
         ("[::1", "its brackets do not enclose it"),
+        # The same once mapped as the resolver and TLS get it (UTS #46): an ideographic,
+        # full-width or half-width full stop, full-width digits (found by a review).
+        ("127.0.0.1\u3002", "an IP address with a final dot"),
+        ("127.0.0.1\uff0e", "an IP address with a final dot"),
+        ("127.0.0.1\uff61", "an IP address with a final dot"),
+        ("\uff11\uff12\uff17.0.0.1.", "an IP address with a final dot"),
     ],
 )
 async def test_socket_connect_refuses_host_forms_that_mean_two_things(

@@ -1320,6 +1320,11 @@ async def _check_why_407(
     ("challenge", "detail"),
     [
         (b"===", "it offers no scheme janusnet can read (Proxy-Authenticate: '===')"),
+        # Escaped once, as everywhere (not repr() on top: "\\x1b" twice over).
+        (
+            b"=\x1b[2J\xa0x",
+            "it offers no scheme janusnet can read (Proxy-Authenticate: '=\\x1b[2J\xa0x')",
+        ),
         # Quoting the credentials back there: withheld, as everywhere.
         (
             b"=" + PASSWORD.encode(),
@@ -1327,7 +1332,7 @@ async def _check_why_407(
             "'=[credentials withheld]')",
         ),
     ],
-    ids=["unreadable", "unreadable-quoting-the-password"],
+    ids=["unreadable", "escaped-once", "unreadable-quoting-the-password"],
 )
 async def test_tunnel_407_with_no_readable_challenge_says_what_it_said(
     anyio_backend: str, challenge: bytes, detail: str

@@ -256,11 +256,12 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError("host must be a non-empty str")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
         raise UsageError(f"host {host!r} contains a control character or a space")
+    # As written, and as the resolver and TLS get it (UTS #46 maps "127.0.0.1。").
     problem = host_form_problem(host)
+    if problem is None and not host.isascii():
+        problem = host_form_problem(wire_name(host.strip("[]")))
     if problem is not None:
         raise UsageError(f"host {host!r}: {problem}")
-    if not host.isascii():
-        wire_name(host.strip("[]"))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
 

@@ -196,7 +196,7 @@ def _offered(schemes: Iterable[str], sent: Sequence[str] = ()) -> str:
     if not distinct:
         said = [value.strip() for value in sent if value.strip()]
         if said:
-            return f"no scheme janusnet can read (Proxy-Authenticate: {printable(said[0], 60)!r})"
+            return f"no scheme janusnet can read (Proxy-Authenticate: '{printable(said[0], 60)}')"
         return "no scheme"
     shown = ", ".join(printable(scheme, 40) for scheme in distinct[:_SHOWN_SCHEMES])
     hidden = len(distinct) - _SHOWN_SCHEMES
@@ -823,7 +823,7 @@ class ProxyTunnel:
         starts again on a new connection, once (its answer belonged to the old one).
         """
         assert self._flow is not None
-        secrets: tuple[str, ...] = ()
+        secrets = self._secrets  # (an Authorization given in headers=; then the flow's)
         flow: AsyncGenerator[str | None, ProxyReply] | None = None
         sent = rounds = 0  # values sent; 407s the flow was asked to answer
         kept = restarted = moved = False  # moved: an answer went on a new connection
