@@ -966,6 +966,8 @@ class ProxyTunnel:
                 phase[0] = waiting
         except SocketResetError as exc:
             if self._url.scheme == "https":
+                if phase is not None:  # (the proxy did read: it reset the connection)
+                    phase[0] = "reading what the proxy sent before it reset the connection"
                 alert = await self._alert_behind_reset(sock)
                 if alert is not None:
                     raise self._broke_during_connect(alert) from alert
