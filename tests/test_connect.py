@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from janusnet import _connect
 from janusnet._auth import (
     Challenge,
     basic_proxy_authorization,
@@ -2132,3 +2133,344 @@ def test_reply_reader_2xx_framing_headers(head: bytes, ok: bool) -> None:
         assert reader.leftover == b"tunnel"
     else:
         assert reply.status == 407 and not reader.reusable
+
+
+# ------------------------------------------------------------------ pinned by mutation testing
+# Behaviour no earlier test fixed: each test fails on a mutant of _connect.py that survived.
+
+
+def test_reply_reader_default_head_cap_is_64_kib() -> None:
+    """The documented default cap: a 65536-byte head is read, one byte more is refused."""
+    filler = b"a" * (65536 - len(b"HTTP/1.1 200 OK\r\nX: \r\n\r\n"))
+    head = b"HTTP/1.1 200 OK\r\nX: " + filler + b"\r\n\r\n"
+    assert len(head) == 65536
+    reply = ConnectReplyReader().feed(head + b"tunnel")
+    assert reply is not None and reply.status == 200
+    with pytest.raises(ProxyProtocolError, match=r"larger than max_head_bytes \(65536 bytes\)"):
+        ConnectReplyReader().feed(head[:20] + b"a" + head[20:])
+
+
+def test_reply_reader_max_head_bytes_of_one_is_allowed() -> None:
+    reader = ConnectReplyReader(max_head_bytes=1)
+    with pytest.raises(ProxyProtocolError, match="larger than max_head_bytes"):
+        reader.feed(b"HTTP/1.1 200 OK\r\n\r\n")
+
+
+def test_reply_reader_drains_a_64_kib_body() -> None:
+    """MAX_DRAIN_BYTES is 64 KiB: a 407 whose body is exactly that is drained for reuse."""
+    _, reader = read_reply(b"HTTP/1.1 407 P\r\nContent-Length: 65536\r\n\r\n")
+    assert reader.reusable
+    assert reader.drain_body(b"x" * 65536) is True
+    assert reader.reusable
+
+
+@pytest.mark.parametrize(
+    ("data", "reusable"),
+    [
+        (b"HTTP/1.1 299 Odd\r\nContent-Length: 0\r\n\r\n", False),  # any 2xx is a tunnel
+        (b"HTTP/1.1 300 Multiple Choices\r\nContent-Length: 0\r\n\r\n", True),
+        (b"HTTP/1.1 300 Multiple Choices\r\n\r\n", False),  # read until close
+    ],
+    ids=["299", "300", "300-until-close"],
+)
+def test_reply_reader_reusable_at_the_edges_of_2xx(data: bytes, reusable: bool) -> None:
+    for _ in range(2):  # (only a 2xx head is remembered and reused)
+        reply, reader = read_reply(data)
+        assert reply is not None
+        assert reader.reusable is reusable
+
+
+def test_reply_reader_counts_received_bytes() -> None:
+    """``received`` counts every byte fed: the head's, the tunnel's and the body's."""
+    head = b"HTTP/1.1 200 Counted\r\n\r\n"
+    reader = ConnectReplyReader()
+    assert reader.received == 0
+    reader.feed(head[:5])
+    assert reader.received == 5
+    reader.feed(head[5:] + b"ab")
+    reader.feed(b"cde")
+    assert reader.received == len(head) + 5
+    for _ in range(2):  # the second time the head is a known one
+        reader = ConnectReplyReader()
+        reader.feed(head + b"ab")
+        reader.feed(b"cde")
+        assert reader.received == len(head) + 5
+    _, reader = read_reply(b"HTTP/1.1 407 P\r\nContent-Length: 3\r\n\r\n")
+    reader.drain_body(b"abc")
+    assert reader.received == 40
+
+
+def test_reply_reader_known_heads_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache of 2xx heads holds 64, then starts again: it stays small however many
+    different heads a proxy sends (a Date header makes each one new)."""
+    monkeypatch.setattr(_connect, "_KNOWN_HEADS", {})
+    heads = [f"HTTP/1.1 200 OK\r\nX-N: {n}\r\n\r\n".encode() for n in range(65)]
+    taught = [ConnectReplyReader().feed(head) for head in heads[:64]]
+    assert all(ConnectReplyReader().feed(h) is r for h, r in zip(heads, taught))
+    assert ConnectReplyReader().feed(heads[64]) is not None
+    assert len(_connect._KNOWN_HEADS) == 1
+
+
+def test_reply_reader_remembers_heads_up_to_2_kib() -> None:
+    def head(size: int) -> bytes:
+        start = b"HTTP/1.1 200 OK\r\nX-Pad: "
+        return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    at_limit, over = head(2048), head(2049)
+    first = ConnectReplyReader().feed(at_limit)
+    assert ConnectReplyReader().feed(at_limit) is first
+    assert ConnectReplyReader(max_head_bytes=2048).feed(at_limit) is first  # (at its cap)
+    first = ConnectReplyReader().feed(at_limit.replace(b"200", b"299"))
+    assert ConnectReplyReader().feed(at_limit.replace(b"200", b"299")) is first  # any 2xx
+    first = ConnectReplyReader().feed(over)
+    again = ConnectReplyReader().feed(over)
+    assert again == first and again is not first
+
+
+@pytest.mark.parametrize(
+    ("data", "step"),
+    [
+        (b"HTTP/1.1 200 OK\nContent-Length: -1\n\ntunnel", None),
+        (b"HTTP/1.1 100 Continue\nContent-Length: x\n\nHTTP/1.1 200 OK\n\ntunnel", None),
+        (b"HTTP/1.1 100 Continue\nContent-Length: x\n\nHTTP/1.1 200 OK\n\ntunnel", 1),
+    ],
+    ids=["2xx", "interim", "interim-1-byte"],
+)
+def test_reply_reader_sets_framing_aside_in_bare_lf_heads(data: bytes, step: int | None) -> None:
+    """Heads whose lines end with a bare LF (which h11 reads) get the same treatment of
+    malformed framing headers on a 1xx or 2xx as CRLF ones."""
+    reply, reader = read_reply(data, step=step)
+    assert reply is not None and reply.status == 200
+    assert reader.leftover == b"tunnel"
+
+
+def test_reply_reader_renames_only_framing_header_names() -> None:
+    """Setting malformed framing aside touches the framing headers only: not a header
+    whose name ends like one, nor a value that reads like one."""
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nX-Content-Length: 1\r\n"
+        b"X-Note: transfer-encoding: chunked\r\n\r\ntunnel"
+    )
+    reply, reader = read_reply(data)
+    assert reply is not None
+    assert reply.headers == (
+        ("Content-Length", "-1"),
+        ("X-Content-Length", "1"),
+        ("X-Note", "transfer-encoding: chunked"),
+    )
+    assert reader.leftover == b"tunnel"
+
+
+@pytest.mark.parametrize(
+    ("first", "binary"),
+    [
+        (b"\x08", True),
+        (b"\x09", False),
+        (b"\x0a", False),
+        (b"\x0b", True),
+        (b"\x0c", True),
+        (b"\x0d", False),
+        (b"\x0e", True),
+        (b"\x1f", True),
+        (b"\x20", False),
+        (b"\x7e", False),
+        (b"\x7f", True),
+    ],
+    ids=lambda value: value.hex() if isinstance(value, bytes) else str(value),
+)
+def test_reply_reader_calls_a_control_character_first_binary(first: bytes, binary: bool) -> None:
+    """Text (printable ASCII, TAB, CR, LF) that is not a status line is a malformed reply;
+    another first byte is binary data, not HTTP."""
+    with pytest.raises(ProxyProtocolError) as caught:
+        read_reply(first + b"abc\r\n\r\n")
+    said = str(caught.value)
+    assert ("binary data" in said) is binary
+    assert ("malformed reply" in said) is not binary
+
+
+@pytest.mark.parametrize(("count", "more"), [(3, ""), (4, "; 1 more")])
+def test_refusals_say_how_many_more_diagnostics_there_are(count: int, more: str) -> None:
+    headers = tuple(("X-Squid-Error", f"E{k}") for k in range(count))
+    with pytest.raises(ProxyRefusedError) as caught:
+        check_reply(ProxyReply(403, "R", "1.1", headers))
+    assert caught.value.detail == "X-Squid-Error: E0; X-Squid-Error: E1; X-Squid-Error: E2" + more
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 63 + ".example",
+        ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]),  # 253 characters
+        ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + ".",  # the root dot not counted
+        "0.pool.ntp.org",  # only the last label decides whether a name looks numeric
+        "0x.example",
+    ],
+    ids=["63-label", "253-name", "253-name-root-dot", "numeric-first-label", "0x-first-label"],
+)
+def test_format_authority_accepts_names_at_the_dns_limits(host: str) -> None:
+    assert format_authority(host, 443) == f"{host.lower()}:443"
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        (".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62]), "too long"),  # 254
+        ("example.0x", "looks numeric"),
+        ("example.123", "looks numeric"),
+        ("", "host is empty"),
+    ],
+    ids=["254-name", "hex-prefix-alone", "numeric-last-label", "empty"],
+)
+def test_format_authority_refuses_names_past_the_limits(host: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        format_authority(host, 443)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [(["example.com"], 443, "host must be a str"), ("example.com", [443], "port must be")],
+    ids=["list-host", "list-port"],
+)
+def test_format_authority_refuses_unhashable_arguments(
+    host: object, port: object, message: str
+) -> None:
+    """Only a str host and an int port reach the cache (a list there was a TypeError)."""
+    with pytest.raises(UsageError, match=message):
+        format_authority(host, port)  # type: ignore[arg-type]
+
+
+def test_format_authority_refuses_bool_port_after_caching_the_int() -> None:
+    """True == 1 and hash(True) == hash(1): a cached "host:1" must not answer for True."""
+    assert format_authority("bool-port.example", 1) == "bool-port.example:1"
+    with pytest.raises(UsageError, match="port must be an int"):
+        format_authority("bool-port.example", True)
+
+
+@pytest.mark.parametrize("authority", [":443", "[]:443"], ids=["no-host", "empty-brackets"])
+def test_build_connect_request_refuses_an_empty_host(authority: str) -> None:
+    with pytest.raises(UsageError, match="not host:port"):
+        build_connect_request(authority)
+
+
+def test_build_connect_request_trims_proxy_authorization() -> None:
+    """Spaces and tabs around the value are not part of it (as for validate_header)."""
+    data = build_connect_request("h:1", user_agent=None, proxy_authorization=b" \tBasic dTpw\t ")
+    assert parse_request(data).headers.raw_items() == [
+        (b"Host", b"h:1"),
+        (b"Proxy-Authorization", b"Basic dTpw"),
+    ]
+
+
+def test_reply_reader_reuses_a_known_head_only_at_the_start() -> None:
+    """A known 2xx head is recognised in a first chunk only: later, the same bytes can be
+    part of another head (here a header value of a refusal)."""
+    known = b"HTTP/1.1 200 OK\r\n\r\n"
+    assert ConnectReplyReader().feed(known) is not None  # (now it is known)
+    reader = ConnectReplyReader()
+    assert reader.feed(b"HTTP/1.1 407 P\r\nX-Quoted: ") is None
+    reply = reader.feed(known)
+    assert reply is not None and reply.status == 407
+    assert reply.headers == (("X-Quoted", "HTTP/1.1 200 OK"),)
+
+
+def test_reply_reader_checks_line_ends_in_the_head_only() -> None:
+    """A bare CR is looked for in head bytes: not in the tunnel bytes that came with the
+    end of the head, and an empty feed after a head's CR is not a bare CR."""
+    reader = ConnectReplyReader()
+    assert reader.feed(b"HTTP/1.1 200 OK\r\nX-Split: cr\r") is None
+    assert reader.feed(b"") is None
+    reply = reader.feed(b"\n\r\n\x16\r\x03\r")
+    assert reply is not None and reply.status == 200
+    assert reader.leftover == b"\x16\r\x03\r"
+
+
+def test_reply_reader_caps_an_endless_stream_of_interim_replies() -> None:
+    """Interim heads count towards the cap even when no final head ever completes (each
+    one is small enough for h11's own per-head limit)."""
+    reader = ConnectReplyReader(max_head_bytes=64)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"  # 25 bytes
+    assert reader.feed(interim) is None
+    assert reader.feed(interim) is None
+    with pytest.raises(ProxyProtocolError, match="larger than max_head_bytes"):
+        reader.feed(interim)
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03", "with TLS, not HTTP"),  # ServerHello
+        (b"\x16\x01\x02\r\n\r\n", r"binary data \(b'\\x16'\.\.\.\)"),  # not a TLS record
+        (b"\x15\x01\x02\r\n\r\n", r"binary data \(b'\\x15'\.\.\.\)"),
+    ],
+    ids=["tls-handshake", "0x16-then-no-version", "0x15-then-no-version"],
+)
+def test_reply_reader_recognises_tls_by_its_first_two_bytes(data: bytes, said: str) -> None:
+    with pytest.raises(ProxyProtocolError, match=said):
+        read_reply(data)
+
+
+def test_reply_reader_keeps_a_renamed_looking_header_when_nothing_was_renamed() -> None:
+    """Only headers janusnet renamed itself are put back; a proxy's header spelled like a
+    renamed one stays as sent when the framing was sound."""
+    name = b"X-Janusnet-Ignored-" + b"Content-Length".hex().encode()
+    reply, _ = read_reply(b"HTTP/1.1 200 OK\r\n" + name + b": 1\r\n\r\n")
+    assert reply is not None
+    assert reply.headers == ((name.decode(), "1"),)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reusable"),
+    [
+        (b"HTTP/1.1 299 Odd\r\nContent-Length: -1\r\n\r\nT", 299, False),  # a 2xx: ignored
+        (b"HTTP/1.1 300 M\r\nContent-Length: abc\r\n\r\nT", 300, False),  # a refusal: unframed
+        (  # a 199 is an interim reply like any 1xx
+            b"HTTP/1.1 199 X\r\nContent-Length: x\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nT",
+            200,
+            False,
+        ),
+    ],
+    ids=["299", "300", "interim-199"],
+)
+@pytest.mark.parametrize("step", [None, 1], ids=["whole", "1-byte"])
+def test_reply_reader_malformed_framing_at_the_edges_of_2xx(
+    data: bytes, status: int, reusable: bool, step: int | None
+) -> None:
+    reply, reader = read_reply(data, step=step)
+    assert reply is not None and reply.status == status
+    assert reader.leftover == b"T"
+    assert reader.reusable is reusable
+
+
+def test_reply_reader_setting_framing_aside_does_not_excuse_another_fault() -> None:
+    """Heads read again with malformed framing set aside are still checked: a final head
+    with a malformed header after an interim one with malformed framing is refused."""
+    data = b"HTTP/1.1 100 C\r\nContent-Length: x\r\n\r\nHTTP/1.1 200 OK\r\nNo colon\r\n\r\nT"
+    for step in (None, 1):
+        with pytest.raises(ProxyProtocolError, match="malformed reply"):
+            read_reply(data, step=step)
+
+
+def test_reply_reader_leaves_tunnel_bytes_alone_after_setting_framing_aside() -> None:
+    """Tunnel bytes that look like an HTTP head (a server that speaks first) are not
+    heads of the proxy's: their framing headers are not renamed."""
+    after = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    reply, reader = read_reply(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n" + after)
+    assert reply is not None and reply.status == 200
+    assert reader.leftover == after
+
+
+def test_reply_reader_drain_body_at_the_edges_of_2xx() -> None:
+    _, reader = read_reply(b"HTTP/1.1 300 M\r\nContent-Length: 2\r\n\r\nok")
+    assert reader.drain_body() is True
+    _, reader = read_reply(b"HTTP/1.1 299 Odd\r\n\r\n")
+    with pytest.raises(UsageError, match="complete non-2xx"):
+        reader.drain_body()
+
+
+def test_reply_reader_drain_body_at_cap_then_the_next_reply() -> None:
+    """The cap counts body bytes only, not what follows the body in the same read."""
+    head = b"HTTP/1.1 407 P\r\nContent-Length: 65536\r\n\r\n"
+    _, reader = read_reply(head)
+    assert reader.drain_body(b"x" * 65536 + b"HTTP/1.1 200 OK\r\n\r\n") is True
+    assert reader.leftover == b"HTTP/1.1 200 OK\r\n\r\n"
