@@ -18,7 +18,6 @@ import ipaddress
 import itertools
 import logging
 import os
-import re
 import select
 import socket as _stdsocket
 import ssl
@@ -41,7 +40,7 @@ from ._exceptions import (
     show_address,
     withhold_cut,
 )
-from ._ports import _is_ip_literal, host_form_problem
+from ._ports import _is_ip_literal, _reachable_form, host_form_problem
 from ._tls import env_trust_hint, name_hint, strict_hint
 
 if TYPE_CHECKING:
@@ -1078,24 +1077,16 @@ class FdTLSStream(_Direct):
         }
 
 
-#: The characters of an ASCII host name (an A-label's included), in either case.
-_HOST_CHARS_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
-
-
 @functools.lru_cache(maxsize=256)
 def _valid_ascii_name(name: str) -> bool:
     """Whether ``name`` is an IPv6 address, or a host name the ``ssl`` module takes as a
     server name (it encodes it with the ``idna`` codec: labels of 1-63 characters) made
     of letters, digits, ``-``, ``_`` and dots (a ``*``, ``/`` or ``@`` names no host: a
-    certificate's wildcard would match it as text)."""
-    if ":" in name:
-        try:
-            ipaddress.IPv6Address(name)
-        except ValueError:
-            return False
-        return True
-    if _HOST_CHARS_RE.fullmatch(name) is None:
+    certificate's wildcard would match it as text): the forms access rules take too."""
+    if not _reachable_form(name.lower()):
         return False
+    if ":" in name:
+        return True
     try:
         name.encode("idna")
     except UnicodeError:
