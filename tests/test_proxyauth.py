@@ -545,16 +545,7 @@ async def test_flow_clean_up_that_fails_after_the_2xx_closes_the_socket(
             finally:
                 raise RuntimeError("clean-up failed")
 
-    async def decide(connection: int, head: list[bytes]) -> bytes:
-        return OK
-
-    port = janusnet.ClientPort("ONE", max_sockets=1)
-    proxy = ScriptedProxy(decide)
-    async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Failing(), client_port=port)
-        with anyio.fail_after(10), pytest.raises(RuntimeError, match="clean-up failed"):
-            await tunnel.open("target.example", 443)
-    assert port.open_sockets == 0
+    await _clean_up_failure_propagates(Failing())
 
 
 async def test_sync_flow_clean_up_that_fails_after_the_2xx_propagates(anyio_backend: str) -> None:
@@ -570,13 +561,20 @@ async def test_sync_flow_clean_up_that_fails_after_the_2xx_propagates(anyio_back
             finally:
                 raise RuntimeError("clean-up failed")
 
+    await _clean_up_failure_propagates(Failing())
+
+
+async def _clean_up_failure_propagates(flow: ProxyAuth) -> None:
+    """A proxy answers 200 at once; ``flow``'s clean-up raises: the error propagates and
+    the socket is closed (the client port's count is back to 0)."""
+
     async def decide(connection: int, head: list[bytes]) -> bytes:
         return OK
 
     port = janusnet.ClientPort("ONE", max_sockets=1)
     proxy = ScriptedProxy(decide)
     async with serve(proxy) as number:
-        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=Failing(), client_port=port)
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=flow, client_port=port)
         with anyio.fail_after(10), pytest.raises(RuntimeError, match="clean-up failed"):
             await tunnel.open("target.example", 443)
     assert port.open_sockets == 0
