@@ -476,7 +476,19 @@ def host_form_problem(host: str) -> str | None:
     dropped unseen), a colon outside one (``host:port``), or an IP address with a final
     dot, which the resolver looks up as a name while access rules and TLS would judge
     the address (``127.0.0.1.`` in ``/etc/hosts`` reaching another host, verified as
-    127.0.0.1)."""
+    127.0.0.1). Judged as written, and as the resolver and TLS get it (UTS #46 maps
+    ``127.0.0.1。`` to ``127.0.0.1.``); a name that does not map is the callers' to
+    refuse."""
+    problem = _form_problem(host)
+    if problem is None and not host.isascii():
+        try:
+            problem = _form_problem(idna_host(host.strip("[]")))
+        except UnicodeError:
+            pass
+    return problem
+
+
+def _form_problem(host: str) -> str | None:
     if host.endswith(".") and _is_ip_literal(host[:-1]):
         return (
             "an IP address with a final dot is a name to the resolver (looked up in DNS "

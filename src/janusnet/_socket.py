@@ -33,7 +33,7 @@ import ssl
 import warnings
 from collections.abc import Callable, Iterable  # at run time: get_type_hints() needs them
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
@@ -227,15 +227,25 @@ def _is_broken_pipe(exc: BaseException) -> bool:
     return _caused_by(exc, BrokenPipeError)
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return _cause_of(exc, kind) is not None
+
+
+def _cause_of(
+    exc: BaseException, kind: type[_E], but: tuple[type[BaseException], ...] = ()
+) -> _E | None:
+    """``exc``, or the first error of ``kind`` (and not of ``but``) it was caused by."""
     seen: BaseException | None = exc
     for _ in range(8):  # anyio and janusnet wrap it a level or two deep
         if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
+            return None
+        if isinstance(seen, kind) and not isinstance(seen, but):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _client_port(client_port: object) -> ClientPort:
@@ -256,12 +266,11 @@ def _validate_target(host: str, port: int) -> None:
         raise UsageError("host must be a non-empty str")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in host):
         raise UsageError(f"host {host!r} contains a control character or a space")
-    # As written, and as the resolver and TLS get it (UTS #46 maps "127.0.0.1。").
     problem = host_form_problem(host)
-    if problem is None and not host.isascii():
-        problem = host_form_problem(wire_name(host.strip("[]")))
     if problem is not None:
         raise UsageError(f"host {host!r}: {problem}")
+    if not host.isascii():
+        wire_name(host.strip("[]"))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UsageError(f"port must be an int in 1-65535, not {port!r}")
 

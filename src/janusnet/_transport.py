@@ -1127,9 +1127,6 @@ def tls_name_for(hostname: str) -> str:
             raise SSLOnOtherError(
                 f"ssl_on: {hostname!r} is not a valid international host name: {exc}"
             ) from exc
-        problem = host_form_problem(name)  # as mapped: "127.0.0.1。" is "127.0.0.1."
-        if problem is not None:
-            raise SSLOnOtherError(f"ssl_on: {hostname!r} is not a name TLS can verify: {problem}")
     if name.endswith("."):
         name = name[:-1]
     if name.endswith(".") or not _valid_ascii_name(name):

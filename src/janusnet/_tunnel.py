@@ -74,7 +74,14 @@ from ._exceptions import (
 from ._ports import ClientPort, TLSMode, _is_ip_literal
 from ._proxyauth import MAX_AUTH_ROUNDS, ProxyAuth, check_authorization
 from ._proxyenv import ProxyURL, parse_proxy_url, proxy_from_env
-from ._socket import RECEIVE_SIZE, Socket, _client_port, _is_broken_pipe, _is_peer_reset
+from ._socket import (
+    RECEIVE_SIZE,
+    Socket,
+    _cause_of,
+    _client_port,
+    _is_broken_pipe,
+    _is_peer_reset,
+)
 from ._tls import default_context_for
 from ._transport import FdStream, allowed_addresses, open_hop, tcp_options
 
@@ -259,16 +266,7 @@ _HANDSHAKE_ALERTS: Final = (
 
 def _tls_error_in(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error (not an end of stream) under ``exc``, if any."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # janusnet and anyio wrap it a level or two deep
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLError) and not isinstance(
-            seen, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
-        ):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return _cause_of(exc, ssl.SSLError, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
 
 
 def _ended_by_eof(exc: BaseException) -> bool:
