@@ -97,6 +97,8 @@ LINGER_MAX: Final = 30.0
 LINGER_STALL: Final = 2.0
 #: Linux's ``SIOCOUTQNSD``: bytes a TCP socket holds that it has not sent yet.
 _SIOCOUTQNSD: Final = 0x894B
+#: Socket reads :meth:`FdTLSStream.receive_ready` makes at most (1 MiB of ciphertext).
+_READY_READS: Final = 16
 #: No limit, for :meth:`FdTLSStream._read_ready`.
 _ALL: Final = 1 << 62
 #: Bytes peeked at most where FIONREAD is missing.
@@ -816,6 +818,7 @@ class FdTLSStream(_Direct):
             read = self._obj.read
             decrypted = self._obj.pending
             incoming = self._in
+            fed = False  # read ciphertext that gave no plaintext yet
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -854,6 +857,13 @@ class FdTLSStream(_Direct):
                     self._push_now()  # what the socket takes now; never wait to write here
                 if data is not None:
                     break
+                if fed:
+                    # Records without data (a stream of session tickets or KeyUpdates)
+                    # keep the socket readable: without this the loop would never yield,
+                    # starving every other task and every deadline. (Not before the first
+                    # read: the rest of a record, in bulk transfers, costs no yield.)
+                    await self._checkpoint()
+                fed = True
                 await self._feed_or_push()
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
@@ -953,16 +963,21 @@ class FdTLSStream(_Direct):
         self._read_again = True
 
     def receive_ready(self) -> tuple[bytes, bool]:
-        """What can be read now without waiting: ``(data, at_eof)``; never blocks.
+        """Whether data can be read now: ``(data, at_eof)``; never blocks.
 
-        Post-handshake messages (session tickets) are consumed on the way and yield no
-        data. Errors are left for the next :meth:`receive` to raise.
+        ``data`` is the first plaintext that can be read without waiting (more may be
+        there, for the next receive), ``b""`` when none arrived within a bounded number
+        of socket reads. Post-handshake messages (session tickets) are consumed on the
+        way and yield no data. Errors are left for the next :meth:`receive` to raise.
         """
         chunks: list[bytes] = [self._plain] if self._plain else []
         self._plain = b""
         eof = False
+        reads = 0
         while (
-            not self._closed
+            not chunks  # some data is all the caller needs to know of; the rest waits
+            and reads < _READY_READS  # (a flood of records without data)
+            and not self._closed
             and not self._receiving
             and not self._feeding
             and self._failure is None  # (a receive met it after its data: not an end)
@@ -970,6 +985,7 @@ class FdTLSStream(_Direct):
             try:
                 data = self._obj.read(65536)
             except ssl.SSLWantReadError:
+                reads += 1
                 try:
                     more = self._sock.recv(TLS_READ)
                 except OSError:  # BlockingIOError: nothing more yet; anything else: later
