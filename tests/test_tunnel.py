@@ -1437,3 +1437,51 @@ async def test_resolve_locally_failures_send_nothing(
         "example.com", 443, environ={"HTTPS_PROXY": proxy.url}, resolve_locally=True
     )
     assert from_env is not None and "resolve_locally=True" in repr(from_env)
+
+
+async def test_tunnel_digest_answer_uses_the_challenge_as_written(anyio_backend: str) -> None:
+    """A proxy whose Digest realm holds the password (echoed back) is answered over the
+    realm it wrote, not over the copy with the credentials withheld (that answer was
+    computed over ``realm="echo [credentials withheld]"`` and refused). Found by a live
+    hostile-proxy check."""
+    import hashlib
+    import re
+
+    from loopback import read_line, serve
+
+    password = "Secretpass99"
+    realm = f"echo {password}"
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            lines = []
+            while line := await read_line(stream, buf):
+                lines.append(line.decode())
+            answer = [x for x in lines if x.lower().startswith("proxy-authorization: digest")]
+            if not answer:  # (the Basic janusnet sends first, unasked, is refused)
+                await stream.send(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    + f'Proxy-Authenticate: Digest realm="{realm}", nonce="n0nce", '
+                    'qop="auth", algorithm=MD5\r\nContent-Length: 0\r\n\r\n'.encode()
+                )
+                continue
+            params = dict(re.findall(r'(\w+)="?([^",]*)"?', answer[0].split(" ", 2)[2]))
+            ha1 = md5(f"alice:{params['realm']}:{password}")
+            ha2 = md5(f"CONNECT:{params['uri']}")
+            expected = md5(f"{ha1}:n0nce:{params['nc']}:{params['cnonce']}:{params['qop']}:{ha2}")
+            ok = params["realm"] == realm and params["response"] == expected
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\n\r\n" if ok else b"HTTP/1.1 403 Forbidden\r\n\r\n"
+            )
+            await stream.aclose()
+            return
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=("alice", password))
+        with anyio.fail_after(10):
+            async with await tunnel.open("origin.test", 443) as sock:
+                assert sock.proxy_reply.status == 200

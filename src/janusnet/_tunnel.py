@@ -763,23 +763,24 @@ class ProxyTunnel:
                         secrets = _flow_forms(authorization, secrets)
                     continue
                 kept = False
+                raw = reply  # what is answered: the challenge as the proxy wrote it
                 if secrets:
                     reply = _withhold_from_reply(reply, secrets)
                 self._log_reply(authority, reply)
                 if 200 <= reply.status < 300:
                     return self._tunnel_open(sock, reader, reply, authority, secrets, stop_at_head)
                 if reply.status == 407 and credentials and not answered:
-                    answer = self._answer(reply, authority, sent_basic=authorization is not None)
-                elif reply.status == 407 and answered and not stale_retried and _stale(reply):
+                    answer = self._answer(raw, authority, sent_basic=authorization is not None)
+                elif reply.status == 407 and answered and not stale_retried and _stale(raw):
                     # Our Digest answer was right but its nonce had expired (RFC 7616
                     # §3.3: stale=true): answer the fresh nonce, once, as curl does.
                     stale_retried = True
-                    answer = self._answer(reply, authority, sent_basic=True)
+                    answer = self._answer(raw, authority, sent_basic=True)
                 else:
                     answer = None
                 if answer is not None:
                     answered = True
-                    challenge = (reply, stale_retried or authorization is not None)
+                    challenge = (raw, stale_retried or authorization is not None)
                     authorization = answer
                     secrets = _flow_forms(answer, secrets)
                     if phase is not None:
