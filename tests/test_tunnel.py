@@ -1485,3 +1485,48 @@ async def test_tunnel_digest_answer_uses_the_challenge_as_written(anyio_backend:
         with anyio.fail_after(10):
             async with await tunnel.open("origin.test", 443) as sock:
                 assert sock.proxy_reply.status == 200
+
+
+@pytest.mark.parametrize(
+    ("password", "echo"),
+    [
+        # the Basic token as a header name
+        ("Secretpass99", lambda token, pw: f"{token}: x"),
+        # a password with " and \ in a quoted string, escaped
+        (
+            'Secret"pass\\99',
+            lambda token, pw: 'X-Echo: realm="{}"'.format(
+                pw.replace("\\", "\\\\").replace('"', '\\"')
+            ),
+        ),
+        # a password with a space at its end, at the end of a header value (trimmed)
+        ("Secretpass99 ", lambda token, pw: f"X-Echo: alice:{pw}"),
+    ],
+)
+async def test_tunnel_credentials_echoed_in_other_spellings_are_withheld(
+    anyio_backend: str, password: str, echo: Any
+) -> None:
+    """Found by a live hostile-proxy check: a proxy echoing the credentials as a header
+    name, in a quoted string's escapes, or trimmed at a header value's end."""
+    import base64
+
+    from loopback import read_line, serve
+
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while await read_line(stream, buf):
+            pass
+        line = echo(token, password)
+        await stream.send(f"HTTP/1.1 403 Forbidden\r\n{line}\r\n\r\n".encode())
+        await stream.aclose()
+
+    async with serve(proxy) as number:
+        tunnel = ProxyTunnel(f"http://127.0.0.1:{number}", auth=("alice", password))
+        with anyio.fail_after(10), pytest.raises(janusnet.ProxyRefusedError) as info:
+            await tunnel.open("origin.test", 443)
+    shown = f"{info.value} {info.value!r} {info.value.headers!r}"
+    assert "[credentials withheld]" in shown
+    for secret in (token, password.strip(), password.strip().replace('"', '\\"')):
+        assert secret not in shown

@@ -159,20 +159,28 @@ def _as_received(forms: Iterable[str]) -> tuple[str, ...]:
 
     A reply is decoded as latin-1 (UTF-8 "ö" reads "Ã¶"), and h11 quotes a malformed
     line as a bytes literal (\\xc3\\xb6, \\\\, and \\' when the literal is in single quotes;
-    ``repr(b'"' + raw)`` forces that spelling).
+    ``repr(b'"' + raw)`` forces that spelling). In a quoted string (a challenge's realm)
+    ``"`` and ``\\`` are escaped with ``\\``; a header value loses the spaces at its ends.
     """
     kept = set(forms)
     for form in list(kept):
         raw = form.encode("utf-8", "replace")
         kept.update({raw.decode("latin-1"), repr(raw)[2:-1], repr(b'"' + raw)[3:-1]})
+        if len(form.strip()) >= _MIN_FORM:
+            kept.add(form.strip())
+    for form in list(kept):
+        kept.add(form.replace("\\", "\\\\").replace('"', '\\"'))
     return tuple(sorted(kept, key=len, reverse=True))
 
 
 def _withhold_from_reply(reply: ProxyReply, forms: tuple[str, ...]) -> ProxyReply:
     """``reply`` as given, or a copy without the credentials a proxy sent back in it
-    (a reason phrase or a header that echoes the request's ``Proxy-Authorization``)."""
+    (a reason phrase, or a header's name or value, that echoes the request's
+    ``Proxy-Authorization``)."""
     reason = withhold(reply.reason, forms)
-    headers = tuple((name, withhold(value, forms)) for name, value in reply.headers)
+    headers = tuple(
+        (withhold(name, forms), withhold(value, forms)) for name, value in reply.headers
+    )
     if reason == reply.reason and headers == reply.headers:
         return reply
     return dataclasses.replace(reply, reason=reason, headers=headers)
