@@ -256,12 +256,12 @@ class TokenSet:
         return f"TokenSet({list(self.tokens)!r})"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _cached_prstok(spec: str) -> TokenSet:
     return TokenSet.from_prstok(spec)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _cached_tokens(tokens: tuple[bytes, ...]) -> TokenSet:
     return TokenSet(tokens)
 
