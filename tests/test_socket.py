@@ -1283,7 +1283,7 @@ async def test_socket_ssl_on_deadline_closes_the_socket(
         sock = await Socket.connect("localhost", number, client_port=port)
         start = anyio.current_time()
         with pytest.raises(
-            TimeoutError, match=r"TLS handshake with localhost: no answer within 0\.3 s"
+            TimeoutError, match=r"TLS handshake with localhost: not done within 0\.3 s"
         ):
             await sock.ssl_on(timeout=0.3)
         assert anyio.current_time() - start < 5

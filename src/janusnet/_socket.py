@@ -1511,7 +1511,7 @@ class Socket:
                     )
                     raise TimeoutError(
                         f"TLS handshake with {hostname or 'the peer'}: "
-                        f"no answer within {timeout:g} s"
+                        f"not done within {timeout:g} s (the peer did not finish it)"
                     )
         except JanusnetError as exc:
             if self._secrets:
