@@ -1444,7 +1444,6 @@ async def test_tunnel_digest_answer_uses_the_challenge_as_written(anyio_backend:
     realm it wrote, not over the copy with the credentials withheld (that answer was
     computed over ``realm="echo [credentials withheld]"`` and refused). Found by a live
     hostile-proxy check."""
-    import hashlib
     import re
 
     from loopback import read_line, serve
