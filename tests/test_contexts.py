@@ -294,10 +294,13 @@ async def test_verification_failure_names_a_ca_variable_janusnet_does_not_read(
 # --------------------------------------- a plain-text answer to the ClientHello, said so
 
 
-@pytest.mark.parametrize("through", ["ssl_on", "https proxy"])
+@pytest.mark.parametrize("through", ["ssl_on", "https proxy", "inside an https proxy"])
 async def test_a_plain_http_answer_to_the_client_hello_is_named(
-    anyio_backend: str, through: str, caplog: pytest.LogCaptureFixture
+    anyio_backend: str, through: str, caplog: pytest.LogCaptureFixture, ca: trustme.CA
 ) -> None:
+    """Also from an origin reached inside an ``https://`` proxy's TLS (TLS in TLS),
+    which said nothing of it."""
+
     async def http_server(stream: SocketStream) -> None:
         await stream.receive()  # the ClientHello
         await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -309,10 +312,22 @@ async def test_a_plain_http_answer_to_the_client_hello_is_named(
             with pytest.raises(HandshakeError) as info:
                 await sock.ssl_on()
             assert sock.closed
-        else:
+        elif through == "https proxy":
             tunnel = ProxyTunnel(f"https://localhost:{port}", timeout=10)
             with pytest.raises(HandshakeError) as info:
                 await tunnel.open_tls("localhost", 443)
+        else:
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("localhost").configure_cert(server)
+            with ConnectProxy(ssl_context=server) as tls_proxy:
+                client = janusnet.create_ssl_context()
+                ca.configure_trust(client)
+                tunnel = ProxyTunnel(
+                    f"https://localhost:{tls_proxy.port}", proxy_ssl_context=client, timeout=10
+                )
+                with pytest.raises(HandshakeError) as info:
+                    await tunnel.open_tls("localhost", port, ssl_context=client)
+            assert "TLS handshake with localhost failed" in str(info.value)
     said = str(info.value)
     assert (
         "(plain text came where TLS was expected, 'HTTP/1.1 400 Bad Request': the peer "

@@ -22,6 +22,7 @@ from janusnet import (
     IncompleteReadError,
     NotSSLPortError,
     PendingDataError,
+    ProxyTunnel,
     ReturnCode,
     Socket,
     SocketResetError,
@@ -31,6 +32,7 @@ from janusnet import (
     UsageError,
 )
 from janusnet._transport import tls_name_for
+from janusnet.testing import ConnectProxy
 from loopback import (
     echo,
     needs_ipv6,
@@ -145,14 +147,59 @@ async def test_socket_ssl_on_peer_closes_is_handshake_error(
     assert reason.strip(), str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("names", "common_name", "own_context", "hint"),
+    [
+        (["other.example"], None, False, "(the certificate is for 'other.example')"),
+        (
+            [f"n{i}.example" for i in range(7)] + ["127.0.0.2"],
+            None,
+            False,
+            "(the certificate is for 'n0.example', 'n1.example', 'n2.example', "
+            "'n3.example', 'n4.example' and 3 more)",
+        ),
+        (
+            ["other.example"],
+            "localhost",
+            False,
+            "(the certificate is for 'other.example'; its CN 'localhost' does not count: "
+            "names are checked against the subjectAltName only)",
+        ),
+        (
+            [],
+            "localhost",
+            False,
+            "(the certificate names no host in its subjectAltName; its CN 'localhost' does "
+            "not count: names are checked against the subjectAltName only)",
+        ),
+        (["other.example"], "localhost", True, "(the certificate is for 'other.example')"),
+        (["bad\x1b[2J.example"], None, False, r"(the certificate is for 'bad\\x1b[2J.example')"),
+    ],
+    ids=["other-name", "many-names", "cn-not-counted", "cn-only", "own-context", "escaped"],
+)
 async def test_socket_ssl_on_wrong_hostname_is_handshake_error(
-    anyio_backend: str, ca: trustme.CA
+    anyio_backend: str,
+    ca: trustme.CA,
+    names: list[str],
+    common_name: str | None,
+    own_context: bool,
+    hint: str,
+    tmp_path: pathlib.Path,
 ) -> None:
-    """-111, saying that names are checked against subjectAltName only (on janusnet's
-    policy: a context of ``ssl.create_default_context()`` falls back to the CN)."""
+    """-111 saying whom the certificate is for, read from the chain the peer sent (as
+    curl does), and, on janusnet's policy, that a CN does not count (a context of
+    ``ssl.create_default_context()`` falls back to a CN when there is no DNS name)."""
     other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("other.example").configure_cert(other)
-    context = janusnet.create_ssl_context(cadata=ca.cert_pem.bytes().decode())
+    if all(name.isprintable() for name in names):
+        ca.issue_cert(*names, common_name=common_name).configure_cert(other)
+    else:  # (trustme refuses a name that is not IDNA)
+        _, cert_pem = unusual_certificate(names=[("O", "x")], dns_names=names, issuer=ca)
+        (tmp_path / "cert.pem").write_bytes(cert_pem)
+        other.load_cert_chain(tmp_path / "cert.pem")
+    if own_context:
+        context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    else:
+        context = janusnet.create_ssl_context(cadata=ca.cert_pem.bytes().decode())
     port = ClientPort("POLICY", tls=TLSMode.OPTIONAL, ssl_context=context)
 
     async def handler(stream: SocketStream) -> None:
@@ -163,11 +210,34 @@ async def test_socket_ssl_on_wrong_hostname_is_handshake_error(
         with pytest.raises(HandshakeError) as info:
             await sock.ssl_on()
         assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        assert "localhost" in str(info.value)
-        assert str(info.value).endswith(
-            "(names are checked against the certificate's subjectAltName only, not its CN)"
-        )
+        assert "Hostname mismatch, certificate is not valid for 'localhost'" in str(info.value)
+        assert str(info.value).endswith(hint), str(info.value)
         assert sock.closed
+
+
+async def test_socket_ssl_on_wrong_hostname_in_tls_in_tls_gives_the_rule(
+    anyio_backend: str, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    """Where the certificate cannot be read (TLS inside a proxy's TLS, on anyio's TLS
+    layer), the error gives the general rule."""
+    other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("other.example").configure_cert(other)
+    context = janusnet.create_ssl_context(cadata=ca.cert_pem.bytes().decode())
+
+    async def handler(stream: SocketStream) -> None:
+        await tls_server_side(stream, other)
+
+    async with serve(handler) as number:
+        with ConnectProxy(ssl_context=server_context) as tls_proxy:
+            tunnel = ProxyTunnel(
+                f"https://localhost:{tls_proxy.port}", proxy_ssl_context=context, timeout=10
+            )
+            with pytest.raises(HandshakeError) as info:
+                await tunnel.open_tls("localhost", number, ssl_context=context)
+    assert str(info.value).endswith(
+        "(names are checked against the certificate's subjectAltName only: a host named "
+        "in its CN alone does not match)"
+    ), str(info.value)
 
 
 @pytest.mark.parametrize(

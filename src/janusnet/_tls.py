@@ -18,7 +18,7 @@ from typing import Final
 
 import certifi
 
-from ._exceptions import SSLOnOtherError, UsageError
+from ._exceptions import SSLOnOtherError, UsageError, printable
 
 __all__ = [
     "CertInfo",
@@ -29,6 +29,7 @@ __all__ = [
     "env_trust_hint",
     "env_trust_variable",
     "name_hint",
+    "note_peer_names",
     "strict_hint",
 ]
 
@@ -194,16 +195,74 @@ def env_trust_variable(exc: BaseException | None, context: ssl.SSLContext | None
 _HOSTNAME_MISMATCH: Final = 62
 
 
+#: The attribute on a host name mismatch's error that keeps what the certificate names.
+_PEER_NAMES: Final = "janusnet_peer_names"
+#: How many of the names a message shows.
+_NAMES_SHOWN: Final = 5
+
+
+def note_peer_names(exc: ssl.SSLError, tls: ssl.SSLObject) -> None:
+    """Keep on a host name mismatch's ``exc`` the names the peer's certificate gives
+    (its subjectAltName's DNS names and addresses, and its CN), so the error can say
+    whom the certificate is for, as curl does.
+
+    The certificate is read from the chain the peer sent, unverified (only to say what
+    it names), through the ``ssl`` module's private ``get_unverified_chain`` (Python
+    3.10+): where that is missing or fails, the error gives the general rule instead.
+    """
+    if getattr(exc, "verify_code", None) != _HOSTNAME_MISMATCH:
+        return
+    try:
+        info = getattr(tls, _PRIVATE_OBJECT).get_unverified_chain()[0].get_info()
+        alt_names = tuple(
+            str(value)
+            for kind, value in info.get("subjectAltName", ())
+            if kind in ("DNS", "IP Address")
+        )
+        common_names = tuple(
+            str(value)
+            for part in info.get("subject", ())
+            for key, value in part
+            if key == "commonName"
+        )
+    except Exception:  # a private API: anything it does means "not known"
+        return
+    setattr(exc, _PEER_NAMES, (alt_names, common_names))
+
+
+_PRIVATE_OBJECT: Final = "_sslobj"
+
+
 def name_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:
-    """A sentence for a host name mismatch on a context that checks subjectAltName only
-    (janusnet's policy): a certificate whose common name is the host, with no DNS name
-    in its subjectAltName, fails there though curl and older clients take it (``""``
-    otherwise)."""
+    """A sentence for a host name mismatch: whom the certificate is for, when
+    :func:`note_peer_names` read it, and, on a context that checks subjectAltName only
+    (janusnet's policy), that its CN does not count: a certificate whose common name is
+    the host, with no DNS name in its subjectAltName, fails there though curl and older
+    clients take it (``""`` otherwise)."""
     if getattr(exc, "verify_code", None) != _HOSTNAME_MISMATCH or context is None:
         return ""
-    if context.hostname_checks_common_name:
-        return ""
-    return " (names are checked against the certificate's subjectAltName only, not its CN)"
+    names = getattr(exc, _PEER_NAMES, None)
+    if names is None:
+        if context.hostname_checks_common_name:
+            return ""
+        return (
+            " (names are checked against the certificate's subjectAltName only: "
+            "a host named in its CN alone does not match)"
+        )
+    alt_names, common_names = names
+    if alt_names:
+        shown = ", ".join(repr(printable(name, 80)) for name in alt_names[:_NAMES_SHOWN])
+        more = len(alt_names) - _NAMES_SHOWN
+        hint = f"the certificate is for {shown}" + (f" and {more} more" if more > 0 else "")
+    else:
+        hint = "the certificate names no host in its subjectAltName"
+    uncounted = [name for name in common_names if name not in alt_names]
+    if uncounted and not context.hostname_checks_common_name:
+        hint += (
+            f"; its CN {printable(uncounted[0], 80)!r} does not count: names are checked "
+            "against the subjectAltName only"
+        )
+    return f" ({hint})"
 
 
 def strict_hint(exc: BaseException | None, context: ssl.SSLContext | None) -> str:

@@ -41,7 +41,7 @@ from ._exceptions import (
     withhold_cut,
 )
 from ._ports import _is_ip_literal, _reachable_form, host_form_problem
-from ._tls import env_trust_hint, name_hint, strict_hint
+from ._tls import env_trust_hint, name_hint, note_peer_names, strict_hint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -67,7 +67,6 @@ __all__ = [
     "raise_handshake_error",
     "start_tls",
     "tcp_options",
-    "wide",
 ]
 
 logger = logging.getLogger("janusnet")
@@ -654,8 +653,10 @@ class FdTLSStream(_Direct):
                 except OSError:
                     pass
             plain._close_now()
-            if answer and isinstance(exc, ssl.SSLError):
-                _note_plain_answer(exc, answer)
+            if isinstance(exc, ssl.SSLError):
+                note_peer_names(exc, obj)
+                if answer:
+                    _note_plain_answer(exc, answer)
             raise
         if plain._closed:
             raise anyio.ClosedResourceError
@@ -1184,13 +1185,21 @@ async def start_tls(
         return await FdTLSStream.wrap(
             stream, hostname=hostname, ssl_context=ssl_context, session=session
         )
-    return await TLSStream.wrap(
-        wide(stream),
-        server_side=False,
-        hostname=hostname,
-        ssl_context=ssl_context,
-        standard_compatible=False,
-    )
+    transport = WideReceive(stream, keep_answer=True)
+    try:
+        tls = await TLSStream.wrap(
+            transport,
+            server_side=False,
+            hostname=hostname,
+            ssl_context=ssl_context,
+            standard_compatible=False,
+        )
+    except ssl.SSLError as exc:
+        if transport.answer:
+            _note_plain_answer(exc, transport.answer)
+        raise
+    transport.answer = None
+    return tls
 
 
 class TCPOptions:
@@ -1602,11 +1611,6 @@ async def open_hop(
     return tls
 
 
-def wide(stream: ByteStream) -> ByteStream:
-    """``stream`` as ``TLSStream``'s transport: read in whole transport chunks."""
-    return stream if isinstance(stream, FdStream) else WideReceive(stream)
-
-
 class WideReceive(anyio.abc.ByteStream):
     """The transport under ``ssl_on()``'s TLS layer, read in whole transport chunks.
 
@@ -1615,10 +1619,13 @@ class WideReceive(anyio.abc.ByteStream):
     every time. Everything else passes straight through, typed attributes included.
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "answer")
 
-    def __init__(self, inner: ByteStream) -> None:
+    def __init__(self, inner: ByteStream, *, keep_answer: bool = False) -> None:
         self._inner = inner
+        #: The peer's first bytes (up to a quote's worth), kept while a handshake may
+        #: fail on them (see :func:`_note_plain_answer`); ``None`` when not kept.
+        self.answer: bytes | None = b"" if keep_answer else None
 
     @property
     def inner(self) -> ByteStream:
@@ -1626,7 +1633,11 @@ class WideReceive(anyio.abc.ByteStream):
         return self._inner
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._inner.receive(max(max_bytes, TRANSPORT_READ))
+        data = await self._inner.receive(max(max_bytes, TRANSPORT_READ))
+        answer = self.answer
+        if answer is not None and len(answer) < PLAIN_ANSWER_KEPT:
+            self.answer = answer + data[:PLAIN_ANSWER_KEPT]
+        return data
 
     async def send(self, item: bytes) -> None:
         await self._inner.send(item)
