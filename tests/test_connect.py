@@ -10,6 +10,7 @@ import ast
 import hashlib
 import itertools
 import pathlib
+import re
 import sys
 from urllib.parse import quote
 
@@ -597,6 +598,8 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         (b"HTTP/2.0 200 OK\r\n\r\n", "HTTP/2.0"),
         (b"\x15\x03\x03\x00\x02\x01\x00", "with TLS, not HTTP: is it an https:// proxy"),
         (b"HTTP/1.1 000 X\r\n\r\n", "status code 000 is not one of 100-599"),
+        (b"HTTP/1.1 600 X\r\n\r\n", "status code 600 is not one of 100-599"),
+        (b"HTTP/1.1 999 X\r\nContent-Length: 0\r\n\r\n", "status code 999 is not one of"),
         # Another protocol's answer, as when a SOCKS or HTTP/2-only port is given as
         # http:// (h11's words would be "illegal request line").
         (b"\x05\xff", "a SOCKS5 reply .* is it a SOCKS proxy"),
@@ -618,6 +621,8 @@ def test_reply_reader_keeps_bytes_fed_after_the_head() -> None:
         "http2",
         "tls-alert",
         "status-000",
+        "status-600",
+        "status-999",
         "socks5",
         "socks4",
         "http2-settings",
@@ -633,7 +638,8 @@ def test_reply_reader_rejects_malformed(data: bytes, message: str, step: int | N
     if "CR not followed" in str(caught.value):
         # Refused as it arrives, not after a deadline spent waiting for the head's end.
         assert caught.value.__cause__ is None
-    elif message != "HTTP/2.0":
+    elif message != "HTTP/2.0" and not re.match("status code [6-9]", message):
+        # (h11 takes any three digits: janusnet refuses the ones no status has)
         assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
 
 

@@ -790,6 +790,12 @@ class ConnectReplyReader:
                 f"{self._where()} replied with HTTP/{version}; only HTTP/1.x is supported",
                 proxy=self._proxy,
             )
+        if event.status_code > 599:  # (h11 takes any three digits; RFC 9110 section 15)
+            raise ProxyProtocolError(
+                f"{self._where()} sent a malformed reply to CONNECT: status code "
+                f"{event.status_code} is not one of 100-599",
+                proxy=self._proxy,
+            )
         headers = tuple(
             ((_restored(name) if renamed else name).decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers.raw_items()
