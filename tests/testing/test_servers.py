@@ -408,14 +408,14 @@ def test_a_failure_from_before_reset_history_is_logged_not_kept(
 
 
 def test_proxy_reset_history_also_empties_the_log(proxy: ConnectProxy) -> None:
-    proxy.auth = ("only-a-user",)  # type: ignore[assignment]  # makes the auth check raise
+    proxy.ssl_context = "not a context"  # type: ignore[assignment]  # makes the handler raise
     with connect(proxy.address) as sock:
         send_connect(sock, "127.0.0.1:9", basic("u", "p"))
         with contextlib.suppress(OSError):
             recv_all(sock)
     assert wait_until(lambda: proxy.errors != [] and proxy.active == 0)
-    assert "IndexError" in proxy.errors[0]
-    proxy.auth = None
+    assert "SSLContext" in proxy.errors[0]
+    proxy.ssl_context = None
     with connect(proxy.address) as sock:
         sock.sendall(b"OPTIONS * HTTP/1.1\r\n\r\n")
         assert status_of(recv_all(sock)) == 405
@@ -1018,3 +1018,19 @@ def test_origin_stops_sending_to_a_client_that_went_away(caplog: pytest.LogCaptu
         assert origin.errors == []
     noise = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
     assert noise == []
+
+
+def test_proxy_settings_are_checked_when_assigned() -> None:
+    """``auth`` and ``behaviour`` are read per request: a wrong one must fail where it is
+    assigned, not as a 407 to every request or an error in the server's thread."""
+    proxy = ConnectProxy()
+    for wrong in ["alice:hunter2", ("alice",), ("alice", b"hunter2"), ["a", "b", "c"]]:
+        with pytest.raises(TypeError, match=r"auth must be None or a \(user, password\)") as info:
+            proxy.auth = wrong  # type: ignore[assignment]
+        assert "hunter2" not in str(info.value)
+    proxy.auth = ["alice", "hunter2"]  # type: ignore[assignment]  # a list, as from a config
+    assert proxy.auth == ("alice", "hunter2")
+    with pytest.raises(ValueError, match="unknown behaviour 'nope'; valid values: 'normal', "):
+        proxy.behaviour = "nope"
+    with pytest.raises(ValueError, match="unknown mode 'tsl'; valid values: 'tls', 'plain'"):
+        TLSOrigin(mode="tsl")

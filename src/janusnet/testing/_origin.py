@@ -23,6 +23,7 @@ from ._servers import (
     BackgroundServer,
     Connection,
     discard_until_eof,
+    member_of,
     pause_reading,
     reset_transport,
 )
@@ -160,7 +161,7 @@ class TLSOrigin(BackgroundServer):
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
     ) -> None:
         super().__init__(host, connection_timeout=connection_timeout, dual_stack=dual_stack)
-        self.mode = OriginMode(mode)
+        self.mode = mode
         self.inject = inject
         if server_context is None:
             if ca is None:
@@ -177,7 +178,7 @@ class TLSOrigin(BackgroundServer):
 
     @mode.setter
     def mode(self, value: OriginMode | str) -> None:
-        self._mode = OriginMode(value)
+        self._mode = member_of(OriginMode, value, "mode")
 
     @property
     def ca(self) -> trustme.CA:

@@ -27,6 +27,7 @@ import dataclasses
 import enum
 import hmac
 import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -42,8 +43,11 @@ from ._servers import (
     BackgroundServer,
     Connection,
     discard_until_eof,
+    member_of,
     reset_transport,
 )
+
+_log = logging.getLogger("janusnet.testing")
 
 __all__ = ["ConnectProxy", "ProxyBehaviour", "ProxyLogRecord"]
 
@@ -181,10 +185,9 @@ class ConnectProxy(BackgroundServer):
 
     Raises:
         ValueError: ``host`` is not a loopback IP literal, or ``behaviour`` is unknown.
+        TypeError: ``auth`` is not ``None`` or a pair of ``str``.
 
     Attributes:
-        auth: the ``(user, password)`` required, or ``None`` (assignable; read per
-            request).
         log: one :class:`ProxyLogRecord` per request, in order (emptied by
             :meth:`reset_history`).
         errors: unexpected handler exceptions and loop errors, as text.
@@ -205,7 +208,7 @@ class ConnectProxy(BackgroundServer):
         super().__init__(host, connection_timeout=connection_timeout, dual_stack=dual_stack)
         self.ssl_context = ssl_context
         self.auth = auth
-        self.behaviour = ProxyBehaviour(behaviour)
+        self.behaviour = behaviour
         self.log: list[ProxyLogRecord] = []
 
     def __repr__(self) -> str:  # no credentials in reprs, even in test tooling
@@ -218,15 +221,52 @@ class ConnectProxy(BackgroundServer):
 
     @behaviour.setter
     def behaviour(self, value: ProxyBehaviour | str) -> None:
-        self._behaviour = ProxyBehaviour(value)
+        self._behaviour = member_of(ProxyBehaviour, value, "behaviour")
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """The ``(user, password)`` required as Basic credentials, or ``None``
+        (assignable; read per request).
+
+        Raises:
+            TypeError: on assignment, a value that is not ``None`` or two ``str``.
+        """
+        return self._auth
+
+    @auth.setter
+    def auth(self, value: tuple[str, str] | None) -> None:
+        if value is not None:
+            if (
+                isinstance(value, (str, bytes))
+                or not isinstance(value, (tuple, list))
+                or len(value) != 2
+                or not all(isinstance(part, str) for part in value)
+            ):
+                # The value stays out of the message: part of it is a password.
+                raise TypeError(
+                    'auth must be None or a (user, password) pair of str, such as ("alice", '
+                    f'"s3cret"); got a {type(value).__name__}'
+                )
+            value = (value[0], value[1])
+        self._auth = value
 
     def reset_history(self) -> None:
         """Start afresh, as before a new test: empty ``errors`` and ``log``, zero ``connections``.
 
-        A failure in a connection accepted before this call is logged instead of joining
-        ``errors``. ``behaviour`` and ``auth`` are left alone.
+        Connections the OS had already accepted are taken in first (they count for the
+        test that opened them). A request that comes later on a connection accepted
+        before this call is not served (the connection is closed), so what a test gave
+        up on cannot open a tunnel in the next one; nor is it added to ``log``, and a
+        failure there is logged instead of joining ``errors``. ``behaviour`` and ``auth``
+        are left alone.
+
+        Raises:
+            RuntimeError: The proxy's loop did not take the reset in time.
         """
         super().reset_history()
+
+    def _clear_history(self) -> None:
+        super()._clear_history()
         self.log.clear()
 
     @property
@@ -267,24 +307,26 @@ class ConnectProxy(BackgroundServer):
             return
         except asyncio.IncompleteReadError:
             return  # the client went away before finishing its request
+        if self._stale(conn):
+            return
         behaviour = self._behaviour
         request = _parse_head(head)
         if request is None:
-            self._record(_unparsed(head), 400, behaviour)
+            self._record(conn, _unparsed(head), 400, behaviour)
             await _refuse(conn, 400, "Bad Request")
             return
         record_base, target = request
         if record_base.method != "CONNECT":
-            self._record(record_base, 405, behaviour)
+            self._record(conn, record_base, 405, behaviour)
             await _refuse(conn, 405, "Method Not Allowed", b"Allow: CONNECT\r\n")
             return
         if self.auth is not None and not _authorized(record_base.headers, self.auth):
-            self._record(record_base, 407, behaviour)
+            self._record(conn, record_base, 407, behaviour)
             await _refuse(conn, 407, "Proxy Authentication Required", _challenge())
             return
         address = await _loopback_address(target)
         if address is None:
-            self._record(record_base, 403, behaviour)
+            self._record(conn, record_base, 403, behaviour)
             await _refuse(conn, 403, "Forbidden", body=b"janusnet test proxy: loopback only\n")
             return
         await self._behave(conn, behaviour, record_base, address)
@@ -299,14 +341,16 @@ class ConnectProxy(BackgroundServer):
         reader, writer = conn.reader, conn.writer
         tunnel_head = _TUNNEL_HEADS.get(behaviour)
         if tunnel_head is not None:
+            if self._stale(conn):  # (the target's name took a lookup, the reset came)
+                return
             try:
                 upstream_reader, upstream_writer = await _open_upstream(*address)
             except (OSError, asyncio.TimeoutError):
-                self._record(record, 502, behaviour)
+                self._record(conn, record, 502, behaviour)
                 await _refuse(conn, 502, "Bad Gateway", body=b"janusnet test proxy: no target\n")
                 return
             conn.adopt(upstream_writer)
-            self._record(record, 200, behaviour)
+            self._record(conn, record, 200, behaviour)
             if behaviour is ProxyBehaviour.SPLIT_HEAD:
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -318,34 +362,52 @@ class ConnectProxy(BackgroundServer):
                 writer.write(tunnel_head)
             await relay(reader, writer, upstream_reader, upstream_writer)
         elif behaviour is ProxyBehaviour.AUTH_WITH_BODY:
-            self._record(record, 407, behaviour)
+            self._record(conn, record, 407, behaviour)
             body = b"<html><body>janusnet test proxy: authentication required</body></html>\n"
             await _refuse(conn, 407, "Proxy Authentication Required", _challenge(), body)
         elif behaviour is ProxyBehaviour.ENDLESS_HEAD:
-            self._record(record, 200, behaviour)
+            self._record(conn, record, 200, behaviour)
             await _endless_head(reader, writer)
         elif behaviour is ProxyBehaviour.CLOSE_MID_HEAD:
-            self._record(record, 200, behaviour)
+            self._record(conn, record, 200, behaviour)
             writer.write(b"HTTP/1.1 200 Conn")
             await _hang_up(reader, writer)
         elif behaviour is ProxyBehaviour.NEVER_ANSWER:
-            self._record(record, None, behaviour)
+            self._record(conn, record, None, behaviour)
             await discard_until_eof(reader)
         elif behaviour is ProxyBehaviour.RESET:
-            self._record(record, None, behaviour)
+            self._record(conn, record, None, behaviour)
             reset_transport(writer)
         elif behaviour is ProxyBehaviour.STATUS_403:
-            self._record(record, 403, behaviour)
+            self._record(conn, record, 403, behaviour)
             await _refuse(conn, 403, "Forbidden", body=b"janusnet test proxy: forbidden\n")
         elif behaviour is ProxyBehaviour.STATUS_502:
-            self._record(record, 502, behaviour)
+            self._record(conn, record, 502, behaviour)
             await _refuse(conn, 502, "Bad Gateway", body=b"janusnet test proxy: bad gateway\n")
         else:  # MALFORMED
-            self._record(record, None, behaviour)
+            self._record(conn, record, None, behaviour)
             writer.write(b"HTTP/1.1 2x0 OK\r\n\r\n")
             await _hang_up(reader, writer)
 
-    def _record(self, base: ProxyLogRecord, status: int | None, behaviour: ProxyBehaviour) -> None:
+    def _stale(self, conn: Connection) -> bool:
+        """Whether ``conn`` was accepted before the last :meth:`reset_history`: then its
+        request is not served, so what an earlier test gave up on cannot open a tunnel (a
+        connection to the origin) in the middle of the next test."""
+        if conn.generation == self._generation:
+            return False
+        _log.debug("janusnet test proxy: a request on an earlier test's connection")
+        return True
+
+    def _record(
+        self,
+        conn: Connection,
+        base: ProxyLogRecord,
+        status: int | None,
+        behaviour: ProxyBehaviour,
+    ) -> None:
+        if conn.generation != self._generation:  # an earlier test's connection
+            _log.debug("janusnet test proxy: %s on an earlier test's connection", base)
+            return
         self.log.append(
             ProxyLogRecord(
                 request_line=base.request_line,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import ipaddress
 import logging
@@ -94,6 +95,23 @@ def byte_pattern(size: int, offset: int = 0) -> bytes:
     start = offset % 256
     repeats = (start + size) // 256 + 1
     return (bytes(range(256)) * repeats)[start : start + size]
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def member_of(choices: type[_E], value: object, what: str) -> _E:
+    """``choices(value)``, or a ValueError that lists the valid values.
+
+    Raises:
+        ValueError: ``value`` is none of ``choices``.
+    """
+    try:
+        return choices(value)
+    except ValueError:
+        pass  # raised outside the except block: no "During handling..." chain
+    valid = ", ".join(repr(choice.value) for choice in choices)
+    raise ValueError(f"unknown {what} {value!r}; valid values: {valid}")
 
 
 def check_loopback(host: str) -> str:
@@ -173,9 +191,13 @@ class Connection:
     while its transport is open closes it and warns, which would kill the TLS layer above it.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, generation: int = 0
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        #: The server's :meth:`BackgroundServer.reset_history` count when it was accepted.
+        self.generation = generation
         self.expired = False
         self._retired: list[asyncio.StreamWriter] = []
         self._others: list[asyncio.StreamWriter] = []
@@ -341,10 +363,43 @@ class BackgroundServer:
     def reset_history(self) -> None:
         """Start afresh, as before a new test: empty ``errors``, zero ``connections``.
 
-        From now on, a failure in a connection accepted *before* this call is logged (logger
-        ``janusnet.testing``) instead of joining ``errors``: what one test left running cannot
-        fail the next one. Settings (``mode``, ``behaviour``…) are left alone.
+        Connections the OS had already accepted for this server are taken in first, so
+        one a test opened just before (a request it cancelled at once) counts for that
+        test, not for the next. From now on, a failure in a connection accepted *before*
+        this call is logged (logger ``janusnet.testing``) instead of joining ``errors``:
+        what one test left running cannot fail the next one. Settings (``mode``,
+        ``behaviour``…) are left alone.
+
+        Raises:
+            RuntimeError: The server's loop did not take the reset in time.
         """
+        loop = self._loop
+        if loop is None or self._thread is threading.current_thread():
+            self._clear_history()
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._reset_on_loop(), loop)
+        except RuntimeError:  # the loop has closed: nothing is running to settle
+            self._clear_history()
+            return
+        try:
+            future.result(STOP_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise RuntimeError(f"{type(self).__name__} did not reset in time") from None
+
+    async def _reset_on_loop(self) -> None:
+        """Take in what the OS accepted (a handler starts a few loop turns after the
+        listener wakes), then clear the history, all on the server's loop."""
+        me = asyncio.current_task()
+        for round_ in range(SETTLE_ROUNDS):
+            await asyncio.sleep(0)
+            # (not on the first turn: the listener's wake-up runs after this task's)
+            if round_ >= 2 and all(t is me or t in self._handlers for t in asyncio.all_tasks()):
+                break
+        self._clear_history()
+
+    def _clear_history(self) -> None:
         self._generation += 1
         self._connections = 0
         self.errors.clear()
@@ -526,7 +581,7 @@ class BackgroundServer:
         self._handlers.add(task)
         self._connections += 1
         generation = self._generation
-        conn = Connection(reader, writer)
+        conn = Connection(reader, writer, generation)
         timer = asyncio.get_running_loop().call_later(
             self.connection_timeout, self._expire, conn, task
         )

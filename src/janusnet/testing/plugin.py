@@ -35,13 +35,17 @@ Fixtures
 ``janusnet_tls_server`` (function view of a session server)
     A running :class:`~janusnet.testing.TLSOrigin` with a certificate for ``localhost``,
     ``127.0.0.1`` and ``::1``: ``.host``, ``.port``, ``.address``, ``.authority``,
-    ``.client_context()``. ``mode``, ``inject``, ``errors`` and ``connections`` are reset
-    before and after every test, so a test may change them freely.
+    ``.client_context()``. ``mode``, ``inject``, ``connection_timeout``, ``errors`` and
+    ``connections`` are reset before and after every test, so a test may change them
+    freely.
 ``janusnet_proxy`` (function view of a session server)
     A running :class:`~janusnet.testing.ConnectProxy`: ``.url``, ``.url_with_auth(u, p)``,
-    ``.log``, ``.behaviour`` and ``.auth`` (assignable). ``behaviour``, ``auth``, ``log``,
-    ``errors`` and ``connections`` are reset before and after every test, so neither a
-    misbehaviour nor a server-side failure leaks into the next test.
+    ``.log``, ``.behaviour`` and ``.auth`` (assignable). ``behaviour``, ``auth``,
+    ``ssl_context``, ``connection_timeout``, ``log``, ``errors`` and ``connections`` are
+    reset before and after every test, so neither a misbehaviour nor a server-side failure
+    leaks into the next test. The reset takes in the connections a test opened just
+    before it ended (a request it cancelled at once): they count for that test, and a
+    request on one of them that comes later is not served.
 ``janusnet_tls_server_session``, ``janusnet_proxy_session`` (session)
     The same two servers, without the per-test view: for a module- or session-scoped
     fixture of yours (say, a client built once), which pytest does not let depend on a
@@ -70,7 +74,11 @@ Markers
     :class:`~janusnet.testing.OriginMode` (``"starttls"``, ``"garbage"``...) and the bytes
     ``starttls`` mode injects after ``220 go ahead``.
 
-A misspelt option or value fails the test's setup with one line that lists the valid ones.
+Markers on a test function, its class and its module (``pytestmark``) merge: the closest
+one's options win, and the others give the rest (say, ``auth`` for a whole module and
+``behaviour`` for one test). A misspelt option or value fails the test's setup with one
+line that lists the valid ones, and so does a marker on a test function that does not
+request its fixture (on ``janusnet_proxy_session`` alone it would do nothing).
 
 When pytest loads the plugin, Python imports the ``janusnet`` and ``janusnet.testing``
 packages it lives in (anyio, h11, certifi: some 20-30 ms per pytest run); ``trustme``,
@@ -126,19 +134,39 @@ def pytest_configure(config: pytest.Config) -> None:
 def _marker_options(
     request: pytest.FixtureRequest, name: str, allowed: frozenset[str]
 ) -> dict[str, object]:
-    """The keyword arguments of the closest ``name`` marker, checked against ``allowed``."""
-    marker = request.node.get_closest_marker(name)
-    if marker is None:
-        return {}
-    if marker.args:
-        _bad_marker(f"@pytest.mark.{name} takes keyword arguments only: {sorted(allowed)}")
-    unknown = set(marker.kwargs) - allowed
-    if unknown:
-        _bad_marker(
-            f"@pytest.mark.{name} got unknown option(s) {sorted(unknown)}; "
-            f"expected some of {sorted(allowed)}"
-        )
-    return dict(marker.kwargs)
+    """The keyword arguments of every ``name`` marker on the test, each checked against
+    ``allowed``, merged: the closest one's options win (a function's marker over its
+    class's, over the module's ``pytestmark``; the decorator nearest the function over
+    the ones above it), and options it does not give come from the others."""
+    options: dict[str, object] = {}
+    for marker in request.node.iter_markers(name):  # closest first
+        if marker.args:
+            _bad_marker(f"@pytest.mark.{name} takes keyword arguments only: {sorted(allowed)}")
+        unknown = set(marker.kwargs) - allowed
+        if unknown:
+            _bad_marker(
+                f"@pytest.mark.{name} got unknown option(s) {sorted(unknown)}; "
+                f"expected some of {sorted(allowed)}"
+            )
+        for option, value in marker.kwargs.items():
+            options.setdefault(option, value)
+    return options
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test whose own marker configures a fixture it does not request: the
+    marker would do nothing (not even check its options), and the test would run on
+    settings it does not expect. Markers on a class or module are left alone: they
+    apply to many tests, not all of which use the fixture."""
+    fixtures = getattr(item, "fixturenames", ())
+    for marker in getattr(item, "own_markers", ()):
+        if marker.name in (_PROXY_MARKER, _SERVER_MARKER) and marker.name not in fixtures:
+            _bad_marker(
+                f"@pytest.mark.{marker.name} configures the {marker.name} fixture, which "
+                f"this test does not request (the marker does nothing on "
+                f"{marker.name}_session): add {marker.name} to its arguments"
+            )
 
 
 def _enum_option(choices: type[_E], value: object, option: str, marker: str) -> _E:
@@ -211,7 +239,9 @@ def janusnet_tls_server_session(janusnet_ca: trustme.CA) -> Iterator[TLSOrigin]:
     ``janusnet_tls_server`` is the per-test view of this same server. A module- or
     session-scoped fixture cannot use that one (pytest's ScopeMismatch), so it takes this one.
     Markers and the per-test reset apply only through ``janusnet_tls_server``: a test that
-    also requests it starts with the server in ``tls`` mode and empty ``errors``.
+    also requests it starts with the server in ``tls`` mode and empty ``errors``. A
+    connection lasts at most ``connection_timeout`` seconds (60), then the server cuts it:
+    one a session-scoped fixture holds longer ends there.
     """
     from janusnet.testing import TLSOrigin
 
@@ -220,8 +250,11 @@ def janusnet_tls_server_session(janusnet_ca: trustme.CA) -> Iterator[TLSOrigin]:
 
 
 def _reset_origin(server: TLSOrigin) -> None:
+    from janusnet.testing._servers import DEFAULT_CONNECTION_TIMEOUT
+
     server.mode = "tls"
     server.inject = b""
+    server.connection_timeout = DEFAULT_CONNECTION_TIMEOUT
     server.reset_history()
 
 
@@ -231,8 +264,10 @@ def janusnet_tls_server(
 ) -> Iterator[TLSOrigin]:
     """A running ``TLSOrigin`` (certificate from ``janusnet_ca``), in TLS mode.
 
-    ``@pytest.mark.janusnet_tls_server(mode=..., inject=...)`` sets it up for one test.
-    ``mode``, ``inject``, ``errors`` and ``connections`` are reset before and after the test.
+    ``@pytest.mark.janusnet_tls_server(mode=..., inject=...)`` sets it up for one test
+    (markers on the function, its class and its module merge; the closest wins).
+    ``mode``, ``inject``, ``connection_timeout``, ``errors`` and ``connections`` are reset
+    before and after the test.
     """
     from janusnet.testing import OriginMode
 
@@ -263,7 +298,9 @@ def janusnet_proxy_session() -> Iterator[ConnectProxy]:
     ``janusnet_proxy`` is the per-test view of this same proxy. A module- or session-scoped
     fixture cannot use that one (pytest's ScopeMismatch), so it takes this one. Markers and
     the per-test reset apply only through ``janusnet_proxy``: a test that also requests it
-    starts with ``normal`` behaviour, no auth and empty ``log`` and ``errors``.
+    starts with ``normal`` behaviour, no auth and empty ``log`` and ``errors``. A
+    connection (tunnel included) lasts at most ``connection_timeout`` seconds (60), then
+    the proxy cuts it: one a session-scoped fixture holds longer ends there.
     """
     from janusnet.testing import ConnectProxy
 
@@ -272,8 +309,12 @@ def janusnet_proxy_session() -> Iterator[ConnectProxy]:
 
 
 def _reset_proxy(server: ConnectProxy) -> None:
+    from janusnet.testing._servers import DEFAULT_CONNECTION_TIMEOUT
+
     server.behaviour = "normal"
     server.auth = None
+    server.ssl_context = None
+    server.connection_timeout = DEFAULT_CONNECTION_TIMEOUT
     server.reset_history()
 
 
@@ -284,8 +325,10 @@ def janusnet_proxy(
     """A running ``ConnectProxy``: normal behaviour, no auth and an empty log at the start.
 
     ``@pytest.mark.janusnet_proxy(behaviour=..., auth=(user, password))`` sets it up for one
-    test; assigning ``.behaviour`` or ``.auth`` in the test works too. ``behaviour``, ``auth``,
-    ``log``, ``errors`` and ``connections`` are reset before and after the test.
+    test (markers on the function, its class and its module merge; the closest wins);
+    assigning ``.behaviour`` or ``.auth`` in the test works too. ``behaviour``, ``auth``,
+    ``ssl_context``, ``connection_timeout``, ``log``, ``errors`` and ``connections`` are
+    reset before and after the test.
     """
     from janusnet.testing import ProxyBehaviour
 
