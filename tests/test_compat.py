@@ -113,6 +113,28 @@ async def test_compat_seed_example_refuses_injected_bytes(
     assert "GET /seed" in reply
 
 
+async def test_compat_fin_on_a_tls_socket_is_refused_before_sending(
+    anyio_backend: str, webdrops: ClientPort, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    """ "Send the request with FIN" on a TLS socket: a UsageError, raised before the
+    payload goes (it was raised after it had gone, halfway through a port)."""
+    num = await sock_conn(webdrops, proxy.host, proxy.port)
+    sock_set(num, "LINEND", "0D0A")
+    assert await sock_sendln(num, f"CONNECT {origin.authority} HTTP/1.0") == 0
+    assert await sock_sendln(num) == 0
+    while len((await sock_recvprs(num))[1]):
+        pass
+    assert await sock_ssl_on(num, server_hostname="localhost") == 0
+    for send in (sock_send, sock_sendln):
+        with pytest.raises(UsageError, match="FIN on a TLS socket: TLS has no half-close"):
+            await send(num, "GET /first HTTP/1.0\r\n\r\n", "FIN")
+    assert sock_info(num, "STAT") == "CONN"
+    assert await sock_sendln(num, "GET /second HTTP/1.0\r\n") == 0
+    _, reply = await sock_recv(num)
+    assert isinstance(reply, str) and "GET /second" in reply and "/first" not in reply
+    assert await sock_close(num) == 1
+
+
 async def test_compat_conn_codes(anyio_backend: str) -> None:
     async def tls_refuser(stream: SocketStream) -> None:
         await stream.receive()

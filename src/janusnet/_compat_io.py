@@ -51,6 +51,8 @@ def _is_reset(sock: Socket) -> bool:
 async def _send(sock: Socket, payload: bytes, fin: bool) -> int:
     if _is_reset(sock):
         return -1
+    if fin and sock.tls is not None:  # refused before anything is sent, as usage errors are
+        raise UsageError("FIN on a TLS socket: TLS has no half-close; send, then close it")
     try:
         if payload:
             await sock.send(payload)
@@ -74,7 +76,7 @@ async def sock_send(num: int, data: str | bytes, opts: str = "") -> int:
         0, or -1 when the socket is not open (or FIN was already sent).
 
     Raises:
-        UsageError: unknown number or option; ``FIN`` on a TLS socket.
+        UsageError: unknown number or option; ``FIN`` on a TLS socket (nothing is sent).
 
     Cancellation may leave part of ``data`` sent.
     """
@@ -95,7 +97,8 @@ async def sock_sendln(num: int, data: str | bytes = "", opts: str = "") -> int:
         0, or -1 when the socket is not open.
 
     Raises:
-        UsageError: unknown number or option; the line end is ``NONE``.
+        UsageError: unknown number or option; the line end is ``NONE``; ``FIN`` on a
+            TLS socket (nothing is sent).
 
     Cancellation may leave part of the line sent.
     """
