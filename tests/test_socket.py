@@ -1162,8 +1162,18 @@ async def test_socket_per_call_encoding_and_line_end_are_checked(anyio_backend: 
             with pytest.raises(UsageError, match="error handler"):
                 sock.decode(b"x", errors="no-such-handler")
             assert sock.decode(b"\xc1", errors="replace") == "A"  # cp037
-            with pytest.raises(UnicodeEncodeError):
-                await sock.send("\u20ac")  # no euro sign in cp037
+            for send in (sock.send, sock.send_line):
+                # No euro sign in cp037: a janusnet error (caught with JanusnetError, as
+                # the guide says of every error) that is still the codec's own error.
+                with pytest.raises(janusnet.EncodeError) as encoding_failed:
+                    await send("Total: 5 \u20ac")
+                failed = encoding_failed.value
+                assert isinstance(failed, UsageError) and isinstance(failed, UnicodeEncodeError)
+                assert (failed.encoding, failed.start, failed.end) == ("cp037", 9, 10)
+                assert "can't encode character '\\u20ac' in position 9" in str(failed)
+                assert isinstance(failed.__cause__, UnicodeEncodeError)
+            with pytest.raises(janusnet.EncodeError):
+                await sock.send("\u20ac", encoding="ascii")
             for bad in (b"", "\n", 5):
                 with pytest.raises(UsageError, match="line_end"):
                     sock.line_end = bad  # type: ignore[assignment]

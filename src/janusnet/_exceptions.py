@@ -9,7 +9,8 @@ The tree is at most three levels below the root::
 
     JanusnetError
     ├── UsageError (also ValueError)          bad arguments, refused before any I/O
-    │   └── BusyError                         a second task tried to receive concurrently
+    │   ├── BusyError                         a second task tried to receive concurrently
+    │   └── EncodeError (also UnicodeEncodeError)  a str the encoding cannot represent
     ├── ConnectError (also OSError)           TCP connect failed (names the host: proxy or target)
     ├── AccessDeniedError                     an access rule forbids the target
     ├── PortLimitError                        SOCKPMAX reached (Janus -109)
@@ -42,6 +43,7 @@ __all__ = [
     "AccessDeniedError",
     "BusyError",
     "ConnectError",
+    "EncodeError",
     "HandshakeError",
     "IncompleteReadError",
     "JanusnetError",
@@ -115,6 +117,15 @@ class UsageError(JanusnetError, ValueError):
     """The call itself is wrong (bad argument, bad token set, CR/LF in a host...).
 
     Raised before anything is sent, so nothing is lost.
+    """
+
+
+class EncodeError(UsageError, UnicodeEncodeError):
+    """A ``str`` to send has characters the socket's encoding cannot represent (say, a
+    euro sign on a ``cp037`` port): nothing is sent.
+
+    Also a :class:`UnicodeEncodeError`, with its ``encoding``, ``object``, ``start``,
+    ``end`` and ``reason``, so code written for the codec's own error still catches it.
     """
 
 

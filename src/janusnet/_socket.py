@@ -42,6 +42,7 @@ from anyio.streams.tls import TLSStream
 from ._connect import ProxyReply, wire_name
 from ._exceptions import (
     BusyError,
+    EncodeError,
     HandshakeError,
     IncompleteReadError,
     JanusnetError,
@@ -717,10 +718,14 @@ class Socket:
 
     def _encode(self, data: str | bytes | bytearray | memoryview, encoding: str | None) -> bytes:
         if isinstance(data, str):
-            if encoding is None:
-                return data.encode(self._encoding)
-            check_encoding(encoding)
-            return data.encode(encoding)
+            if encoding is not None:
+                check_encoding(encoding)
+            codec = self._encoding if encoding is None else encoding
+            try:
+                return data.encode(codec)
+            except UnicodeEncodeError as exc:
+                # (named by the socket's encoding: cp037's own error says "charmap")
+                raise EncodeError(codec, data, exc.start, exc.end, exc.reason) from exc
         if isinstance(data, (bytes, bytearray, memoryview)):
             return bytes(data)
         raise UsageError(f"send takes str or bytes, not {type(data).__name__}")
@@ -736,8 +741,8 @@ class Socket:
 
         Raises:
             UsageError: ``data`` is neither str nor bytes, or ``encoding`` is not a codec.
-            UnicodeEncodeError: ``data`` has characters the encoding cannot represent
-                (nothing is sent).
+            EncodeError: ``data`` has characters the encoding cannot represent
+                (nothing is sent; also a ``UnicodeEncodeError``).
             BusyError: another task is sending on this socket, or ``ssl_on()`` is
                 handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
@@ -763,8 +768,8 @@ class Socket:
 
         Raises:
             UsageError: bad payload, an empty line end, or ``encoding`` is not a codec.
-            UnicodeEncodeError: ``data`` has characters the encoding cannot represent
-                (nothing is sent).
+            EncodeError: ``data`` has characters the encoding cannot represent
+                (nothing is sent; also a ``UnicodeEncodeError``).
             BusyError: another task is sending on this socket, or ``ssl_on()`` is
                 handshaking (nothing is written in clear while TLS starts).
             SocketClosedError: the socket is closed, or ``send_eof()`` was called.
