@@ -6,6 +6,8 @@ with listeners that record every connection they accept.
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import pytest
 from anyio.abc import SocketStream
@@ -377,6 +379,42 @@ async def test_dns_rebinding_guard_checks_resolved_addresses(anyio_backend: str)
             await Socket.connect("localhost", number, client_port=fine), "via localhost"
         )
     assert recorder.accepted == [b"via localhost"]
+
+
+async def test_ip_allow_rules_admit_a_name_by_its_addresses(anyio_backend: str) -> None:
+    """``ALLOW REMOTE <ip>`` and a connect by name: a name no rule matches is admitted
+    when an IP rule allows every address it resolves to, and connected to those checked
+    addresses; it was refused, though the rules' documentation said IP rules match the
+    addresses a name resolves to on direct connects."""
+    recorder = Recorder()
+    loopback = [A("127.0.0.0/8"), A("::1")]  # (localhost may also resolve to ::1)
+    async with serve(recorder) as number:
+        admitted = ClientPort("BY-ADDRESS", rules=loopback)
+        assert admitted.is_allowed("localhost", number) is False  # the name alone: no rule
+        await say_and_hang_up(
+            await Socket.connect("localhost", number, client_port=admitted), "by address"
+        )
+        # Not every address allowed, or not for this port: refused, nothing sent.
+        for rules in (
+            [A("10.0.0.0/8")],
+            [A("127.0.0.0/8", 1)],
+            [D("127.0.0.1"), D("::1"), *loopback],
+            [D("*.localhost"), D("localhost"), *loopback],  # a name rule decides first
+        ):
+            with pytest.raises(AccessDeniedError) as info:
+                await Socket.connect("localhost", number, client_port=ClientPort("N", rules=rules))
+            assert "does not allow localhost" in str(info.value), rules
+        # Only some of them allowed: refused, naming the one that is not.
+        partly = ClientPort("PART", rules=[A("127.0.0.1"), A("::2")])
+        if await _resolves_to_both("localhost", number):
+            with pytest.raises(AccessDeniedError, match=r"localhost \(::1\)"):
+                await Socket.connect("localhost", number, client_port=partly)
+    assert recorder.accepted == [b"by address"]
+
+
+async def _resolves_to_both(name: str, port: int) -> bool:
+    infos = await anyio.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    return len({info[0] for info in infos}) == 2
 
 
 # ---------------------------------------------------------------------- max_sockets (-109)

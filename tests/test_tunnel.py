@@ -1408,6 +1408,28 @@ async def test_resolve_locally_holds_ip_rules_for_names(
         await guarded.open("127.0.0.1", origin.port)
 
 
+async def test_resolve_locally_admits_a_name_by_its_addresses(
+    anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin
+) -> None:
+    """With ``resolve_locally`` an IP allow rule admits a name that resolves into it, as
+    on a direct connect; without it the proxy resolves, so the name is refused."""
+    rules = [janusnet.allow("127.0.0.0/8"), janusnet.allow("::1")]
+    port = ClientPort("BY-ADDRESS", ssl_context=origin.client_context(), rules=rules)
+    before = proxy.connections
+    with pytest.raises(janusnet.AccessDeniedError, match="does not allow localhost"):
+        await ProxyTunnel(proxy.url, client_port=port).open("localhost", origin.port)
+    assert proxy.connections == before
+    tunnel = ProxyTunnel(proxy.url, client_port=port, resolve_locally=True)
+    async with await tunnel.open_tls("localhost", origin.port) as sock:
+        assert proxy.log[-1].target in (f"127.0.0.1:{origin.port}", f"[::1]:{origin.port}")
+        assert (await get(sock))[0] == b"HTTP/1.1 200 OK"
+    elsewhere = ClientPort("ELSEWHERE", rules=[janusnet.allow("10.0.0.0/8")])
+    with pytest.raises(janusnet.AccessDeniedError, match=r"localhost \((127\.0\.0\.1|::1)\)"):
+        await ProxyTunnel(proxy.url, client_port=elsewhere, resolve_locally=True).open(
+            "localhost", origin.port
+        )
+
+
 async def test_resolve_locally_connects_to_the_address_and_verifies_the_name(
     anyio_backend: str, proxy: ConnectProxy, origin: TLSOrigin, port: ClientPort
 ) -> None:

@@ -61,7 +61,10 @@ class AccessRule:
     Host patterns: ``"*"`` (any), an exact name (case-insensitive, trailing dot ignored),
     ``"*.example.com"`` (any subdomain, not ``example.com`` itself), an IP address, or a
     CIDR range (``"10.0.0.0/8"``, ``"::1/128"``). IP and CIDR patterns match IP-literal
-    targets, and for direct connects the addresses a name resolves to. A deny rule
+    targets, and for direct connects (and tunnels with ``resolve_locally``) the
+    addresses a name resolves to: a name no rule matches is allowed there when an IP
+    rule allows every address it has (``allow("10.0.0.0/8")`` admits a name that
+    resolves into it), and refused when one of them is not. A deny rule
     matches any spelling of the destination (an IPv4-mapped ``::ffff:10.1.2.3`` also as
     ``10.1.2.3``, the unspecified ``0.0.0.0`` / ``::`` also as that family's loopback); an
     allow rule matches only the host the connection reaches.
@@ -386,7 +389,16 @@ class ClientPort:
         through a tunnel. A *name* is also checked against the IP rules for every address
         it resolves to on direct connects (the DNS-rebinding guard); through a tunnel the
         proxy resolves the name, so only the name rules can apply there.
+
+        A name that no rule matches, where an IP allow rule could admit its addresses,
+        is ``False`` here: ``Socket.connect`` (and a tunnel with ``resolve_locally``)
+        resolves it and admits it when an IP rule allows every address it has.
         """
+        return self._name_verdict(host, port) is True
+
+    def _name_verdict(self, host: str, port: int) -> bool | None:
+        """:meth:`is_allowed`, or ``None`` for a name no rule matches that an IP allow
+        rule for ``port`` could admit by its addresses (for whoever resolves it)."""
         if not self.rules:
             return True
         name = _canonical_host(host)
@@ -397,6 +409,10 @@ class ClientPort:
                 if not rule.allow:
                     return False
                 return not _is_ip_literal(name) or self.is_address_allowed(name, port)
+        if _is_ip_literal(name):
+            return False
+        if any(rule.allow and rule.is_ip_rule and rule.matches_port(port) for rule in self.rules):
+            return None
         return False
 
     def is_address_allowed(self, address: str, port: int) -> bool:
@@ -405,10 +421,14 @@ class ClientPort:
         Name rules do not apply to addresses; the first matching IP rule wins, and an
         address no IP rule mentions is allowed (the name itself was already checked).
         """
+        return self._address_verdict(address, port) is not False
+
+    def _address_verdict(self, address: str, port: int) -> bool | None:
+        """The first matching IP rule's verdict on ``address``; ``None`` when none does."""
         for rule in self.rules:
             if rule.is_ip_rule and rule.matches_port(port) and rule.matches_host(address):
                 return rule.allow
-        return True
+        return None
 
     def check_access(self, host: str, port: int) -> None:
         """Raise unless the rules allow ``host:port``.
@@ -416,13 +436,27 @@ class ClientPort:
         Raises:
             AccessDeniedError: the rules deny it.
         """
-        if not self.is_allowed(host, port):
-            raise AccessDeniedError(
-                f"client port {self.name!r} does not allow {show_address(host, port)}",
-                host=host,
-                port=port,
-                port_name=self.name,
-            )
+        self._check_target(host, port, resolves=False)
+
+    def _check_target(self, host: str, port: int, *, resolves: bool) -> bool:
+        """:meth:`check_access` for a caller that resolves ``host`` and checks its
+        addresses (``resolves``): ``True`` when the name itself matched no rule, so only
+        addresses an IP rule allows may be connected to.
+
+        Raises:
+            AccessDeniedError: the rules deny it.
+        """
+        verdict = self._name_verdict(host, port)
+        if verdict is True:
+            return False
+        if verdict is None and resolves:
+            return True
+        raise AccessDeniedError(
+            f"client port {self.name!r} does not allow {show_address(host, port)}",
+            host=host,
+            port=port,
+            port_name=self.name,
+        )
 
     def _check_capacity(self) -> None:
         """Raise ``PortLimitError`` if the port is full (a pre-check before connecting, so

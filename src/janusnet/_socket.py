@@ -509,7 +509,7 @@ class Socket:
         want_tls = client_port.tls is TLSMode.ALWAYS or bool(tls)
         if want_tls:
             tls_name_for(server_hostname or host)  # a name TLS cannot verify: before any packet
-        client_port.check_access(host, port)
+        client_port._check_target(host, port, resolves=True)
         client_port._check_capacity()  # -109 before any packet; __init__ still reserves
         phase = "TCP connect"
         try:

@@ -1776,11 +1776,13 @@ async def allowed_addresses(
     port: ClientPort, host: str, number: int, *, always: bool = False
 ) -> list[str]:
     """Resolve ``host`` when IP rules apply (or ``always``), refusing names that resolve
-    to denied IPs.
+    to denied IPs, and a name no rule matched (see ``ClientPort._check_target``) unless
+    an IP rule allows every address it resolves to.
 
     Returns the addresses to connect to (``[host]`` when no IP rule could apply and
     ``always`` is false).
     """
+    by_address = port._name_verdict(host, number) is None  # (the caller checked it)
     if not always and not any(rule.is_ip_rule for rule in port.rules):
         return [host]
     name = host.strip("[]")
@@ -1794,7 +1796,8 @@ async def allowed_addresses(
         ) from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
-        if not port.is_address_allowed(address, number):
+        verdict = port._address_verdict(address, number)
+        if verdict is False or (verdict is None and by_address):
             raise AccessDeniedError(
                 f"client port {port.name!r} does not allow {host} ({address}) port {number}",
                 host=address,

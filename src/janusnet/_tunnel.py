@@ -671,7 +671,7 @@ class ProxyTunnel:
         """
         authority = format_authority(host, port)
         target = host.strip("[]")
-        self._client_port.check_access(target, port)
+        self._client_port._check_target(target, port, resolves=self._resolve_locally)
         self._client_port._check_capacity()
         return authority, target
 
