@@ -215,8 +215,8 @@ def test_rule_pattern_errors_say_what_is_wrong() -> None:
 
 
 def test_rule_edges_are_accepted() -> None:
-    """Ports 1 and 65535, labels of one and two characters, a CIDR range with host bits
-    set, and ports from a configuration file as a list (kept as a tuple, hashable)."""
+    """Ports 1 and 65535, labels of one and two characters, and a CIDR range with host
+    bits set."""
     assert allow("*", 1).matches_port(1)
     assert allow("*", 65535).matches_port(65535)
     assert deny("*", (1, 65535)).ports == (1, 65535)
@@ -224,11 +224,20 @@ def test_rule_edges_are_accepted() -> None:
         assert allow(name).host == name
     rule = deny("10.1.2.3/8")
     assert rule.is_ip_rule and rule.matches_host("10.200.0.1")
-    listed = AccessRule(True, "h.example", [80, 443])  # type: ignore[arg-type]
-    assert listed.ports == (80, 443)
-    assert hash(listed) == hash(allow("h.example", (80, 443)))
     # A host that is no valid international name meets no pattern but '*'.
     assert allow("*.example.com").matches_host("a\u200d.example.com") is False
+
+
+def test_rule_ports_as_a_list_are_refused() -> None:
+    """``[80, 443]`` was read as the range 80 to 443: "ports 80 and 443" opened 364."""
+    for make in (
+        lambda: allow("*", [80, 443]),  # type: ignore[arg-type]
+        lambda: deny("*", [25, 587]),  # type: ignore[arg-type]
+        lambda: AccessRule(True, "h.example", [80, 443]),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(UsageError, match=r"a list is ambiguous .* one rule per port"):
+            make()
+    assert allow("*", (80, 443)).matches_port(200)  # a tuple is the range, as documented
 
 
 def test_deny_rule_meets_each_embedded_ipv4_spelling_of_one_address() -> None:

@@ -108,9 +108,14 @@ class AccessRule:
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "_network", network)
         ports = self.ports
-        if isinstance(ports, list):  # [80, 443] from a configuration file
-            ports = tuple(ports)
-            object.__setattr__(self, "ports", ports)
+        if isinstance(ports, list):
+            # [80, 443] reads as "80 and 443" as easily as "80 to 443": taken as a range,
+            # an allow rule opened the 362 ports between them.
+            raise UsageError(
+                f"access rule ports {ports!r}: a list is ambiguous (these ports, or the "
+                "range between them?); give a (first, last) tuple for a range, or one "
+                "rule per port"
+            )
         if ports is not None:
             if not (
                 isinstance(ports, tuple)
@@ -282,7 +287,9 @@ def _ports_arg(ports: int | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     if type(ports) is int:
         return (ports, ports)
-    if isinstance(ports, (tuple, list)) and len(ports) == 2:
+    if isinstance(ports, list):
+        return ports  # AccessRule says why it refuses it
+    if isinstance(ports, tuple) and len(ports) == 2:
         return (ports[0], ports[1])  # AccessRule checks the values
     raise UsageError(f"access rule ports must be an int or a (first, last) pair, not {ports!r}")
 
