@@ -868,10 +868,11 @@ def test_reply_reader_407_with_challenges() -> None:
         (407, ProxyAuthenticationRequired),
         (403, ProxyRefusedError),
         (502, ProxyRefusedError),
+        (503, ProxyRefusedError),
         (300, ProxyRefusedError),
         (199, ProxyRefusedError),
     ],
-    ids=["200", "204", "299", "407", "403", "502", "300", "199"],
+    ids=["200", "204", "299", "407", "403", "502", "503", "300", "199"],
 )
 def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
     reply = ProxyReply(status, "Reason", "1.1", (("X", "y"),))
@@ -881,7 +882,11 @@ def test_check_reply(status: int, error_type: type[Exception] | None) -> None:
     with pytest.raises(error_type) as caught:
         check_reply(reply, proxy="p:3128")
     assert type(caught.value) is error_type
-    meaning = ": the proxy could not connect to the target" if status == 502 else ""
+    meaning = {
+        502: ": the proxy could not connect to the target",
+        # apache and privoxy say 503 when they cannot reach the target
+        503: ": the proxy could not reach the target, or is itself unavailable",
+    }.get(status, "")
     assert str(caught.value) == f"proxy p:3128 refused CONNECT: {status} Reason{meaning}"
     assert caught.value.headers == (("X", "y"),)  # type: ignore[attr-defined]
 
@@ -910,7 +915,12 @@ def test_refusal_messages_escape_text_that_reorders_or_hides(reason: str, shown:
 @pytest.mark.parametrize(
     ("status", "headers", "detail"),
     [
-        (503, [("X-Squid-Error", "ERR_CONNECT_FAIL 111")], "X-Squid-Error: ERR_CONNECT_FAIL 111"),
+        (
+            503,
+            [("X-Squid-Error", "ERR_CONNECT_FAIL 111")],
+            "the proxy could not reach the target, or is itself unavailable; "
+            "X-Squid-Error: ERR_CONNECT_FAIL 111",
+        ),
         (
             504,
             [("Via", "1.1 p"), ("Proxy-Status", "p; error=connection_timeout")],

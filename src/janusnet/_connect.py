@@ -441,15 +441,17 @@ def check_reply(reply: ProxyReply, *, proxy: str = "") -> None:
 _DIAGNOSTIC_HEADERS: Final = frozenset({"proxy-status", "x-squid-error"})
 #: How many of them a message quotes (each cut at 120 characters).
 DIAGNOSTICS_SHOWN: Final = 3
-#: What 502 and 504 mean for CONNECT.
+#: What 502, 503 and 504 mean for CONNECT (apache and privoxy say 503 when the target
+#: cannot be reached; squid and most others 502).
 _GATEWAY: Final = {
     502: "the proxy could not connect to the target",
+    503: "the proxy could not reach the target, or is itself unavailable",
     504: "the proxy timed out reaching the target",
 }
 
 
 def _why(reply: ProxyReply) -> str:
-    """What a refusal's message adds: the meaning of a 502 or 504, and the proxy's own
+    """What a refusal's message adds: the meaning of a 502, 503 or 504, and the proxy's own
     diagnostic headers (``Proxy-Status``, ``X-Squid-Error``), which otherwise only
     ``.headers`` shows (a 407's detail is the tunnel's, which knows what it sent)."""
     if reply.status == 407:
@@ -706,7 +708,8 @@ class ConnectReplyReader:
             self._eof = True
             raise ProxyProtocolError(
                 f"{self._where()} closed the connection without replying to CONNECT "
-                "(proxies such as pproxy do that when they cannot reach the target)",
+                "(proxies such as pproxy do that when they cannot reach the target, or "
+                "when a rule of theirs refuses it)",
                 proxy=self._proxy,
             )
         if not self._eof:
