@@ -190,10 +190,11 @@ async def test_socket_ssl_on_wrong_hostname_is_handshake_error(
     curl does), and, on janusnet's policy, that a CN does not count (a context of
     ``ssl.create_default_context()`` falls back to a CN when there is no DNS name)."""
     other = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    if all(name.isprintable() for name in names):
+    if names and all(name.isprintable() for name in names):
         ca.issue_cert(*names, common_name=common_name).configure_cert(other)
-    else:  # (trustme refuses a name that is not IDNA)
-        _, cert_pem = unusual_certificate(names=[("O", "x")], dns_names=names, issuer=ca)
+    else:  # (trustme refuses a name that is not IDNA, and gives no names an empty SAN)
+        subject = [("CN", common_name)] if common_name else [("O", "x")]
+        _, cert_pem = unusual_certificate(names=subject, dns_names=names, issuer=ca)
         (tmp_path / "cert.pem").write_bytes(cert_pem)
         other.load_cert_chain(tmp_path / "cert.pem")
     if own_context:
